@@ -1,0 +1,23 @@
+"""The one error hierarchy of melissa_nb: every message names the offending value."""
+
+from __future__ import annotations
+
+
+class MelissaError(Exception):
+    """Base class of every error melissa_nb raises on purpose."""
+
+
+class ConfigurationError(MelissaError, ValueError):
+    """A setting (CLI option, study file key, constructor argument) is missing or invalid."""
+
+
+class ProtocolError(MelissaError, ValueError):
+    """A message does not follow the wire protocol; `reason` is a short key used for counting."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class CheckpointError(MelissaError):
+    """A checkpoint is missing, damaged, of another study or of an incompatible format."""
