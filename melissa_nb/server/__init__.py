@@ -1,0 +1,1 @@
+"""The statistics server: one process per MPI rank (see docs/server.md)."""
