@@ -1,0 +1,162 @@
+"""Named shared-memory blocks holding statistic state, and the read-only reader API.
+
+A block is self-describing: it starts with an 8-byte magic, an 8-byte little-endian length and a
+JSON header naming every array (dtype, shape, byte offset) plus free-form metadata. Arrays start
+on 64-byte boundaries after the header. Another process can therefore attach to a block knowing
+only its name (`attach_block`) and see the server's live numbers without any other channel.
+
+Blocks are POSIX shared memory (`multiprocessing.shared_memory`, files under /dev/shm on Linux).
+The creating process owns a block and unlinks it (`StateBlock.release`); readers never unlink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from multiprocessing import resource_tracker, shared_memory
+from typing import Any
+
+import numpy as np
+
+MAGIC = b"MNBSTAT1"
+ALIGNMENT = 64
+_LENGTH = struct.Struct("<Q")
+_PREAMBLE = len(MAGIC) + _LENGTH.size
+SHM_DIRECTORY = "/dev/shm"
+
+ArrayLayout = Mapping[str, tuple[tuple[int, ...], Any]]
+"""name -> (shape, dtype) of every array a block holds."""
+
+
+def _aligned(offset: int) -> int:
+    return -(-offset // ALIGNMENT) * ALIGNMENT
+
+
+def _plan(layout: ArrayLayout, metadata: Mapping[str, Any]) -> tuple[bytes, int]:
+    """The encoded header and total block size for `layout`.
+
+    Offsets in the header are absolute. The data area starts after the header, whose length
+    depends on the offsets written in it, so the header is re-encoded until the start is stable
+    (two passes at most: offsets only grow by a few digits).
+    """
+    data_start = _aligned(_PREAMBLE + 256)
+    while True:
+        arrays = []
+        offset = data_start
+        for name, (shape, dtype) in layout.items():
+            dtype = np.dtype(dtype)
+            shape = tuple(int(n) for n in shape)
+            arrays.append(
+                {"name": name, "dtype": dtype.str, "shape": list(shape), "offset": offset}
+            )
+            offset = _aligned(offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        header = json.dumps({"arrays": arrays, "metadata": dict(metadata)}).encode()
+        needed = _aligned(_PREAMBLE + len(header))
+        if needed <= data_start:
+            return header, max(offset, data_start + ALIGNMENT)
+        data_start = needed
+
+
+def _views(buffer: memoryview, header: Mapping[str, Any], writable: bool) -> dict[str, np.ndarray]:
+    views = {}
+    for entry in header["arrays"]:
+        dtype = np.dtype(entry["dtype"])
+        shape = tuple(entry["shape"])
+        count = int(np.prod(shape, dtype=np.int64))
+        view = np.frombuffer(buffer, dtype=dtype, count=count, offset=entry["offset"])
+        view = view.reshape(shape)
+        view.flags.writeable = writable
+        views[entry["name"]] = view
+    return views
+
+
+class StateBlock:
+    """One named shared-memory block: `arrays` (numpy views into it) and `metadata`.
+
+    Build with `StateBlock.create` (owner: zero-filled, writable) or `attach_block` (reader).
+    """
+
+    def __init__(
+        self, memory: shared_memory.SharedMemory, header: Mapping[str, Any], owner: bool
+    ) -> None:
+        self._memory = memory
+        self.name: str = memory.name
+        self.owner = owner
+        self.metadata: dict[str, Any] = dict(header["metadata"])
+        self.arrays: dict[str, np.ndarray] = _views(memory.buf, header, writable=owner)
+
+    @classmethod
+    def create(
+        cls, name: str, layout: ArrayLayout, metadata: Mapping[str, Any] | None = None
+    ) -> StateBlock:
+        """Create block `name` holding zero-filled arrays of `layout`; fails if it exists."""
+        header, size = _plan(layout, metadata or {})
+        memory = shared_memory.SharedMemory(name=name, create=True, size=size)
+        memory.buf[: len(MAGIC)] = MAGIC
+        memory.buf[len(MAGIC) : _PREAMBLE] = _LENGTH.pack(len(header))
+        memory.buf[_PREAMBLE : _PREAMBLE + len(header)] = header
+        return cls(memory, json.loads(header), owner=True)
+
+    @property
+    def size(self) -> int:
+        """Bytes of shared memory the block occupies."""
+        return self._memory.size
+
+    def release(self) -> None:
+        """Drop the views, unmap the block and, for its owner, remove its name."""
+        self.arrays.clear()
+        if self.owner:
+            self._memory.unlink()
+        try:
+            self._memory.close()
+        except BufferError:
+            # A caller still holds a view of the block: the mapping then lives until that view
+            # is collected; the name is already gone, so nothing leaks past the process.
+            pass
+
+
+def attach_block(name: str) -> StateBlock:
+    """Attach read-only to an existing block (raises FileNotFoundError if it is gone).
+
+    The reader is removed from Python's resource tracker, which would otherwise unlink the
+    block when the reading process exits (Python < 3.13 registers attaches too).
+    """
+    memory = shared_memory.SharedMemory(name=name, create=False)
+    resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
+    buffer = memory.buf
+    if bytes(buffer[: len(MAGIC)]) != MAGIC:
+        memory.close()
+        raise ValueError(f"shared-memory block {name!r} is not a melissa_nb state block")
+    (length,) = _LENGTH.unpack(buffer[len(MAGIC) : _PREAMBLE])
+    header = json.loads(bytes(buffer[_PREAMBLE : _PREAMBLE + length]))
+    return StateBlock(memory, header, owner=False)
+
+
+@contextmanager
+def reading(name: str) -> Iterator[StateBlock]:
+    """`with reading(name) as block:` attach read-only, detach at the end."""
+    block = attach_block(name)
+    try:
+        yield block
+    finally:
+        block.release()
+
+
+def list_blocks(prefix: str) -> list[str]:
+    """Names of the live blocks whose name starts with `prefix` (sorted)."""
+    if not os.path.isdir(SHM_DIRECTORY):
+        return []
+    return sorted(name for name in os.listdir(SHM_DIRECTORY) if name.startswith(prefix))
+
+
+def block_name(study_id: str, rank: int, field: str, client_rank: int) -> str:
+    """Name of the block of one (server rank, field, client slice)."""
+    return f"melissa_nb_{study_id}_r{rank}_{field}_c{client_rank}"
+
+
+def progress_block_name(study_id: str, rank: int) -> str:
+    """Name of the small per-rank block holding progress counters."""
+    return f"melissa_nb_{study_id}_r{rank}_progress"
