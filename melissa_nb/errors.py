@@ -21,3 +21,7 @@ class ProtocolError(MelissaError, ValueError):
 
 class CheckpointError(MelissaError):
     """A checkpoint is missing, damaged, of another study or of an incompatible format."""
+
+
+class ServerUnreachableError(MelissaError, TimeoutError):
+    """No server answered the connection request, or it stopped taking data, within the timeout."""
