@@ -1,0 +1,616 @@
+"""Object API over the kernels: validation lives here, never in the loops.
+
+Every statistics object is built fresh (zeroed state) or over caller-owned arrays
+(``arrays=mapping``, e.g. views of shared memory), names its state with the static
+``layout(cells, **settings)``, and exposes ``arrays``, ``count``, ``update``, ``merge`` (not
+``Quantiles``) and result properties. Results are new arrays, NaN where undefined (see the
+family modules for each policy). Inputs are never modified.
+
+Example::
+
+    import numpy as np
+    from melissa_nb.kernels import Moments
+
+    moments = Moments(cells=3, order=2)
+    for x in np.random.default_rng(0).normal(size=(100, 3)):
+        moments.update(x)
+    moments.mean, moments.variance
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.extrema import extrema_finalize, extrema_merge, extrema_update
+from melissa_nb.kernels.fused import fused_update
+from melissa_nb.kernels.moments import moments_finalize, moments_merge, moments_update
+from melissa_nb.kernels.quantiles import quantiles_finalize, quantiles_update
+from melissa_nb.kernels.sobol import (
+    normal_quantile,
+    sobol_finalize,
+    sobol_merge,
+    sobol_update,
+)
+from melissa_nb.kernels.thresholds import (
+    thresholds_finalize,
+    thresholds_merge,
+    thresholds_update,
+)
+
+Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
+
+FLOAT = np.dtype(np.float64)
+INT = np.dtype(np.int64)
+MOMENT_NAMES = ("mean", "variance", "skewness", "kurtosis")
+
+
+# -- validation -------------------------------------------------------------------------------
+
+def _integer(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigurationError(f"{name} must be an integer, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        raise ConfigurationError(f"{name} must be {bounds}, got {value!r}")
+    return int(value)
+
+
+def _levels(name: str, values: Sequence[float] | np.ndarray, open_unit: bool) -> tuple[float, ...]:
+    """A tuple of finite floats (strictly inside (0, 1) when ``open_unit``)."""
+    if isinstance(values, (str, bytes)) or np.ndim(values) != 1:
+        raise ConfigurationError(f"{name} must be a flat sequence of numbers, got {values!r}")
+    result = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigurationError(f"{name} must hold numbers, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value) or (open_unit and not 0.0 < value < 1.0):
+            where = "strictly between 0 and 1" if open_unit else "finite"
+            raise ConfigurationError(f"each of {name} must be {where}, got {value!r}")
+        result.append(value)
+    return tuple(result)
+
+
+def _check_input(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 C-contiguous array of exactly ``shape``, or a clear TypeError/ValueError."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != FLOAT:
+        raise TypeError(f"{name} must have dtype float64, got {value.dtype}")
+    if value.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+    if not value.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous, got a strided view "
+                         f"(strides {value.strides})")
+    return value
+
+
+def _simulation_id(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"simulation_id must be an integer, got {value!r}")
+    return int(value)
+
+
+def _bind_arrays(owner: str, layout: Layout,
+                 arrays: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Zeroed arrays of the layout, or the caller's arrays once checked against it."""
+    if arrays is None:
+        return {name: np.zeros(shape, dtype) for name, (shape, dtype) in layout.items()}
+    if not isinstance(arrays, Mapping):
+        raise TypeError(f"{owner} arrays must be a mapping of name to array, "
+                        f"got {type(arrays).__name__}")
+    missing = sorted(set(layout) - set(arrays))
+    unexpected = sorted(set(arrays) - set(layout))
+    if missing or unexpected:
+        raise ValueError(f"{owner} arrays do not match its layout: missing {missing}, "
+                         f"unexpected {unexpected}")
+    bound = {}
+    for name, (shape, dtype) in layout.items():
+        array = arrays[name]
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{owner} array {name!r} must be a numpy.ndarray, "
+                            f"got {type(array).__name__}")
+        if array.dtype != dtype:
+            raise TypeError(f"{owner} array {name!r} must have dtype {dtype}, got {array.dtype}")
+        if array.shape != shape:
+            raise ValueError(f"{owner} array {name!r} must have shape {shape}, "
+                             f"got {array.shape}")
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{owner} array {name!r} must be C-contiguous")
+        if not array.flags.writeable:
+            raise ValueError(f"{owner} array {name!r} must be writeable")
+        bound[name] = array
+    return bound
+
+
+def _count_layout() -> Layout:
+    return {"count": ((1,), INT)}
+
+
+def _empty(*shape: int, dtype: np.dtype = FLOAT) -> np.ndarray:
+    return np.zeros(shape, dtype)
+
+
+# -- base classes -----------------------------------------------------------------------------
+
+class _Statistic:
+    """State arrays named by a layout, the shared sample count, and input checks."""
+
+    def __init__(self, cells: int, settings: dict[str, object],
+                 arrays: Mapping[str, np.ndarray] | None) -> None:
+        self.cells = _integer("cells", cells, 1)
+        self._settings = settings
+        self.arrays: dict[str, np.ndarray] = _bind_arrays(
+            type(self).__name__, self.layout(self.cells, **settings), arrays)
+
+    @staticmethod
+    def layout(cells: int) -> Layout:  # pragma: no cover - every subclass defines its own
+        raise NotImplementedError
+
+    @property
+    def count(self) -> int:
+        """The number of samples folded in (the same for every cell)."""
+        return int(self.arrays["count"][0])
+
+    def _advance(self, samples: int) -> None:
+        self.arrays["count"][0] += samples
+
+    def _sample(self, x: object) -> np.ndarray:
+        return _check_input("x", x, (self.cells,))
+
+    def __repr__(self) -> str:
+        settings = "".join(f", {key}={value!r}" for key, value in self._settings.items())
+        return f"{type(self).__name__}(cells={self.cells}{settings}, count={self.count})"
+
+
+class _MergeableStatistic(_Statistic):
+    """A statistic whose partial states combine exactly (ranks, restarts, parallel runs)."""
+
+    def merge(self, other: _MergeableStatistic) -> None:
+        """Fold another partial state of the same statistic and settings into this one.
+
+        ``other`` counts as the later part of the stream (this matters only for extrema ties).
+        ``other`` is not modified.
+        """
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        if other.cells != self.cells or other._settings != self._settings:
+            raise ValueError(f"cannot merge {other!r} into {self!r}: cells or settings differ")
+        source = ({name: array.copy() for name, array in other.arrays.items()}
+                  if other is self else other.arrays)
+        other_count = int(source["count"][0])
+        self._merge_state(self.count, source, other_count)
+        self._advance(other_count)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        raise NotImplementedError  # pragma: no cover - every subclass defines its own
+
+
+# -- the general statistics -------------------------------------------------------------------
+
+class Moments(_MergeableStatistic):
+    """Mean, variance, skewness and kurtosis per cell up to ``order`` (1..4).
+
+    Variance is unbiased (ddof=1). Skewness and kurtosis match ``scipy.stats.skew`` and
+    ``scipy.stats.kurtosis`` with the given ``bias`` and ``fisher`` (defaults: bias=False,
+    fisher=True, i.e. unbiased excess kurtosis). Undefined values are NaN (n too small,
+    constant cell); see ``melissa_nb.kernels.moments``.
+    """
+
+    def __init__(self, cells: int, order: int = 2, *, bias: bool = False, fisher: bool = True,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        super().__init__(cells, {"order": _integer("order", order, 1, 4)}, arrays)
+        self.order: int = self._settings["order"]
+        self.bias = bool(bias)
+        self.fisher = bool(fisher)
+
+    @staticmethod
+    def layout(cells: int, order: int = 2) -> Layout:
+        """``shift`` (cells,), ``central`` (order, cells), ``count``."""
+        return {"shift": ((cells,), FLOAT), "central": ((order, cells), FLOAT),
+                **_count_layout()}
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold one sample ``x`` (cells,) float64."""
+        moments_update(self.count, self.arrays["shift"], self.arrays["central"], self._sample(x))
+        self._advance(1)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        moments_merge(count, self.arrays["shift"], self.arrays["central"], other_count,
+                      other["shift"], other["central"])
+
+    def _finalized(self, name: str) -> np.ndarray:
+        row = MOMENT_NAMES.index(name)
+        if row >= self.order:
+            raise ConfigurationError(f"{name} needs order >= {row + 1}, this {self!r} has "
+                                     f"order {self.order}")
+        out = np.empty((self.order, self.cells))
+        moments_finalize(self.count, self.arrays["shift"], self.arrays["central"], self.bias,
+                         self.fisher, out)
+        return out[row]
+
+    @property
+    def mean(self) -> np.ndarray:
+        """Mean per cell; NaN before any sample."""
+        return self._finalized("mean")
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Unbiased variance per cell (ddof=1); NaN when n < 2. Needs order >= 2."""
+        return self._finalized("variance")
+
+    @property
+    def skewness(self) -> np.ndarray:
+        """Skewness per cell as scipy.stats.skew(bias=self.bias). Needs order >= 3."""
+        return self._finalized("skewness")
+
+    @property
+    def kurtosis(self) -> np.ndarray:
+        """Kurtosis as scipy.stats.kurtosis(fisher=self.fisher, bias=self.bias). Order 4."""
+        return self._finalized("kurtosis")
+
+
+class Extrema(_MergeableStatistic):
+    """Minimum and maximum per cell with the id of the simulation that produced each."""
+
+    def __init__(self, cells: int, *, arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        super().__init__(cells, {}, arrays)
+
+    @staticmethod
+    def layout(cells: int) -> Layout:
+        """``min``, ``max`` (cells,) float64, ``min_simulation``, ``max_simulation`` int64."""
+        return {"min": ((cells,), FLOAT), "max": ((cells,), FLOAT),
+                "min_simulation": ((cells,), INT), "max_simulation": ((cells,), INT),
+                **_count_layout()}
+
+    def _state(self) -> tuple[np.ndarray, ...]:
+        return tuple(self.arrays[name]
+                     for name in ("min", "max", "min_simulation", "max_simulation"))
+
+    def update(self, x: np.ndarray, simulation_id: int) -> None:
+        """Fold sample ``x`` (cells,) float64 produced by simulation ``simulation_id``."""
+        extrema_update(self.count, *self._state(), self._sample(x), _simulation_id(simulation_id))
+        self._advance(1)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        extrema_merge(count, *self._state(), other_count, other["min"], other["max"],
+                      other["min_simulation"], other["max_simulation"])
+
+    def _finalized(self) -> tuple[np.ndarray, np.ndarray]:
+        values = np.empty((2, self.cells))
+        simulations = np.empty((2, self.cells), INT)
+        extrema_finalize(self.count, *self._state(), values, simulations)
+        return values, simulations
+
+    @property
+    def min(self) -> np.ndarray:
+        """Minimum per cell; NaN before any sample."""
+        return self._finalized()[0][0]
+
+    @property
+    def max(self) -> np.ndarray:
+        """Maximum per cell; NaN before any sample."""
+        return self._finalized()[0][1]
+
+    @property
+    def min_simulation(self) -> np.ndarray:
+        """Id of the simulation that produced the minimum (the first one on ties); -1 before."""
+        return self._finalized()[1][0]
+
+    @property
+    def max_simulation(self) -> np.ndarray:
+        """Id of the simulation that produced the maximum (the first one on ties); -1 before."""
+        return self._finalized()[1][1]
+
+
+class ThresholdExceedance(_MergeableStatistic):
+    """Per cell and threshold t, the count of samples with x > t (strict) and count/n."""
+
+    def __init__(self, cells: int, thresholds: Sequence[float], *,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        levels = _levels("thresholds", thresholds, open_unit=False)
+        if not levels:
+            raise ConfigurationError("thresholds must hold at least one value, got ()")
+        super().__init__(cells, {"thresholds": levels}, arrays)
+        self.thresholds = np.array(levels)
+
+    @staticmethod
+    def layout(cells: int, thresholds: Sequence[float] = ()) -> Layout:
+        """``exceedances`` (thresholds, cells) int64, ``count``."""
+        return {"exceedances": ((len(thresholds), cells), INT), **_count_layout()}
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold one sample ``x`` (cells,) float64."""
+        thresholds_update(self.count, self.thresholds, self.arrays["exceedances"],
+                          self._sample(x))
+        self._advance(1)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        thresholds_merge(count, self.arrays["exceedances"], other_count, other["exceedances"])
+
+    @property
+    def threshold_exceedance(self) -> np.ndarray:
+        """Count of samples above each threshold, (thresholds, cells) int64."""
+        if self.count == 0:
+            return np.zeros((len(self.thresholds), self.cells), INT)
+        return self.arrays["exceedances"].copy()
+
+    @property
+    def exceedance_probability(self) -> np.ndarray:
+        """count/n per threshold and cell, (thresholds, cells); NaN before any sample."""
+        out = np.empty((len(self.thresholds), self.cells))
+        thresholds_finalize(self.count, self.arrays["exceedances"], out)
+        return out
+
+
+class Quantiles(_Statistic):
+    """Robbins-Monro quantile estimates per cell for several orders (approximate).
+
+    No ``merge``: two Robbins-Monro states have no exact combination. The step rule and its
+    accuracy are described in ``melissa_nb.kernels.quantiles``.
+    """
+
+    def __init__(self, cells: int, orders: Sequence[float], *,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        levels = _levels("orders", orders, open_unit=True)
+        if not levels:
+            raise ConfigurationError("orders must hold at least one value, got ()")
+        super().__init__(cells, {"orders": levels}, arrays)
+        self.orders = np.array(levels)
+
+    @staticmethod
+    def layout(cells: int, orders: Sequence[float] = ()) -> Layout:
+        """``quantile`` (orders, cells), ``quantile_low``, ``quantile_high`` (cells,), count."""
+        return {"quantile": ((len(orders), cells), FLOAT),
+                "quantile_low": ((cells,), FLOAT), "quantile_high": ((cells,), FLOAT),
+                **_count_layout()}
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold one sample ``x`` (cells,) float64."""
+        quantiles_update(self.count, self.orders, self.arrays["quantile"],
+                         self.arrays["quantile_low"], self.arrays["quantile_high"],
+                         self._sample(x))
+        self._advance(1)
+
+    @property
+    def quantile(self) -> np.ndarray:
+        """Estimates (orders, cells); NaN before any sample."""
+        out = np.empty((len(self.orders), self.cells))
+        quantiles_finalize(self.count, self.arrays["quantile"], out)
+        return out
+
+
+# -- Sobol indices ----------------------------------------------------------------------------
+
+class SobolMartinez(_MergeableStatistic):
+    """First and total Sobol indices per cell from pick-freeze groups (iterative Martinez).
+
+    Feed groups of shape (parameters + 2, cells): rows Y_A, Y_B, Y_C1..Y_Cp. Indices are NaN
+    where a variance is 0 (constant cell, fewer than 2 groups); intervals (Fisher z at
+    ``confidence``) are NaN with fewer than 4 groups.
+    """
+
+    def __init__(self, cells: int, parameters: int, confidence: float = 0.95, *,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        super().__init__(cells, {"parameters": _integer("parameters", parameters, 1)}, arrays)
+        self.parameters: int = self._settings["parameters"]
+        self.confidence = _levels("confidence", [confidence], open_unit=True)[0]
+
+    @staticmethod
+    def layout(cells: int, parameters: int = 1) -> Layout:
+        """``mean``, ``m2`` (p+2, cells), ``comoment_first``, ``comoment_total`` (p, cells)."""
+        rows = parameters + 2
+        return {"mean": ((rows, cells), FLOAT), "m2": ((rows, cells), FLOAT),
+                "comoment_first": ((parameters, cells), FLOAT),
+                "comoment_total": ((parameters, cells), FLOAT), **_count_layout()}
+
+    def _state(self) -> tuple[np.ndarray, ...]:
+        return tuple(self.arrays[name]
+                     for name in ("mean", "m2", "comoment_first", "comoment_total"))
+
+    def update(self, group: np.ndarray) -> None:
+        """Fold one group (parameters + 2, cells) float64: rows Y_A, Y_B, Y_C1..Y_Cp."""
+        group = _check_input("group", group, (self.parameters + 2, self.cells))
+        sobol_update(self.count, *self._state(), group)
+        self._advance(1)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        sobol_merge(count, *self._state(), other_count, other["mean"], other["m2"],
+                    other["comoment_first"], other["comoment_total"])
+
+    def _finalized(self) -> np.ndarray:
+        count = self.count
+        half_width = (normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
+                      if count >= 4 else math.nan)
+        out = np.empty((6, self.parameters, self.cells))
+        sobol_finalize(count, self.arrays["m2"], self.arrays["comoment_first"],
+                       self.arrays["comoment_total"], half_width, out)
+        return out
+
+    @property
+    def first(self) -> np.ndarray:
+        """First-order indices S_k, (parameters, cells)."""
+        return self._finalized()[0]
+
+    @property
+    def total(self) -> np.ndarray:
+        """Total-order indices ST_k, (parameters, cells)."""
+        return self._finalized()[1]
+
+    @property
+    def first_ci(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) Fisher-z interval of S_k, each (parameters, cells)."""
+        out = self._finalized()
+        return out[2], out[3]
+
+    @property
+    def total_ci(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) Fisher-z interval of ST_k, each (parameters, cells)."""
+        out = self._finalized()
+        return out[4], out[5]
+
+    def worst_width(self) -> tuple[np.ndarray, np.ndarray]:
+        """Largest interval width over cells per parameter: (first, total), each (parameters,).
+
+        Cells whose interval is NaN (constant cells, n < 4) are ignored; NaN if all are.
+        """
+        out = self._finalized()
+        return _widest(out[3] - out[2]), _widest(out[5] - out[4])
+
+
+def _widest(widths: np.ndarray) -> np.ndarray:
+    """Max over cells (last axis) ignoring NaN, NaN where a row is all NaN; no warnings."""
+    defined = ~np.isnan(widths)
+    widest = np.max(widths, axis=-1, where=defined, initial=-np.inf)
+    widest[~defined.any(axis=-1)] = np.nan
+    return widest
+
+
+# -- the fused general statistics --------------------------------------------------------------
+
+class FieldStatistics(_MergeableStatistic):
+    """Every enabled general statistic of one field, updated in one pass over each sample.
+
+    ``order`` 0..4 (0: no moments), ``extrema`` on/off, ``thresholds`` and ``quantiles`` (may be
+    empty). The state is the union of the families' layouts with one shared ``count``.
+    ``merge`` raises ConfigurationError when quantiles are on (no exact merge exists).
+    """
+
+    def __init__(self, cells: int, order: int = 2, extrema: bool = True,
+                 thresholds: Sequence[float] = (), quantiles: Sequence[float] = (), *,
+                 bias: bool = False, fisher: bool = True,
+                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        settings = {"order": _integer("order", order, 0, 4), "extrema": bool(extrema),
+                    "thresholds": _levels("thresholds", thresholds, open_unit=False),
+                    "quantiles": _levels("quantiles", quantiles, open_unit=True)}
+        super().__init__(cells, settings, arrays)
+        subset = self.arrays
+        count = {"count": subset["count"]}
+
+        def part(names: Layout) -> dict[str, np.ndarray]:
+            return {name: subset[name] for name in names if name != "count"} | count
+
+        self.moments = (Moments(cells, settings["order"], bias=bias, fisher=fisher,
+                                arrays=part(Moments.layout(cells, settings["order"])))
+                        if settings["order"] else None)
+        self.extrema = Extrema(cells, arrays=part(Extrema.layout(cells))) if extrema else None
+        self.exceedance = (ThresholdExceedance(
+            cells, settings["thresholds"],
+            arrays=part(ThresholdExceedance.layout(cells, settings["thresholds"])))
+            if settings["thresholds"] else None)
+        self.quantiles = (Quantiles(cells, settings["quantiles"],
+                                    arrays=part(Quantiles.layout(cells, settings["quantiles"])))
+                          if settings["quantiles"] else None)
+
+    @staticmethod
+    def layout(cells: int, order: int = 2, extrema: bool = True,
+               thresholds: Sequence[float] = (), quantiles: Sequence[float] = ()) -> Layout:
+        """The union of the enabled families' layouts, one ``count``."""
+        layout: Layout = {}
+        if order:
+            layout |= Moments.layout(cells, order)
+        if extrema:
+            layout |= Extrema.layout(cells)
+        if len(thresholds):
+            layout |= ThresholdExceedance.layout(cells, thresholds)
+        if len(quantiles):
+            layout |= Quantiles.layout(cells, quantiles)
+        return layout | _count_layout()
+
+    def update(self, x: np.ndarray, simulation_id: int) -> None:
+        """Fold sample ``x`` (cells,) float64 of simulation ``simulation_id`` into every part."""
+        x = self._sample(x)
+        simulation = _simulation_id(simulation_id)
+        moments = self.moments.arrays if self.moments else {
+            "shift": _empty(0), "central": _empty(0, 0)}
+        extrema = self.extrema.arrays if self.extrema else {
+            "min": _empty(0), "max": _empty(0), "min_simulation": _empty(0, dtype=INT),
+            "max_simulation": _empty(0, dtype=INT)}
+        exceedance = (self.exceedance.thresholds, self.exceedance.arrays["exceedances"]) \
+            if self.exceedance else (_empty(0), _empty(0, 0, dtype=INT))
+        quantiles = self.quantiles.arrays if self.quantiles else {
+            "quantile": _empty(0, 0), "quantile_low": _empty(0), "quantile_high": _empty(0)}
+        orders = self.quantiles.orders if self.quantiles else _empty(0)
+        fused_update(self.count, moments["shift"], moments["central"], extrema["min"],
+                     extrema["max"], extrema["min_simulation"], extrema["max_simulation"],
+                     *exceedance, orders, quantiles["quantile"], quantiles["quantile_low"],
+                     quantiles["quantile_high"], x, simulation)
+        self._advance(1)
+
+    def merge(self, other: FieldStatistics) -> None:
+        """Merge another partial state; impossible with quantiles on (ConfigurationError)."""
+        if self.quantiles is not None:
+            raise ConfigurationError(
+                f"cannot merge FieldStatistics with quantiles {self._settings['quantiles']}: "
+                "Robbins-Monro estimates have no exact merge")
+        super().merge(other)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        for part in (self.moments, self.extrema, self.exceedance):
+            if part is not None:
+                part._merge_state(count, other, other_count)
+
+    def _part(self, part: _Statistic | None, what: str) -> _Statistic:
+        if part is None:
+            raise ConfigurationError(f"{what} is not enabled in {self!r}")
+        return part
+
+    @property
+    def mean(self) -> np.ndarray:
+        """See Moments.mean."""
+        return self._part(self.moments, "mean").mean
+
+    @property
+    def variance(self) -> np.ndarray:
+        """See Moments.variance."""
+        return self._part(self.moments, "variance").variance
+
+    @property
+    def skewness(self) -> np.ndarray:
+        """See Moments.skewness."""
+        return self._part(self.moments, "skewness").skewness
+
+    @property
+    def kurtosis(self) -> np.ndarray:
+        """See Moments.kurtosis."""
+        return self._part(self.moments, "kurtosis").kurtosis
+
+    @property
+    def min(self) -> np.ndarray:
+        """See Extrema.min."""
+        return self._part(self.extrema, "min").min
+
+    @property
+    def max(self) -> np.ndarray:
+        """See Extrema.max."""
+        return self._part(self.extrema, "max").max
+
+    @property
+    def min_simulation(self) -> np.ndarray:
+        """See Extrema.min_simulation."""
+        return self._part(self.extrema, "min_simulation").min_simulation
+
+    @property
+    def max_simulation(self) -> np.ndarray:
+        """See Extrema.max_simulation."""
+        return self._part(self.extrema, "max_simulation").max_simulation
+
+    @property
+    def threshold_exceedance(self) -> np.ndarray:
+        """See ThresholdExceedance.threshold_exceedance."""
+        return self._part(self.exceedance, "threshold_exceedance").threshold_exceedance
+
+    @property
+    def exceedance_probability(self) -> np.ndarray:
+        """See ThresholdExceedance.exceedance_probability."""
+        return self._part(self.exceedance, "exceedance_probability").exceedance_probability
+
+    @property
+    def quantile(self) -> np.ndarray:
+        """See Quantiles.quantile."""
+        return self._part(self.quantiles, "quantile").quantile

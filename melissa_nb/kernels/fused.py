@@ -1,0 +1,49 @@
+"""One pass over an incoming vector updating every enabled general statistic.
+
+The server usually wants moments, extrema, exceedances and quantiles of the same field: reading
+the vector once instead of once per family saves memory traffic, which is what bounds these
+kernels. The per-cell formulas are the families' own (``fold_*``), so nothing is written twice.
+A family is disabled by passing zero-size arrays for its state (the object API does this):
+moments when ``central`` has 0 rows, extrema when ``minimum`` is empty, exceedances and
+quantiles when there are no thresholds or orders.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from melissa_nb.kernels.extrema import fold_extrema
+from melissa_nb.kernels.jit import kernel
+from melissa_nb.kernels.moments import fold_moments
+from melissa_nb.kernels.quantiles import fold_quantiles, robbins_monro_step
+from melissa_nb.kernels.thresholds import fold_exceedances
+
+
+@kernel
+def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np.ndarray,
+                 maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
+                 thresholds: np.ndarray, exceedances: np.ndarray, orders: np.ndarray,
+                 quantile: np.ndarray, quantile_low: np.ndarray, quantile_high: np.ndarray,
+                 x: np.ndarray, simulation: int) -> None:
+    """Fold sample ``x`` (cells,) of ``simulation`` into every enabled family's state.
+
+    ``count`` samples were folded in before; the caller advances the count once afterwards.
+    """
+    with_moments = central.shape[0] > 0
+    with_extrema = minimum.shape[0] > 0
+    with_exceedances = thresholds.shape[0] > 0
+    with_quantiles = orders.shape[0] > 0
+    step = robbins_monro_step(count)
+    for cell in numba.prange(x.shape[0]):
+        value = x[cell]
+        if with_moments:
+            fold_moments(count, value, shift, central, cell)
+        if with_extrema:
+            fold_extrema(count, value, simulation, minimum, maximum, min_simulation,
+                         max_simulation, cell)
+        if with_exceedances:
+            fold_exceedances(count, value, thresholds, exceedances, cell)
+        if with_quantiles:
+            fold_quantiles(count, step, value, orders, quantile, quantile_low, quantile_high,
+                           cell)

@@ -1,0 +1,72 @@
+"""Robbins-Monro quantiles per cell, several orders alpha at once (approximate, one pass).
+
+Update for each order alpha, with n the count after the update:
+
+    q_1 = x_1;    q_n = q_{n-1} - s_n (1{x_n <= q_{n-1}} - alpha)
+    s_n = (max_n - min_n) / n^gamma_n,    gamma_n = 1 - 1 / (2 sqrt(n))
+
+The step is scaled by the running range of the cell (as iterative-stats, Iooss & Lonchampt
+2021), so the estimate is invariant under x -> a x + b (a > 0): no unit-dependent tuning. The
+exponent rises from 0.5 (large early steps, to travel from x_1 to the quantile) towards 1
+(the classical 1/n rate) without needing the planned sample size, unlike Melissa 0.6 and
+iterative-stats, whose schedules depend on it. Measured on 1000 samples x 300 cells, the
+fraction of samples below the estimate is within ~0.01 (normal) to ~0.03 (lognormal) of alpha on
+average over cells; ``tests/test_kernels_quantiles.py`` states the tolerances it checks.
+
+State (cells last): ``quantile`` (orders, cells), ``quantile_low`` and ``quantile_high``
+(cells,), the running range. There is no exact merge of two Robbins-Monro states, so this
+family has no merge verb. Before any sample the finalized quantiles are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from melissa_nb.kernels.jit import formula, kernel
+
+
+@formula
+def robbins_monro_step(count: int) -> float:
+    """The step factor 1/n^gamma_n for the sample folded in after ``count`` earlier ones."""
+    n = count + 1.0
+    return n ** -(1.0 - 0.5 / math.sqrt(n))
+
+
+@formula
+def fold_quantiles(count: int, step: float, value: float, orders: np.ndarray,
+                   quantile: np.ndarray, low: np.ndarray, high: np.ndarray, cell: int) -> None:
+    """Fold one value of one cell into every order; ``step`` is ``robbins_monro_step(count)``."""
+    if count == 0:
+        low[cell] = value
+        high[cell] = value
+        for row in range(orders.shape[0]):
+            quantile[row, cell] = value
+        return
+    if value < low[cell]:
+        low[cell] = value
+    if value > high[cell]:
+        high[cell] = value
+    scaled_step = (high[cell] - low[cell]) * step
+    for row in range(orders.shape[0]):
+        below = 1.0 if value <= quantile[row, cell] else 0.0
+        quantile[row, cell] -= scaled_step * (below - orders[row])
+
+
+@kernel
+def quantiles_update(count: int, orders: np.ndarray, quantile: np.ndarray, low: np.ndarray,
+                     high: np.ndarray, x: np.ndarray) -> None:
+    """Fold sample ``x`` (cells,) into the estimates of every order; ``count`` samples before."""
+    step = robbins_monro_step(count)
+    for cell in numba.prange(x.shape[0]):
+        fold_quantiles(count, step, x[cell], orders, quantile, low, high, cell)
+
+
+@kernel
+def quantiles_finalize(count: int, quantile: np.ndarray, out: np.ndarray) -> None:
+    """Copy the estimates into ``out`` (orders, cells); NaN before any sample."""
+    for cell in numba.prange(quantile.shape[1]):
+        for row in range(quantile.shape[0]):
+            out[row, cell] = quantile[row, cell] if count > 0 else math.nan

@@ -1,0 +1,170 @@
+"""Sobol indices per cell: the iterative Martinez estimator on pick-freeze groups.
+
+A group is the (p+2, cells) outputs of p+2 simulations: rows Y_A, Y_B, Y_C1..Y_Cp, where C_k is
+input draw A with parameter k taken from draw B. State (cells last, 4 + 4p doubles per cell):
+- ``mean``, ``m2`` (p+2, cells): Welford mean and sum of squared deviations of each row;
+- ``comoment_first`` (p, cells): Q(Y_B, Y_Ck); ``comoment_total`` (p, cells): Q(Y_A, Y_Ck),
+  each updated as Q += (x - mean_x_old)(y - mean_y_new) (Melissa 0.6 was off by one sample).
+Merge: Chan et al. pairwise formulas.
+
+Finalized, with n the number of groups:
+    S_k  = Q(B,Ck) / sqrt(M2_B M2_Ck)          first order
+    ST_k = 1 - Q(A,Ck) / sqrt(M2_A M2_Ck)      total order
+Fisher-z intervals at confidence c, h = z_{(1+c)/2} / sqrt(n - 3):
+    first: [tanh(atanh S - h), tanh(atanh S + h)]
+    total: rho = 1 - ST, [1 - tanh(atanh rho + h), 1 - tanh(atanh rho - h)]
+Policy, NaN with no warning: an index where a variance it divides by is 0 (constant cell, or
+n < 2); an interval where n < 4. Correlations are clipped to [-1, 1] against rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from melissa_nb.kernels.jit import formula, kernel
+
+
+def normal_quantile(probability: float) -> float:
+    """The standard normal quantile z with Phi(z) = probability, for 0 < probability < 1.
+
+    Bisection on erfc to full double precision: called once per finalization, and it keeps the
+    kernels free of scipy.
+    """
+    low, high = -40.0, 40.0
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if 0.5 * math.erfc(-middle / math.sqrt(2.0)) < probability:
+            low = middle
+        else:
+            high = middle
+        if high - low <= 4e-16 * max(1.0, abs(middle)):
+            break
+    return 0.5 * (low + high)
+
+
+@formula
+def fold_sobol(count: int, group: np.ndarray, mean: np.ndarray, m2: np.ndarray,
+               comoment_first: np.ndarray, comoment_total: np.ndarray, cell: int) -> None:
+    """Fold one group into one cell; ``count`` groups were folded in before."""
+    rows = group.shape[0]
+    if count == 0:
+        for row in range(rows):
+            mean[row, cell] = group[row, cell]
+            m2[row, cell] = 0.0
+        for k in range(rows - 2):
+            comoment_first[k, cell] = 0.0
+            comoment_total[k, cell] = 0.0
+        return
+    n = count + 1.0
+    delta_a = group[0, cell] - mean[0, cell]
+    delta_b = group[1, cell] - mean[1, cell]
+    for k in range(rows - 2):
+        y = group[k + 2, cell]
+        delta_c = y - mean[k + 2, cell]
+        mean_c = mean[k + 2, cell] + delta_c / n
+        comoment_first[k, cell] += delta_b * (y - mean_c)
+        comoment_total[k, cell] += delta_a * (y - mean_c)
+        m2[k + 2, cell] += delta_c * (y - mean_c)
+        mean[k + 2, cell] = mean_c
+    for row in range(2):
+        delta = group[row, cell] - mean[row, cell]
+        mean[row, cell] += delta / n
+        m2[row, cell] += delta * (group[row, cell] - mean[row, cell])
+
+
+@formula
+def merge_sobol(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np.ndarray,
+                comoment_total: np.ndarray, other_count: int, other_mean: np.ndarray,
+                other_m2: np.ndarray, other_comoment_first: np.ndarray,
+                other_comoment_total: np.ndarray, cell: int) -> None:
+    """Merge another partial state of one cell into this one (Chan et al.)."""
+    rows = mean.shape[0]
+    if other_count == 0:
+        return
+    if count == 0:
+        for row in range(rows):
+            mean[row, cell] = other_mean[row, cell]
+            m2[row, cell] = other_m2[row, cell]
+        for k in range(rows - 2):
+            comoment_first[k, cell] = other_comoment_first[k, cell]
+            comoment_total[k, cell] = other_comoment_total[k, cell]
+        return
+    n_a = float(count)
+    n_b = float(other_count)
+    weight = n_a * n_b / (n_a + n_b)
+    d_a = other_mean[0, cell] - mean[0, cell]
+    d_b = other_mean[1, cell] - mean[1, cell]
+    for k in range(rows - 2):
+        d_c = other_mean[k + 2, cell] - mean[k + 2, cell]
+        comoment_first[k, cell] += other_comoment_first[k, cell] + d_b * d_c * weight
+        comoment_total[k, cell] += other_comoment_total[k, cell] + d_a * d_c * weight
+    for row in range(rows):
+        d = other_mean[row, cell] - mean[row, cell]
+        m2[row, cell] += other_m2[row, cell] + d * d * weight
+        mean[row, cell] += d * n_b / (n_a + n_b)
+
+
+@formula
+def correlation(comoment: float, m2_x: float, m2_y: float) -> float:
+    """Q / sqrt(M2_x M2_y) clipped to [-1, 1]; NaN where a variance is 0."""
+    product = m2_x * m2_y
+    if not product > 0.0:
+        return math.nan
+    value = comoment / math.sqrt(product)
+    return min(1.0, max(-1.0, value))
+
+
+@formula
+def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
+                   comoment_total: np.ndarray, half_width: float, out: np.ndarray,
+                   cell: int) -> None:
+    """Write S, ST and their intervals of one cell into ``out`` (6, p, cells).
+
+    Rows of ``out``: first, total, first low, first high, total low, total high.
+    ``half_width`` is z/sqrt(n-3), NaN when n < 4 (the intervals are then NaN).
+    """
+    for k in range(comoment_first.shape[0]):
+        if count < 2:
+            for row in range(6):
+                out[row, k, cell] = math.nan
+            continue
+        first = correlation(comoment_first[k, cell], m2[1, cell], m2[k + 2, cell])
+        rho = correlation(comoment_total[k, cell], m2[0, cell], m2[k + 2, cell])
+        out[0, k, cell] = first
+        out[1, k, cell] = 1.0 - rho
+        z_first = math.atanh(first)
+        z_rho = math.atanh(rho)
+        out[2, k, cell] = math.tanh(z_first - half_width)
+        out[3, k, cell] = math.tanh(z_first + half_width)
+        out[4, k, cell] = 1.0 - math.tanh(z_rho + half_width)
+        out[5, k, cell] = 1.0 - math.tanh(z_rho - half_width)
+
+
+@kernel
+def sobol_update(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np.ndarray,
+                 comoment_total: np.ndarray, group: np.ndarray) -> None:
+    """Fold one group (p+2, cells) into the state; ``count`` groups were folded in before."""
+    for cell in numba.prange(group.shape[1]):
+        fold_sobol(count, group, mean, m2, comoment_first, comoment_total, cell)
+
+
+@kernel
+def sobol_merge(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np.ndarray,
+                comoment_total: np.ndarray, other_count: int, other_mean: np.ndarray,
+                other_m2: np.ndarray, other_comoment_first: np.ndarray,
+                other_comoment_total: np.ndarray) -> None:
+    """Merge another partial state into this one."""
+    for cell in numba.prange(mean.shape[1]):
+        merge_sobol(count, mean, m2, comoment_first, comoment_total, other_count, other_mean,
+                    other_m2, other_comoment_first, other_comoment_total, cell)
+
+
+@kernel
+def sobol_finalize(count: int, m2: np.ndarray, comoment_first: np.ndarray,
+                   comoment_total: np.ndarray, half_width: float, out: np.ndarray) -> None:
+    """Write S, ST and their Fisher-z intervals into ``out`` (6, p, cells); see finalize_sobol."""
+    for cell in numba.prange(m2.shape[1]):
+        finalize_sobol(count, m2, comoment_first, comoment_total, half_width, out, cell)

@@ -1,0 +1,65 @@
+"""Threshold exceedance: per cell and threshold t, the number of samples with x > t (strict, as
+Melissa), and the probability count/n.
+
+State (cells last): ``exceedances`` (thresholds, cells) int64. Merge is a sum. The first sample
+overwrites the counts, so state arrays need not be zeroed before use. Before any sample the
+probabilities are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from melissa_nb.kernels.jit import formula, kernel
+
+
+@formula
+def fold_exceedances(count: int, value: float, thresholds: np.ndarray,
+                     exceedances: np.ndarray, cell: int) -> None:
+    """Count one value of one cell against every threshold; ``count`` samples before."""
+    for row in range(thresholds.shape[0]):
+        above = 1 if value > thresholds[row] else 0
+        if count == 0:
+            exceedances[row, cell] = above
+        else:
+            exceedances[row, cell] += above
+
+
+@formula
+def merge_exceedances(count: int, exceedances: np.ndarray, other_count: int,
+                      other_exceedances: np.ndarray, cell: int) -> None:
+    """Add another partial state of one cell to this one."""
+    if other_count == 0:
+        return
+    for row in range(exceedances.shape[0]):
+        if count == 0:
+            exceedances[row, cell] = other_exceedances[row, cell]
+        else:
+            exceedances[row, cell] += other_exceedances[row, cell]
+
+
+@kernel
+def thresholds_update(count: int, thresholds: np.ndarray, exceedances: np.ndarray,
+                      x: np.ndarray) -> None:
+    """Fold sample ``x`` (cells,) against every threshold; ``count`` samples before."""
+    for cell in numba.prange(x.shape[0]):
+        fold_exceedances(count, x[cell], thresholds, exceedances, cell)
+
+
+@kernel
+def thresholds_merge(count: int, exceedances: np.ndarray, other_count: int,
+                     other_exceedances: np.ndarray) -> None:
+    """Merge another partial state into this one."""
+    for cell in numba.prange(exceedances.shape[1]):
+        merge_exceedances(count, exceedances, other_count, other_exceedances, cell)
+
+
+@kernel
+def thresholds_finalize(count: int, exceedances: np.ndarray, out: np.ndarray) -> None:
+    """Write the exceedance probabilities count/n into ``out`` (thresholds, cells)."""
+    for cell in numba.prange(exceedances.shape[1]):
+        for row in range(exceedances.shape[0]):
+            out[row, cell] = exceedances[row, cell] / count if count > 0 else math.nan
