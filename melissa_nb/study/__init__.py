@@ -1,0 +1,1 @@
+"""The local study runner (`melissa-nb run`): study file, sampling, launcher, processes."""

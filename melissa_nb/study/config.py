@@ -1,0 +1,342 @@
+"""The study file (TOML): what to sample, what to run, what to compute, where to write it.
+
+`load_study(path)` reads and validates a study file into a frozen `StudyConfig`. Every key is
+checked: a missing, mistyped, out-of-range or unknown key raises `ConfigurationError` naming the
+key (`[section] key`) and saying what is expected. docs/study.md documents the format.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import string
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from melissa_nb.errors import ConfigurationError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+, and tomli is not a dependency
+    tomllib = None  # type: ignore[assignment]
+
+DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
+    "uniform": ("low", "high"),
+    "loguniform": ("low", "high"),
+    "normal": ("mean", "std"),
+}
+SAMPLINGS = ("monte_carlo", "latin_hypercube", "sobol")
+GENERAL_STATISTICS = ("mean", "variance", "skewness", "kurtosis", "min", "max", "threshold",
+                      "quantile")
+PYTHON_WORDS = ("python", "python3")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,127}")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One uncertain input: its name (a placeholder in the command) and its distribution."""
+
+    name: str
+    distribution: str
+    arguments: tuple[float, float]
+
+    def describe(self) -> str:
+        """`uniform(low=100, high=200)`: the distribution as written in the study file."""
+        names = DISTRIBUTIONS[self.distribution]
+        pairs = zip(names, self.arguments, strict=True)
+        values = ", ".join(f"{key}={value:g}" for key, value in pairs)
+        return f"{self.distribution}({values})"
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A validated study: every setting of the runner, the server and the simulations."""
+
+    path: Path
+    name: str
+    output_dir: Path
+    parameters: tuple[Parameter, ...]
+    sample_size: int
+    sampling: str
+    seed: int
+    sobol: bool
+    fields: tuple[str, ...]
+    statistics: tuple[str, ...]
+    thresholds: tuple[float, ...]
+    quantiles: tuple[float, ...]
+    timesteps: int
+    grid_shape: tuple[int, ...] | None
+    study_timeout: float
+    command: tuple[str, ...]
+    working_dir: Path
+    at_once: int
+    simulation_timeout: float
+    retries: int
+    server_ranks: int
+    checkpoint_interval: float
+    confidence: float
+    verbosity: int
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        """Parameter names in study-file order (the order of JOB values and Sobol C_k)."""
+        return tuple(parameter.name for parameter in self.parameters)
+
+    @property
+    def group_size(self) -> int:
+        """Simulations per sample: p + 2 pick-freeze members with Sobol, else 1."""
+        return len(self.parameters) + 2 if self.sobol else 1
+
+    @property
+    def simulation_count(self) -> int:
+        """Number of simulations the study runs."""
+        return self.sample_size * self.group_size
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The server's `-o` list: the general statistics, plus `sobol` when on."""
+        return self.statistics + (("sobol",) if self.sobol else ())
+
+    def command_for(self, values: dict[str, float]) -> list[str]:
+        """The simulation's argv with every `{name}` placeholder replaced by its value.
+
+        Values are written with `repr`, which round-trips a float exactly, so a simulation
+        re-run from parameters.csv sees the very same inputs.
+        """
+        texts = {name: repr(float(value)) for name, value in values.items()}
+        return [word.format(**texts) for word in self.command]
+
+
+class _Table:
+    """A TOML table being read: typed getters that name the key, and a check for leftovers."""
+
+    def __init__(self, data: Any, section: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"[{section}] must be a table, got {data!r}")
+        self.section = section
+        self.data = dict(data)
+        self.read: set[str] = set()
+
+    def _where(self, key: str) -> str:
+        return f"[{self.section}] {key}"
+
+    def fail(self, key: str, expected: str, value: Any) -> ConfigurationError:
+        """The error for `key`: where it is, what was expected, what was found."""
+        return ConfigurationError(f"{self._where(key)}: expected {expected}, got {value!r}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        self.read.add(key)
+        if key in self.data:
+            return self.data[key]
+        if default is _REQUIRED:
+            raise ConfigurationError(f"{self._where(key)} is missing (required)")
+        return default
+
+    def integer(self, key: str, default: Any = None, minimum: int = 0) -> int:
+        """An integer >= `minimum`."""
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"an integer >= {minimum}", value)
+        return value
+
+    def number(self, key: str, default: Any = None, minimum: float = -math.inf,
+               exclusive: bool = False) -> float:
+        """A finite number (int or float) above `minimum` (strictly when `exclusive`)."""
+        value = self._get(key, default)
+        below = value <= minimum if exclusive else value < minimum
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or below):
+            bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
+            expected = "a finite number" + ("" if minimum == -math.inf else f" {bound}")
+            raise self.fail(key, expected, value)
+        return float(value)
+
+    def text(self, key: str, default: Any = None, choices: tuple[str, ...] | None = None) -> str:
+        """A non-empty string, one of `choices` when given."""
+        value = self._get(key, default)
+        if not isinstance(value, str) or not value or (choices and value not in choices):
+            raise self.fail(key, f"one of {list(choices)}" if choices else "a non-empty string",
+                            value)
+        return value
+
+    def boolean(self, key: str, default: Any = None) -> bool:
+        """true or false."""
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, "true or false", value)
+        return value
+
+    def array(self, key: str, default: Any = None) -> list[Any]:
+        """A TOML array (items checked by the caller)."""
+        value = self._get(key, default)
+        if not isinstance(value, list):
+            raise self.fail(key, "an array", value)
+        return value
+
+    def table(self, key: str) -> _Table:
+        """A required sub-table."""
+        return _Table(self._get(key, _REQUIRED), key)
+
+    def finish(self) -> None:
+        """Reject keys nobody read: typos must not be silently ignored."""
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            raise ConfigurationError(f"[{self.section}] unknown key {unknown[0]!r}; allowed keys: "
+                                     f"{sorted(self.read)}")
+
+
+_REQUIRED = object()
+
+
+def _read_parameters(table: _Table) -> tuple[Parameter, ...]:
+    raw = table._get("parameters", _REQUIRED)
+    if not isinstance(raw, dict) or not raw:
+        raise table.fail("parameters", "a table of at least one parameter", raw)
+    parameters = []
+    for name, spec in raw.items():
+        if not name.isidentifier():
+            raise ConfigurationError(f"[parameters] {name!r}: a parameter name must be an "
+                                     "identifier (letters, digits, underscores)")
+        entry = _Table(spec, f"parameters.{name}")
+        distribution = entry.text("distribution", _REQUIRED, tuple(DISTRIBUTIONS))
+        first, second = (entry.number(key, _REQUIRED) for key in DISTRIBUTIONS[distribution])
+        entry.finish()
+        if distribution == "normal" and second <= 0:
+            raise entry.fail("std", "a number > 0", second)
+        if distribution in ("uniform", "loguniform") and second <= first:
+            raise entry.fail("high", f"a number > low ({first:g})", second)
+        if distribution == "loguniform" and first <= 0:
+            raise entry.fail("low", "a number > 0 (log-uniform)", first)
+        parameters.append(Parameter(name, distribution, (first, second)))
+    return tuple(parameters)
+
+
+def _read_command(table: _Table, names: tuple[str, ...]) -> tuple[str, ...]:
+    command = table.text("command", _REQUIRED)
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise table.fail("command", f"a shell-like command line ({error})", command) from None
+    for word in words:
+        try:
+            placeholders = [name for _, name, _, _ in string.Formatter().parse(word) if name]
+        except ValueError as error:
+            raise table.fail("command", f"valid {{name}} placeholders ({error})", command) \
+                from None
+        for placeholder in placeholders:
+            if placeholder not in names:
+                raise table.fail("command", f"placeholders among the parameters {list(names)}; "
+                                 f"unknown placeholder {{{placeholder}}}", command)
+    # "python" means the interpreter running the study, not whatever is first on PATH.
+    if words and words[0] in PYTHON_WORDS:
+        words[0] = sys.executable
+    return tuple(words)
+
+
+def _read_list(table: _Table, key: str, default: list[Any], kind: str) -> list[Any]:
+    values = table.array(key, default)
+    for value in values:
+        wrong = (not isinstance(value, str) or not value) if kind == "text" else (
+            isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value))
+        if wrong:
+            raise table.fail(key, f"an array of {'strings' if kind == 'text' else 'numbers'}",
+                             values)
+    if len(set(values)) != len(values):
+        raise table.fail(key, "an array without duplicates", values)
+    return values
+
+
+def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
+    """Validate the decoded TOML `data` of the study file at `path`."""
+    top = _Table(data, "top level")
+    study = top.table("study")
+    simulation = top.table("simulation")
+    server = _Table(top._get("server", {}), "server")
+    parameters = _read_parameters(top)
+    top.finish()
+    names = tuple(parameter.name for parameter in parameters)
+    base = path.parent
+
+    sobol = study.boolean("sobol", False)
+    statistics = _read_list(study, "statistics", ["mean", "variance"], "text")
+    for statistic in statistics:
+        if statistic not in GENERAL_STATISTICS:
+            raise study.fail("statistics", f"names among {list(GENERAL_STATISTICS)} (Sobol "
+                             "indices are switched on by `sobol = true`)", statistic)
+    thresholds = _read_list(study, "thresholds", [], "number")
+    quantiles = _read_list(study, "quantiles", [], "number")
+    if ("threshold" in statistics) != bool(thresholds):
+        raise study.fail("thresholds", "a non-empty array exactly when statistics lists "
+                         "'threshold'", thresholds)
+    if ("quantile" in statistics) != bool(quantiles):
+        raise study.fail("quantiles", "a non-empty array exactly when statistics lists "
+                         "'quantile'", quantiles)
+    if any(not 0 < order < 1 for order in quantiles):
+        raise study.fail("quantiles", "orders strictly between 0 and 1", quantiles)
+    if not statistics and not sobol:
+        raise study.fail("statistics", "at least one statistic (or sobol = true)", statistics)
+    fields = _read_list(study, "fields", _REQUIRED, "text")
+    if not fields or any(not _FIELD_NAME.fullmatch(field) for field in fields):
+        raise study.fail("fields", "at least one field name, each of 1..127 letters, digits, "
+                         "'_', '-' or '.'", fields)
+    grid = study._get("grid_shape", None)
+    if grid is not None and (not isinstance(grid, list) or not 1 <= len(grid) <= 2 or any(
+            isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in grid)):
+        raise study.fail("grid_shape", "an array of one or two positive integers", grid)
+
+    config = StudyConfig(
+        path=path,
+        name=study.text("name", path.stem),
+        output_dir=(base / study.text("output_dir", "results")).resolve(),
+        parameters=parameters,
+        sample_size=study.integer("sample_size", _REQUIRED, minimum=1),
+        sampling=study.text("sampling", "monte_carlo", SAMPLINGS),
+        seed=study.integer("seed", 0),
+        sobol=sobol,
+        fields=tuple(fields),
+        statistics=tuple(statistics),
+        thresholds=tuple(float(value) for value in thresholds),
+        quantiles=tuple(float(value) for value in quantiles),
+        timesteps=study.integer("timesteps", _REQUIRED, minimum=1),
+        grid_shape=tuple(grid) if grid is not None else None,
+        study_timeout=study.number("timeout", 3600.0, minimum=0, exclusive=True),
+        command=_read_command(simulation, names),
+        working_dir=(base / simulation.text("working_dir", ".")).resolve(),
+        at_once=simulation.integer("at_once", 2, minimum=1),
+        simulation_timeout=simulation.number("timeout", 300.0, minimum=0, exclusive=True),
+        retries=simulation.integer("retries", 2, minimum=0),
+        server_ranks=server.integer("ranks", 1, minimum=1),
+        checkpoint_interval=server.number("checkpoint_interval", 300.0, minimum=0,
+                                          exclusive=True),
+        confidence=server.number("confidence", 0.95, minimum=0, exclusive=True),
+        verbosity=server.integer("verbosity", 1, minimum=0),
+    )
+    if config.confidence >= 1:
+        raise server.fail("confidence", "a level strictly between 0 and 1", config.confidence)
+    if sobol and config.sample_size < 4:
+        raise study.fail("sample_size", "at least 4 groups with sobol = true (Fisher-z "
+                         "intervals need n >= 4)", config.sample_size)
+    if not config.working_dir.is_dir():
+        raise simulation.fail("working_dir", "an existing directory", str(config.working_dir))
+    for table in (study, simulation, server):
+        table.finish()
+    return config
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    """Read and validate the study file at `path` (relative paths inside are from its folder)."""
+    path = Path(path).resolve()
+    if tomllib is None:
+        raise ConfigurationError("reading a study file needs Python >= 3.11 (tomllib)")
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigurationError(f"study file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigurationError(f"study file {str(path)!r} is not valid TOML: {error}") from None
+    return parse_study(data, path)
