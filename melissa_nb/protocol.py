@@ -287,6 +287,11 @@ def encode_data_header(
     )
 
 
+def data_frame_size(vect_size: int, nb_vectors: int = 1) -> int:
+    """Bytes of a data frame: for ZMQ_MAXMSGSIZE and preallocated receive buffers."""
+    return DATA_HEADER_SIZE + nb_vectors * vect_size * FLOAT64.itemsize
+
+
 def encode_data_frame(
     time_stamp: int, simu_id: int, client_rank: int, field_name: str, values: np.ndarray
 ) -> bytearray:
@@ -302,7 +307,7 @@ def encode_data_frame(
             "bad_size", f"values must be 1-D or 2-D and non-empty, got {values.shape}"
         )
     header = encode_data_header(time_stamp, simu_id, client_rank, values.shape[-1], field_name)
-    frame = bytearray(DATA_HEADER_SIZE + values.size * FLOAT64.itemsize)
+    frame = bytearray(data_frame_size(values.shape[-1], values.size // values.shape[-1]))
     frame[:DATA_HEADER_SIZE] = header
     payload = np.frombuffer(frame, dtype=FLOAT64, offset=DATA_HEADER_SIZE)
     np.copyto(payload.reshape(values.shape), values, casting="same_kind")

@@ -31,6 +31,7 @@ from melissa_nb.protocol import (
     Stop,
     TextRequest,
     Timeout,
+    data_frame_size,
     decode_launcher_message,
     encode_data_frame,
     encode_data_header,
@@ -203,7 +204,7 @@ def test_data_message_layout() -> None:
         "<6d", *values.ravel()
     )
     assert DataMessage(9, 12, 3, "pressure", values).encode() == expected
-    assert len(expected) == 144 + 48
+    assert len(expected) == 144 + 48 == data_frame_size(3, nb_vectors=2)
 
 
 def test_data_header_helper_matches_the_frame_head() -> None:
