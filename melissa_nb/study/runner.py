@@ -1,0 +1,449 @@
+"""`melissa-nb run`: a whole study on one machine, the runner playing Melissa's launcher.
+
+Order of events: draw the design, bind the launcher sockets, start the server (directly, or
+under the mpiexec next to the interpreter for several ranks), wait for every rank's SERVER
+message, then keep at most `at_once` simulations running while answering the server, until it
+says STOP. A failed or timed-out simulation is relaunched (the server drops timesteps it already
+has) until its retries are spent, then DROPped; with Sobol the rest of its group goes with it,
+since a group missing a member cannot contribute. Everything waits with a deadline, and the
+`finally` path stops every child process group whatever happened (Ctrl-C and SIGTERM included).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import Popen
+from types import FrameType
+
+import zmq
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from melissa_nb.errors import ConfigurationError, MelissaError
+from melissa_nb.protocol import (
+    SIMU_FINISHED,
+    ConfidenceInterval,
+    Drop,
+    Job,
+    LauncherMessage,
+    Server,
+    SimuStatus,
+    Stop,
+    Timeout,
+)
+from melissa_nb.study.config import StudyConfig
+from melissa_nb.study.launcher import Launcher, LauncherPorts
+from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
+from melissa_nb.study.simulations import SimulationRun, start_process, stop_process
+
+SERVER_START_SECONDS = 120.0
+"""Bound on the server's start (numba import and kernel compilation on a cold cache)."""
+SERVER_EXIT_SECONDS = 120.0
+"""Bound on the server's exit after STOP (it writes the netCDF files first)."""
+POLL_SECONDS = 0.02
+
+
+class StudyError(MelissaError):
+    """The study could not complete: the server failed, or a deadline passed."""
+
+
+class StudyInterrupted(MelissaError):
+    """SIGINT or SIGTERM: the runner stopped everything and gives up."""
+
+
+class Status(enum.Enum):
+    """Where a simulation stands, as the runner sees it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    EXITED = "exited"  # the process ended well; the server has not confirmed all its data yet
+    FINISHED = "finished"  # the server confirmed every timestep
+    DROPPED = "dropped"
+
+
+@dataclass
+class Simulation:
+    """A simulation of the design and its history in this study."""
+
+    spec: SimulationSpec
+    status: Status = Status.PENDING
+    attempts: int = 0
+    failures: int = 0
+    job_id: str = ""
+
+
+@dataclass
+class StudyReport:
+    """What a study did: counts, where the results are, how long it took."""
+
+    output_dir: Path
+    finished: int
+    dropped: list[int]
+    retried: int
+    elapsed: float
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now (the server binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def executable(name: str) -> str:
+    """`name` from the interpreter's own bin directory, else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise StudyError(f"cannot find {name!r} next to {sys.executable} or on PATH")
+    return found
+
+
+def server_arguments(config: StudyConfig, ports: LauncherPorts, connection_port: int,
+                     study_id: str) -> list[str]:
+    """The `melissa-nb server` options for this study (Melissa 0.6 names where they exist)."""
+    colon = ":".join
+    arguments = [
+        "-p", str(len(config.parameters)),
+        "-s", str(config.sample_size),
+        "-t", str(config.timesteps),
+        "-o", colon(config.operations),
+        "-f", colon(config.fields),
+        "-n", "127.0.0.1",
+        "-w", f"{config.simulation_timeout:g}",
+        "-c", f"{config.checkpoint_interval:g}",
+        "-v", str(config.verbosity),
+        "--txt_push_port", str(ports.push),
+        "--txt_pull_port", str(ports.pull),
+        "--txt_req_port", str(ports.req),
+        "--data_port", "0",
+        "--connection-port", str(connection_port),
+        "--bind", "127.0.0.1",
+        "--advertise", "127.0.0.1",
+        "--output-dir", str(config.output_dir),
+        "--study-id", study_id,
+    ]
+    # "--name=value": a negative threshold must not look like an option.
+    if config.thresholds:
+        arguments.append("--thresholds=" + colon(repr(value) for value in config.thresholds))
+    if config.quantiles:
+        arguments.append("--quantiles=" + colon(repr(value) for value in config.quantiles))
+    if config.sobol:
+        arguments += ["--confidence", repr(config.confidence)]
+    return arguments
+
+
+def server_command(config: StudyConfig, arguments: list[str]) -> list[str]:
+    """`melissa-nb server ...`, under `mpiexec -n M` when the study asks for M > 1 ranks."""
+    command = [executable("melissa-nb"), "server", *arguments]
+    if config.server_ranks > 1:
+        command = [executable("mpiexec"), "-n", str(config.server_ranks), *command]
+    return command
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise StudyInterrupted in the main thread while the study runs."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise StudyInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class StudyRunner:
+    """Runs one study; `run()` returns a StudyReport or raises StudyError/StudyInterrupted."""
+
+    def __init__(self, config: StudyConfig, console: Console | None = None,
+                 show_progress: bool = True) -> None:
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+        self.simulations = {spec.simulation_id: Simulation(spec) for spec in design(config)}
+        self.queue: deque[int] = deque(self.simulations)
+        self.active: dict[int, SimulationRun] = {}  # live processes, by simulation id
+        self.rejected: dict[str, int] = {}
+        self.retried = 0
+        self.stopped = False
+        self.server_ranks: set[int] = set()
+        self.worst_interval: float | None = None
+        self.log_dir = config.output_dir / "logs"
+        # Unique per run (shared-memory names), within the server's 32 characters.
+        self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
+
+    # --- protocol ---------------------------------------------------------------------------
+
+    def job_of(self, simu_id: int) -> Job | None:
+        """The JOB describing a simulation of this study (None for an id the study lacks)."""
+        simulation = self.simulations.get(simu_id)
+        if simulation is None:
+            return None
+        return Job(simu_id, simulation.job_id, simulation.spec.values)
+
+    def handle(self, message: LauncherMessage, launcher: Launcher) -> None:
+        """React to one message from the server."""
+        if isinstance(message, Server):
+            self.server_ranks.add(message.rank)
+        elif isinstance(message, Stop):
+            self.stopped = True
+        elif isinstance(message, SimuStatus) and message.status == SIMU_FINISHED:
+            simulation = self.simulations.get(message.simu_id)
+            if simulation is not None and simulation.status in (Status.RUNNING, Status.EXITED):
+                simulation.status = Status.FINISHED
+        elif isinstance(message, Timeout):
+            simulation = self.simulations.get(message.simu_id)
+            if simulation is not None and simulation.status in (Status.RUNNING, Status.EXITED):
+                self.fail(simulation, launcher)
+        elif isinstance(message, ConfidenceInterval):
+            self.worst_interval = message.value
+        # ALIVE and SIMU_STATUS "running" need nothing: the runner watches its processes itself.
+
+    # --- simulations ------------------------------------------------------------------------
+
+    def launch(self, simulation: Simulation, launcher: Launcher, connection_port: int) -> None:
+        """Start an attempt, after telling the server the simulation's JOB."""
+        simulation.attempts += 1
+        simulation.job_id = f"{self.study_id}.{simulation.spec.simulation_id}.{simulation.attempts}"
+        launcher.publish(self.job_of(simulation.spec.simulation_id))  # type: ignore[arg-type]
+        values = dict(zip(self.config.parameter_names, simulation.spec.values, strict=True))
+        environment = {
+            "MELISSA_SIMU_ID": str(simulation.spec.simulation_id),
+            "MELISSA_SERVER_NODE_NAME": "127.0.0.1",
+            "MELISSA_SERVER_PORT": str(connection_port),
+        }
+        self.active[simulation.spec.simulation_id] = SimulationRun(
+            simulation.spec, simulation.attempts, self.config.command_for(values),
+            self.config.working_dir, self.log_dir, environment)
+        simulation.status = Status.RUNNING
+
+    def halt(self, simulation: Simulation) -> None:
+        """Stop the simulation's process, if it has one alive."""
+        run = self.active.pop(simulation.spec.simulation_id, None)
+        if run is not None:
+            run.stop()
+
+    def fail(self, simulation: Simulation, launcher: Launcher) -> None:
+        """A failed or timed-out attempt: relaunch later, or drop once retries are spent."""
+        self.halt(simulation)
+        simulation.failures += 1
+        if simulation.failures > self.config.retries:
+            for member in self.group_of(simulation):
+                self.drop(member, launcher)
+        else:
+            simulation.status = Status.PENDING
+            self.retried += 1
+            self.queue.append(simulation.spec.simulation_id)
+
+    def group_of(self, simulation: Simulation) -> list[Simulation]:
+        """The simulations that share its fate: its Sobol group, or itself alone."""
+        size = self.config.group_size
+        first = simulation.spec.group * size if self.config.sobol else simulation.spec.simulation_id
+        return [self.simulations[simu_id] for simu_id in range(first, first + size)]
+
+    def drop(self, simulation: Simulation, launcher: Launcher) -> None:
+        """Give a simulation up for good and tell the server (it then counts as done)."""
+        if simulation.status in (Status.FINISHED, Status.DROPPED):
+            return
+        self.halt(simulation)
+        simulation.status = Status.DROPPED
+        launcher.publish(Drop(simulation.spec.simulation_id, simulation.job_id))
+
+    def watch(self, launcher: Launcher) -> None:
+        """Collect exits, enforce the wall-clock timeout of each attempt.
+
+        A simulation the server already confirmed (FINISHED) may still be running; whatever
+        its process does next cannot change the results, so only its slot is freed.
+        """
+        for simu_id, run in list(self.active.items()):
+            simulation = self.simulations[simu_id]
+            code = run.poll()
+            if code is None and run.elapsed <= self.config.simulation_timeout:
+                continue
+            if code == 0 or simulation.status == Status.FINISHED:
+                self.halt(simulation)
+                if simulation.status == Status.RUNNING:
+                    simulation.status = Status.EXITED
+                if code == 0:
+                    run.log_path.unlink(missing_ok=True)  # keep the logs of failures only
+            else:
+                self.fail(simulation, launcher)
+
+    def count(self, *statuses: Status) -> int:
+        """How many simulations are in one of `statuses`."""
+        return sum(simulation.status in statuses for simulation in self.simulations.values())
+
+    # --- the study --------------------------------------------------------------------------
+
+    def run(self) -> StudyReport:
+        """Run the whole study; every child is stopped on the way out, whatever happens."""
+        started = time.monotonic()
+        config = self.config
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        context = zmq.Context()
+        launcher = None
+        server = None
+        try:
+            with stop_signals_raise():
+                connection_port = free_port()
+                launcher = Launcher(context, self.job_of, options="")
+                arguments = server_arguments(config, launcher.ports, connection_port,
+                                             self.study_id)
+                launcher.options = shlex.join(arguments)
+                server = start_process(server_command(config, arguments), config.working_dir,
+                                       config.output_dir / "server.log", {})
+                deadline = started + config.study_timeout
+                self.wait_for_server(launcher, server, min(deadline, started
+                                                           + SERVER_START_SECONDS))
+                self.drive(launcher, server, connection_port, deadline)
+                self.wait_for_exit(launcher, server, time.monotonic() + SERVER_EXIT_SECONDS)
+        finally:
+            for simulation in self.simulations.values():
+                self.halt(simulation)
+            if server is not None:
+                stop_process(server, signal.SIGTERM, grace=10.0)
+            if launcher is not None:
+                self.rejected = dict(launcher.rejected)
+                launcher.close()
+            context.term()
+            write_parameters_csv(config.output_dir / "parameters.csv", config.parameter_names,
+                                 (simulation.spec for simulation in self.simulations.values()),
+                                 {simu_id: simulation.status.value
+                                  for simu_id, simulation in self.simulations.items()})
+        return StudyReport(config.output_dir, self.count(Status.FINISHED),
+                           [simu_id for simu_id, simulation in self.simulations.items()
+                            if simulation.status == Status.DROPPED],
+                           self.retried, time.monotonic() - started, self.rejected)
+
+    def server_failed(self, server_log: Path, what: str) -> StudyError:
+        """An error quoting the end of the server's log."""
+        try:
+            tail = "\n".join(server_log.read_text(errors="replace").splitlines()[-15:])
+        except OSError:
+            tail = "(no server log)"
+        return StudyError(f"{what}; end of {server_log}:\n{tail}")
+
+    def wait_for_server(self, launcher: Launcher, server: Popen[bytes], deadline: float) -> None:
+        """Wait for a SERVER message from every rank."""
+        log = self.config.output_dir / "server.log"
+        while len(self.server_ranks) < self.config.server_ranks:
+            if server.poll() is not None:
+                raise self.server_failed(log, f"the server exited with code {server.returncode} "
+                                              "during start-up")
+            if time.monotonic() > deadline:
+                raise self.server_failed(log, "the server did not start in time")
+            for message in launcher.service(POLL_SECONDS * 5):
+                self.handle(message, launcher)
+
+    def drive(self, launcher: Launcher, server: Popen[bytes], connection_port: int,
+              deadline: float) -> None:
+        """The main loop: answer the server, keep `at_once` simulations running, until STOP."""
+        total = len(self.simulations)
+        with self.progress() as progress:
+            task = progress.add_task("simulations", total=total, status="")
+            while not self.stopped:
+                if time.monotonic() > deadline:
+                    raise StudyError(f"the study did not finish within its timeout "
+                                     f"({self.config.study_timeout:g} s)")
+                if server.poll() is not None:
+                    raise self.server_failed(self.config.output_dir / "server.log",
+                                             f"the server exited with code {server.returncode} "
+                                             "before the study finished")
+                for message in launcher.service(POLL_SECONDS):
+                    self.handle(message, launcher)
+                self.watch(launcher)
+                while self.queue and len(self.active) < self.config.at_once:
+                    simulation = self.simulations[self.queue.popleft()]
+                    if simulation.status == Status.PENDING:
+                        self.launch(simulation, launcher, connection_port)
+                progress.update(task, completed=self.count(Status.FINISHED, Status.DROPPED),
+                                status=self.status_line())
+            progress.update(task, completed=self.count(Status.FINISHED, Status.DROPPED),
+                            status=self.status_line())
+
+    def wait_for_exit(self, launcher: Launcher, server: Popen[bytes], deadline: float) -> None:
+        """After STOP the server writes its results and exits; it must exit with code 0."""
+        while server.poll() is None:
+            if time.monotonic() > deadline:
+                raise self.server_failed(self.config.output_dir / "server.log",
+                                         "the server did not exit after STOP")
+            launcher.service(POLL_SECONDS * 5)
+        if server.returncode != 0:
+            raise self.server_failed(self.config.output_dir / "server.log",
+                                     f"the server exited with code {server.returncode}")
+
+    def status_line(self) -> str:
+        """running / exited awaiting the server / failed / retried / dropped / worst interval."""
+        failures = sum(simulation.failures for simulation in self.simulations.values())
+        line = (f"running {len(self.active)} · data pending "
+                f"{self.count(Status.EXITED)} · failed {failures} · retried {self.retried} · "
+                f"dropped {self.count(Status.DROPPED)}")
+        if self.worst_interval is not None:
+            line += f" · worst CI {self.worst_interval:.3g}"
+        return line
+
+    def progress(self) -> Progress:
+        """The rich progress bar (silent when `show_progress` is off)."""
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                        TimeElapsedColumn(), console=self.console,
+                        disable=not self.show_progress)
+
+
+def print_summary(report: StudyReport, console: Console) -> None:
+    """Where the results are, what was dropped, the worst Sobol interval widths, the time."""
+    from melissa_nb.results import field_summaries
+
+    console.print(f"[bold]study finished[/] in {report.elapsed:.1f} s: {report.finished} "
+                  f"simulations confirmed, {report.retried} retried, {len(report.dropped)} "
+                  "dropped" + (f" ({', '.join(map(str, report.dropped[:20]))})"
+                               if report.dropped else ""))
+    for summary in field_summaries(report.output_dir):
+        line = f"  {summary.path}"
+        if summary.worst_width:
+            widths = ", ".join(f"{name} {value:.3g}" for name, value in
+                               summary.worst_width.items())
+            line += f"  worst Sobol interval width: {widths}"
+        console.print(line)
+    console.print(f"  {report.output_dir / 'parameters.csv'}")
+    if report.rejected:
+        console.print(f"  malformed messages from the server: {report.rejected}")
+
+
+def run_study_file(path: str | Path, show_progress: bool = True) -> int:
+    """`melissa-nb run`: load, run, summarise; returns the process exit code."""
+    from melissa_nb.study.config import load_study
+
+    console = Console(stderr=True)
+    try:
+        config = load_study(path)
+        report = StudyRunner(config, console, show_progress).run()
+    except StudyInterrupted as error:
+        console.print(f"[red]interrupted[/]: {error}; every process was stopped")
+        return 130
+    except MelissaError as error:
+        console.print(f"[red]error[/]: {error}")
+        return 2 if isinstance(error, ConfigurationError) else 1
+    print_summary(report, Console())
+    return 0
