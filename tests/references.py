@@ -1,0 +1,88 @@
+"""Independent numpy/scipy references for the kernels (two-pass, batch, closed forms).
+
+``FIELD_REFERENCES`` maps each result property of ``FieldStatistics`` to the batch computation
+it must match; tests are parametrized over it, so a new property needs a reference here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import scipy.stats
+
+# Settings the FieldStatistics references are computed for.
+THRESHOLDS = (-0.5, 0.0, 1.25)
+
+
+def _quiet(function: Callable[[], np.ndarray]) -> np.ndarray:
+    """Evaluate a scipy reference where it may warn about constant cells (it returns NaN)."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return function()
+
+
+FIELD_REFERENCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "mean": lambda samples, ids: samples.mean(axis=0),
+    "variance": lambda samples, ids: samples.var(axis=0, ddof=1),
+    "skewness": lambda samples, ids: _quiet(lambda: scipy.stats.skew(samples, bias=False)),
+    "kurtosis": lambda samples, ids: _quiet(lambda: scipy.stats.kurtosis(samples, bias=False)),
+    "min": lambda samples, ids: samples.min(axis=0),
+    "max": lambda samples, ids: samples.max(axis=0),
+    "min_simulation": lambda samples, ids: ids[samples.argmin(axis=0)],
+    "max_simulation": lambda samples, ids: ids[samples.argmax(axis=0)],
+    "threshold_exceedance": lambda samples, ids: exceedances(samples, THRESHOLDS),
+    "exceedance_probability": lambda samples, ids: exceedances(samples, THRESHOLDS)
+    / samples.shape[0],
+}
+
+
+def exceedances(samples: np.ndarray, thresholds: tuple[float, ...]) -> np.ndarray:
+    """Count of samples strictly above each threshold, (thresholds, cells)."""
+    return (samples[None, :, :] > np.asarray(thresholds)[:, None, None]).sum(axis=1)
+
+
+def martinez_batch(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Martinez indices from all groups at once with np.corrcoef: (first, total), (p, cells).
+
+    ``groups`` is (n, p + 2, cells) with rows Y_A, Y_B, Y_C1..Y_Cp.
+    """
+    n, rows, cells = groups.shape
+    first = np.empty((rows - 2, cells))
+    total = np.empty((rows - 2, cells))
+    for cell in range(cells):
+        correlations = np.corrcoef(groups[:, :, cell], rowvar=False)
+        first[:, cell] = correlations[1, 2:]
+        total[:, cell] = 1.0 - correlations[0, 2:]
+    return first, total
+
+
+def ishigami(inputs: np.ndarray, a: float = 7.0, b: float = 0.1) -> np.ndarray:
+    """The Ishigami function of inputs (..., 3)."""
+    x1, x2, x3 = inputs[..., 0], inputs[..., 1], inputs[..., 2]
+    return np.sin(x1) + a * np.sin(x2) ** 2 + b * x3 ** 4 * np.sin(x1)
+
+
+def ishigami_indices(a: float = 7.0, b: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-form (first, total) indices of Ishigami with inputs U(-pi, pi)."""
+    pi4 = np.pi ** 4
+    d1 = 0.5 * (1.0 + b * pi4 / 5.0) ** 2
+    d2 = a * a / 8.0
+    d13 = b * b * pi4 * pi4 * (1.0 / 18.0 - 1.0 / 50.0)
+    total_variance = d1 + d2 + d13
+    first = np.array([d1, d2, 0.0]) / total_variance
+    total = np.array([d1 + d13, d2, d13]) / total_variance
+    return first, total
+
+
+def pick_freeze(function: Callable[[np.ndarray], np.ndarray], draw_a: np.ndarray,
+                draw_b: np.ndarray) -> np.ndarray:
+    """Groups (n, p + 2, cells) from input draws A and B of shape (n, cells, p)."""
+    p = draw_a.shape[-1]
+    rows = [function(draw_a), function(draw_b)]
+    for k in range(p):
+        mixed = draw_a.copy()
+        mixed[..., k] = draw_b[..., k]
+        rows.append(function(mixed))
+    return np.ascontiguousarray(np.stack(rows, axis=1))
