@@ -113,7 +113,7 @@ class _Reader:
         self.offset = 0
         self.what = what
 
-    def _take(self, size: int) -> memoryview:
+    def take(self, size: int) -> memoryview:
         if self.offset + size > len(self.view):
             raise ProtocolError(
                 "short_frame",
@@ -124,13 +124,13 @@ class _Reader:
         return part
 
     def int32(self, name: str, minimum: int = INT32_MIN) -> int:
-        value = _INT32.unpack(self._take(4))[0]
+        value = _INT32.unpack(self.take(4))[0]
         if value < minimum:
             raise ProtocolError("bad_value", f"{self.what}: {name} = {value} is below {minimum}")
         return value
 
     def float64(self) -> float:
-        return _FLOAT64.unpack(self._take(8))[0]
+        return _FLOAT64.unpack(self.take(8))[0]
 
     def c_string(self, name: str, allow_empty: bool = False) -> str:
         rest = bytes(self.view[self.offset :])
@@ -144,7 +144,7 @@ class _Reader:
         return len(self.view) - self.offset
 
     def rest(self) -> memoryview:
-        return self._take(self.remaining())
+        return self.take(self.remaining())
 
     def finish(self) -> None:
         if self.remaining():
@@ -261,7 +261,7 @@ class ConnectionReply:
                 f"entries of {entry_width}",
             )
         addresses = tuple(
-            _c_string(reader._take(entry_width), f"data address {rank}", "unterminated_string")
+            _c_string(reader.take(entry_width), f"data address {rank}", "unterminated_string")
             for rank in range(server_comm_size)
         )
         return cls(bool(sobol), learning, nb_parameters, verbose_level, addresses, entry_width)
