@@ -131,3 +131,31 @@ def status(
     from melissa_nb.server.status import show_status
 
     raise typer.Exit(show_status(output_dir))
+
+
+@app.command()
+def run(
+    study_file: str = typer.Argument(..., help="The study file (TOML), see docs/study.md."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run a whole study on this machine: server, simulations, results."""
+    from melissa_nb.study.runner import run_study_file
+
+    raise typer.Exit(run_study_file(study_file, show_progress=progress))
+
+
+@app.command()
+def results(
+    directory: str = typer.Argument(..., help="A results directory (the study's output_dir)."),
+    timestep: int = typer.Option(-1, "--timestep", help="Timestep of the maps (-1: the last)."),
+    cell: int = typer.Option(0, "--cell", help="Global cell of the time plots."),
+    shape: str = typer.Option(
+        None, "--shape", help="Grid of the maps, e.g. 100x100 (default: the grid_shape attribute)."
+    ),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+    plot_dir: str = typer.Option(None, "--plot-dir", help="Where plots go (default DIR/plots)."),
+) -> None:
+    """Summarise a study's netCDF results and plot maps and time series."""
+    from melissa_nb.results import show_results
+
+    raise typer.Exit(show_results(directory, timestep, cell, shape, plots, plot_dir))

@@ -318,6 +318,7 @@ class StudyRunner:
                                                            + SERVER_START_SECONDS))
                 self.drive(launcher, server, connection_port, deadline)
                 self.wait_for_exit(launcher, server, time.monotonic() + SERVER_EXIT_SECONDS)
+                annotate_results(config)
         finally:
             for simulation in self.simulations.values():
                 self.halt(simulation)
@@ -411,6 +412,20 @@ class StudyRunner:
                         disable=not self.show_progress)
 
 
+def annotate_results(config: StudyConfig) -> None:
+    """Add what only the study knows to each result file: parameter names and the grid shape."""
+    import netCDF4
+
+    for field_name in config.fields:
+        path = config.output_dir / f"{field_name}.nc"
+        if not path.exists():
+            raise StudyError(f"the server wrote no result file {path}")
+        with netCDF4.Dataset(path, "a") as dataset:
+            dataset.setncattr("parameter_names", " ".join(config.parameter_names))
+            if config.grid_shape is not None:
+                dataset.setncattr("grid_shape", list(config.grid_shape))
+
+
 def print_summary(report: StudyReport, console: Console) -> None:
     """Where the results are, what was dropped, the worst Sobol interval widths, the time."""
     from melissa_nb.results import field_summaries
@@ -422,9 +437,9 @@ def print_summary(report: StudyReport, console: Console) -> None:
     for summary in field_summaries(report.output_dir):
         line = f"  {summary.path}"
         if summary.worst_width:
-            widths = ", ".join(f"{name} {value:.3g}" for name, value in
+            widths = ", ".join(f"{name} {first:.3g}/{total:.3g}" for name, (first, total) in
                                summary.worst_width.items())
-            line += f"  worst Sobol interval width: {widths}"
+            line += f"\n    worst Sobol interval width (first/total): {widths}"
         console.print(line)
     console.print(f"  {report.output_dir / 'parameters.csv'}")
     if report.rejected:

@@ -1,0 +1,299 @@
+"""`melissa-nb results DIR`: summary tables and PNG plots of a study's netCDF results.
+
+Reads every `<field>.nc` the server wrote (dimensions `time`, `cell`, and `threshold`,
+`quantile`, `parameter` where used). Maps need the grid of the cells: `--shape 100x100`, else
+the file's `grid_shape` attribute (the study runner writes it from the study file), else the
+cells are plotted as a line. Parameter names come from the `parameter_names` attribute (also
+written by the runner), else `parameters.csv` beside the files, else p1..pk.
+
+matplotlib is the optional `plots` extra; without it the command says how to install it.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from melissa_nb.errors import ConfigurationError
+
+INSTALL_PLOTS = "pip install 'melissa_nb[plots]'"
+SOBOL_INTERVALS = {
+    "first": ("sobol_first_ci_low", "sobol_first_ci_high"),
+    "total": ("sobol_total_ci_low", "sobol_total_ci_high"),
+}
+
+
+@dataclass
+class FieldResults:
+    """One result file, loaded: its statistics as arrays and its global attributes."""
+
+    path: Path
+    name: str
+    variables: dict[str, np.ndarray]
+    attributes: dict[str, object]
+    parameter_names: tuple[str, ...]
+    grid_shape: tuple[int, ...] | None
+
+    @property
+    def timesteps(self) -> int:
+        """Length of the time dimension."""
+        return next(iter(self.variables.values())).shape[0]
+
+    @property
+    def cells(self) -> int:
+        """Length of the cell dimension (always the last axis)."""
+        return next(iter(self.variables.values())).shape[-1]
+
+    @property
+    def sobol(self) -> bool:
+        """True when the file holds Sobol indices."""
+        return "sobol_first" in self.variables
+
+
+@dataclass
+class FieldSummary:
+    """What the summary reports about a field (also used by `melissa-nb run`)."""
+
+    path: Path
+    name: str
+    timesteps: int
+    cells: int
+    counts: dict[str, object]
+    ranges: dict[str, tuple[float, float]]
+    worst_width: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def result_files(directory: str | Path) -> list[Path]:
+    """The netCDF result files of a results directory, sorted by name."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigurationError(f"results directory {str(directory)!r} does not exist")
+    return sorted(directory.glob("*.nc"))
+
+
+def _names_from_csv(directory: Path, count: int) -> tuple[str, ...] | None:
+    try:
+        with open(directory / "parameters.csv", newline="") as handle:
+            header = next(csv.reader(handle))
+    except (OSError, StopIteration):
+        return None
+    names = tuple(header[4:])
+    return names if len(names) == count else None
+
+
+def load_field(path: str | Path) -> FieldResults:
+    """Read one result file entirely (results are small next to the data that made them)."""
+    import netCDF4
+
+    path = Path(path)
+    with netCDF4.Dataset(path) as dataset:
+        dataset.set_auto_mask(False)
+        variables = {name: np.asarray(variable[...]) for name, variable in
+                     dataset.variables.items() if "time" in variable.dimensions}
+        attributes = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
+        nb_parameters = len(dataset.dimensions["parameter"]) if (
+            "parameter" in dataset.dimensions) else 0
+    names = attributes.get("parameter_names")
+    if isinstance(names, str) and len(names.split()) == nb_parameters:
+        parameter_names = tuple(names.split())
+    else:
+        parameter_names = _names_from_csv(path.parent, nb_parameters) or tuple(
+            f"p{k}" for k in range(1, nb_parameters + 1))
+    grid = attributes.get("grid_shape")
+    grid_shape = tuple(int(size) for size in np.atleast_1d(grid)) if grid is not None else None
+    return FieldResults(path, path.stem, variables, attributes, parameter_names, grid_shape)
+
+
+def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:
+    """Per parameter: the widest first- and total-order interval over all cells and times.
+
+    Cells where an index is undefined (a constant output: NaN by the server's policy) are
+    skipped; a parameter with no defined interval at all reports NaN.
+    """
+    widths: dict[str, tuple[float, float]] = {}
+    if not results.sobol:
+        return widths
+    per_order = []
+    for low, high in SOBOL_INTERVALS.values():
+        width = results.variables[high] - results.variables[low]  # (time, parameter, cell)
+        finite = np.where(np.isfinite(width), width, -np.inf).max(axis=(0, 2))
+        per_order.append(np.where(np.isfinite(finite), finite, np.nan))
+    for k, name in enumerate(results.parameter_names):
+        widths[name] = (float(per_order[0][k]), float(per_order[1][k]))
+    return widths
+
+
+def summarize(results: FieldResults) -> FieldSummary:
+    """Sample counts, value ranges of every statistic, worst Sobol interval widths."""
+    counts = {key: value for key, value in results.attributes.items()
+              if any(word in key for word in ("count", "sample", "group", "simulation"))}
+    ranges = {}
+    for name, values in results.variables.items():
+        finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
+        if finite.size:
+            ranges[name] = (float(finite.min()), float(finite.max()))
+    return FieldSummary(results.path, results.name, results.timesteps, results.cells, counts,
+                        ranges, worst_widths(results))
+
+
+def field_summaries(directory: str | Path) -> list[FieldSummary]:
+    """A summary of every result file of a directory."""
+    return [summarize(load_field(path)) for path in result_files(directory)]
+
+
+def summary_table(summary: FieldSummary) -> Table:
+    """The rich table of one field."""
+    table = Table(title=f"{summary.name}: {summary.timesteps} timesteps x {summary.cells} cells"
+                        f"  ({summary.path})", title_justify="left")
+    table.add_column("statistic")
+    table.add_column("min", justify="right")
+    table.add_column("max", justify="right")
+    for name, (low, high) in summary.ranges.items():
+        table.add_row(name, f"{low:.6g}", f"{high:.6g}")
+    for key, value in summary.counts.items():
+        table.add_row(f"[dim]{key}[/]", str(value), "")
+    for name, (first, total) in summary.worst_width.items():
+        table.add_row(f"worst interval width {name}", f"first {first:.3g}", f"total {total:.3g}")
+    return table
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """`100x100` -> (100, 100)."""
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not 1 <= len(shape) <= 2 or any(size < 1 for size in shape):
+        raise ConfigurationError(f"--shape {text!r}: expected sizes like 100x100 or 400")
+    return shape
+
+
+def _grid(results: FieldResults, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    grid = shape or results.grid_shape
+    if grid is not None and int(np.prod(grid)) != results.cells:
+        raise ConfigurationError(f"grid shape {grid} does not hold the {results.cells} cells of "
+                                 f"{results.path.name}")
+    return grid if grid is not None and len(grid) == 2 else None
+
+
+def _draw(axes, values: np.ndarray, grid: tuple[int, ...] | None, title: str, figure,
+          limits: tuple[float, float] | None = None) -> None:
+    """A map when the grid is 2-D, else a line over the cells."""
+    axes.set_title(title, fontsize=9)
+    if grid is None:
+        axes.plot(values)
+        axes.set_xlabel("cell")
+        if limits:
+            axes.set_ylim(*limits)
+        return
+    vmin, vmax = limits or (None, None)
+    image = axes.imshow(values.reshape(grid), origin="upper", vmin=vmin, vmax=vmax)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    figure.colorbar(image, ax=axes, shrink=0.8)
+
+
+def plot_field(results: FieldResults, timestep: int, cell: int, shape: tuple[int, ...] | None,
+               out_dir: Path) -> list[Path]:
+    """Write the PNG plots of one field; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = results.timesteps
+    if not -steps <= timestep < steps:
+        raise ConfigurationError(f"--timestep {timestep} not in [-{steps}, {steps})")
+    if not 0 <= cell < results.cells:
+        raise ConfigurationError(f"--cell {cell} not in [0, {results.cells})")
+    step = timestep % steps
+    grid = _grid(results, shape)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variables = results.variables
+    written = []
+
+    maps = [(name, variables[name][step]) for name in ("mean",) if name in variables]
+    if "variance" in variables:
+        maps.append(("standard deviation", np.sqrt(np.maximum(variables["variance"][step], 0))))
+    if maps:
+        figure, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 4), squeeze=False)
+        for panel, (name, values) in zip(axes[0], maps, strict=True):
+            _draw(panel, values, grid, f"{results.name} {name}, t={step}", figure)
+        written.append(_save(figure, out_dir / f"{results.name}_moments_t{step}.png", plt))
+
+    names = results.parameter_names
+    if results.sobol:
+        figure, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
+        for row, order in enumerate(("first", "total")):
+            for k, name in enumerate(names):
+                _draw(axes[row, k], variables[f"sobol_{order}"][step, k], grid,
+                      f"{order} {name}, t={step}", figure, limits=(0.0, 1.0))
+        written.append(_save(figure, out_dir / f"{results.name}_sobol_t{step}.png", plt))
+
+    panels = (["mean"] if "mean" in variables else []) + (
+        ["first", "total"] if results.sobol else [])
+    if panels:
+        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+        time = np.arange(steps)
+        for panel, what in zip(axes[0], panels, strict=True):
+            if what == "mean":
+                mean = variables["mean"][:, cell]
+                panel.plot(time, mean, label="mean")
+                if "variance" in variables:
+                    std = np.sqrt(np.maximum(variables["variance"][:, cell], 0))
+                    panel.fill_between(time, mean - std, mean + std, alpha=0.3, label="± std")
+            else:
+                low_name, high_name = SOBOL_INTERVALS[what]
+                for k, name in enumerate(names):
+                    line, = panel.plot(time, variables[f"sobol_{what}"][:, k, cell], label=name)
+                    panel.fill_between(time, variables[low_name][:, k, cell],
+                                       variables[high_name][:, k, cell], alpha=0.2,
+                                       color=line.get_color())
+                panel.set_ylim(-0.05, 1.05)
+            panel.set_title(f"{results.name} {what}, cell {cell}", fontsize=9)
+            panel.set_xlabel("timestep")
+            panel.legend(fontsize=7)
+        written.append(_save(figure, out_dir / f"{results.name}_cell{cell}.png", plt))
+    return written
+
+
+def _save(figure, path: Path, plt) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return path
+
+
+def show_results(directory: str, timestep: int = -1, cell: int = 0, shape: str | None = None,
+                 plots: bool = True, plot_dir: str | None = None) -> int:
+    """`melissa-nb results`: print the tables, write the plots; returns the exit code."""
+    console = Console()
+    errors = Console(stderr=True, soft_wrap=True)
+    try:
+        paths = result_files(directory)
+        if not paths:
+            raise ConfigurationError(f"no result file (*.nc) in {directory!r}")
+        fields = [load_field(path) for path in paths]
+        grid = parse_shape(shape) if shape else None
+        for results in fields:
+            console.print(summary_table(summarize(results)))
+        if not plots:
+            return 0
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            errors.print(f"plots need matplotlib: {INSTALL_PLOTS}", markup=False)
+            return 1
+        out_dir = Path(plot_dir) if plot_dir else Path(directory) / "plots"
+        for results in fields:
+            for path in plot_field(results, timestep, cell, grid, out_dir):
+                console.print(f"wrote {path}")
+    except ConfigurationError as error:
+        errors.print(f"[red]error[/]: {error}")
+        return 2
+    return 0
