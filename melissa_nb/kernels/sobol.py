@@ -31,9 +31,12 @@ def normal_quantile(probability: float) -> float:
     """The standard normal quantile z with Phi(z) = probability, for 0 < probability < 1.
 
     Bisection on erfc to full double precision: called once per finalization, and it keeps the
-    kernels free of scipy.
+    kernels free of scipy. Upper probabilities use the symmetry (1 - p is exact there), so the
+    tail is searched where erfc is relatively accurate.
     """
-    low, high = -40.0, 40.0
+    if probability > 0.5:
+        return -normal_quantile(1.0 - probability)
+    low, high = -40.0, 0.0
     for _ in range(200):
         middle = 0.5 * (low + high)
         if 0.5 * math.erfc(-middle / math.sqrt(2.0)) < probability:
