@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
 
 OPERATIONS = (
     "mean",
@@ -26,8 +27,6 @@ OPERATIONS = (
     "sobol",
 )
 MOMENT_ORDER = {"mean": 1, "variance": 2, "skewness": 3, "kurtosis": 4}
-DATA_HEADER_BYTES = 144  # the fixed Melissa data-message header (see docs/protocol.md)
-FIELD_NAME_BYTES = 128  # the header's field-name slot, NUL included
 HEARTBEAT_SECONDS = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6 value)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -160,8 +159,8 @@ class ServerConfig:
         for name in self.field_names:
             encoded = name.encode()
             need(
-                0 < len(encoded) < FIELD_NAME_BYTES and b"\0" not in encoded,
-                f"-f/--fieldnames: field name {name!r} must be 1..{FIELD_NAME_BYTES - 1} bytes",
+                0 < len(encoded) < FIELD_NAME_WIDTH and b"\0" not in encoded,
+                f"-f/--fieldnames: field name {name!r} must be 1..{FIELD_NAME_WIDTH - 1} bytes",
             )
             need(
                 name.replace("_", "").replace("-", "").replace(".", "").isalnum(),
@@ -239,7 +238,7 @@ class ServerConfig:
     @property
     def max_message_bytes(self) -> int:
         """ZMQ_MAXMSGSIZE of the data socket: header + a whole group of `max_cells` doubles."""
-        return DATA_HEADER_BYTES + self.group_size * 8 * self.max_cells
+        return data_frame_size(self.max_cells, self.group_size)
 
     @property
     def launcher_is_local(self) -> bool:

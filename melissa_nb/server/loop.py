@@ -1,0 +1,487 @@
+"""The receive loop of one server rank: sockets -> protocol -> kernels, until the study ends.
+
+Start: MPI world, Numba threads, kernel warm-up, sockets bound, data addresses gathered, rank 0
+writes `<output>/server.json`. Loop: poll every socket with a timeout; drain data frames
+(zero-copy views handed to the kernels), answer connection requests (rank 0), handle launcher
+messages; regularly publish progress, send heartbeats, time out silent simulations and take part
+in the non-blocking end vote. End: every rank writes its slices of every field in turn, then rank
+0 sends STOP. SIGTERM and SIGINT end the loop early: blocks are removed, no results are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket as socketlib
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import zmq
+
+from melissa_nb.errors import ProtocolError
+from melissa_nb.protocol import (
+    SIMU_FINISHED,
+    SIMU_RUNNING,
+    Alive,
+    ConnectionReply,
+    ConnectionRequest,
+    DataValidator,
+    Drop,
+    Job,
+    Server,
+    SimuStatus,
+    Stop,
+    TextRequest,
+    Timeout,
+    sobol_member,
+)
+from melissa_nb.server.config import HEARTBEAT_SECONDS, ServerConfig
+from melissa_nb.server.launcher import LauncherLink
+from melissa_nb.server.members import MemberAssembly
+from melissa_nb.server.output import write_field
+from melissa_nb.server.progress import Progress
+from melissa_nb.server.ranks import EndVote, World
+from melissa_nb.server.slices import SliceStatistics, slice_bytes
+from melissa_nb.server.tracking import STATE_FINISHED, STATE_RUNNING, Tracker, study_complete
+
+POLL_MS = 100  # every wait of the loop is at most this long: signals and votes stay responsive
+DRAIN = 256  # data frames handled per poll before the other sockets get a turn
+VOTE_SECONDS = 0.2
+PUBLISH_SECONDS = 0.5
+DATA_LINGER_MS = 0
+CONNECTION_MAX_MESSAGE = 64  # a connection request is 8 bytes
+CONNECTION_LINGER_MS = 1000
+EXIT_ABORTED = 1
+SERVER_FILE = "server.json"
+
+
+def _logger(rank: int, verbosity: int) -> logging.Logger:
+    log = logging.getLogger(f"melissa_nb.server.r{rank}")
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s melissa-nb server r{rank} %(levelname)s %(message)s")
+        )
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    return log
+
+
+def warm_kernels(config: ServerConfig) -> None:
+    """Compile (or load from cache) every kernel this study uses before accepting data.
+
+    Both the read-only views of received frames and the writable buffers of assembled Sobol
+    members reach the kernels, and Numba specialises on writability: warm both.
+    """
+    from melissa_nb.kernels import FieldStatistics, SobolMartinez
+    from melissa_nb.server.output import statistic_names
+    from melissa_nb.server.slices import general_settings
+
+    cells = 4
+    rows = config.group_size
+    writable = np.linspace(1.0, 2.0, rows * cells).reshape(rows, cells)
+    read_only = np.frombuffer(writable.tobytes()).reshape(rows, cells)
+    names = statistic_names(config)
+    for sample in (writable, read_only):
+        if config.general_statistics:
+            general = FieldStatistics(cells, **general_settings(config))
+            general.update(sample[0], 0)
+            for name in names:
+                if not name.startswith("sobol_"):
+                    getattr(general, name)
+        if config.sobol:
+            sobol = SobolMartinez(cells, config.parameters, config.confidence)
+            sobol.update(sample)
+            sobol.first_ci, sobol.total_ci  # noqa: B018 - compiles the finalizer
+
+
+class ServerRank:
+    """One rank of the server: its sockets, its state and the loop that feeds them."""
+
+    def __init__(self, config: ServerConfig, world: World, log: logging.Logger) -> None:
+        self.config = config
+        self.world = world
+        self.log = log
+        self.rank = world.rank
+        self.stop_signal: int | None = None
+        now = time.monotonic()
+        self.context = zmq.Context()
+        self.slices: dict[tuple[str, int], SliceStatistics] = {}
+        self.tracker = Tracker(config.field_names, config.timesteps, config.sampling_size)
+        self.validator = DataValidator(
+            config.field_names,
+            config.timesteps,
+            config.sampling_size,
+            sobol=config.sobol,
+            nb_parameters=config.parameters,
+        )
+        self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
+        self.known_jobs: set[int] = set()
+        self.requested_info: set[int] = set()
+        self.progress = Progress(config.study_id, self.rank, log)
+        self.data = self._bind_data()
+        self.connection = self._bind_connection() if self.rank == 0 else None
+        self.addresses: list[str] = world.allgather(self.data_address)
+        self.launcher = (
+            LauncherLink(self.context, config, now, log) if config.launcher_name else None
+        )
+        self.poller = zmq.Poller()
+        for socket in self._input_sockets():
+            self.poller.register(socket, zmq.POLLIN)
+        width = 3 + 4 * len(config.field_names)
+        self.vote = EndVote(world, width, VOTE_SECONDS)
+        self._next_heartbeat = now + HEARTBEAT_SECONDS
+        self._next_publish = now
+        self.aborted = False
+        self.write_server_file()
+
+    # --- sockets ---------------------------------------------------------------------------------
+
+    def _bind_data(self) -> zmq.Socket:
+        data = self.context.socket(zmq.PULL)
+        data.setsockopt(zmq.RCVHWM, 32)
+        data.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        data.setsockopt(zmq.LINGER, DATA_LINGER_MS)
+        port = self.config.data_port_for(self.world.local_index)
+        host = self.config.bind_address
+        data.bind(f"tcp://{host}:{port if port else '*'}")
+        bound_port = int(data.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
+        self.data_address = f"tcp://{self.config.advertise_host}:{bound_port}"
+        return data
+
+    def _bind_connection(self) -> zmq.Socket:
+        connection = self.context.socket(zmq.REP)
+        connection.setsockopt(zmq.MAXMSGSIZE, CONNECTION_MAX_MESSAGE)
+        connection.setsockopt(zmq.LINGER, CONNECTION_LINGER_MS)
+        connection.bind(f"tcp://{self.config.bind_address}:{self.config.connection_port}")
+        return connection
+
+    def _input_sockets(self) -> list[zmq.Socket]:
+        sockets = [self.data]
+        if self.connection is not None:
+            sockets.append(self.connection)
+        if self.launcher is not None:
+            sockets += list(self.launcher.sockets)
+        return sockets
+
+    def write_server_file(self) -> None:
+        """Rank 0 writes `<output>/server.json`: what `melissa-nb status` needs to find us."""
+        hosts = self.world.allgather(socketlib.gethostname())
+        pids = self.world.allgather(os.getpid())
+        if self.rank != 0:
+            return
+        config = self.config
+        config.output_dir.mkdir(parents=True, exist_ok=True)
+        description = {
+            "study_id": config.study_id,
+            "ranks": self.world.size,
+            "hosts": hosts,
+            "pids": pids,
+            "connection_address": f"tcp://{config.advertise_host}:{config.connection_port}",
+            "data_addresses": self.addresses,
+            "shm_prefix": config.shm_prefix(),
+            "progress_blocks": [
+                f"{config.shm_prefix()}r{rank}_progress" for rank in range(self.world.size)
+            ],
+            "fields": list(config.field_names),
+            "timesteps": config.timesteps,
+            "sampling_size": config.sampling_size,
+            "operations": list(config.operations),
+            "started_at": time.time(),
+        }
+        temporary = config.output_dir / (SERVER_FILE + ".tmp")
+        temporary.write_text(json.dumps(description, indent=2))
+        os.replace(temporary, config.output_dir / SERVER_FILE)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until the study ends (0), the launcher is gone (1) or a signal arrives."""
+        if self.launcher is not None:
+            self.launcher.send(Server(self.rank, socketlib.gethostname()))
+            if self.rank == 0:
+                self.launcher.request(TextRequest("options"))
+        self.log.info(
+            "ready: data %s%s",
+            self.data_address,
+            f", connections on port {self.config.connection_port}" if self.rank == 0 else "",
+        )
+        while self.stop_signal is None:
+            events = dict(self.poller.poll(POLL_MS))
+            now = time.monotonic()
+            if self.data in events:
+                self._drain_data(now)
+            if self.connection is not None and self.connection in events:
+                self._answer_connection(now)
+            if self.launcher is not None:
+                for socket in self.launcher.sockets:
+                    if socket in events:
+                        self._handle_launcher(socket, now)
+                self.launcher.service(now)
+            self._periodic(now)
+            rows = self.vote.poll(lambda: self.tracker.summary(self.aborted), now)
+            if rows is not None:
+                end, aborted = study_complete(rows, len(self.config.field_names))
+                if end:
+                    return self._finish(aborted)
+        self.log.warning("stopped by signal %d: no results written", self.stop_signal)
+        return 128 + self.stop_signal
+
+    def _drain_data(self, now: float) -> None:
+        for _ in range(DRAIN):
+            try:
+                frame = self.data.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self.progress.counts["messages"] += 1
+            try:
+                self._handle_data(frame.buffer, now)
+            except ProtocolError as error:
+                self.progress.reject(error.reason, str(error), now)
+
+    def _handle_data(self, buffer: memoryview, now: float) -> None:
+        """Validate one data frame, fold it into the statistics, mark its timestep."""
+        message = self.validator.decode(buffer)
+        config = self.config
+        single_member = config.sobol and message.nb_vectors == 1
+        if single_member:
+            group, member = sobol_member(message.simu_id, config.parameters)
+        else:
+            group, member = message.simu_id, 0
+        if self.tracker.dropped[group]:
+            raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
+        field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
+        steps = self.tracker.learn_slice(field, client_rank, message.vect_size)
+        statistics = self._slice(field, client_rank, message.vect_size)
+        self._saw(group, now)
+        if steps.has(group, timestep):
+            self.progress.counts["duplicates"] += 1
+            return
+        values = message.values
+        if single_member:
+            outcome, assembled = self.members.add(
+                (field, client_rank, group, timestep), member, values[0]
+            )
+            if outcome == MemberAssembly.DUPLICATE:
+                self.progress.counts["duplicates"] += 1
+                return
+            if outcome == MemberAssembly.FULL:
+                raise ProtocolError(
+                    "member_buffer_full",
+                    f"no room for member {member} of group {group} "
+                    f"(--member-buffer-mb {config.member_buffer_mb:g})",
+                )
+            self.progress.counts["accepted"] += 1
+            if assembled is None:
+                return
+            statistics.update_group(timestep, assembled, group)
+        elif config.sobol:
+            statistics.update_group(timestep, values, group)
+            self.progress.counts["accepted"] += 1
+        else:
+            statistics.update_sample(timestep, values[0], group)
+            self.progress.counts["accepted"] += 1
+        self.tracker.record(field, client_rank, group, timestep)
+
+    def _slice(self, field: str, client_rank: int, cells: int) -> SliceStatistics:
+        statistics = self.slices.get((field, client_rank))
+        if statistics is None:
+            statistics = SliceStatistics(self.config, self.rank, field, client_rank, cells)
+            self.slices[(field, client_rank)] = statistics
+            self.progress.counts["state_bytes"] += slice_bytes(self.config, cells)
+            self.log.info(
+                "field %s: client rank %d sends %d cells here (%.1f MiB of state)",
+                field,
+                client_rank,
+                cells,
+                slice_bytes(self.config, cells) / 2**20,
+            )
+        return statistics
+
+    def _saw(self, simulation: int, now: float) -> None:
+        """A sign of life from a simulation: status RUNNING on first sight, simu_info if new."""
+        first = not self.tracker.started[simulation]
+        self.tracker.touch(simulation, now)
+        if not first or self.launcher is None:
+            return
+        if self.rank == 0:
+            self.launcher.send(SimuStatus(simulation, SIMU_RUNNING))
+        if simulation not in self.known_jobs and simulation not in self.requested_info:
+            self.requested_info.add(simulation)
+            self.launcher.request(TextRequest("simu_info", simulation))
+
+    def _answer_connection(self, now: float) -> None:
+        """Rank 0: reply to one connection request with the port table (REP: always reply)."""
+        assert self.connection is not None
+        request_frame = self.connection.recv()
+        try:
+            request = ConnectionRequest.decode(request_frame)
+            simulation = request.simu_id // self.config.group_size
+            if simulation >= self.config.sampling_size:
+                raise ProtocolError(
+                    "simu_id_out_of_range",
+                    f"connection from simulation {request.simu_id}, study has "
+                    f"{self.config.sampling_size * self.config.group_size}",
+                )
+        except ProtocolError as error:
+            self.connection.send(b"")
+            self.progress.reject(error.reason, str(error), now)
+            return
+        if self.tracker.client_comm_size not in (0, request.client_comm_size):
+            self.log.warning(
+                "simulation %d has %d ranks, earlier ones had %d: all must share one layout",
+                request.simu_id,
+                request.client_comm_size,
+                self.tracker.client_comm_size,
+            )
+        self.tracker.client_comm_size = request.client_comm_size
+        reply = ConnectionReply(
+            self.config.sobol,
+            0,
+            self.config.parameters,
+            self.config.verbosity,
+            tuple(self.addresses),
+            self.config.port_table_width,
+        )
+        self.connection.send(reply.encode())
+        self._saw(simulation, now)
+
+    def _handle_launcher(self, socket: zmq.Socket, now: float) -> None:
+        assert self.launcher is not None
+
+        def reject(error: ProtocolError) -> None:
+            self.progress.reject(error.reason, str(error), now)
+
+        for message in self.launcher.receive(socket, now, reject):
+            if isinstance(message, Job):
+                self.known_jobs.add(message.simu_id)
+                self.tracker.job_ids[message.simu_id] = message.job_id
+            elif isinstance(message, Drop):
+                if message.simu_id < self.config.sampling_size:
+                    self._drop(message.simu_id, "dropped by the launcher")
+
+    def _drop(self, simulation: int, why: str) -> None:
+        if self.tracker.dropped[simulation]:
+            return
+        self.tracker.drop(simulation)
+        self.members.discard_group(simulation)
+        self.log.warning("simulation %d %s", simulation, why)
+
+    def _periodic(self, now: float) -> None:
+        """Timeouts, heartbeats, status messages and progress, each at its own pace."""
+        if self.launcher is None:
+            for simulation in self.tracker.silent(now, self.config.timeout):
+                self._drop(simulation, f"silent for more than {self.config.timeout:g} s: dropped")
+        elif self.launcher.gone(now) and not self.aborted:
+            self.log.error(
+                "no HELLO from the launcher for %g s: ending the study",
+                self.config.launcher_timeout,
+            )
+            self.aborted = True
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_SECONDS
+            if self.launcher is not None and self.rank == 0:
+                silent = self.tracker.silent(now, self.config.timeout)
+                for simulation in silent:
+                    self.launcher.send(Timeout(simulation))
+                if not silent:
+                    self.launcher.send(Alive())
+        if now >= self._next_publish:
+            self._next_publish = now + PUBLISH_SECONDS
+            finished = self.tracker.newly_finished()
+            if self.launcher is not None and self.rank == 0:
+                for simulation in finished:
+                    self.launcher.send(SimuStatus(simulation, SIMU_FINISHED))
+            codes = self.tracker.status()
+            self.progress.publish(
+                running=int(np.count_nonzero(codes == STATE_RUNNING)),
+                finished=int(np.count_nonzero(codes == STATE_FINISHED)),
+                dropped=int(np.count_nonzero(self.tracker.dropped)),
+                slices=len(self.slices),
+                member_buffer_bytes=self.members.used_bytes,
+            )
+
+    # --- the end ---------------------------------------------------------------------------------
+
+    def _finish(self, aborted: bool) -> int:
+        """Write every field in turn (all ranks), then rank 0 tells the launcher STOP."""
+        self._periodic(time.monotonic())
+        counts = self.progress.counts
+        self.log.info(
+            "study %s: %d messages, %d accepted, %d duplicates, %d rejected %s",
+            "aborted" if aborted else "complete",
+            counts["messages"],
+            counts["accepted"],
+            counts["duplicates"],
+            counts["rejected"],
+            dict(self.progress.rejections),
+        )
+        extra = {
+            "study_complete": int(not aborted),
+            "simulations_dropped": int(np.count_nonzero(self.tracker.dropped)),
+        }
+        for field in self.config.field_names:
+            slices = sorted(
+                (item for item in self.slices.values() if item.field == field),
+                key=lambda item: item.client_rank,
+            )
+            total = int(sum(self.world.allgather(sum(item.cells for item in slices))))
+            path = write_field(self.world, self.config, field, slices, total, extra)
+            if self.rank == 0:
+                self.log.info("wrote %s", path)
+        self.world.barrier()
+        if self.launcher is not None and self.rank == 0:
+            self.launcher.send(Stop())
+        return EXIT_ABORTED if aborted else 0
+
+    def close(self) -> None:
+        """Close every socket and remove every shared-memory block of this rank."""
+        for statistics in self.slices.values():
+            statistics.release()
+        self.slices.clear()
+        self.progress.release()
+        if self.launcher is not None:
+            self.launcher.close()
+        for socket in (self.data, self.connection):
+            if socket is not None:
+                socket.close()
+        self.context.term()
+
+
+def _install_signal_handlers(on_signal: Callable[[int], None]) -> dict[int, Any]:
+    """Turn SIGTERM and SIGINT into a flag the loop checks (a clean shutdown)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        on_signal(signum)
+
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def serve(config: ServerConfig) -> int:
+    """Run this process's rank of the server; returns the process exit code."""
+    import numba
+
+    world = World()
+    log = _logger(world.rank, config.verbosity)
+    numba.set_num_threads(min(world.threads_per_rank(), numba.config.NUMBA_NUM_THREADS))
+    received: list[int] = []
+    previous = _install_signal_handlers(received.append)
+    server: ServerRank | None = None
+    try:
+        warm_kernels(config)
+        server = ServerRank(config, world, log)
+        if received:
+            server.stop_signal = received[0]
+        _install_signal_handlers(lambda signum: setattr(server, "stop_signal", signum))
+        return server.run()
+    finally:
+        if server is not None:
+            server.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

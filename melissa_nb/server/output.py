@@ -1,0 +1,335 @@
+"""netCDF4 results: `<output>/<field>.nc`, each rank writing its own slices in turn.
+
+Layout of one file (CF-style): dimensions `time` (T) and `cell` (total cells, global order), plus
+`threshold`, `quantile_order` and `parameter` when used, each with a coordinate variable holding
+the values. The quantile dimension is named `quantile_order` because `quantile` is the statistic's
+own name. Variables are only those requested: `mean`, `variance`, `skewness`, `kurtosis`, `min`,
+`max`, `min_simulation`, `max_simulation` (time, cell); `threshold_exceedance` (counts) and
+`exceedance_probability` (time, threshold, cell); `quantile` (time, quantile_order, cell); the six
+`sobol_*` (time, parameter, cell); and always `sample_count` (time). Global attributes state the
+conventions (variance ddof=1, skewness/kurtosis bias=False, excess kurtosis, strict threshold,
+quantile method, confidence level) and the study's sample counts.
+
+Writing: rank 0 creates `<field>.nc.partial` and defines everything, then every rank in rank order
+opens it in append mode and writes the hyperslab of its own cells; the last rank renames it to
+`<field>.nc`, so a reader never sees a half-written file. No rank ever holds a whole field.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from melissa_nb import __version__
+from melissa_nb.partition import block_bounds
+from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
+
+QUANTILE_DIMENSION = "quantile_order"
+SOBOL_VARIABLES = (
+    "sobol_first",
+    "sobol_total",
+    "sobol_first_ci_low",
+    "sobol_first_ci_high",
+    "sobol_total_ci_low",
+    "sobol_total_ci_high",
+)
+LONG_NAMES = {
+    "mean": "mean over the samples",
+    "variance": "unbiased variance over the samples (ddof=1)",
+    "skewness": "sample skewness, scipy.stats.skew(bias=False)",
+    "kurtosis": "excess kurtosis, scipy.stats.kurtosis(fisher=True, bias=False)",
+    "min": "minimum over the samples",
+    "max": "maximum over the samples",
+    "min_simulation": "id of the simulation that produced the minimum",
+    "max_simulation": "id of the simulation that produced the maximum",
+    "threshold_exceedance": "number of samples with value > threshold",
+    "exceedance_probability": "fraction of samples with value > threshold",
+    "quantile": "Robbins-Monro estimate of the quantile",
+    "sobol_first": "first-order Sobol index (Martinez)",
+    "sobol_total": "total-order Sobol index (Martinez)",
+    "sobol_first_ci_low": "lower bound of the Fisher-z interval of sobol_first",
+    "sobol_first_ci_high": "upper bound of the Fisher-z interval of sobol_first",
+    "sobol_total_ci_low": "lower bound of the Fisher-z interval of sobol_total",
+    "sobol_total_ci_high": "upper bound of the Fisher-z interval of sobol_total",
+    "sample_count": "samples folded into each timestep (smallest over cells)",
+}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One netCDF variable to define: name, dimensions, dtype, attributes."""
+
+    name: str
+    dimensions: tuple[str, ...]
+    dtype: str
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+class NetCDFStore:
+    """A netCDF4 file seen as a few primitives: define, write a hyperslab, read, close."""
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "r") -> None:
+        import netCDF4
+
+        self.path = Path(path)
+        self._dataset = netCDF4.Dataset(self.path, mode, format="NETCDF4")
+
+    def define(
+        self,
+        dimensions: Mapping[str, int],
+        variables: Iterable[Variable],
+        attributes: Mapping[str, Any],
+    ) -> None:
+        """Create dimensions, variables (float ones filled with NaN) and global attributes."""
+        for name, size in dimensions.items():
+            self._dataset.createDimension(name, size)
+        for variable in variables:
+            fill = np.nan if variable.dtype == "f8" else None
+            created = self._dataset.createVariable(
+                variable.name, variable.dtype, variable.dimensions, fill_value=fill
+            )
+            created.setncatts(dict(variable.attributes))
+        self._dataset.setncatts(dict(attributes))
+
+    def write(self, name: str, index: tuple[Any, ...], values: np.ndarray) -> None:
+        """Write `values` into variable `name` at `index` (a tuple of slices/ints)."""
+        self._dataset.variables[name][index] = values
+
+    def read(self, name: str, index: tuple[Any, ...] = (...,)) -> np.ndarray:
+        """Values of variable `name` (plain ndarray, NaN where never written)."""
+        variable = self._dataset.variables[name]
+        variable.set_auto_mask(False)
+        return np.asarray(variable[index])
+
+    def names(self) -> list[str]:
+        """Names of every variable."""
+        return list(self._dataset.variables)
+
+    def dimensions(self) -> dict[str, int]:
+        """Dimension sizes."""
+        return {name: len(dimension) for name, dimension in self._dataset.dimensions.items()}
+
+    def attributes(self, name: str | None = None) -> dict[str, Any]:
+        """Global attributes, or those of variable `name`."""
+        owner = self._dataset if name is None else self._dataset.variables[name]
+        return {key: owner.getncattr(key) for key in owner.ncattrs()}
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        self._dataset.close()
+
+    def __enter__(self) -> NetCDFStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def statistic_names(config: ServerConfig) -> list[str]:
+    """Output variables of the requested operations, in a fixed order."""
+    names = [op for op in MOMENT_ORDER if op in config.operations]
+    for extreme in ("min", "max"):
+        if extreme in config.operations:
+            names += [extreme, f"{extreme}_simulation"]
+    if "threshold" in config.operations:
+        names += ["threshold_exceedance", "exceedance_probability"]
+    if "quantile" in config.operations:
+        names.append("quantile")
+    if config.sobol:
+        names += list(SOBOL_VARIABLES)
+    return names
+
+
+def _dimensions_of(name: str) -> tuple[str, ...]:
+    if name in ("threshold_exceedance", "exceedance_probability"):
+        return ("time", "threshold", "cell")
+    if name == "quantile":
+        return ("time", QUANTILE_DIMENSION, "cell")
+    if name.startswith("sobol_"):
+        return ("time", "parameter", "cell")
+    return ("time", "cell")
+
+
+def _dtype_of(name: str) -> str:
+    return "i8" if name in ("min_simulation", "max_simulation", "threshold_exceedance") else "f8"
+
+
+def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list[Variable]]:
+    """Dimensions and variables (coordinates first) of one field's file."""
+    dimensions = {"time": config.timesteps, "cell": total_cells}
+    variables = [
+        Variable("time", ("time",), "i4", {"long_name": "timestep index", "units": "1"}),
+        Variable("cell", ("cell",), "i8", {"long_name": "global cell index", "units": "1"}),
+    ]
+    if "threshold" in config.operations:
+        dimensions["threshold"] = len(config.thresholds)
+        variables.append(Variable("threshold", ("threshold",), "f8", {"long_name": "threshold"}))
+    if "quantile" in config.operations:
+        dimensions[QUANTILE_DIMENSION] = len(config.quantiles)
+        variables.append(
+            Variable(
+                QUANTILE_DIMENSION,
+                (QUANTILE_DIMENSION,),
+                "f8",
+                {"long_name": "order of the quantile (probability)"},
+            )
+        )
+    if config.sobol:
+        dimensions["parameter"] = config.parameters
+        variables.append(
+            Variable(
+                "parameter",
+                ("parameter",),
+                "i4",
+                {"long_name": "index k of the uncertain parameter (row C_k of the group)"},
+            )
+        )
+    variables.append(
+        Variable("sample_count", ("time",), "i8", {"long_name": LONG_NAMES["sample_count"]})
+    )
+    for name in statistic_names(config):
+        variables.append(
+            Variable(name, _dimensions_of(name), _dtype_of(name), {"long_name": LONG_NAMES[name]})
+        )
+    return dimensions, variables
+
+
+def attributes(
+    config: ServerConfig, field_name: str, total_cells: int, ranks: int, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Global attributes of one field's file: provenance, settings and conventions."""
+    result: dict[str, Any] = {
+        "Conventions": "CF-1.8",
+        "title": f"melissa_nb statistics of field {field_name}",
+        "source": f"melissa_nb {__version__}",
+        "history": f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} written by melissa-nb",
+        "study_id": config.study_id,
+        "field": field_name,
+        "operations": ":".join(config.operations),
+        "timesteps": config.timesteps,
+        "total_cells": total_cells,
+        "server_ranks": ranks,
+        "sampling_size": config.sampling_size,
+        "samples_per_group": config.group_size,
+        "variance_convention": "unbiased, ddof=1",
+        "skewness_convention": "scipy.stats.skew(bias=False)",
+        "kurtosis_convention": "excess kurtosis, scipy.stats.kurtosis(fisher=True, bias=False)",
+        "threshold_convention": "count of samples with value > threshold (strict)",
+        "quantile_method": "Robbins-Monro stochastic approximation (approximate), "
+        "see melissa_nb.kernels.quantiles",
+    }
+    if config.sobol:
+        result |= {
+            "sobol_estimator": "iterative Martinez on pick-freeze groups (Y_A, Y_B, Y_C1..Y_Cp)",
+            "sobol_interval": "Fisher z, NaN with fewer than 4 groups",
+            "confidence_level": config.confidence,
+            "general_statistics_samples": "Y_A and Y_B of each group",
+        }
+    return result | dict(extra)
+
+
+def _slice_results(slice_statistics: Any, name: str, timesteps: int) -> np.ndarray:
+    """One statistic of one slice for every timestep, stacked on a leading time axis."""
+    if name.startswith("sobol_"):
+        rows = []
+        for t in range(timesteps):
+            sobol = slice_statistics.sobol(t)
+            if name == "sobol_first":
+                rows.append(sobol.first)
+            elif name == "sobol_total":
+                rows.append(sobol.total)
+            else:
+                kind, bound = name[len("sobol_") :].split("_ci_")
+                interval = sobol.first_ci if kind == "first" else sobol.total_ci
+                rows.append(interval[0 if bound == "low" else 1])
+        return np.stack(rows)
+    return np.stack([getattr(slice_statistics.general(t), name) for t in range(timesteps)])
+
+
+def write_rank_slices(
+    store: NetCDFStore, config: ServerConfig, slices: Sequence[Any], first_cell: int
+) -> None:
+    """Write one rank's slices (in client-rank order) from global cell `first_cell` on."""
+    counts = np.full(config.timesteps, np.iinfo(np.int64).max, dtype=np.int64)
+    offset = first_cell
+    for slice_statistics in slices:
+        cells = slice(offset, offset + slice_statistics.cells)
+        for name in statistic_names(config):
+            values = _slice_results(slice_statistics, name, config.timesteps)
+            store.write(name, (slice(None),) * (values.ndim - 1) + (cells,), values)
+        counts = np.minimum(
+            counts, [slice_statistics.sample_count(t) for t in range(config.timesteps)]
+        )
+        offset += slice_statistics.cells
+    if slices:
+        previous = store.read("sample_count")
+        store.write("sample_count", (slice(None),), np.minimum(previous, counts))
+
+
+def write_field(
+    world: Any,
+    config: ServerConfig,
+    field_name: str,
+    slices: Sequence[Any],
+    total_cells: int,
+    extra_attributes: Mapping[str, Any],
+) -> Path:
+    """Write `<output>/<field>.nc` collectively: each rank its own slices, in rank order."""
+    final = config.output_dir / f"{field_name}.nc"
+    partial = final.with_name(final.name + ".partial")
+    world.wait_turn()
+    try:
+        mode = "w" if world.rank == 0 else "a"
+        with NetCDFStore(partial, mode) as store:
+            if world.rank == 0:
+                dimensions, variables = layout(config, total_cells)
+                store.define(
+                    dimensions,
+                    variables,
+                    attributes(config, field_name, total_cells, world.size, extra_attributes),
+                )
+                _write_coordinates(store, config, total_cells)
+            first_cell, _ = block_bounds(total_cells, world.size, world.rank)
+            write_rank_slices(store, config, slices, first_cell)
+        if world.rank == world.size - 1:
+            os.replace(partial, final)
+    finally:
+        world.pass_turn()
+    return final
+
+
+def _write_coordinates(store: NetCDFStore, config: ServerConfig, total_cells: int) -> None:
+    store.write("time", (slice(None),), np.arange(config.timesteps, dtype=np.int32))
+    store.write("cell", (slice(None),), np.arange(total_cells, dtype=np.int64))
+    store.write("sample_count", (slice(None),), np.full(config.timesteps, np.iinfo(np.int64).max))
+    if "threshold" in config.operations:
+        store.write("threshold", (slice(None),), np.asarray(config.thresholds))
+    if "quantile" in config.operations:
+        store.write(QUANTILE_DIMENSION, (slice(None),), np.asarray(config.quantiles))
+    if config.sobol:
+        store.write("parameter", (slice(None),), np.arange(config.parameters, dtype=np.int32))
+
+
+@dataclass
+class Results:
+    """A results file read back: dimensions, every variable and the global attributes."""
+
+    dimensions: dict[str, int]
+    variables: dict[str, np.ndarray]
+    attributes: dict[str, Any]
+
+
+def read_results(path: str | os.PathLike[str]) -> Results:
+    """Read a whole results file into memory (tests, small studies)."""
+    with NetCDFStore(path) as store:
+        return Results(
+            store.dimensions(),
+            {name: store.read(name) for name in store.names()},
+            store.attributes(),
+        )

@@ -1,0 +1,79 @@
+"""What a rank reports about itself: counters in a small shared-memory block, rejection logs.
+
+The progress block (`melissa_nb_<study>_r<rank>_progress`) holds named int64 counters and the
+wall-clock time of their last refresh, so `melissa-nb status` can show every rank's progress.
+Rejected messages are counted per reason and logged at most once per reason per interval, never
+once per message (a misbehaving peer must not flood the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+import numpy as np
+
+from melissa_nb.server.state import StateBlock, progress_block_name
+
+COUNTERS = (
+    "messages",
+    "accepted",
+    "duplicates",
+    "rejected",
+    "running",
+    "finished",
+    "dropped",
+    "slices",
+    "state_bytes",
+    "member_buffer_bytes",
+)
+LOG_INTERVAL = 10.0  # seconds between two log lines about the same rejection reason
+
+
+class Progress:
+    """Counters of one rank, mirrored into its progress block by `publish`."""
+
+    def __init__(self, study_id: str, rank: int, log: logging.Logger) -> None:
+        self.log = log
+        self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self.rejections: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._last_logged: dict[str, float] = {}
+        self.block = StateBlock.create(
+            progress_block_name(study_id, rank),
+            {"counters": ((len(COUNTERS),), np.int64), "times": ((2,), np.float64)},
+            {
+                "study_id": study_id,
+                "rank": rank,
+                "counters": list(COUNTERS),
+                "times": ["started_at", "updated_at"],
+            },
+        )
+        self.block.arrays["times"][0] = time.time()
+
+    def reject(self, reason: str, detail: str, now: float) -> None:
+        """Count one rejected message; log the reason if it was not logged recently."""
+        self.counts["rejected"] += 1
+        self.rejections[reason] += 1
+        self._unlogged[reason] += 1
+        if now - self._last_logged.get(reason, -np.inf) >= LOG_INTERVAL:
+            self.log.warning(
+                "rejected %d message(s): %s (total %d; latest: %s)",
+                self._unlogged[reason],
+                reason,
+                self.rejections[reason],
+                detail,
+            )
+            self._unlogged[reason] = 0
+            self._last_logged[reason] = now
+
+    def publish(self, **current: int) -> None:
+        """Refresh the shared counters (`current` overrides gauges such as running)."""
+        self.counts.update(current)
+        self.block.arrays["counters"][:] = [self.counts[name] for name in COUNTERS]
+        self.block.arrays["times"][1] = time.time()
+
+    def release(self) -> None:
+        """Remove the progress block."""
+        self.block.release()

@@ -1,0 +1,143 @@
+"""The statistics of one (field, client slice) on one rank, living in one shared-memory block.
+
+The block holds every state array of the requested statistics with a leading timestep axis
+(`general.<name>`: the fused general statistics, `sobol.<name>`: the Martinez Sobol state);
+per-timestep kernel objects are built over the row views `arrays[name][t]` on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from melissa_nb.kernels import FieldStatistics, SobolMartinez
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.state import StateBlock, block_name
+
+GENERAL = "general."
+SOBOL = "sobol."
+
+
+def general_settings(config: ServerConfig) -> dict[str, Any]:
+    """FieldStatistics settings for the requested operations."""
+    return {
+        "order": config.moment_order,
+        "extrema": config.extrema,
+        "thresholds": config.thresholds if "threshold" in config.operations else (),
+        "quantiles": config.quantiles if "quantile" in config.operations else (),
+    }
+
+
+def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """Every state array of one slice, each with a leading timestep axis."""
+    layout = {}
+    if config.general_statistics:
+        for name, (shape, dtype) in FieldStatistics.layout(
+            cells, **general_settings(config)
+        ).items():
+            layout[GENERAL + name] = ((config.timesteps, *shape), dtype)
+    if config.sobol:
+        for name, (shape, dtype) in SobolMartinez.layout(cells, config.parameters).items():
+            layout[SOBOL + name] = ((config.timesteps, *shape), dtype)
+    return layout
+
+
+def slice_bytes(config: ServerConfig, cells: int) -> int:
+    """Bytes of state one slice of `cells` cells needs (all timesteps)."""
+    return sum(
+        int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        for shape, dtype in slice_layout(config, cells).values()
+    )
+
+
+class SliceStatistics:
+    """Statistics of one client slice of one field, over all timesteps."""
+
+    def __init__(self, config: ServerConfig, rank: int, field: str, client_rank: int, cells: int):
+        self.config = config
+        self.field = field
+        self.client_rank = client_rank
+        self.cells = cells
+        self.block = StateBlock.create(
+            block_name(config.study_id, rank, field, client_rank),
+            slice_layout(config, cells),
+            {
+                "study_id": config.study_id,
+                "rank": rank,
+                "field": field,
+                "client_rank": client_rank,
+                "cells": cells,
+                "timesteps": config.timesteps,
+                "operations": list(config.operations),
+            },
+        )
+        self._general: list[FieldStatistics | None] = [None] * config.timesteps
+        self._sobol: list[SobolMartinez | None] = [None] * config.timesteps
+
+    def _rows(self, prefix: str, timestep: int) -> dict[str, np.ndarray]:
+        return {
+            name[len(prefix) :]: array[timestep]
+            for name, array in self.block.arrays.items()
+            if name.startswith(prefix)
+        }
+
+    def general(self, timestep: int) -> FieldStatistics:
+        """The general statistics of one timestep (built over the block on first use)."""
+        statistics = self._general[timestep]
+        if statistics is None:
+            statistics = FieldStatistics(
+                self.cells,
+                **general_settings(self.config),
+                arrays=self._rows(GENERAL, timestep),
+            )
+            self._general[timestep] = statistics
+        return statistics
+
+    def sobol(self, timestep: int) -> SobolMartinez:
+        """The Sobol state of one timestep (built over the block on first use)."""
+        statistics = self._sobol[timestep]
+        if statistics is None:
+            statistics = SobolMartinez(
+                self.cells,
+                self.config.parameters,
+                self.config.confidence,
+                arrays=self._rows(SOBOL, timestep),
+            )
+            self._sobol[timestep] = statistics
+        return statistics
+
+    def update_sample(self, timestep: int, values: np.ndarray, simulation_id: int) -> None:
+        """Fold one simulation's vector (no Sobol)."""
+        self.general(timestep).update(values, simulation_id)
+
+    def update_group(self, timestep: int, group: np.ndarray, group_id: int) -> None:
+        """Fold one Sobol group (p+2, cells): Sobol state, and Y_A, Y_B into the general ones.
+
+        Y_A and Y_B are the two independent samples of the group; their simulation ids are
+        group * (p + 2) and group * (p + 2) + 1.
+        """
+        self.sobol(timestep).update(group)
+        if self.config.general_statistics:
+            first = group_id * self.config.group_size
+            general = self.general(timestep)
+            general.update(group[0], first)
+            general.update(group[1], first + 1)
+
+    def sample_count(self, timestep: int) -> int:
+        """Samples folded into one timestep (groups with Sobol on count their Y_A, Y_B)."""
+        if self.config.general_statistics:
+            return int(self.block.arrays[GENERAL + "count"][timestep, 0])
+        return int(self.block.arrays[SOBOL + "count"][timestep, 0])
+
+    def group_count(self, timestep: int) -> int:
+        """Sobol groups folded into one timestep (0 without Sobol)."""
+        if not self.config.sobol:
+            return 0
+        return int(self.block.arrays[SOBOL + "count"][timestep, 0])
+
+    def release(self) -> None:
+        """Drop the kernel objects (they hold views) and remove the block."""
+        self._general = [None] * self.config.timesteps
+        self._sobol = [None] * self.config.timesteps
+        self.block.release()

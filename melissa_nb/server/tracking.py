@@ -1,0 +1,208 @@
+"""What arrived: received-timestep bitsets, simulation statuses and the completion rule.
+
+Tracking ids are simulation ids, or Sobol group ids when Sobol is on (a group is one sample).
+For every (field, client slice) a rank has learned, a bitset of shape (ids, timesteps) records
+which timesteps arrived, so a re-sent timestep (restarted simulation, duplicated message) is
+recognised and never counted twice. Memory: ids * timesteps / 8 bytes per (field, slice).
+
+Completion (docs/architecture.md): a simulation is finished on a rank when every timestep of every
+field has arrived for every client slice the rank has learned; a rank that has learned no slice of
+a field has finished nothing. The study ends when every rank has every simulation finished or
+dropped and the ranks' learned layouts agree with the partition of the total cell count and cover
+every client rank; `study_complete` decides that from every rank's `summary()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from melissa_nb.partition import block_bounds
+
+_WORD = 64
+
+
+class SliceSteps:
+    """Received timesteps of one (field, client slice): one bit per (tracking id, timestep)."""
+
+    def __init__(self, ids: int, timesteps: int, vect_size: int) -> None:
+        self.vect_size = vect_size
+        self.timesteps = timesteps
+        self.bits = np.zeros((ids, -(-timesteps // _WORD)), dtype=np.uint64)
+        self.received = np.zeros(ids, dtype=np.int32)
+
+    def has(self, simulation: int, timestep: int) -> bool:
+        """True if this timestep of this simulation already arrived."""
+        word, bit = divmod(timestep, _WORD)
+        return bool((int(self.bits[simulation, word]) >> bit) & 1)
+
+    def mark(self, simulation: int, timestep: int) -> bool:
+        """Record an arrival; False (and nothing changes) if it had arrived before."""
+        if self.has(simulation, timestep):
+            return False
+        word, bit = divmod(timestep, _WORD)
+        self.bits[simulation, word] |= np.uint64(1 << bit)
+        self.received[simulation] += 1
+        return True
+
+    def complete(self, simulation: int) -> bool:
+        """True when every timestep of this simulation arrived."""
+        return int(self.received[simulation]) == self.timesteps
+
+
+STATE_IDLE, STATE_RUNNING, STATE_FINISHED, STATE_DROPPED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class FieldLayout:
+    """What one rank learned of one field: cells it holds and the client ranks they came from."""
+
+    cells: int
+    first_client: int
+    last_client: int
+    clients: int
+
+    @property
+    def contiguous(self) -> bool:
+        """True when the client ranks seen form one run (they must, by the partition)."""
+        return self.clients == 0 or self.last_client - self.first_client + 1 == self.clients
+
+
+class Tracker:
+    """Arrivals and statuses of every simulation of the study, as seen by one server rank."""
+
+    def __init__(self, field_names: tuple[str, ...], timesteps: int, simulations: int) -> None:
+        self.field_names = tuple(field_names)
+        self.timesteps = timesteps
+        self.simulations = simulations
+        self.slices: dict[str, dict[int, SliceSteps]] = {name: {} for name in self.field_names}
+        self.complete_slices = np.zeros(simulations, dtype=np.int32)
+        self.dropped = np.zeros(simulations, dtype=bool)
+        self.started = np.zeros(simulations, dtype=bool)
+        self.last_seen = np.zeros(simulations, dtype=np.float64)
+        self.reported_finished = np.zeros(simulations, dtype=bool)
+        self.job_ids: dict[int, str] = {}
+        self.client_comm_size = 0
+
+    def learn_slice(self, field: str, client_rank: int, vect_size: int) -> SliceSteps:
+        """The steps of (field, client_rank), created the first time that slice sends."""
+        steps = self.slices[field].get(client_rank)
+        if steps is None:
+            steps = SliceSteps(self.simulations, self.timesteps, vect_size)
+            self.slices[field][client_rank] = steps
+        return steps
+
+    def record(self, field: str, client_rank: int, simulation: int, timestep: int) -> bool:
+        """Record one arrival of a learned slice; False for a duplicate."""
+        steps = self.slices[field][client_rank]
+        if not steps.mark(simulation, timestep):
+            return False
+        if steps.complete(simulation):
+            self.complete_slices[simulation] += 1
+        return True
+
+    def touch(self, simulation: int, now: float) -> None:
+        """The simulation showed a sign of life (connection or data) at time `now`."""
+        self.started[simulation] = True
+        self.last_seen[simulation] = now
+
+    def drop(self, simulation: int) -> None:
+        """Give a simulation up: it counts as finished from now on."""
+        self.dropped[simulation] = True
+
+    @property
+    def learned_slices(self) -> int:
+        """Number of (field, client slice) pairs learned so far."""
+        return sum(len(slices) for slices in self.slices.values())
+
+    def finished(self) -> np.ndarray:
+        """Boolean mask of the simulations finished on this rank (dropped ones excluded)."""
+        if any(not slices for slices in self.slices.values()):
+            return np.zeros(self.simulations, dtype=bool)
+        return self.complete_slices == self.learned_slices
+
+    def status(self) -> np.ndarray:
+        """STATE_* code of every simulation."""
+        codes = np.where(self.started, STATE_RUNNING, STATE_IDLE).astype(np.int8)
+        codes[self.finished()] = STATE_FINISHED
+        codes[self.dropped] = STATE_DROPPED
+        return codes
+
+    def newly_finished(self) -> list[int]:
+        """Simulations finished since the last call (each reported once)."""
+        fresh = self.finished() & ~self.reported_finished & ~self.dropped
+        self.reported_finished |= fresh
+        return np.flatnonzero(fresh).tolist()
+
+    def silent(self, now: float, timeout: float) -> list[int]:
+        """Running simulations with no sign of life for longer than `timeout` seconds."""
+        running = self.started & ~self.finished() & ~self.dropped
+        return np.flatnonzero(running & (now - self.last_seen > timeout)).tolist()
+
+    def all_done(self) -> bool:
+        """True when every simulation is finished or dropped on this rank."""
+        return bool((self.finished() | self.dropped).all())
+
+    def layout(self, field: str) -> FieldLayout:
+        """The learned layout of `field` on this rank."""
+        slices = self.slices[field]
+        if not slices:
+            return FieldLayout(0, 0, -1, 0)
+        return FieldLayout(
+            cells=sum(steps.vect_size for steps in slices.values()),
+            first_client=min(slices),
+            last_client=max(slices),
+            clients=len(slices),
+        )
+
+    def summary(self, abort: bool) -> np.ndarray:
+        """This rank's row of the end-of-study vote (see `study_complete`), int64."""
+        row = [int(self.all_done()), int(abort), self.client_comm_size]
+        for field in self.field_names:
+            layout = self.layout(field)
+            row += [layout.cells, layout.first_client, layout.last_client, layout.clients]
+        return np.asarray(row, dtype=np.int64)
+
+
+def study_complete(rows: np.ndarray, fields: int) -> tuple[bool, bool]:
+    """(end, aborted) from every rank's `Tracker.summary` row, rows in rank order.
+
+    Every rank evaluates the same gathered rows, so every rank reaches the same decision in the
+    same round. The study ends when a rank aborts, or when every rank is done and, for every
+    field, each rank holds exactly its partition block of the total cells and the client ranks
+    seen, in rank order, run contiguously from 0 to client_comm_size - 1.
+    """
+    if rows[:, 1].any():
+        return True, True
+    if not rows[:, 0].all():
+        return False, False
+    ranks = rows.shape[0]
+    client_comm_size = int(rows[:, 2].max())
+    for field in range(fields):
+        layouts = [FieldLayout(*map(int, row[3 + 4 * field : 7 + 4 * field])) for row in rows]
+        total = sum(layout.cells for layout in layouts)
+        if total == 0:
+            return False, False
+        for rank, layout in enumerate(layouts):
+            start, end = block_bounds(total, ranks, rank)
+            if layout.cells != end - start or not layout.contiguous:
+                return False, False
+        if client_comm_size and not _covers(layouts, client_comm_size):
+            return False, False
+    return True, False
+
+
+def _covers(layouts: list[FieldLayout], client_comm_size: int) -> bool:
+    """True when the ranks' client runs chain from client 0 to client_comm_size - 1.
+
+    Consecutive server blocks either share a client rank (its slice straddles the boundary) or
+    continue with the next one.
+    """
+    held = [layout for layout in layouts if layout.clients]
+    if held[0].first_client != 0 or held[-1].last_client != client_comm_size - 1:
+        return False
+    return all(
+        nxt.first_client in (prev.last_client, prev.last_client + 1)
+        for prev, nxt in zip(held, held[1:], strict=False)
+    )
