@@ -9,11 +9,14 @@
 
 Every class takes ``cells`` (and the statistic's settings) and has ``update(data, simulation)``:
 ``data`` is one field vector (cells,) or one Sobol group (p + 2, cells), ``simulation`` the id of
-the simulation that produced it (used by the extrema, ignored elsewhere).
+the simulation that produced it (used by the extrema, ignored elsewhere). The numpy classes also
+expose their state as ``arrays`` under melissa_nb's layout names, so the benchmark can check
+that both compute the same thing before comparing their speed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 
@@ -31,10 +34,11 @@ class NumpyMoments:
         self.order = order
         self.count = 0
         self.shift = np.zeros(cells)
-        self.mean = np.zeros(cells)
-        self.m2 = np.zeros(cells)
-        self.m3 = np.zeros(cells)
-        self.m4 = np.zeros(cells)
+        # Rows: mean of x - shift, M2, M3, M4 (as melissa_nb's ``central``).
+        self.central = np.zeros((order, cells))
+        self.mean, self.m2 = self.central[0], self.central[1]
+        self.m3 = self.central[2] if order >= 3 else None
+        self.m4 = self.central[3] if order >= 4 else None
         self._delta = np.empty(cells)
         self._delta_n = np.empty(cells)
         self._term = np.empty(cells)
@@ -75,9 +79,9 @@ class NumpyMoments:
         self.mean += delta_n
 
     @property
-    def variance(self) -> np.ndarray:
-        """Unbiased variance."""
-        return self.m2 / (self.count - 1)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state under melissa_nb's layout names."""
+        return {"shift": self.shift, "central": self.central}
 
 
 class NumpyExtrema:
@@ -107,6 +111,12 @@ class NumpyExtrema:
             np.copyto(self.max_simulation, simulation, where=mask)
         self.count += 1
 
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state under melissa_nb's layout names."""
+        return {"min": self.min, "max": self.max, "min_simulation": self.min_simulation,
+                "max_simulation": self.max_simulation}
+
 
 class NumpyThresholds:
     """Counts of x > t per threshold and cell."""
@@ -123,6 +133,11 @@ class NumpyThresholds:
             np.greater(x, threshold, out=self._mask)
             np.add(row, self._mask, out=row)
         self.count += 1
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state under melissa_nb's layout names."""
+        return {"exceedances": self.exceedances}
 
 
 class NumpyQuantiles:
@@ -156,6 +171,11 @@ class NumpyQuantiles:
                 row -= correction
         self.count += 1
 
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state under melissa_nb's layout names."""
+        return {"quantile": self.quantile, "quantile_low": self.low, "quantile_high": self.high}
+
 
 class NumpySobolMartinez:
     """Iterative Martinez state of (p + 2, cells) groups: Welford means and M2 of every row,
@@ -188,14 +208,10 @@ class NumpySobolMartinez:
         self.comoment_total += comoment_step
 
     @property
-    def first(self) -> np.ndarray:
-        """First-order indices S_k = Q(B, Ck) / sqrt(M2_B M2_Ck), shape (p, cells)."""
-        return self.comoment_first / np.sqrt(self.m2[1] * self.m2[2:])
-
-    @property
-    def total(self) -> np.ndarray:
-        """Total-order indices ST_k = 1 - Q(A, Ck) / sqrt(M2_A M2_Ck), shape (p, cells)."""
-        return 1.0 - self.comoment_total / np.sqrt(self.m2[0] * self.m2[2:])
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state under melissa_nb's layout names."""
+        return {"mean": self.mean, "m2": self.m2, "comoment_first": self.comoment_first,
+                "comoment_total": self.comoment_total}
 
 
 class NumpyFieldStatistics:
@@ -214,6 +230,16 @@ class NumpyFieldStatistics:
         """Fold one field vector into every statistic."""
         for part in self.parts:
             part.update(x, simulation)
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The state of every part under melissa_nb's layout names."""
+        return {name: array for part in self.parts for name, array in part.arrays.items()}
+
+
+def iterative_stats_installed() -> bool:
+    """Whether iterative-stats can be imported (the ``bench`` extra installs it)."""
+    return importlib.util.find_spec("iterative_stats") is not None
 
 
 def _import_iterative_stats() -> None:

@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,8 @@ TARGET_FRACTION_MIN_CELLS = 1_000_000
 TARGET_SOBOL_SPEEDUP = 10.0
 TARGET_SOBOL_CELLS = 1_000_000
 TARGET_IMPORT_FIRST_CALL_S = 1.0
+# Relative state difference above which a numpy baseline is taken to compute something else.
+AGREEMENT_TOLERANCE = 1e-10
 
 # How many times an update must move each per-cell state array (the object layouts' names):
 # 2 = read and written every update; 1 = read every update, written only rarely (the shift at the
@@ -70,17 +73,28 @@ Update = Callable[[np.ndarray, int], None]
 
 @dataclass(frozen=True)
 class KernelCase:
-    """One update kernel, how to build it and what it is compared with."""
+    """One update kernel, how to build it and what it is compared with.
+
+    The three factories take ``cells`` and return a fresh statistics object: melissa_nb's (the
+    object API the server uses), the numpy baseline and the iterative-stats objects.
+    """
 
     name: str
     statistic: str
     input_rows: int  # rows of one update's input: 1 for a field vector, p + 2 for a Sobol group
     layout: Callable[[int], Mapping[str, tuple[tuple[int, ...], np.dtype]]]
-    melissa_nb: Callable[[int], Update]
-    numpy: Callable[[int], Update]
-    iterative_stats: Callable[[int], Update]
+    melissa_nb: Callable[[int], Any]
+    numpy: Callable[[int], Any]
+    iterative_stats: Callable[[int], Any]
     iterative_stats_statistic: str
+    takes_simulation: bool = False  # whether melissa_nb's update takes the simulation id
     iterative_stats_max_cells: int | None = None
+
+    def melissa_nb_update(self, statistic: Any) -> Update:
+        """``statistic.update`` called as ``update(data, simulation)``."""
+        if self.takes_simulation:
+            return statistic.update
+        return lambda data, simulation: statistic.update(data)
 
 
 def kernel_cases() -> list[KernelCase]:
@@ -90,47 +104,45 @@ def kernel_cases() -> list[KernelCase]:
         KernelCase(
             name="moments_order2", statistic="Moments(cells, order=2)", input_rows=1,
             layout=lambda cells: kernels.Moments.layout(cells, order=2),
-            melissa_nb=lambda cells: _ignore_simulation(kernels.Moments(cells, 2).update),
-            numpy=lambda cells: baselines.NumpyMoments(cells, 2).update,
-            iterative_stats=lambda cells: baselines.iterative_stats_moments(cells, 2).update,
+            melissa_nb=lambda cells: kernels.Moments(cells, 2),
+            numpy=lambda cells: baselines.NumpyMoments(cells, 2),
+            iterative_stats=lambda cells: baselines.iterative_stats_moments(cells, 2),
             iterative_stats_statistic="IterativeVariance",
         ),
         KernelCase(
             name="moments_order4", statistic="Moments(cells, order=4)", input_rows=1,
             layout=lambda cells: kernels.Moments.layout(cells, order=4),
-            melissa_nb=lambda cells: _ignore_simulation(kernels.Moments(cells, 4).update),
-            numpy=lambda cells: baselines.NumpyMoments(cells, 4).update,
-            iterative_stats=lambda cells: baselines.iterative_stats_moments(cells, 4).update,
+            melissa_nb=lambda cells: kernels.Moments(cells, 4),
+            numpy=lambda cells: baselines.NumpyMoments(cells, 4),
+            iterative_stats=lambda cells: baselines.iterative_stats_moments(cells, 4),
             iterative_stats_statistic="IterativeMoments(max_order=4)",
         ),
         KernelCase(
             name="extrema", statistic="Extrema(cells)", input_rows=1,
             layout=kernels.Extrema.layout,
-            melissa_nb=lambda cells: kernels.Extrema(cells).update,
-            numpy=lambda cells: baselines.NumpyExtrema(cells).update,
-            iterative_stats=lambda cells: baselines.iterative_stats_extrema(cells).update,
+            melissa_nb=kernels.Extrema,
+            numpy=baselines.NumpyExtrema,
+            iterative_stats=baselines.iterative_stats_extrema,
             iterative_stats_statistic="IterativeExtrema (no ids)",
+            takes_simulation=True,
         ),
         KernelCase(
             name="thresholds_2", statistic=f"ThresholdExceedance(cells, {list(THRESHOLDS)})",
             input_rows=1,
             layout=lambda cells: kernels.ThresholdExceedance.layout(cells, THRESHOLDS),
-            melissa_nb=lambda cells: _ignore_simulation(
-                kernels.ThresholdExceedance(cells, THRESHOLDS).update),
-            numpy=lambda cells: baselines.NumpyThresholds(cells, THRESHOLDS).update,
-            iterative_stats=lambda cells: baselines.iterative_stats_thresholds(
-                cells, THRESHOLDS).update,
+            melissa_nb=lambda cells: kernels.ThresholdExceedance(cells, THRESHOLDS),
+            numpy=lambda cells: baselines.NumpyThresholds(cells, THRESHOLDS),
+            iterative_stats=lambda cells: baselines.iterative_stats_thresholds(cells, THRESHOLDS),
             iterative_stats_statistic=f"{len(THRESHOLDS)} x IterativeThreshold",
         ),
         KernelCase(
             name="quantiles_3", statistic=f"Quantiles(cells, {list(QUANTILE_ORDERS)})",
             input_rows=1,
             layout=lambda cells: kernels.Quantiles.layout(cells, QUANTILE_ORDERS),
-            melissa_nb=lambda cells: _ignore_simulation(
-                kernels.Quantiles(cells, QUANTILE_ORDERS).update),
-            numpy=lambda cells: baselines.NumpyQuantiles(cells, QUANTILE_ORDERS).update,
+            melissa_nb=lambda cells: kernels.Quantiles(cells, QUANTILE_ORDERS),
+            numpy=lambda cells: baselines.NumpyQuantiles(cells, QUANTILE_ORDERS),
             iterative_stats=lambda cells: baselines.iterative_stats_quantiles(
-                cells, QUANTILE_ORDERS).update,
+                cells, QUANTILE_ORDERS),
             iterative_stats_statistic=f"{len(QUANTILE_ORDERS)} x IterativeQuantile",
         ),
         KernelCase(
@@ -138,11 +150,10 @@ def kernel_cases() -> list[KernelCase]:
             statistic=f"SobolMartinez(cells, {SOBOL_PARAMETERS})",
             input_rows=SOBOL_PARAMETERS + 2,
             layout=lambda cells: kernels.SobolMartinez.layout(cells, SOBOL_PARAMETERS),
-            melissa_nb=lambda cells: _ignore_simulation(
-                kernels.SobolMartinez(cells, SOBOL_PARAMETERS).update),
-            numpy=lambda cells: baselines.NumpySobolMartinez(cells, SOBOL_PARAMETERS).update,
+            melissa_nb=lambda cells: kernels.SobolMartinez(cells, SOBOL_PARAMETERS),
+            numpy=lambda cells: baselines.NumpySobolMartinez(cells, SOBOL_PARAMETERS),
             iterative_stats=lambda cells: baselines.iterative_stats_sobol_martinez(
-                cells, SOBOL_PARAMETERS).update,
+                cells, SOBOL_PARAMETERS),
             iterative_stats_statistic="IterativeSensitivityMartinez",
             iterative_stats_max_cells=ITERATIVE_STATS_SOBOL_MAX_CELLS,
         ),
@@ -150,19 +161,16 @@ def kernel_cases() -> list[KernelCase]:
             name="fused", statistic=f"FieldStatistics(cells, {_call_arguments(fused)})",
             input_rows=1,
             layout=lambda cells: kernels.FieldStatistics.layout(cells, **fused),
-            melissa_nb=lambda cells: kernels.FieldStatistics(cells, **fused).update,
-            numpy=lambda cells: baselines.NumpyFieldStatistics(cells, **fused).update,
+            melissa_nb=lambda cells: kernels.FieldStatistics(cells, **fused),
+            numpy=lambda cells: baselines.NumpyFieldStatistics(cells, **fused),
             iterative_stats=lambda cells: baselines.iterative_stats_field_statistics(
-                cells, **fused).update,
+                cells, **fused),
             iterative_stats_statistic="IterativeMoments(4), IterativeExtrema, "
                                       f"{len(THRESHOLDS)} x IterativeThreshold, "
                                       f"{len(QUANTILE_ORDERS)} x IterativeQuantile",
+            takes_simulation=True,
         ),
     ]
-
-
-def _ignore_simulation(update: Callable[[np.ndarray], None]) -> Update:
-    return lambda data, simulation: update(data)
 
 
 def _call_arguments(settings: Mapping[str, object]) -> str:
@@ -170,6 +178,32 @@ def _call_arguments(settings: Mapping[str, object]) -> str:
         f"{key}={list(value) if isinstance(value, tuple) else value}"
         for key, value in settings.items()
     )
+
+
+def numpy_disagreement(case: KernelCase, cells: int = 1000, samples: int = 6) -> float:
+    """Largest difference between melissa_nb's state and the numpy baseline's after the same
+    ``samples`` updates, relative to each state array's magnitude.
+
+    A speed-up means something only if both sides compute the same statistic: the benchmark
+    refuses to run against a baseline that disagrees (``AGREEMENT_TOLERANCE``).
+    """
+    rng = np.random.default_rng(7)
+    ours = case.melissa_nb(cells)
+    reference = case.numpy(cells)
+    update = case.melissa_nb_update(ours)
+    for simulation, data in enumerate(_inputs(rng, case.input_rows, cells, samples)):
+        update(data, simulation)
+        reference.update(data, simulation)
+    expected_names = set(ours.arrays) - {"count"}
+    if set(reference.arrays) != expected_names:
+        raise KeyError(f"{case.name}: numpy baseline state {sorted(reference.arrays)} does not "
+                       f"match melissa_nb's {sorted(expected_names)}")
+    worst = 0.0
+    for name, expected in reference.arrays.items():
+        scale = max(1.0, float(np.max(np.abs(expected))))
+        difference = np.max(np.abs(ours.arrays[name] - expected.astype(np.float64)))
+        worst = max(worst, float(difference) / scale)
+    return worst
 
 
 def bytes_per_cell(case: KernelCase) -> int:
@@ -192,14 +226,13 @@ def _inputs(rng: np.random.Generator, rows: int, cells: int, count: int = 2) -> 
     return [rng.standard_normal(shape) for _ in range(count)]
 
 
-def time_updates(make_update: Callable[[int], Update], cells: int,
-                 inputs: Sequence[np.ndarray], budget_s: float) -> Timing:
-    """Build a fresh state, then time steady-state updates cycling through ``inputs``.
+def time_updates(update: Update, inputs: Sequence[np.ndarray], budget_s: float) -> Timing:
+    """Time steady-state ``update(data, simulation)`` calls cycling through ``inputs``.
 
-    No state is reset between timed calls: every update folds one more sample in, which is the
-    server's steady state (the first sample's initialisation happens in the warm-up).
+    No state is reset between timed calls: every update folds one more sample into a state
+    built just before, which is the server's steady state (the first sample's initialisation
+    happens in the warm-up).
     """
-    update = make_update(cells)
     simulations = itertools.count()
 
     def call() -> None:
@@ -213,8 +246,8 @@ def measure_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
                  budget_s: float) -> dict[str, object]:
     """The record of one kernel at one size (fractions of triad are added by the caller)."""
     byte_count = bytes_per_cell(case)
-    melissa = time_updates(case.melissa_nb, cells, inputs, budget_s)
-    numpy_timing = time_updates(case.numpy, cells, inputs, budget_s)
+    melissa = time_updates(case.melissa_nb_update(case.melissa_nb(cells)), inputs, budget_s)
+    numpy_timing = time_updates(case.numpy(cells).update, inputs, budget_s)
     record: dict[str, object] = {
         "name": case.name,
         "statistic": case.statistic,
@@ -232,11 +265,13 @@ def measure_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
         "speedup_vs_iterative_stats": None,
         "note": None,
     }
-    if case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
+    if not baselines.iterative_stats_installed():
+        record["note"] = "iterative-stats not installed (pip install '.[bench]')"
+    elif case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
         record["note"] = (f"iterative-stats timed only at <= {case.iterative_stats_max_cells} "
                           "cells (too slow above)")
     else:
-        reference = time_updates(case.iterative_stats, cells, inputs, budget_s)
+        reference = time_updates(case.iterative_stats(cells).update, inputs, budget_s)
         record["iterative_stats_ms"] = reference.best_s * 1e3
         record["speedup_vs_iterative_stats"] = reference.best_s / melissa.best_s
     return record
@@ -328,8 +363,13 @@ def run(sizes: Sequence[int] = SIZES, *, quick: bool = False,
     triad_elements = 1_000_000 if quick else DEFAULT_ELEMENTS
     triad_before = triad_gbps(triad_elements)
     progress(f"triad: {triad_before:.1f} GB/s")
-    rng = np.random.default_rng(20261122)
     cases = kernel_cases()
+    disagreement = {case.name: numpy_disagreement(case) for case in cases}
+    for name, difference in disagreement.items():
+        if not difference <= AGREEMENT_TOLERANCE:
+            raise RuntimeError(f"the numpy baseline of {name} disagrees with melissa_nb by "
+                               f"{difference:.3g} (relative): the speed-up would be meaningless")
+    rng = np.random.default_rng(20261122)
     records = []
     for cells in sizes:
         inputs_by_rows: dict[int, list[np.ndarray]] = {}
@@ -356,6 +396,7 @@ def run(sizes: Sequence[int] = SIZES, *, quick: bool = False,
                      "sobol_parameters": SOBOL_PARAMETERS, "budget_s": budget_s,
                      "timing": "best of >= 3 steady-state updates after 2 warm-up updates",
                      "state_accesses": STATE_ACCESSES},
+        "numpy_disagreement": disagreement,
         "import_time": import_time,
         "records": records,
         "targets": _targets(records, import_time),
