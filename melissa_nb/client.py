@@ -196,6 +196,9 @@ class Client:
             socket = self._context.socket(zmq.PUSH)
             socket.setsockopt(zmq.LINGER, self._linger_ms)
             socket.setsockopt(zmq.SNDTIMEO, self._send_timeout_ms)
+            # queue only on a live connection: an absent server rank makes send wait (and time
+            # out) instead of silently buffering up to SNDHWM whole frames in memory
+            socket.setsockopt(zmq.IMMEDIATE, 1)
             socket.connect(self.reply.data_addresses[server_rank])
             self._sockets[server_rank] = socket
         return socket
