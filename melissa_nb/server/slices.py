@@ -70,6 +70,8 @@ class SliceStatistics:
                 "cells": cells,
                 "timesteps": config.timesteps,
                 "operations": list(config.operations),
+                "general_settings": general_settings(config) if config.general_statistics else None,
+                "parameters": config.parameters,
             },
         )
         self._general: list[FieldStatistics | None] = [None] * config.timesteps
