@@ -22,6 +22,9 @@ from rich.table import Table
 from melissa_nb.errors import ConfigurationError
 
 INSTALL_PLOTS = "pip install 'melissa_nb[plots]'"
+COUNT_ATTRIBUTES = ("sampling_size", "samples_per_group", "simulations_dropped", "study_complete",
+                    "server_ranks")
+"""Global attributes of the server's files that the summary shows as counts."""
 SOBOL_INTERVALS = {
     "first": ("sobol_first_ci_low", "sobol_first_ci_high"),
     "total": ("sobol_total_ci_low", "sobol_total_ci_high"),
@@ -35,6 +38,7 @@ class FieldResults:
     path: Path
     name: str
     variables: dict[str, np.ndarray]
+    dimensions: dict[str, int]
     attributes: dict[str, object]
     parameter_names: tuple[str, ...]
     grid_shape: tuple[int, ...] | None
@@ -42,12 +46,12 @@ class FieldResults:
     @property
     def timesteps(self) -> int:
         """Length of the time dimension."""
-        return next(iter(self.variables.values())).shape[0]
+        return self.dimensions["time"]
 
     @property
     def cells(self) -> int:
-        """Length of the cell dimension (always the last axis)."""
-        return next(iter(self.variables.values())).shape[-1]
+        """Length of the cell dimension (the last axis of every statistic)."""
+        return self.dimensions["cell"]
 
     @property
     def sobol(self) -> bool:
@@ -93,11 +97,16 @@ def load_field(path: str | Path) -> FieldResults:
     path = Path(path)
     with netCDF4.Dataset(path) as dataset:
         dataset.set_auto_mask(False)
+        # Statistics only: coordinate variables (named like their dimension) are left out.
         variables = {name: np.asarray(variable[...]) for name, variable in
-                     dataset.variables.items() if "time" in variable.dimensions}
+                     dataset.variables.items()
+                     if "time" in variable.dimensions and name not in dataset.dimensions}
         attributes = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
-        nb_parameters = len(dataset.dimensions["parameter"]) if (
-            "parameter" in dataset.dimensions) else 0
+        dimensions = {name: len(dimension) for name, dimension in dataset.dimensions.items()}
+    missing = {"time", "cell"} - set(dimensions)
+    if missing:
+        raise ConfigurationError(f"{path} is not a melissa_nb result: no dimension {missing}")
+    nb_parameters = dimensions.get("parameter", 0)
     names = attributes.get("parameter_names")
     if isinstance(names, str) and len(names.split()) == nb_parameters:
         parameter_names = tuple(names.split())
@@ -106,7 +115,8 @@ def load_field(path: str | Path) -> FieldResults:
             f"p{k}" for k in range(1, nb_parameters + 1))
     grid = attributes.get("grid_shape")
     grid_shape = tuple(int(size) for size in np.atleast_1d(grid)) if grid is not None else None
-    return FieldResults(path, path.stem, variables, attributes, parameter_names, grid_shape)
+    return FieldResults(path, path.stem, variables, dimensions, attributes, parameter_names,
+                        grid_shape)
 
 
 def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:
@@ -130,10 +140,16 @@ def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:
 
 def summarize(results: FieldResults) -> FieldSummary:
     """Sample counts, value ranges of every statistic, worst Sobol interval widths."""
-    counts = {key: value for key, value in results.attributes.items()
-              if any(word in key for word in ("count", "sample", "group", "simulation"))}
+    counts = {key: results.attributes[key] for key in COUNT_ATTRIBUTES
+              if key in results.attributes}
+    if "sample_count" in results.variables:
+        samples = results.variables["sample_count"]
+        counts["sample_count"] = (f"{samples.min()}" if samples.min() == samples.max()
+                                  else f"{samples.min()}..{samples.max()}")
     ranges = {}
     for name, values in results.variables.items():
+        if name == "sample_count":
+            continue
         finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
         if finite.size:
             ranges[name] = (float(finite.min()), float(finite.max()))

@@ -39,7 +39,9 @@ def write_result(path: Path, rng: np.random.Generator, grid: list[int] | None) -
         for name, values in arrays.items():
             dims = ("time", "cell") if values.ndim == 2 else ("time", "parameter", "cell")
             dataset.createVariable(name, "f8", dims)[...] = values
-        dataset.setncattr("sample_count", 12)
+        dataset.createVariable("time", "i4", ("time",))[...] = np.arange(T)
+        dataset.createVariable("sample_count", "i8", ("time",))[...] = [10, 12, 12]
+        dataset.setncattr("sampling_size", 6)
         if grid is not None:
             dataset.setncattr("grid_shape", grid)
             dataset.setncattr("parameter_names", "alpha beta")
@@ -50,7 +52,8 @@ def test_summary_ranges_and_worst_widths(tmp_path: Path) -> None:
     arrays = write_result(tmp_path / "u.nc", np.random.default_rng(0), [2, 3])
     (summary,) = field_summaries(tmp_path)
     assert (summary.name, summary.timesteps, summary.cells) == ("u", T, CELLS)
-    assert summary.counts == {"sample_count": 12}
+    assert summary.counts == {"sampling_size": 6, "sample_count": "10..12"}
+    assert "time" not in summary.ranges and "sample_count" not in summary.ranges
     assert summary.ranges["mean"] == (arrays["mean"].min(), arrays["mean"].max())
     assert summary.ranges["sobol_first"] == (np.nanmin(arrays["sobol_first"]),
                                              np.nanmax(arrays["sobol_first"]))

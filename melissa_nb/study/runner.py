@@ -82,7 +82,6 @@ class Simulation:
     status: Status = Status.PENDING
     attempts: int = 0
     failures: int = 0
-    job_id: str = ""
 
 
 @dataclass
@@ -193,13 +192,23 @@ class StudyRunner:
         self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
 
     # --- protocol ---------------------------------------------------------------------------
+    # The server names samples, not processes: with Sobol its ids are group ids (one JOB, one
+    # SIMU_STATUS, one TIMEOUT, one DROP per group), as for Melissa 0.6's group jobs.
 
-    def job_of(self, simu_id: int) -> Job | None:
-        """The JOB describing a simulation of this study (None for an id the study lacks)."""
-        simulation = self.simulations.get(simu_id)
-        if simulation is None:
+    def members(self, sample: int) -> list[Simulation]:
+        """The simulations of a sample: its Sobol group in member order, or the one simulation."""
+        size = self.config.group_size
+        return [self.simulations[simu_id] for simu_id in range(sample * size, (sample + 1) * size)]
+
+    def job_id(self, sample: int) -> str:
+        """The job id the server is told for a sample."""
+        return f"{self.study_id}.{sample}"
+
+    def job_of(self, sample: int) -> Job | None:
+        """The JOB of a sample (with Sobol: the group's A draw); None for an id the study lacks."""
+        if not 0 <= sample < self.config.sample_size:
             return None
-        return Job(simu_id, simulation.job_id, simulation.spec.values)
+        return Job(sample, self.job_id(sample), self.members(sample)[0].spec.values)
 
     def handle(self, message: LauncherMessage, launcher: Launcher) -> None:
         """React to one message from the server."""
@@ -208,24 +217,38 @@ class StudyRunner:
         elif isinstance(message, Stop):
             self.stopped = True
         elif isinstance(message, SimuStatus) and message.status == SIMU_FINISHED:
-            simulation = self.simulations.get(message.simu_id)
-            if simulation is not None and simulation.status in (Status.RUNNING, Status.EXITED):
-                simulation.status = Status.FINISHED
+            if 0 <= message.simu_id < self.config.sample_size:
+                for simulation in self.members(message.simu_id):
+                    if simulation.status != Status.DROPPED:
+                        simulation.status = Status.FINISHED
         elif isinstance(message, Timeout):
-            simulation = self.simulations.get(message.simu_id)
-            if simulation is not None and simulation.status in (Status.RUNNING, Status.EXITED):
-                self.fail(simulation, launcher)
+            if 0 <= message.simu_id < self.config.sample_size:
+                self.timed_out(message.simu_id, launcher)
         elif isinstance(message, ConfidenceInterval):
             self.worst_interval = message.value
         # ALIVE and SIMU_STATUS "running" need nothing: the runner watches its processes itself.
 
+    def timed_out(self, sample: int, launcher: Launcher) -> None:
+        """The server heard nothing from a sample for too long.
+
+        While a member is still pending or running the sample is in progress as far as the
+        runner knows (a hung process hits the runner's own timeout). When every member ran to
+        completion yet the server lacks data, the exited members are relaunched (the server
+        keeps what it already has).
+        """
+        group = self.members(sample)
+        if any(simulation.status in (Status.PENDING, Status.RUNNING) for simulation in group):
+            return
+        for simulation in group:
+            if simulation.status == Status.EXITED:
+                self.fail(simulation, launcher)
+
     # --- simulations ------------------------------------------------------------------------
 
     def launch(self, simulation: Simulation, launcher: Launcher, connection_port: int) -> None:
-        """Start an attempt, after telling the server the simulation's JOB."""
+        """Start an attempt, after telling the server its sample's JOB."""
         simulation.attempts += 1
-        simulation.job_id = f"{self.study_id}.{simulation.spec.simulation_id}.{simulation.attempts}"
-        launcher.publish(self.job_of(simulation.spec.simulation_id))  # type: ignore[arg-type]
+        launcher.publish(self.job_of(simulation.spec.group))  # type: ignore[arg-type]
         values = dict(zip(self.config.parameter_names, simulation.spec.values, strict=True))
         environment = {
             "MELISSA_SIMU_ID": str(simulation.spec.simulation_id),
@@ -244,30 +267,25 @@ class StudyRunner:
             run.stop()
 
     def fail(self, simulation: Simulation, launcher: Launcher) -> None:
-        """A failed or timed-out attempt: relaunch later, or drop once retries are spent."""
+        """A failed or timed-out attempt: relaunch next, or drop its sample once retries are spent.
+
+        A relaunch goes to the front of the queue so that its group completes soon.
+        """
         self.halt(simulation)
         simulation.failures += 1
         if simulation.failures > self.config.retries:
-            for member in self.group_of(simulation):
-                self.drop(member, launcher)
+            self.drop(simulation.spec.group, launcher)
         else:
             simulation.status = Status.PENDING
             self.retried += 1
-            self.queue.append(simulation.spec.simulation_id)
+            self.queue.appendleft(simulation.spec.simulation_id)
 
-    def group_of(self, simulation: Simulation) -> list[Simulation]:
-        """The simulations that share its fate: its Sobol group, or itself alone."""
-        size = self.config.group_size
-        first = simulation.spec.group * size if self.config.sobol else simulation.spec.simulation_id
-        return [self.simulations[simu_id] for simu_id in range(first, first + size)]
-
-    def drop(self, simulation: Simulation, launcher: Launcher) -> None:
-        """Give a simulation up for good and tell the server (it then counts as done)."""
-        if simulation.status in (Status.FINISHED, Status.DROPPED):
-            return
-        self.halt(simulation)
-        simulation.status = Status.DROPPED
-        launcher.publish(Drop(simulation.spec.simulation_id, simulation.job_id))
+    def drop(self, sample: int, launcher: Launcher) -> None:
+        """Give a sample up for good (a whole Sobol group) and tell the server."""
+        for simulation in self.members(sample):
+            self.halt(simulation)
+            simulation.status = Status.DROPPED
+        launcher.publish(Drop(sample, self.job_id(sample)))
 
     def watch(self, launcher: Launcher) -> None:
         """Collect exits, enforce the wall-clock timeout of each attempt.
