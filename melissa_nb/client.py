@@ -28,6 +28,7 @@ from melissa_nb.partition import overlaps
 from melissa_nb.protocol import (
     ConnectionReply,
     ConnectionRequest,
+    check_field_name,
     encode_data_frame,
     sobol_member,
 )
@@ -120,6 +121,8 @@ class Client:
         self.rank = 0 if comm is None else comm.Get_rank()
         self.comm_size = 1 if comm is None else comm.Get_size()
         self.simu_id = simulation_id_from_environment() if simu_id is None else simu_id
+        if not 0 <= self.simu_id < 2**31:
+            raise ConfigurationError(f"simulation id {self.simu_id} is not in [0, 2**31)")
         self.server = server_endpoint_from_environment() if server is None else server
         self._linger_ms = int(linger * 1000)
         self._send_timeout_ms = -1 if send_timeout is None else int(send_timeout * 1000)
@@ -132,6 +135,8 @@ class Client:
         except BaseException:
             self._context.destroy(linger=0)
             raise
+        self.group: int | None = None
+        self.member: int | None = None
         if self.reply.sobol:
             self.group, self.member = sobol_member(self.simu_id, self.reply.nb_parameters)
 
@@ -145,8 +150,8 @@ class Client:
                 outcome = ("reply", self._request_connection(timeout))
             except ProtocolError as error:  # every rank must learn of a failure, not hang in bcast
                 outcome = (error.reason, f"malformed connection reply from {self.server}: {error}")
-            except (ServerUnreachableError, zmq.ZMQError) as error:
-                outcome = ("unreachable", str(error))
+            except Exception as error:  # unreachable, or a bad endpoint (zmq.ZMQError)
+                outcome = ("unreachable", f"{type(error).__name__}: {error}")
         if self.comm is not None:
             outcome = self.comm.bcast(outcome, root=0)
         kind, payload = outcome
@@ -177,17 +182,35 @@ class Client:
         """Declare a field and this rank's number of cells (collective over the communicator)."""
         if self._finalized:
             raise RuntimeError("the client is finalized")
-        if field_name in self._fields:
-            raise ValueError(f"field {field_name!r} is already initialised")
-        if not isinstance(local_size, (int, np.integer)) or local_size < 0:
-            raise ValueError(f"local size of field {field_name!r} must be >= 0, got {local_size!r}")
-        local_size = int(local_size)
-        sizes = [local_size] if self.comm is None else self.comm.allgather(local_size)
-        local_start = sum(sizes[: self.rank])
-        pieces = overlaps(local_start, local_size, sum(sizes), self.reply.server_comm_size)
+        problem = self._field_problem(field_name, local_size)
+        # every rank learns of any rank's mistake, so none is left waiting in a collective
+        reports = (
+            [(local_size, problem)]
+            if self.comm is None
+            else self.comm.allgather((local_size, problem))
+        )
+        problems = [f"rank {rank}: {p}" for rank, (_, p) in enumerate(reports) if p is not None]
+        if problems:
+            raise ValueError(f"init_field({field_name!r}): " + "; ".join(problems))
+        sizes = [int(size) for size, _ in reports]
+        pieces = overlaps(
+            sum(sizes[: self.rank]), sizes[self.rank], sum(sizes), self.reply.server_comm_size
+        )
         for server_rank, _, _ in pieces:
             self._socket(server_rank)
-        self._fields[field_name] = _Field(local_size, pieces)
+        self._fields[field_name] = _Field(sizes[self.rank], pieces)
+
+    def _field_problem(self, field_name: str, local_size: int) -> str | None:
+        """Why this rank cannot declare the field, or None."""
+        if field_name in self._fields:
+            return f"field {field_name!r} is already initialised"
+        try:
+            check_field_name(field_name)
+        except ProtocolError as error:
+            return str(error)
+        if not isinstance(local_size, (int, np.integer)) or local_size < 0:
+            return f"local size must be an integer >= 0, got {local_size!r}"
+        return None
 
     def _socket(self, server_rank: int) -> zmq.Socket:
         """The PUSH socket to a server rank's data address (created on first use)."""

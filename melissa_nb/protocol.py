@@ -270,7 +270,8 @@ class ConnectionReply:
 # --- data messages (client PUSH -> server PULL) --------------------------------------------------
 
 
-def _check_field_name(field_name: str) -> bytes:
+def check_field_name(field_name: str) -> bytes:
+    """The field name's bytes; ProtocolError("bad_string") unless it fits the 128-byte field."""
     return _check_text("field name", field_name, FIELD_NAME_WIDTH)
 
 
@@ -283,7 +284,7 @@ def encode_data_header(
     _check_int32("client_rank", client_rank, minimum=0)
     _check_int32("vect_size", vect_size, minimum=1)
     return DATA_HEADER.pack(
-        time_stamp, simu_id, client_rank, vect_size, _check_field_name(field_name)
+        time_stamp, simu_id, client_rank, vect_size, check_field_name(field_name)
     )
 
 

@@ -137,6 +137,30 @@ def test_single_rank_splits_a_field_over_two_server_ranks(servers) -> None:
                 assert np.array_equal(message.values[0], data[message.time_stamp, cells])
 
 
+@pytest.mark.parametrize(
+    ("cells", "ranks", "expected"),
+    [
+        # (server rank, first cell, one past last) from G // M (+1 for the first G % M ranks)
+        (10, 3, [(0, 0, 4), (1, 4, 7), (2, 7, 10)]),
+        (2, 3, [(0, 0, 1), (1, 1, 2)]),  # rank 2 owns no cell and receives nothing
+        (5, 1, [(0, 0, 5)]),
+    ],
+)
+def test_pieces_follow_the_block_partition(servers, cells, ranks, expected) -> None:
+    server = servers(ranks)
+    values = np.arange(cells, dtype=float) * 1.5
+    with Client(simu_id=0, server=server.endpoint, connect_timeout=WAIT) as client:
+        client.init_field("u", cells)
+        client.send("u", values)
+    receivers = {rank for rank, _, _ in expected}
+    for rank in range(ranks):
+        if rank not in receivers:
+            server.receive(rank, 0)
+    for rank, start, stop in expected:
+        (message,) = server.receive(rank, 1)
+        assert np.array_equal(message.values[0], values[start:stop])
+
+
 def test_module_api_reads_the_environment(servers, monkeypatch, tmp_path) -> None:
     server = servers(1, entry_width=128)
     monkeypatch.setenv("MELISSA_SIMU_ID", "4")
@@ -193,6 +217,10 @@ def test_bad_sends_name_the_problem(servers) -> None:
             client.send("u", np.zeros((3, 5)))
         with pytest.raises(ValueError, match="already initialised"):
             client.init_field("u", 5)
+        with pytest.raises(ValueError, match="at most 127 fit"):
+            client.init_field("x" * 128, 5)
+        with pytest.raises(ValueError, match="integer >= 0, got -1"):
+            client.init_field("w", -1)
     server.receive(0, 0)
 
 
@@ -260,6 +288,7 @@ def test_malformed_reply_is_a_protocol_error(servers) -> None:
 
 MPI_CLIENT = """
 import sys
+from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 from melissa_nb.client import Client
@@ -268,6 +297,10 @@ comm = MPI.COMM_WORLD
 rank = comm.Get_rank()
 local = np.arange(3 if rank == 0 else 8, dtype=float) + 100 * rank
 with Client(comm, simu_id=5, server=sys.argv[1], connect_timeout=20) as client:
+    try:  # rank 1's mistake must reach rank 0 too, not leave it waiting
+        client.init_field("bad", -1 if rank == 1 else 3)
+    except ValueError as error:
+        Path(sys.argv[2], f"rank{rank}.txt").write_text(str(error))
     client.init_field("u", local.size)
     for t in range(2):
         client.send("u", local + t)
@@ -280,12 +313,15 @@ def test_two_client_ranks_under_mpiexec(servers, tmp_path: Path) -> None:
     script.write_text(textwrap.dedent(MPI_CLIENT), encoding="utf-8")
     mpiexec = Path(sys.executable).parent / "mpiexec"
     completed = subprocess.run(
-        [str(mpiexec), "-n", "2", sys.executable, str(script), server.endpoint],
+        [str(mpiexec), "-n", "2", sys.executable, str(script), server.endpoint, str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=50,
     )
     assert completed.returncode == 0, completed.stderr
+    for rank in (0, 1):
+        error = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "init_field('bad'): rank 1: local size must be an integer >= 0, got -1" in error
     assert server.requests == [ConnectionRequest(2, 5)]
     # global vector: rank 0 holds cells [0, 3), rank 1 [3, 11); server blocks [0, 6) and [6, 11)
     global_values = np.concatenate([np.arange(3.0), np.arange(8.0) + 100])
