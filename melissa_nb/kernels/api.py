@@ -403,15 +403,17 @@ class SobolMartinez(_MergeableStatistic):
 
     @staticmethod
     def layout(cells: int, parameters: int = 1) -> Layout:
-        """``mean``, ``m2`` (p+2, cells), ``comoment_first``, ``comoment_total`` (p, cells)."""
+        """``shift`` (cells,), ``mean``, ``m2`` (p+2, cells), ``comoment_first``,
+        ``comoment_total`` (p, cells), ``count``."""
         rows = parameters + 2
-        return {"mean": ((rows, cells), FLOAT), "m2": ((rows, cells), FLOAT),
+        return {"shift": ((cells,), FLOAT), "mean": ((rows, cells), FLOAT),
+                "m2": ((rows, cells), FLOAT),
                 "comoment_first": ((parameters, cells), FLOAT),
                 "comoment_total": ((parameters, cells), FLOAT), **_count_layout()}
 
     def _state(self) -> tuple[np.ndarray, ...]:
         return tuple(self.arrays[name]
-                     for name in ("mean", "m2", "comoment_first", "comoment_total"))
+                     for name in ("shift", "mean", "m2", "comoment_first", "comoment_total"))
 
     def update(self, group: np.ndarray) -> None:
         """Fold one group (parameters + 2, cells) float64: rows Y_A, Y_B, Y_C1..Y_Cp."""
@@ -420,8 +422,8 @@ class SobolMartinez(_MergeableStatistic):
         self._advance(1)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
-        sobol_merge(count, *self._state(), other_count, other["mean"], other["m2"],
-                    other["comoment_first"], other["comoment_total"])
+        sobol_merge(count, *self._state(), other_count, other["shift"], other["mean"],
+                    other["m2"], other["comoment_first"], other["comoment_total"])
 
     def _finalized(self) -> np.ndarray:
         count = self.count

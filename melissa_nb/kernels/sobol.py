@@ -1,8 +1,11 @@
 """Sobol indices per cell: the iterative Martinez estimator on pick-freeze groups.
 
 A group is the (p+2, cells) outputs of p+2 simulations: rows Y_A, Y_B, Y_C1..Y_Cp, where C_k is
-input draw A with parameter k taken from draw B. State (cells last, 4 + 4p doubles per cell):
-- ``mean``, ``m2`` (p+2, cells): Welford mean and sum of squared deviations of each row;
+input draw A with parameter k taken from draw B. State (cells last, 5 + 4p doubles per cell):
+- ``shift`` (cells,): Y_A of the first group; every output is accumulated as y - shift, for the
+  same reason as the moments' shift (a mean of 1e9 otherwise costs ~7 digits of the indices);
+- ``mean``, ``m2`` (p+2, cells): Welford mean of y - shift and sum of squared deviations of
+  each row;
 - ``comoment_first`` (p, cells): Q(Y_B, Y_Ck); ``comoment_total`` (p, cells): Q(Y_A, Y_Ck),
   each updated as Q += (x - mean_x_old)(y - mean_y_new) (Melissa 0.6 was off by one sample).
 Merge: Chan et al. pairwise formulas.
@@ -49,23 +52,26 @@ def normal_quantile(probability: float) -> float:
 
 
 @formula
-def fold_sobol(count: int, group: np.ndarray, mean: np.ndarray, m2: np.ndarray,
-               comoment_first: np.ndarray, comoment_total: np.ndarray, cell: int) -> None:
+def fold_sobol(count: int, group: np.ndarray, shift: np.ndarray, mean: np.ndarray,
+               m2: np.ndarray, comoment_first: np.ndarray, comoment_total: np.ndarray,
+               cell: int) -> None:
     """Fold one group into one cell; ``count`` groups were folded in before."""
     rows = group.shape[0]
     if count == 0:
+        shift[cell] = group[0, cell]
         for row in range(rows):
-            mean[row, cell] = group[row, cell]
+            mean[row, cell] = group[row, cell] - shift[cell]
             m2[row, cell] = 0.0
         for k in range(rows - 2):
             comoment_first[k, cell] = 0.0
             comoment_total[k, cell] = 0.0
         return
     n = count + 1.0
-    delta_a = group[0, cell] - mean[0, cell]
-    delta_b = group[1, cell] - mean[1, cell]
+    offset = shift[cell]
+    delta_a = (group[0, cell] - offset) - mean[0, cell]
+    delta_b = (group[1, cell] - offset) - mean[1, cell]
     for k in range(rows - 2):
-        y = group[k + 2, cell]
+        y = group[k + 2, cell] - offset
         delta_c = y - mean[k + 2, cell]
         mean_c = mean[k + 2, cell] + delta_c / n
         comoment_first[k, cell] += delta_b * (y - mean_c)
@@ -73,21 +79,24 @@ def fold_sobol(count: int, group: np.ndarray, mean: np.ndarray, m2: np.ndarray,
         m2[k + 2, cell] += delta_c * (y - mean_c)
         mean[k + 2, cell] = mean_c
     for row in range(2):
-        delta = group[row, cell] - mean[row, cell]
+        y = group[row, cell] - offset
+        delta = y - mean[row, cell]
         mean[row, cell] += delta / n
-        m2[row, cell] += delta * (group[row, cell] - mean[row, cell])
+        m2[row, cell] += delta * (y - mean[row, cell])
 
 
 @formula
-def merge_sobol(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np.ndarray,
-                comoment_total: np.ndarray, other_count: int, other_mean: np.ndarray,
-                other_m2: np.ndarray, other_comoment_first: np.ndarray,
-                other_comoment_total: np.ndarray, cell: int) -> None:
+def merge_sobol(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
+                comoment_first: np.ndarray, comoment_total: np.ndarray, other_count: int,
+                other_shift: np.ndarray, other_mean: np.ndarray, other_m2: np.ndarray,
+                other_comoment_first: np.ndarray, other_comoment_total: np.ndarray,
+                cell: int) -> None:
     """Merge another partial state of one cell into this one (Chan et al.)."""
     rows = mean.shape[0]
     if other_count == 0:
         return
     if count == 0:
+        shift[cell] = other_shift[cell]
         for row in range(rows):
             mean[row, cell] = other_mean[row, cell]
             m2[row, cell] = other_m2[row, cell]
@@ -98,14 +107,16 @@ def merge_sobol(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np
     n_a = float(count)
     n_b = float(other_count)
     weight = n_a * n_b / (n_a + n_b)
-    d_a = other_mean[0, cell] - mean[0, cell]
-    d_b = other_mean[1, cell] - mean[1, cell]
+    # The other means re-expressed against this cell's shift (see merge_moments).
+    offset = other_shift[cell] - shift[cell]
+    d_a = (other_mean[0, cell] + offset) - mean[0, cell]
+    d_b = (other_mean[1, cell] + offset) - mean[1, cell]
     for k in range(rows - 2):
-        d_c = other_mean[k + 2, cell] - mean[k + 2, cell]
+        d_c = (other_mean[k + 2, cell] + offset) - mean[k + 2, cell]
         comoment_first[k, cell] += other_comoment_first[k, cell] + d_b * d_c * weight
         comoment_total[k, cell] += other_comoment_total[k, cell] + d_a * d_c * weight
     for row in range(rows):
-        d = other_mean[row, cell] - mean[row, cell]
+        d = (other_mean[row, cell] + offset) - mean[row, cell]
         m2[row, cell] += other_m2[row, cell] + d * d * weight
         mean[row, cell] += d * n_b / (n_a + n_b)
 
@@ -147,22 +158,24 @@ def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
 
 
 @kernel
-def sobol_update(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np.ndarray,
-                 comoment_total: np.ndarray, group: np.ndarray) -> None:
+def sobol_update(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
+                 comoment_first: np.ndarray, comoment_total: np.ndarray,
+                 group: np.ndarray) -> None:
     """Fold one group (p+2, cells) into the state; ``count`` groups were folded in before."""
     for cell in numba.prange(group.shape[1]):
-        fold_sobol(count, group, mean, m2, comoment_first, comoment_total, cell)
+        fold_sobol(count, group, shift, mean, m2, comoment_first, comoment_total, cell)
 
 
 @kernel
-def sobol_merge(count: int, mean: np.ndarray, m2: np.ndarray, comoment_first: np.ndarray,
-                comoment_total: np.ndarray, other_count: int, other_mean: np.ndarray,
-                other_m2: np.ndarray, other_comoment_first: np.ndarray,
-                other_comoment_total: np.ndarray) -> None:
+def sobol_merge(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
+                comoment_first: np.ndarray, comoment_total: np.ndarray, other_count: int,
+                other_shift: np.ndarray, other_mean: np.ndarray, other_m2: np.ndarray,
+                other_comoment_first: np.ndarray, other_comoment_total: np.ndarray) -> None:
     """Merge another partial state into this one."""
     for cell in numba.prange(mean.shape[1]):
-        merge_sobol(count, mean, m2, comoment_first, comoment_total, other_count, other_mean,
-                    other_m2, other_comoment_first, other_comoment_total, cell)
+        merge_sobol(count, shift, mean, m2, comoment_first, comoment_total, other_count,
+                    other_shift, other_mean, other_m2, other_comoment_first,
+                    other_comoment_total, cell)
 
 
 @kernel
