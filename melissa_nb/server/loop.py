@@ -16,6 +16,7 @@ import os
 import signal
 import socket as socketlib
 import time
+from collections import Counter
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -422,9 +423,15 @@ class ServerRank:
             counts["rejected"],
             dict(self.progress.rejections),
         )
+        rejections: Counter[str] = Counter()
+        for counter in self.world.allgather(self.progress.rejections):
+            rejections.update(counter)
         extra = {
             "study_complete": int(not aborted),
             "simulations_dropped": int(np.count_nonzero(self.tracker.dropped)),
+            "messages_duplicate": int(sum(self.world.allgather(counts["duplicates"]))),
+            "messages_rejected": int(sum(rejections.values())),
+            "rejected_reasons": ",".join(f"{key}={n}" for key, n in sorted(rejections.items())),
         }
         for field in self.config.field_names:
             slices = sorted(

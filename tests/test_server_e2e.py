@@ -1,0 +1,410 @@
+"""The server end to end: real processes (plain and mpiexec), real sockets, real netCDF files.
+
+Every output variable is compared with a numpy/scipy batch computation over the same data.
+Quantiles (Robbins-Monro, order dependent, approximate) are compared to 1e-12 with the kernel fed
+the samples in the order the server received them (a single PUSH pipe keeps that order); their
+accuracy against numpy.quantile is the kernels' tests' business (tests/test_kernels_quantiles.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import zmq
+from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
+
+from melissa_nb.kernels import Quantiles
+from melissa_nb.protocol import ConnectionReply, ConnectionRequest, encode_data_frame
+from melissa_nb.server.output import read_results
+from melissa_nb.server.state import list_blocks
+from melissa_nb.server.status import read_progress
+
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+MELISSA = BIN / "melissa-nb"
+WAIT = 60.0  # seconds any single process or condition may take before the test fails
+RTOL = 1e-12
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on (bound then released)."""
+    context = zmq.Context.instance()
+    probe = context.socket(zmq.REP)
+    port = probe.bind_to_random_port("tcp://127.0.0.1")
+    probe.close(linger=0)
+    return port
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
+    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    output: Path
+    study_id: str
+    port: int
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = WAIT) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server did not end in {timeout:g} s:\n{self.text()}") from None
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Start `melissa-nb server` (under mpiexec when ranks > 1); kill and check leftovers after."""
+    started: list[RunningServer] = []
+
+    def start(*options: str, ranks: int = 1) -> RunningServer:
+        study_id = f"t{uuid.uuid4().hex[:8]}"
+        output = tmp_path / f"out_{study_id}"
+        port = free_port()
+        command = [
+            str(MELISSA), "server", *options,
+            "--connection-port", str(port), "--data_port", "0",
+            "--output-dir", str(output), "--study-id", study_id, "-v", "1",
+        ]  # fmt: skip
+        if ranks > 1:
+            command = [str(MPIEXEC), "-n", str(ranks), *command]
+        log = tmp_path / f"{study_id}.log"
+        env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        with log.open("w") as sink:
+            process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        server = RunningServer(process, output, study_id, port, log)
+        started.append(server)
+        return server
+
+    yield start
+    leftovers = []
+    for server in started:
+        if server.process.poll() is None:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(WAIT)
+        for name in list_blocks(f"melissa_nb_{server.study_id}_"):
+            leftovers.append(name)
+            shared_memory.SharedMemory(name).unlink()
+    assert leftovers == [], f"shared-memory blocks survived: {leftovers}"
+
+
+class RawSender:
+    """A hand-driven simulation side: handshake on REQ, frames on one PUSH per server rank."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.endpoint = endpoint
+        self.pushes: dict[int, zmq.Socket] = {}
+
+    def handshake(self, simu_id: int, comm_size: int = 1) -> ConnectionReply:
+        request = self.context.socket(zmq.REQ)
+        request.setsockopt(zmq.LINGER, 0)
+        request.connect(self.endpoint)
+        request.send(ConnectionRequest(comm_size, simu_id).encode())
+        assert request.poll(int(WAIT * 1000)), "no connection reply"
+        reply = ConnectionReply.decode(request.recv())
+        request.close()
+        for rank, address in enumerate(reply.data_addresses):
+            if rank not in self.pushes:
+                push = self.context.socket(zmq.PUSH)
+                push.setsockopt(zmq.LINGER, int(WAIT * 1000))
+                push.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
+                push.connect(address)
+                self.pushes[rank] = push
+        return reply
+
+    def send(self, frame: bytes | bytearray, rank: int = 0) -> None:
+        self.pushes[rank].send(frame, copy=False)
+
+    def close(self) -> None:
+        for push in self.pushes.values():
+            push.close()
+        self.context.term()
+
+
+def frame(field: str, simu_id: int, t: int, values: np.ndarray, client_rank: int = 0) -> bytes:
+    return bytes(encode_data_frame(t, simu_id, client_rank, field, values))
+
+
+def check_field(results, samples: np.ndarray, ids: np.ndarray, names: list[str]) -> None:
+    """Compare every general statistic with its batch reference, timestep by timestep."""
+    for t in range(samples.shape[0]):
+        for name in names:
+            expected = FIELD_REFERENCES[name](samples[t], ids)
+            got = results.variables[name][t]
+            if expected.dtype.kind in "iu":
+                np.testing.assert_array_equal(got, expected, err_msg=f"{name} at t={t}")
+            else:
+                np.testing.assert_allclose(got, expected, rtol=RTOL, atol=0, err_msg=name)
+
+
+# --- M = 1, one client rank, out of order, duplicates, malformed -------------------------------
+
+
+GENERAL = [
+    "mean", "variance", "skewness", "kurtosis", "min", "max", "min_simulation",
+    "max_simulation", "threshold_exceedance", "exceedance_probability",
+]  # fmt: skip
+
+
+def test_one_rank_every_general_statistic_out_of_order_duplicates_and_garbage(
+    start_server, rng
+) -> None:
+    fields = {"u": 12, "v": 7}
+    simulations, timesteps = 6, 3
+    quantiles = (0.1, 0.5, 0.9)
+    server = start_server(
+        "-s", str(simulations), "-t", str(timesteps), "-f", "u:v",
+        "-o", "mean:variance:skewness:kurtosis:min:max:threshold:quantile",
+        "-e", ":".join(map(str, THRESHOLDS)), "-q", ":".join(map(str, quantiles)),
+    )  # fmt: skip
+    data = {f: rng.normal(2.0, 1.5, size=(simulations, timesteps, n)) for f, n in fields.items()}
+    items = [(f, s, t) for f in fields for s in range(simulations) for t in range(timesteps)]
+    order = [items[i] for i in rng.permutation(len(items))]
+    duplicates = [order[i] for i in rng.choice(len(order), size=5, replace=False)]
+    sender = RawSender(server.endpoint)
+    try:
+        for simu_id in range(simulations):
+            reply = sender.handshake(simu_id)
+        assert reply.server_comm_size == 1 and not reply.sobol
+        garbage = [
+            b"short",
+            frame("w", 0, 0, np.zeros(12)),  # unknown field
+            frame("u", 0, timesteps, np.zeros(12)),  # timestep out of range
+            frame("u", simulations, 0, np.zeros(12)),  # simulation id out of range
+            frame("u", 1, 1, np.zeros(5)),  # vect_size differs from the slice's
+            frame("u", 1, 1, np.zeros(12))[:-3],  # payload not whole doubles
+        ]
+        first_of_each_field = max(
+            next(i for i, item in enumerate(order) if item[0] == f) for f in fields
+        )
+        stream = order[: first_of_each_field + 1] + garbage + order[first_of_each_field + 1 :]
+        stream[len(stream) // 2 : len(stream) // 2] = duplicates
+        for item in stream:
+            if isinstance(item, bytes):
+                sender.send(item)
+            else:
+                f, s, t = item
+                sender.send(frame(f, s, t, data[f][s, t]))
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    ids = np.arange(simulations)
+    for f, cells in fields.items():
+        results = read_results(server.output / f"{f}.nc")
+        assert results.dimensions == {"time": 3, "cell": cells, "threshold": 3,
+                                      "quantile_order": 3}  # fmt: skip
+        samples = data[f].transpose(1, 0, 2)  # (time, simulation, cell)
+        check_field(results, samples, ids, GENERAL)
+        np.testing.assert_array_equal(results.variables["sample_count"], [simulations] * 3)
+        np.testing.assert_array_equal(results.variables["threshold"], THRESHOLDS)
+        np.testing.assert_array_equal(results.variables["quantile_order"], quantiles)
+        arrival = [
+            (s, t) for (g, s, t) in dict.fromkeys(i for i in stream if isinstance(i, tuple))
+            if g == f
+        ]  # fmt: skip
+        for t in range(timesteps):
+            reference = Quantiles(cells, quantiles)
+            for s, step in arrival:
+                if step == t:
+                    reference.update(np.ascontiguousarray(data[f][s, t]))
+            got = results.variables["quantile"][t]
+            np.testing.assert_allclose(got, reference.quantile, rtol=RTOL, atol=0)
+        attributes = results.attributes
+        assert attributes["study_complete"] == 1
+        assert attributes["messages_duplicate"] == 5
+        assert attributes["messages_rejected"] == 6
+        assert attributes["rejected_reasons"] == (
+            "bad_size=1,short_frame=1,simu_id_out_of_range=1,timestep_out_of_range=1,"
+            "unknown_field=1,vect_size_changed=1"
+        )
+        assert attributes["variance_convention"] == "unbiased, ddof=1"
+    assert "rejected 1 message(s): short_frame" in server.text()
+
+
+# --- M = 2 under mpiexec, two client ranks, Sobol groups and single members --------------------
+
+SOBOL_CLIENT = """
+import sys
+import numpy as np
+from mpi4py import MPI
+from melissa_nb.client import Client
+
+endpoint, parameters, whole, members, timesteps = sys.argv[1], *map(int, sys.argv[2:6])
+fields = {"u": (5, 8), "v": (3, 3)}
+comm = MPI.COMM_WORLD
+rank = comm.Get_rank()
+
+def vector(field, group, member, t):
+    index = list(fields).index(field)
+    cells = sum(fields[field])
+    whole_vector = np.random.default_rng([index, group, member, t]).normal(size=cells)
+    start = sum(fields[field][:rank])
+    return whole_vector[start:start + fields[field][rank]]
+
+rows = parameters + 2
+for group in range(whole):
+    with Client(comm, simu_id=group * rows, server=endpoint, connect_timeout=60) as client:
+        for field, sizes in fields.items():
+            client.init_field(field, sizes[rank])
+        for t in range(timesteps):
+            for field in fields:
+                client.send(field, np.stack([vector(field, group, m, t) for m in range(rows)]))
+for group in range(whole, whole + members):
+    for member in reversed(range(rows)):
+        simu_id = group * rows + member
+        with Client(comm, simu_id=simu_id, server=endpoint, connect_timeout=60) as client:
+            for field, sizes in fields.items():
+                client.init_field(field, sizes[rank])
+            for t in range(timesteps):
+                for field in fields:
+                    client.send(field, vector(field, group, member, t))
+"""
+
+
+def sobol_reference(groups: np.ndarray, confidence: float) -> dict[str, np.ndarray]:
+    """Martinez indices (np.corrcoef batch) and their Fisher-z intervals, (p, cells) each."""
+    first, total = martinez_batch(groups)
+    h = scipy.stats.norm.ppf(0.5 + 0.5 * confidence) / np.sqrt(groups.shape[0] - 3)
+    rho = 1.0 - total
+    return {
+        "sobol_first": first,
+        "sobol_total": total,
+        "sobol_first_ci_low": np.tanh(np.arctanh(first) - h),
+        "sobol_first_ci_high": np.tanh(np.arctanh(first) + h),
+        "sobol_total_ci_low": 1.0 - np.tanh(np.arctanh(rho) + h),
+        "sobol_total_ci_high": 1.0 - np.tanh(np.arctanh(rho) - h),
+    }
+
+
+def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_path) -> None:
+    parameters, whole, members, timesteps = 2, 3, 2, 2
+    groups = whole + members
+    rows = parameters + 2
+    fields = {"u": (5, 8), "v": (3, 3)}
+    server = start_server(
+        "-p", str(parameters), "-s", str(groups), "-t", str(timesteps), "-f", "u:v",
+        "-o", "mean:variance:min:max:sobol", ranks=2,
+    )  # fmt: skip
+    script = tmp_path / "sobol_client.py"
+    script.write_text(textwrap.dedent(SOBOL_CLIENT))
+    client = subprocess.run(
+        [str(MPIEXEC), "-n", "2", sys.executable, str(script), server.endpoint,
+         str(parameters), str(whole), str(members), str(timesteps)],
+        capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert client.returncode == 0, client.stderr
+    assert server.wait() == 0, server.text()
+    for index, (f, sizes) in enumerate(fields.items()):
+        cells = sum(sizes)
+        values = np.array([
+            [[np.random.default_rng([index, g, m, t]).normal(size=cells) for m in range(rows)]
+             for g in range(groups)]
+            for t in range(timesteps)
+        ])  # (time, group, member, cell)  # fmt: skip
+        results = read_results(server.output / f"{f}.nc")
+        assert results.dimensions == {"time": timesteps, "cell": cells, "parameter": parameters}
+        assert results.attributes["server_ranks"] == 2
+        general = values[:, :, :2, :].reshape(timesteps, 2 * groups, cells)
+        ids = (np.arange(groups)[:, None] * rows + np.arange(2)[None, :]).reshape(-1)
+        check_field(results, general, ids, ["mean", "variance", "min", "max",
+                                            "min_simulation", "max_simulation"])  # fmt: skip
+        np.testing.assert_array_equal(results.variables["sample_count"], [2 * groups] * timesteps)
+        for t in range(timesteps):
+            for name, expected in sobol_reference(values[t], 0.95).items():
+                np.testing.assert_allclose(
+                    results.variables[name][t], expected, rtol=1e-10, atol=1e-13, err_msg=name
+                )
+        assert results.attributes["messages_rejected"] == 0
+
+
+# --- lifecycle: live status, signals, timeouts ---------------------------------------------------
+
+
+def test_status_shows_live_progress_and_sigterm_cleans_up(start_server, rng) -> None:
+    server = start_server("-s", "2", "-t", "5", "-f", "u", "-o", "mean")
+    values = rng.normal(size=(2, 4))
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        for t in range(2):
+            sender.send(frame("u", 0, t, values[t]))
+
+        def two_accepted():
+            try:
+                progress = read_progress(server.output)
+            except FileNotFoundError:
+                return None
+            ranks = progress.ranks
+            return progress if ranks and ranks[0]["accepted"] == 2 else None
+
+        progress = wait_for(two_accepted, "the status to show 2 accepted messages")
+        (piece,) = progress.slices
+        assert (piece.field, piece.cells, piece.timesteps_received) == ("u", 4, 2)
+        assert piece.mean_range == (values[1].min(), values[1].max())
+        assert progress.ranks[0]["running"] == 1
+        status = subprocess.run(
+            [str(MELISSA), "status", str(server.output)], capture_output=True, text=True,
+            timeout=WAIT,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert server.study_id in status.stdout
+        server.process.send_signal(signal.SIGTERM)
+        assert server.wait() == 128 + signal.SIGTERM
+    finally:
+        sender.close()
+    assert list_blocks(f"melissa_nb_{server.study_id}_") == []
+    assert not list(server.output.glob("*.nc"))
+    assert "stopped by signal 15" in server.text()
+
+
+def test_silent_simulation_is_dropped_without_launcher(start_server, rng) -> None:
+    server = start_server("-s", "2", "-t", "3", "-f", "u", "-o", "mean:max", "-w", "1")
+    values = rng.normal(size=(2, 3, 4))
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        sender.handshake(1)
+        sender.send(frame("u", 1, 0, values[1, 0]))
+        for t in range(3):
+            sender.send(frame("u", 0, t, values[0, t]))
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    results = read_results(server.output / "u.nc")
+    np.testing.assert_array_equal(results.variables["sample_count"], [2, 1, 1])
+    np.testing.assert_allclose(results.variables["mean"][0], values[:, 0].mean(axis=0), rtol=RTOL)
+    np.testing.assert_array_equal(results.variables["mean"][1:], values[0, 1:])
+    assert results.attributes["simulations_dropped"] == 1
+    assert "simulation 1 silent for more than 1 s: dropped" in server.text()
