@@ -1,0 +1,272 @@
+"""The object API's contract: layouts, caller-owned arrays, validation, fused pass, isolation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from references import FIELD_REFERENCES, THRESHOLDS
+
+from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels import (
+    Extrema,
+    FieldStatistics,
+    Moments,
+    Quantiles,
+    SobolMartinez,
+    ThresholdExceedance,
+)
+
+CELLS = 6
+ORDERS = (0.1, 0.5, 0.9)
+
+# name: (constructor taking arrays=..., sample shape)
+OBJECTS: dict[str, tuple[Callable[..., object], tuple[int, ...]]] = {
+    "moments": (lambda **kw: Moments(CELLS, 4, **kw), (CELLS,)),
+    "extrema": (lambda **kw: Extrema(CELLS, **kw), (CELLS,)),
+    "thresholds": (lambda **kw: ThresholdExceedance(CELLS, THRESHOLDS, **kw), (CELLS,)),
+    "quantiles": (lambda **kw: Quantiles(CELLS, ORDERS, **kw), (CELLS,)),
+    "sobol": (lambda **kw: SobolMartinez(CELLS, 3, 0.9, **kw), (5, CELLS)),
+    "field": (lambda **kw: FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS,
+                                           quantiles=ORDERS, **kw), (CELLS,)),
+}
+SIMULATION_IDS = (Extrema, FieldStatistics)
+
+
+def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
+    if isinstance(statistic, SIMULATION_IDS):
+        statistic.update(sample, simulation)
+    else:
+        statistic.update(sample)
+
+
+def run(python: str, **environment: str) -> str:
+    """Run a snippet in a fresh interpreter and return its stdout."""
+    result = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True,
+                            timeout=120, env={**os.environ, **environment}, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_import_pulls_in_no_transport_or_io_module() -> None:
+    output = run("import sys, melissa_nb.kernels; "
+                 "print(sorted(m for m in ('zmq', 'mpi4py', 'netCDF4') if m in sys.modules))")
+    assert output.strip() == "[]"
+
+
+@pytest.mark.parametrize(("switch", "cache"), [("1", "NullCache"), ("0", "FunctionCache")])
+def test_environment_switches_the_cache(switch: str, cache: str) -> None:
+    output = run("from melissa_nb.kernels.moments import moments_update; "
+                 "print(type(moments_update._cache).__name__)", MELISSA_NB_NO_CACHE=switch)
+    assert output.strip() == cache
+
+
+def test_two_cold_cache_processes_at_once(tmp_path: object) -> None:
+    """Two processes compiling into one empty cache directory at the same time both succeed."""
+    snippet = ("import numpy as np; from melissa_nb.kernels import Moments; "
+               "m = Moments(3, 2); [m.update(np.arange(3.0) * i) for i in range(4)]; "
+               "print(m.variance.tolist())")
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MELISSA_NB_NO_CACHE": "0"}
+    processes = [subprocess.Popen([sys.executable, "-c", snippet], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=environment)
+                 for _ in range(2)]
+    outputs = [process.communicate(timeout=180) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+    expected = np.var(np.arange(4.0)[:, None] * np.arange(3.0), axis=0, ddof=1).tolist()
+    assert [eval(stdout) for stdout, _ in outputs] == [expected, expected]
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_layout_names_every_array_with_cells_last(name: str) -> None:
+    build, _ = OBJECTS[name]
+    statistic = build()
+    layout = type(statistic).layout(CELLS, **statistic._settings)
+    assert list(statistic.arrays) == list(layout)
+    assert layout["count"] == ((1,), np.dtype(np.int64))
+    for array_name, (shape, dtype) in layout.items():
+        array = statistic.arrays[array_name]
+        assert array.shape == shape and array.dtype == dtype
+        assert array_name == "count" or shape[-1] == CELLS
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_caller_arrays_hold_the_state_and_round_trip(rng: np.random.Generator,
+                                                     name: str) -> None:
+    """State copied out mid-stream and continued in a new object equals an uninterrupted run;
+    the object writes into the caller's arrays (the server's shared memory)."""
+    build, shape = OBJECTS[name]
+    samples = rng.normal(size=(12, *shape))
+    whole = build()
+    for index, sample in enumerate(samples):
+        feed(whole, sample, index)
+    first = build()
+    for index, sample in enumerate(samples[:5]):
+        feed(first, sample, index)
+    saved = {key: array.copy() for key, array in first.arrays.items()}
+    resumed = build(arrays=saved)
+    for index, sample in enumerate(samples[5:], start=5):
+        feed(resumed, sample, index)
+    assert resumed.count == 12 and int(saved["count"][0]) == 12
+    for key, array in whole.arrays.items():
+        np.testing.assert_array_equal(saved[key], array, err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_count_zero_arrays_need_no_zeroing(rng: np.random.Generator, name: str) -> None:
+    """Caller arrays full of junk with count 0 behave as fresh state."""
+    build, shape = OBJECTS[name]
+    layout = build().arrays
+    junk = {key: np.full(array.shape, 7, array.dtype) for key, array in layout.items()}
+    junk["count"][0] = 0
+    fresh, reused = build(), build(arrays=junk)
+    for index, sample in enumerate(rng.normal(size=(3, *shape))):
+        feed(fresh, sample, index)
+        feed(reused, sample, index)
+    for key, array in fresh.arrays.items():
+        np.testing.assert_array_equal(reused.arrays[key], array, err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_inputs_are_never_modified(rng: np.random.Generator, name: str) -> None:
+    build, shape = OBJECTS[name]
+    statistic = build()
+    for index, sample in enumerate(rng.normal(size=(4, *shape))):
+        kept = sample.copy()
+        sample.flags.writeable = False  # the server hands in read-only views of frames
+        feed(statistic, sample, index)
+        np.testing.assert_array_equal(sample, kept)
+
+
+@pytest.mark.parametrize("name", sorted(FIELD_REFERENCES))
+def test_fused_results_match_the_references(rng: np.random.Generator, name: str) -> None:
+    samples = rng.normal(size=(40, CELLS))
+    samples[:, 0] = 0.0  # exactly on a threshold, and a constant cell
+    ids = rng.permutation(500)[:40]
+    field = FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS)
+    for sample, simulation in zip(samples, ids, strict=True):
+        field.update(sample, int(simulation))
+    np.testing.assert_allclose(getattr(field, name), FIELD_REFERENCES[name](samples, ids),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_fused_pass_equals_the_separate_families(rng: np.random.Generator) -> None:
+    samples = rng.lognormal(size=(30, CELLS))
+    field = OBJECTS["field"][0]()
+    parts = [Moments(CELLS, 4), Extrema(CELLS), ThresholdExceedance(CELLS, THRESHOLDS),
+             Quantiles(CELLS, ORDERS)]
+    for index, sample in enumerate(samples):
+        feed(field, sample, index)
+        for part in parts:
+            feed(part, sample, index)
+    for part in parts:
+        for key, array in part.arrays.items():
+            np.testing.assert_array_equal(field.arrays[key], array, err_msg=key)
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_fused_pass_with_families_switched_off(rng: np.random.Generator, order: int) -> None:
+    field = FieldStatistics(CELLS, order=order, extrema=False)
+    samples = rng.normal(size=(5, CELLS))
+    for index, sample in enumerate(samples):
+        field.update(sample, index)
+    assert set(field.arrays) == ({"count"} | ({"shift", "central"} if order else set()))
+    if order:
+        np.testing.assert_allclose(field.mean, samples.mean(axis=0), rtol=1e-14)
+    with pytest.raises(ConfigurationError, match="min is not enabled"):
+        _ = field.min
+    with pytest.raises(ConfigurationError, match="quantile is not enabled"):
+        _ = field.quantile
+
+
+def test_field_merge_refuses_quantiles() -> None:
+    field = FieldStatistics(CELLS, order=2, quantiles=(0.5,))
+    with pytest.raises(ConfigurationError, match=r"no exact merge"):
+        field.merge(FieldStatistics(CELLS, order=2, quantiles=(0.5,)))
+
+
+def test_fresh_field_results_are_nan() -> None:
+    field = FieldStatistics(CELLS, order=4, extrema=True, thresholds=(0.0,), quantiles=(0.5,))
+    for name in ("mean", "variance", "skewness", "kurtosis", "min", "max",
+                 "exceedance_probability", "quantile"):
+        assert np.isnan(getattr(field, name)).all(), name
+
+
+BAD_SAMPLES = [
+    ([0.0] * CELLS, TypeError, "must be a numpy.ndarray, got list"),
+    (np.zeros(CELLS, np.float32), TypeError, "dtype float64, got float32"),
+    (np.zeros(CELLS, np.int64), TypeError, "dtype float64, got int64"),
+    (np.zeros(CELLS + 1), ValueError, r"shape \(6,\), got \(7,\)"),
+    (np.zeros((1, CELLS)), ValueError, r"shape \(6,\), got \(1, 6\)"),
+    (np.zeros(2 * CELLS)[::2], ValueError, "C-contiguous"),
+]
+
+
+@pytest.mark.parametrize(("sample", "error", "message"), BAD_SAMPLES)
+@pytest.mark.parametrize("name", ["moments", "extrema", "thresholds", "quantiles", "field"])
+def test_bad_samples_are_rejected(name: str, sample: object, error: type, message: str) -> None:
+    statistic = OBJECTS[name][0]()
+    with pytest.raises(error, match=message):
+        feed(statistic, sample, 0)
+    assert statistic.count == 0
+
+
+def test_bad_groups_are_rejected() -> None:
+    sobol = SobolMartinez(CELLS, 3)
+    with pytest.raises(ValueError, match=r"group must have shape \(5, 6\), got \(4, 6\)"):
+        sobol.update(np.zeros((4, CELLS)))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        sobol.update(np.zeros((CELLS, 5)).T)
+    with pytest.raises(TypeError, match="float32"):
+        sobol.update(np.zeros((5, CELLS), np.float32))
+
+
+def test_bad_simulation_id_is_rejected() -> None:
+    with pytest.raises(TypeError, match="simulation_id must be an integer, got 1.5"):
+        Extrema(CELLS).update(np.zeros(CELLS), 1.5)
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: Moments(0, 2), "cells must be >= 1, got 0"),
+    (lambda: Moments(CELLS, 5), "order must be in 1..4, got 5"),
+    (lambda: Moments(CELLS, 2.0), "order must be an integer, got 2.0"),
+    (lambda: FieldStatistics(CELLS, order=-1), "order must be in 0..4, got -1"),
+    (lambda: ThresholdExceedance(CELLS, (0.0, float("nan"))), "finite, got nan"),
+    (lambda: ThresholdExceedance(CELLS, ()), "at least one value"),
+    (lambda: Quantiles(CELLS, (0.5, 1.0)), "strictly between 0 and 1, got 1.0"),
+    (lambda: Quantiles(CELLS, "0.5"), "flat sequence of numbers, got '0.5'"),
+    (lambda: SobolMartinez(CELLS, 0), "parameters must be >= 1, got 0"),
+    (lambda: SobolMartinez(CELLS, 2, confidence=95), "strictly between 0 and 1, got 95.0"),
+])
+def test_bad_settings_are_rejected(build: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        build()
+
+
+def test_bad_caller_arrays_are_rejected() -> None:
+    arrays = {key: array.copy() for key, array in Moments(CELLS, 2).arrays.items()}
+    with pytest.raises(ValueError, match=r"missing \['shift'\]"):
+        Moments(CELLS, 2, arrays={k: v for k, v in arrays.items() if k != "shift"})
+    with pytest.raises(TypeError, match="'central' must have dtype float64, got float32"):
+        Moments(CELLS, 2, arrays={**arrays, "central": arrays["central"].astype(np.float32)})
+    with pytest.raises(ValueError, match=r"'central' must have shape \(2, 6\), got \(3, 6\)"):
+        Moments(CELLS, 2, arrays={**arrays, "central": np.zeros((3, CELLS))})
+    with pytest.raises(ValueError, match="'shift' must be C-contiguous"):
+        Moments(CELLS, 2, arrays={**arrays, "shift": np.zeros(2 * CELLS)[::2]})
+    read_only = arrays["shift"].copy()
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="'shift' must be writeable"):
+        Moments(CELLS, 2, arrays={**arrays, "shift": read_only})
+
+
+def test_merge_of_mismatched_statistics_is_rejected() -> None:
+    with pytest.raises(TypeError, match="cannot merge Extrema into Moments"):
+        Moments(CELLS, 2).merge(Extrema(CELLS))
+    with pytest.raises(ValueError, match="settings differ"):
+        Moments(CELLS, 2).merge(Moments(CELLS, 3))
+    with pytest.raises(ValueError, match="cells or settings differ"):
+        ThresholdExceedance(CELLS, (1.0,)).merge(ThresholdExceedance(CELLS + 1, (1.0,)))
