@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -270,3 +272,13 @@ def test_merge_of_mismatched_statistics_is_rejected() -> None:
         Moments(CELLS, 2).merge(Moments(CELLS, 3))
     with pytest.raises(ValueError, match="cells or settings differ"):
         ThresholdExceedance(CELLS, (1.0,)).merge(ThresholdExceedance(CELLS + 1, (1.0,)))
+
+
+def test_documented_example_runs() -> None:
+    """The example of docs/kernels.md (quoted by the README) runs as written."""
+    document = (Path(__file__).parent.parent / "docs" / "kernels.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", document, flags=re.DOTALL)
+    assert blocks
+    for block in blocks:
+        output = run(block)
+        assert "nan" not in output
