@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from melissa_nb.errors import ConfigurationError
@@ -308,8 +309,8 @@ def show_results(directory: str, timestep: int = -1, cell: int = 0, shape: str |
         out_dir = Path(plot_dir) if plot_dir else Path(directory) / "plots"
         for results in fields:
             for path in plot_field(results, timestep, cell, grid, out_dir):
-                console.print(f"wrote {path}")
+                console.print(f"wrote {path}", markup=False)
     except ConfigurationError as error:
-        errors.print(f"[red]error[/]: {error}")
+        errors.print(f"[red]error[/]: {escape(str(error))}")
         return 2
     return 0

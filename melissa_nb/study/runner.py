@@ -30,6 +30,7 @@ from types import FrameType
 
 import zmq
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from melissa_nb.errors import ConfigurationError, MelissaError
@@ -336,6 +337,11 @@ class StudyRunner:
                                                            + SERVER_START_SECONDS))
                 self.drive(launcher, server, connection_port, deadline)
                 self.wait_for_exit(launcher, server, time.monotonic() + SERVER_EXIT_SECONDS)
+                # STOP and a clean exit: every sample not dropped is complete on the server,
+                # including those whose last SIMU_STATUS the server had no time to send.
+                for simulation in self.simulations.values():
+                    if simulation.status != Status.DROPPED:
+                        simulation.status = Status.FINISHED
                 annotate_results(config)
         finally:
             for simulation in self.simulations.values():
@@ -407,7 +413,8 @@ class StudyRunner:
             if time.monotonic() > deadline:
                 raise self.server_failed(self.config.output_dir / "server.log",
                                          "the server did not exit after STOP")
-            launcher.service(POLL_SECONDS * 5)
+            for message in launcher.service(POLL_SECONDS * 5):
+                self.handle(message, launcher)
         if server.returncode != 0:
             raise self.server_failed(self.config.output_dir / "server.log",
                                      f"the server exited with code {server.returncode}")
@@ -458,25 +465,25 @@ def print_summary(report: StudyReport, console: Console) -> None:
             widths = ", ".join(f"{name} {first:.3g}/{total:.3g}" for name, (first, total) in
                                summary.worst_width.items())
             line += f"\n    worst Sobol interval width (first/total): {widths}"
-        console.print(line)
-    console.print(f"  {report.output_dir / 'parameters.csv'}")
+        console.print(line, markup=False)
+    console.print(f"  {report.output_dir / 'parameters.csv'}", markup=False)
     if report.rejected:
-        console.print(f"  malformed messages from the server: {report.rejected}")
+        console.print(f"  malformed messages from the server: {report.rejected}", markup=False)
 
 
 def run_study_file(path: str | Path, show_progress: bool = True) -> int:
     """`melissa-nb run`: load, run, summarise; returns the process exit code."""
     from melissa_nb.study.config import load_study
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     try:
         config = load_study(path)
         report = StudyRunner(config, console, show_progress).run()
     except StudyInterrupted as error:
-        console.print(f"[red]interrupted[/]: {error}; every process was stopped")
+        console.print(f"[red]interrupted[/]: {escape(str(error))}; every process was stopped")
         return 130
     except MelissaError as error:
-        console.print(f"[red]error[/]: {error}")
+        console.print(f"[red]error[/]: {escape(str(error))}")
         return 2 if isinstance(error, ConfigurationError) else 1
-    print_summary(report, Console())
+    print_summary(report, Console(soft_wrap=True))
     return 0
