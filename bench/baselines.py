@@ -178,27 +178,33 @@ class NumpyQuantiles:
 
 
 class NumpySobolMartinez:
-    """Iterative Martinez state of (p + 2, cells) groups: Welford means and M2 of every row,
-    comoments Q(Y_B, Y_Ck) (first order) and Q(Y_A, Y_Ck) (total order)."""
+    """Iterative Martinez state of (p + 2, cells) groups, every output taken as y - shift
+    (shift = Y_A of the first group): Welford means and M2 of every row, comoments
+    Q(Y_B, Y_Ck) (first order) and Q(Y_A, Y_Ck) (total order)."""
 
     def __init__(self, cells: int, parameters: int) -> None:
         rows = parameters + 2
         self.count = 0
+        self.shift = np.zeros(cells)
         self.mean = np.zeros((rows, cells))
         self.m2 = np.zeros((rows, cells))
         self.comoment_first = np.zeros((parameters, cells))
         self.comoment_total = np.zeros((parameters, cells))
+        self._shifted = np.empty((rows, cells))
         self._delta = np.empty((rows, cells))
         self._residual = np.empty((rows, cells))
         self._product = np.empty((rows, cells))
 
     def update(self, group: np.ndarray, simulation: int = 0) -> None:
         """Fold one group (rows Y_A, Y_B, Y_C1..Y_Cp)."""
+        if self.count == 0:
+            np.copyto(self.shift, group[0])
         self.count += 1
-        delta = np.subtract(group, self.mean, out=self._delta)  # x - mean_old
+        shifted = np.subtract(group, self.shift, out=self._shifted)
+        delta = np.subtract(shifted, self.mean, out=self._delta)  # y - mean_old
         residual = np.divide(delta, self.count, out=self._residual)
         self.mean += residual
-        np.subtract(group, self.mean, out=residual)  # x - mean_new
+        np.subtract(shifted, self.mean, out=residual)  # y - mean_new
         product = np.multiply(delta, residual, out=self._product)
         self.m2 += product
         comoment_step = product[2:]
@@ -210,8 +216,8 @@ class NumpySobolMartinez:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The state under melissa_nb's layout names."""
-        return {"mean": self.mean, "m2": self.m2, "comoment_first": self.comoment_first,
-                "comoment_total": self.comoment_total}
+        return {"shift": self.shift, "mean": self.mean, "m2": self.m2,
+                "comoment_first": self.comoment_first, "comoment_total": self.comoment_total}
 
 
 class NumpyFieldStatistics:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bench import baselines
-from bench.timing import Timing, machine_info, time_calls
+from bench.timing import machine_info, time_interleaved
 from bench.triad import DEFAULT_ELEMENTS, triad_gbps
 from melissa_nb import kernels
 
@@ -226,12 +226,11 @@ def _inputs(rng: np.random.Generator, rows: int, cells: int, count: int = 2) -> 
     return [rng.standard_normal(shape) for _ in range(count)]
 
 
-def time_updates(update: Update, inputs: Sequence[np.ndarray], budget_s: float) -> Timing:
-    """Time steady-state ``update(data, simulation)`` calls cycling through ``inputs``.
+def steady_state_call(update: Update, inputs: Sequence[np.ndarray]) -> Callable[[], None]:
+    """A call folding the next input (cycling through ``inputs``) into a state built before.
 
-    No state is reset between timed calls: every update folds one more sample into a state
-    built just before, which is the server's steady state (the first sample's initialisation
-    happens in the warm-up).
+    No state is reset between timed calls: every call folds one more sample in, which is the
+    server's steady state (the first sample's initialisation happens in the warm-up).
     """
     simulations = itertools.count()
 
@@ -239,42 +238,49 @@ def time_updates(update: Update, inputs: Sequence[np.ndarray], budget_s: float) 
         simulation = next(simulations)
         update(inputs[simulation % len(inputs)], simulation)
 
-    return time_calls(call, warmup=2, min_repeats=3, max_repeats=200, budget_s=budget_s)
+    return call
 
 
 def measure_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
                  budget_s: float) -> dict[str, object]:
-    """The record of one kernel at one size (fractions of triad are added by the caller)."""
+    """The record of one kernel at one size (fractions of triad are added by the caller).
+
+    melissa_nb, numpy and iterative-stats are timed interleaved on the same inputs.
+    """
     byte_count = bytes_per_cell(case)
-    melissa = time_updates(case.melissa_nb_update(case.melissa_nb(cells)), inputs, budget_s)
-    numpy_timing = time_updates(case.numpy(cells).update, inputs, budget_s)
-    record: dict[str, object] = {
+    calls = {
+        "melissa_nb": steady_state_call(case.melissa_nb_update(case.melissa_nb(cells)), inputs),
+        "numpy": steady_state_call(case.numpy(cells).update, inputs),
+    }
+    note = None
+    if not baselines.iterative_stats_installed():
+        note = "iterative-stats not installed (pip install '.[bench]')"
+    elif case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
+        note = (f"iterative-stats timed only at <= {case.iterative_stats_max_cells} cells "
+                "(too slow above)")
+    else:
+        calls["iterative_stats"] = steady_state_call(case.iterative_stats(cells).update, inputs)
+    timings = time_interleaved(calls, budget_s=budget_s)
+    ours = timings["melissa_nb"]
+    reference = timings.get("iterative_stats")
+    return {
         "name": case.name,
         "statistic": case.statistic,
         "cells": cells,
         "bytes_per_cell": byte_count,
-        "ms": melissa.best_s * 1e3,
-        "ms_median": melissa.median_s * 1e3,
-        "repeats": melissa.repeats,
-        "gbps": byte_count * cells / melissa.best_s / 1e9,
+        "ms": ours.best_s * 1e3,
+        "ms_median": ours.median_s * 1e3,
+        "repeats": ours.repeats,
+        "gbps": byte_count * cells / ours.best_s / 1e9,
         "fraction_of_triad": None,
-        "numpy_ms": numpy_timing.best_s * 1e3,
-        "speedup_vs_numpy": numpy_timing.best_s / melissa.best_s,
+        "numpy_ms": timings["numpy"].best_s * 1e3,
+        "speedup_vs_numpy": timings["numpy"].best_s / ours.best_s,
         "iterative_stats_statistic": case.iterative_stats_statistic,
-        "iterative_stats_ms": None,
-        "speedup_vs_iterative_stats": None,
-        "note": None,
+        "iterative_stats_ms": None if reference is None else reference.best_s * 1e3,
+        "speedup_vs_iterative_stats": None if reference is None
+        else reference.best_s / ours.best_s,
+        "note": note,
     }
-    if not baselines.iterative_stats_installed():
-        record["note"] = "iterative-stats not installed (pip install '.[bench]')"
-    elif case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
-        record["note"] = (f"iterative-stats timed only at <= {case.iterative_stats_max_cells} "
-                          "cells (too slow above)")
-    else:
-        reference = time_updates(case.iterative_stats(cells).update, inputs, budget_s)
-        record["iterative_stats_ms"] = reference.best_s * 1e3
-        record["speedup_vs_iterative_stats"] = reference.best_s / melissa.best_s
-    return record
 
 
 _FIRST_CALL_SCRIPT = """
@@ -394,7 +400,8 @@ def run(sizes: Sequence[int] = SIZES, *, quick: bool = False,
                   "elements": triad_elements, "bytes_per_element": 24},
         "settings": {"thresholds": list(THRESHOLDS), "quantile_orders": list(QUANTILE_ORDERS),
                      "sobol_parameters": SOBOL_PARAMETERS, "budget_s": budget_s,
-                     "timing": "best of >= 3 steady-state updates after 2 warm-up updates",
+                     "timing": "best of >= 3 steady-state updates after 2 warm-up updates, "
+                               "melissa_nb, numpy and iterative-stats interleaved",
                      "state_accesses": STATE_ACCESSES},
         "numpy_disagreement": disagreement,
         "import_time": import_time,

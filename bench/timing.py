@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numba
@@ -23,37 +23,53 @@ class Timing:
     repeats: int
 
 
-def time_calls(
-    call: Callable[[], object],
+def time_interleaved(
+    calls: Mapping[str, Callable[[], object]],
     *,
     warmup: int = 2,
     min_repeats: int = 3,
-    max_repeats: int = 50,
+    max_repeats: int = 200,
     budget_s: float = 0.5,
-) -> Timing:
-    """Time `call()` after `warmup` untimed calls.
+    slice_s: float = 0.02,
+) -> dict[str, Timing]:
+    """Time several implementations of the same update, interleaved.
 
-    The warm-up absorbs compilation or cache loading and first-sample initialisation, so every
-    timed call is a steady-state update. Calls are repeated until both `min_repeats` calls and
-    `budget_s` seconds are done, or `max_repeats` calls are: slow variants get few repetitions,
-    fast ones many. The best time is the least disturbed by other processes on a shared machine.
+    Each call gets ``warmup`` untimed calls first (compilation or cache loading, first-sample
+    initialisation), so every timed call is a steady-state one. Then rounds run each
+    implementation in turn for about ``slice_s`` (at least one call) until every one has
+    ``min_repeats`` calls and ``budget_s`` has passed, or all have ``max_repeats``. Interleaving
+    exposes every implementation to the same load on a shared machine, so their ratios stay
+    fair; the best time is the least disturbed one.
     """
-    if warmup < 0 or min_repeats < 1 or max_repeats < min_repeats:
+    if warmup < 0 or min_repeats < 1 or max_repeats < min_repeats or not calls:
         raise ValueError(
-            f"need warmup >= 0 and 1 <= min_repeats <= max_repeats, got {warmup}, "
-            f"{min_repeats}, {max_repeats}"
+            f"need calls, warmup >= 0 and 1 <= min_repeats <= max_repeats, got {len(calls)} "
+            f"calls, {warmup}, {min_repeats}, {max_repeats}"
         )
-    for _ in range(warmup):
-        call()
-    times: list[float] = []
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
     started = time.perf_counter()
-    while len(times) < max_repeats and (
-        len(times) < min_repeats or time.perf_counter() - started < budget_s
-    ):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return Timing(best_s=min(times), median_s=statistics.median(times), repeats=len(times))
+    while True:
+        for name, call in calls.items():
+            slice_started = time.perf_counter()
+            while len(times[name]) < max_repeats:
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+                if time.perf_counter() - slice_started >= slice_s:
+                    break
+        counts = [len(samples) for samples in times.values()]
+        if min(counts) >= max_repeats or (
+            min(counts) >= min_repeats and time.perf_counter() - started >= budget_s
+        ):
+            break
+    return {
+        name: Timing(best_s=min(samples), median_s=statistics.median(samples),
+                     repeats=len(samples))
+        for name, samples in times.items()
+    }
 
 
 def machine_info() -> dict[str, object]:

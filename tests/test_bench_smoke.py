@@ -29,7 +29,7 @@ BYTES_PER_CELL = {
     "extrema": 8 + 2 * 8,                      # x, min and max (read; ids written on change)
     "thresholds_2": 8 + 2 * 16,                # x, 2 int64 counts
     "quantiles_3": 8 + 2 * 8 + 3 * 16,         # x, running range (read), 3 estimates
-    "sobol_martinez_p5": 7 * 8 + 24 * 16,      # 7 inputs, 4 + 4p state doubles (statistics.md)
+    "sobol_martinez_p5": 7 * 8 + 8 + 24 * 16,  # 7 inputs, shift (read), 4 + 4p state doubles
     "fused": 8 + (8 + 64) + 16 + 32 + (16 + 48),  # x once, then each family's state
 }
 RECORD_KEYS = {"name", "cells", "ms", "gbps", "fraction_of_triad", "speedup_vs_iterative_stats",
