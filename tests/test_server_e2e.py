@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket as socketlib
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,20 @@ import zmq
 from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
 
 from melissa_nb.kernels import Quantiles
-from melissa_nb.protocol import ConnectionReply, ConnectionRequest, encode_data_frame
+from melissa_nb.protocol import (
+    ConnectionReply,
+    ConnectionRequest,
+    Drop,
+    Hello,
+    Job,
+    Options,
+    Server,
+    SimuStatus,
+    Stop,
+    TextRequest,
+    decode_launcher_message,
+    encode_data_frame,
+)
 from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks
 from melissa_nb.server.status import read_progress
@@ -130,11 +144,13 @@ class RawSender:
     def handshake(self, simu_id: int, comm_size: int = 1) -> ConnectionReply:
         request = self.context.socket(zmq.REQ)
         request.setsockopt(zmq.LINGER, 0)
-        request.connect(self.endpoint)
-        request.send(ConnectionRequest(comm_size, simu_id).encode())
-        assert request.poll(int(WAIT * 1000)), "no connection reply"
-        reply = ConnectionReply.decode(request.recv())
-        request.close()
+        try:
+            request.connect(self.endpoint)
+            request.send(ConnectionRequest(comm_size, simu_id).encode())
+            assert request.poll(int(WAIT * 1000)), "no connection reply"
+            reply = ConnectionReply.decode(request.recv())
+        finally:
+            request.close()
         for rank, address in enumerate(reply.data_addresses):
             if rank not in self.pushes:
                 push = self.context.socket(zmq.PUSH)
@@ -150,7 +166,7 @@ class RawSender:
     def close(self) -> None:
         for push in self.pushes.values():
             push.close()
-        self.context.term()
+        self.context.term()  # bounded: every socket has a finite linger
 
 
 def frame(field: str, simu_id: int, t: int, values: np.ndarray, client_rank: int = 0) -> bytes:
@@ -408,3 +424,107 @@ def test_silent_simulation_is_dropped_without_launcher(start_server, rng) -> Non
     np.testing.assert_array_equal(results.variables["mean"][1:], values[0, 1:])
     assert results.attributes["simulations_dropped"] == 1
     assert "simulation 1 silent for more than 1 s: dropped" in server.text()
+
+
+# --- the launcher side ---------------------------------------------------------------------------
+
+
+class FakeLauncher:
+    """The launcher's three sockets, bound on free ports, answering requests automatically."""
+
+    def __init__(self, parameters: int) -> None:
+        self.context = zmq.Context()
+        self.pull = self.context.socket(zmq.PULL)
+        self.publisher = self.context.socket(zmq.PUB)
+        self.reply = self.context.socket(zmq.REP)
+        for socket in (self.pull, self.publisher, self.reply):
+            socket.setsockopt(zmq.LINGER, 0)
+        self.ports = {
+            "--txt_push_port": self.pull.bind_to_random_port("tcp://127.0.0.1"),
+            "--txt_pull_port": self.publisher.bind_to_random_port("tcp://127.0.0.1"),
+            "--txt_req_port": self.reply.bind_to_random_port("tcp://127.0.0.1"),
+        }
+        self.parameters = parameters
+        self.received: list[object] = []
+        self.requests: list[TextRequest] = []
+
+    def options(self) -> list[str]:
+        return ["-n", "127.0.0.1", *(str(x) for pair in self.ports.items() for x in pair)]
+
+    def pump(self, until: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+        """Say HELLO, collect messages and answer requests until `until()` holds."""
+        deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(self.pull, zmq.POLLIN)
+        poller.register(self.reply, zmq.POLLIN)
+        while not until():
+            assert time.monotonic() < deadline, f"launcher timed out waiting for {what}"
+            self.publisher.send(Hello().encode())
+            events = dict(poller.poll(100))
+            if self.pull in events:
+                self.received.append(decode_launcher_message(self.pull.recv()))
+            if self.reply in events:
+                request = TextRequest.decode(self.reply.recv())
+                self.requests.append(request)
+                if request.kind == "options":
+                    self.reply.send(Options("-o mean").encode())
+                else:
+                    parameters = tuple(float(k) for k in range(self.parameters))
+                    self.reply.send(
+                        Job(request.simu_id, f"job{request.simu_id}", parameters).encode()
+                    )
+
+    def publish(self, message: object) -> None:
+        self.publisher.send(message.encode())
+
+    def close(self) -> None:
+        self.context.destroy(linger=0)
+
+
+def test_launcher_conversation_from_server_to_stop(start_server, rng) -> None:
+    launcher = FakeLauncher(parameters=2)
+    server = start_server(
+        "-s", "2", "-t", "2", "-f", "u", "-o", "mean", "-p", "2", *launcher.options()
+    )  # fmt: skip
+    values = rng.normal(size=(2, 3))
+    sender = RawSender(server.endpoint)
+    try:
+        launcher.pump(lambda: Server(0, socketlib.gethostname()) in launcher.received, "SERVER")
+        launcher.pump(lambda: TextRequest("options") in launcher.requests, "options request")
+        sender.handshake(0)
+        launcher.pump(lambda: SimuStatus(0, 1) in launcher.received, "SIMU_STATUS running")
+        launcher.pump(lambda: TextRequest("simu_info", 0) in launcher.requests, "simu_info 0")
+        for t in range(2):
+            sender.send(frame("u", 0, t, values[t]))
+        launcher.pump(lambda: SimuStatus(0, 2) in launcher.received, "SIMU_STATUS finished")
+        launcher.publish(Drop(1, "job1"))
+        launcher.pump(lambda: Stop() in launcher.received, "STOP")
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+        launcher.close()
+    results = read_results(server.output / "u.nc")
+    np.testing.assert_array_equal(results.variables["mean"], values)
+    assert results.attributes["simulations_dropped"] == 1
+    assert results.attributes["messages_rejected"] == 0
+
+
+def test_silent_launcher_aborts_the_study_with_partial_results(start_server, rng) -> None:
+    launcher = FakeLauncher(parameters=0)
+    server = start_server(
+        "-s", "2", "-t", "1", "-f", "u", "-o", "mean", "--launcher-timeout", "1",
+        *launcher.options(),
+    )  # fmt: skip
+    values = rng.normal(size=3)
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        sender.send(frame("u", 0, 0, values))
+        assert server.wait() == 1, server.text()
+    finally:
+        sender.close()
+        launcher.close()
+    results = read_results(server.output / "u.nc")
+    assert results.attributes["study_complete"] == 0
+    np.testing.assert_array_equal(results.variables["mean"][0], values)
+    assert "no HELLO from the launcher for 1 s" in server.text()

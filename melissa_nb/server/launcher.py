@@ -99,14 +99,14 @@ class LauncherLink:
         self, socket: zmq.Socket, now: float, reject: Callable[[ProtocolError], None]
     ) -> list[LauncherMessage]:
         """Decode every message waiting on `socket`; malformed ones go to `reject`."""
-        messages = []
-        while True:
+        messages: list[LauncherMessage] = []
+        while self._pending is not None or socket is not self.requester:
             try:
                 frame = socket.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return messages
+                break
             if socket is self.requester:
-                self._pending = None
+                self._pending = None  # a REQ socket holds one reply: receiving again is an error
             try:
                 message = decode_launcher_message(frame, self.config.parameters or None)
             except ProtocolError as error:
@@ -125,6 +125,7 @@ class LauncherLink:
                 )
                 continue
             messages.append(message)
+        return messages
 
     def gone(self, now: float) -> bool:
         """True when the launcher sent no HELLO for longer than --launcher-timeout."""
