@@ -1,0 +1,115 @@
+"""netCDF results: the store round-trips, and a rank's slices land at their global cells."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from references import FIELD_REFERENCES, martinez_batch
+
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.output import (
+    NetCDFStore,
+    Variable,
+    read_results,
+    statistic_names,
+    write_field,
+)
+from melissa_nb.server.ranks import World
+from melissa_nb.server.slices import SliceStatistics
+
+
+def test_store_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "x.nc"
+    values = np.arange(12.0).reshape(3, 4)
+    with NetCDFStore(path, "w") as store:
+        store.define(
+            {"time": 3, "cell": 4},
+            [Variable("a", ("time", "cell"), "f8", {"long_name": "a thing"}),
+             Variable("n", ("cell",), "i8")],
+            {"Conventions": "CF-1.8", "level": 0.5},
+        )  # fmt: skip
+        store.write("a", (slice(0, 2), slice(1, 4)), values[:2, 1:])
+        store.write("n", (slice(None),), np.array([1, 2, 3, 4]))
+    results = read_results(path)
+    assert results.dimensions == {"time": 3, "cell": 4}
+    assert results.attributes == {"Conventions": "CF-1.8", "level": 0.5}
+    expected = np.full((3, 4), np.nan)
+    expected[:2, 1:] = values[:2, 1:]
+    np.testing.assert_array_equal(results.variables["a"], expected)
+    np.testing.assert_array_equal(results.variables["n"], [1, 2, 3, 4])
+    with NetCDFStore(path) as store:
+        assert store.attributes("a") == {
+            "long_name": "a thing",
+            "_FillValue": pytest.approx(np.nan, nan_ok=True),
+        }
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> ServerConfig:
+    return ServerConfig(
+        sampling_size=6,
+        timesteps=2,
+        field_names=("u",),
+        parameters=2,
+        operations=(
+            "mean",
+            "variance",
+            "skewness",
+            "kurtosis",
+            "min",
+            "max",
+            "threshold",
+            "quantile",
+            "sobol",
+        ),  # fmt: skip
+        thresholds=(-0.5, 0.0, 1.25),
+        quantiles=(0.25, 0.75),
+        output_dir=tmp_path,
+        study_id=f"o{uuid.uuid4().hex[:8]}",
+    )
+
+
+def test_rank_slices_are_written_in_global_order(config: ServerConfig, rng) -> None:
+    sizes = (3, 4)  # two client slices on this (only) rank
+    groups = rng.normal(size=(config.timesteps, config.sampling_size, 4, sum(sizes)))
+    slices = []
+    try:
+        start = 0
+        for client_rank, cells in enumerate(sizes):
+            statistics = SliceStatistics(config, 0, "u", client_rank, cells)
+            slices.append(statistics)
+            for t in range(config.timesteps):
+                for g in range(config.sampling_size):
+                    part = np.ascontiguousarray(groups[t, g, :, start : start + cells])
+                    statistics.update_group(t, part, g)
+            start += cells
+        path = write_field(World(), config, "u", slices, sum(sizes), {"study_complete": 1})
+    finally:
+        for statistics in slices:
+            statistics.release()
+    assert path == config.output_dir / "u.nc"
+    assert not list(config.output_dir.glob("*.partial"))
+    results = read_results(path)
+    assert results.dimensions == {"time": 2, "cell": 7, "threshold": 3, "quantile_order": 2,
+                                  "parameter": 2}  # fmt: skip
+    assert set(statistic_names(config)) < set(results.variables)
+    np.testing.assert_array_equal(results.variables["cell"], np.arange(7))
+    np.testing.assert_array_equal(results.variables["parameter"], [0, 1])
+    np.testing.assert_array_equal(results.variables["sample_count"], [12, 12])
+    ids = (np.arange(config.sampling_size)[:, None] * 4 + np.arange(2)).reshape(-1)
+    for t in range(config.timesteps):
+        samples = groups[t, :, :2, :].reshape(-1, sum(sizes))
+        for name, reference in FIELD_REFERENCES.items():
+            expected = reference(samples, ids)
+            np.testing.assert_allclose(results.variables[name][t], expected, rtol=1e-12)
+        first, total = martinez_batch(groups[t])
+        np.testing.assert_allclose(results.variables["sobol_first"][t], first, rtol=1e-10)
+        np.testing.assert_allclose(results.variables["sobol_total"][t], total, rtol=1e-10)
+        assert (results.variables["sobol_first_ci_low"][t] < first).all()
+        assert (results.variables["sobol_total_ci_high"][t] > total).all()
+    assert results.attributes["study_complete"] == 1
+    assert results.attributes["confidence_level"] == 0.95
+    assert results.attributes["kurtosis_convention"].startswith("excess")
