@@ -45,6 +45,7 @@ from melissa_nb.protocol import (
     Stop,
     Timeout,
 )
+from melissa_nb.server.state import progress_block_name, reading
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.launcher import Launcher, LauncherPorts
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
@@ -55,6 +56,7 @@ SERVER_START_SECONDS = 120.0
 SERVER_EXIT_SECONDS = 120.0
 """Bound on the server's exit after STOP (it writes the netCDF files first)."""
 POLL_SECONDS = 0.02
+PROGRESS_SECONDS = 0.25
 
 
 class StudyError(MelissaError):
@@ -189,6 +191,13 @@ class StudyRunner:
         self.server_ranks: set[int] = set()
         self.worst_interval: float | None = None
         self.log_dir = config.output_dir / "logs"
+        self.bar = Progress(TextColumn("[bold]simulations done"), BarColumn(),
+                            MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                            TimeElapsedColumn(), console=self.console,
+                            disable=not show_progress)
+        self.task = self.bar.add_task("simulations", total=len(self.simulations), status="")
+        self.next_refresh = 0.0
+        self.messages = 0
         # Unique per run (shared-memory names), within the server's 32 characters.
         self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
 
@@ -303,7 +312,7 @@ class StudyRunner:
                 self.halt(simulation)
                 if simulation.status == Status.RUNNING:
                     simulation.status = Status.EXITED
-                if code == 0:
+                if code == 0 and simulation.failures == 0:
                     run.log_path.unlink(missing_ok=True)  # keep the logs of failures only
             else:
                 self.fail(simulation, launcher)
@@ -335,13 +344,16 @@ class StudyRunner:
                 deadline = started + config.study_timeout
                 self.wait_for_server(launcher, server, min(deadline, started
                                                            + SERVER_START_SECONDS))
-                self.drive(launcher, server, connection_port, deadline)
-                self.wait_for_exit(launcher, server, time.monotonic() + SERVER_EXIT_SECONDS)
-                # STOP and a clean exit: every sample not dropped is complete on the server,
-                # including those whose last SIMU_STATUS the server had no time to send.
-                for simulation in self.simulations.values():
-                    if simulation.status != Status.DROPPED:
-                        simulation.status = Status.FINISHED
+                with self.bar:
+                    self.drive(launcher, server, connection_port, deadline)
+                    self.wait_for_exit(launcher, server,
+                                       time.monotonic() + SERVER_EXIT_SECONDS)
+                    # STOP and a clean exit: every sample not dropped is complete on the
+                    # server, including those whose last SIMU_STATUS it had no time to send.
+                    for simulation in self.simulations.values():
+                        if simulation.status != Status.DROPPED:
+                            simulation.status = Status.FINISHED
+                    self.refresh(force=True)
                 annotate_results(config)
         finally:
             for simulation in self.simulations.values():
@@ -384,28 +396,22 @@ class StudyRunner:
     def drive(self, launcher: Launcher, server: Popen[bytes], connection_port: int,
               deadline: float) -> None:
         """The main loop: answer the server, keep `at_once` simulations running, until STOP."""
-        total = len(self.simulations)
-        with self.progress() as progress:
-            task = progress.add_task("simulations", total=total, status="")
-            while not self.stopped:
-                if time.monotonic() > deadline:
-                    raise StudyError(f"the study did not finish within its timeout "
-                                     f"({self.config.study_timeout:g} s)")
-                if server.poll() is not None:
-                    raise self.server_failed(self.config.output_dir / "server.log",
-                                             f"the server exited with code {server.returncode} "
-                                             "before the study finished")
-                for message in launcher.service(POLL_SECONDS):
-                    self.handle(message, launcher)
-                self.watch(launcher)
-                while self.queue and len(self.active) < self.config.at_once:
-                    simulation = self.simulations[self.queue.popleft()]
-                    if simulation.status == Status.PENDING:
-                        self.launch(simulation, launcher, connection_port)
-                progress.update(task, completed=self.count(Status.FINISHED, Status.DROPPED),
-                                status=self.status_line())
-            progress.update(task, completed=self.count(Status.FINISHED, Status.DROPPED),
-                            status=self.status_line())
+        while not self.stopped:
+            if time.monotonic() > deadline:
+                raise StudyError(f"the study did not finish within its timeout "
+                                 f"({self.config.study_timeout:g} s)")
+            if server.poll() is not None:
+                raise self.server_failed(self.config.output_dir / "server.log",
+                                         f"the server exited with code {server.returncode} "
+                                         "before the study finished")
+            for message in launcher.service(POLL_SECONDS):
+                self.handle(message, launcher)
+            self.watch(launcher)
+            while self.queue and len(self.active) < self.config.at_once:
+                simulation = self.simulations[self.queue.popleft()]
+                if simulation.status == Status.PENDING:
+                    self.launch(simulation, launcher, connection_port)
+            self.refresh()
 
     def wait_for_exit(self, launcher: Launcher, server: Popen[bytes], deadline: float) -> None:
         """After STOP the server writes its results and exits; it must exit with code 0."""
@@ -419,22 +425,33 @@ class StudyRunner:
             raise self.server_failed(self.config.output_dir / "server.log",
                                      f"the server exited with code {server.returncode}")
 
-    def status_line(self) -> str:
-        """running / exited awaiting the server / failed / retried / dropped / worst interval."""
+    def received(self) -> int | None:
+        """Data messages the server ranks accepted so far, from their progress blocks (None
+        while a block is not readable: not created yet, or being removed)."""
+        total = 0
+        for rank in range(self.config.server_ranks):
+            try:
+                with reading(progress_block_name(self.study_id, rank)) as block:
+                    counters = block.metadata["counters"]
+                    total += int(block.arrays["counters"][counters.index("accepted")])
+            except (OSError, ValueError, KeyError):
+                return None
+        return total
+
+    def refresh(self, force: bool = False) -> None:
+        """Redraw the progress bar, at most every PROGRESS_SECONDS unless forced."""
+        now = time.monotonic()
+        if not self.show_progress or (now < self.next_refresh and not force):
+            return
+        self.next_refresh = now + PROGRESS_SECONDS
+        self.messages = self.received() or self.messages
         failures = sum(simulation.failures for simulation in self.simulations.values())
-        line = (f"running {len(self.active)} · data pending "
-                f"{self.count(Status.EXITED)} · failed {failures} · retried {self.retried} · "
-                f"dropped {self.count(Status.DROPPED)}")
+        line = (f"running {len(self.active)} · failed {failures} · retried {self.retried} · "
+                f"dropped {self.count(Status.DROPPED)} · received {self.messages:,} messages")
         if self.worst_interval is not None:
             line += f" · worst CI {self.worst_interval:.3g}"
-        return line
-
-    def progress(self) -> Progress:
-        """The rich progress bar (silent when `show_progress` is off)."""
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                        TimeElapsedColumn(), console=self.console,
-                        disable=not self.show_progress)
+        self.bar.update(self.task, completed=self.count(Status.FINISHED, Status.DROPPED),
+                        status=line)
 
 
 def annotate_results(config: StudyConfig) -> None:
