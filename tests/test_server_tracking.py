@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from melissa_nb.server.members import MemberAssembly
-from melissa_nb.server.tracking import SliceSteps, Tracker, study_complete
+from melissa_nb.server.tracking import SliceSteps, Tracker, Vote, summary_width
 
 
 def test_bitset_marks_each_step_once_across_word_boundaries() -> None:
@@ -34,8 +34,8 @@ def test_finished_needs_every_field_and_every_learned_slice() -> None:
     tracker.record("v", 0, 0, 1)
     assert tracker.finished().tolist() == [True, False]
     assert not tracker.record("v", 0, 0, 1), "a duplicate is refused"
-    assert tracker.newly_finished() == [0]
-    assert tracker.newly_finished() == []
+    assert tracker.newly_finished(tracker.finished()) == [0]
+    assert tracker.newly_finished(tracker.finished()) == []
     # A slice learned later (another client rank) makes the simulation unfinished again.
     tracker.learn_slice("u", 1, 2)
     assert not tracker.finished()[0]
@@ -57,14 +57,19 @@ def test_silent_simulations_are_the_running_unfinished_ones() -> None:
 
 
 def rows_for(layouts: list[list[tuple[int, int, int, int]]], done=True, clients=0) -> np.ndarray:
-    """Summary rows: per rank, per field (cells, first_client, last_client, clients)."""
+    """Summary rows of one simulation: per rank, per field (cells, first, last, clients)."""
     rows = []
     for rank, fields in enumerate(layouts):
         row = [int(done), 0, clients if rank == 0 else 0]
         for layout in fields:
             row += list(layout)
-        rows.append(row)
+        rows.append(row + [int(done)])
     return np.asarray(rows, dtype=np.int64)
+
+
+def study_complete(rows: np.ndarray, fields: int) -> tuple[bool, bool]:
+    vote = Vote.count(rows, fields, simulations=1)
+    return vote.end, vote.aborted
 
 
 def test_study_ends_only_when_layouts_match_the_partition() -> None:
@@ -125,3 +130,32 @@ def test_real_tracker_summaries_vote_like_the_partition(ranks: int) -> None:
     trackers[0].client_comm_size = len(client_sizes)
     rows = np.stack([tracker.summary(abort=False) for tracker in trackers])
     assert study_complete(rows, 1) == (True, False)
+
+
+def test_vote_reports_simulations_finished_on_every_rank() -> None:
+    simulations = 70  # two mask words
+    trackers = [Tracker(("u",), timesteps=1, simulations=simulations) for _ in range(2)]
+    for rank, tracker in enumerate(trackers):
+        tracker.learn_slice("u", 0, 3 + rank)
+        for simulation in range(simulations):
+            if simulation % (rank + 2) == 0:
+                tracker.record("u", 0, simulation, 0)
+    trackers[0].drop(69)
+    trackers[1].drop(69)
+    rows = np.stack([tracker.summary(abort=False) for tracker in trackers])
+    assert rows.shape == (2, summary_width(1, simulations))
+    vote = Vote.count(rows, 1, simulations)
+    assert not vote.end and not vote.aborted
+    assert not vote.layouts_agree, "cells 3 + 4 do not split into blocks 4, 3"
+    assert not vote.done_everywhere.any(), "nothing counts as finished while layouts disagree"
+    trackers[1] = Tracker(("u",), timesteps=1, simulations=simulations)
+    trackers[1].drop(69)
+    trackers[1].learn_slice("u", 1, 3)
+    for simulation in range(simulations):
+        if simulation % 3 == 0:
+            trackers[1].record("u", 1, simulation, 0)
+    trackers[0].client_comm_size = 2
+    vote = Vote.count(np.stack([t.summary(abort=False) for t in trackers]), 1, simulations)
+    assert vote.layouts_agree
+    expected = [(s % 6 == 0) or s == 69 for s in range(simulations)]
+    assert vote.done_everywhere.tolist() == expected

@@ -48,7 +48,13 @@ from melissa_nb.server.output import write_field
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.ranks import EndVote, World
 from melissa_nb.server.slices import SliceStatistics, slice_bytes
-from melissa_nb.server.tracking import STATE_FINISHED, STATE_RUNNING, Tracker, study_complete
+from melissa_nb.server.tracking import (
+    STATE_FINISHED,
+    STATE_RUNNING,
+    Tracker,
+    Vote,
+    summary_width,
+)
 
 POLL_MS = 100  # every wait of the loop is at most this long: signals and votes stay responsive
 DRAIN = 256  # data frames handled per poll before the other sockets get a turn
@@ -135,7 +141,7 @@ class ServerRank:
         self.poller = zmq.Poller()
         for socket in self._input_sockets():
             self.poller.register(socket, zmq.POLLIN)
-        width = 3 + 4 * len(config.field_names)
+        width = summary_width(len(config.field_names), config.sampling_size)
         self.vote = EndVote(world, width, VOTE_SECONDS)
         self._next_heartbeat = now + HEARTBEAT_SECONDS
         self._next_publish = now
@@ -228,9 +234,10 @@ class ServerRank:
             self._periodic(now)
             rows = self.vote.poll(lambda: self.tracker.summary(self.aborted), now)
             if rows is not None:
-                end, aborted = study_complete(rows, len(self.config.field_names))
-                if end:
-                    return self._finish(aborted)
+                vote = Vote.count(rows, len(self.config.field_names), self.config.sampling_size)
+                self._report_finished(vote.done_everywhere)
+                if vote.end:
+                    return self._finish(vote.aborted)
         self.log.warning("stopped by signal %d: no results written", self.stop_signal)
         return 128 + self.stop_signal
 
@@ -367,6 +374,13 @@ class ServerRank:
                 if message.simu_id < self.config.sampling_size:
                     self._drop(message.simu_id, "dropped by the launcher")
 
+    def _report_finished(self, done_everywhere: np.ndarray) -> None:
+        """Rank 0 tells the launcher about simulations now finished on every rank."""
+        finished = self.tracker.newly_finished(done_everywhere)
+        if self.launcher is not None and self.rank == 0:
+            for simulation in finished:
+                self.launcher.send(SimuStatus(simulation, SIMU_FINISHED))
+
     def _drop(self, simulation: int, why: str) -> None:
         if self.tracker.dropped[simulation]:
             return
@@ -395,10 +409,6 @@ class ServerRank:
                     self.launcher.send(Alive())
         if now >= self._next_publish:
             self._next_publish = now + PUBLISH_SECONDS
-            finished = self.tracker.newly_finished()
-            if self.launcher is not None and self.rank == 0:
-                for simulation in finished:
-                    self.launcher.send(SimuStatus(simulation, SIMU_FINISHED))
             codes = self.tracker.status()
             self.progress.publish(
                 running=int(np.count_nonzero(codes == STATE_RUNNING)),

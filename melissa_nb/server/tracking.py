@@ -9,7 +9,8 @@ Completion (docs/architecture.md): a simulation is finished on a rank when every
 field has arrived for every client slice the rank has learned; a rank that has learned no slice of
 a field has finished nothing. The study ends when every rank has every simulation finished or
 dropped and the ranks' learned layouts agree with the partition of the total cell count and cover
-every client rank; `study_complete` decides that from every rank's `summary()`.
+every client rank; `Vote.count` decides that from every rank's `summary()`. The same rows say
+which simulations are finished on every rank: only those are reported finished to the launcher.
 """
 
 from __future__ import annotations
@@ -129,12 +130,6 @@ class Tracker:
         codes[self.dropped] = STATE_DROPPED
         return codes
 
-    def newly_finished(self) -> list[int]:
-        """Simulations finished since the last call (each reported once)."""
-        fresh = self.finished() & ~self.reported_finished & ~self.dropped
-        self.reported_finished |= fresh
-        return np.flatnonzero(fresh).tolist()
-
     def silent(self, now: float, timeout: float) -> list[int]:
         """Running simulations with no sign of life for longer than `timeout` seconds."""
         running = self.started & ~self.finished() & ~self.dropped
@@ -157,40 +152,76 @@ class Tracker:
         )
 
     def summary(self, abort: bool) -> np.ndarray:
-        """This rank's row of the end-of-study vote (see `study_complete`), int64."""
+        """This rank's row of the end-of-study vote, int64 (see `Vote`).
+
+        [all done, abort, client comm size, per field (cells, first client, last client,
+        clients), then the finished-or-dropped mask of every simulation, 64 per word].
+        """
         row = [int(self.all_done()), int(abort), self.client_comm_size]
         for field in self.field_names:
             layout = self.layout(field)
             row += [layout.cells, layout.first_client, layout.last_client, layout.clients]
-        return np.asarray(row, dtype=np.int64)
+        done = np.packbits(self.finished() | self.dropped, bitorder="little")
+        mask = np.zeros(8 * (summary_width(len(self.field_names), self.simulations) - len(row)),
+                        dtype=np.uint8)  # fmt: skip
+        mask[: done.size] = done
+        return np.concatenate([np.asarray(row, dtype=np.int64), mask.view(np.int64)])
+
+    def newly_finished(self, done_everywhere: np.ndarray) -> list[int]:
+        """Simulations finished or dropped on every rank not reported before (each once)."""
+        fresh = done_everywhere & ~self.reported_finished & ~self.dropped
+        self.reported_finished |= fresh
+        return np.flatnonzero(fresh).tolist()
 
 
-def study_complete(rows: np.ndarray, fields: int) -> tuple[bool, bool]:
-    """(end, aborted) from every rank's `Tracker.summary` row, rows in rank order.
+def summary_width(fields: int, simulations: int) -> int:
+    """Length of a `Tracker.summary` row."""
+    return 3 + 4 * fields + -(-simulations // 64)
 
-    Every rank evaluates the same gathered rows, so every rank reaches the same decision in the
-    same round. The study ends when a rank aborts, or when every rank is done and, for every
+
+@dataclass(frozen=True)
+class Vote:
+    """What every rank's summary rows say, evaluated identically on every rank.
+
+    `end`: a rank aborts, or every rank is done and the layouts agree. `layouts_agree`: for every
     field, each rank holds exactly its partition block of the total cells and the client ranks
-    seen, in rank order, run contiguously from 0 to client_comm_size - 1.
+    seen, in rank order, run contiguously from 0 to client_comm_size - 1. `done_everywhere`:
+    simulations finished or dropped on every rank (meaningful once the layouts agree).
     """
-    if rows[:, 1].any():
-        return True, True
-    if not rows[:, 0].all():
-        return False, False
+
+    end: bool
+    aborted: bool
+    layouts_agree: bool
+    done_everywhere: np.ndarray
+
+    @classmethod
+    def count(cls, rows: np.ndarray, fields: int, simulations: int) -> Vote:
+        """Evaluate the gathered rows (in rank order)."""
+        head = 3 + 4 * fields
+        masks = np.ascontiguousarray(rows[:, head:]).view(np.uint8)
+        common = np.bitwise_and.reduce(masks, axis=0)
+        done = np.unpackbits(common, bitorder="little")[:simulations]
+        agree = _layouts_agree(rows, fields)
+        aborted = bool(rows[:, 1].any())
+        end = aborted or (bool(rows[:, 0].all()) and agree)
+        return cls(end, aborted, agree, done.astype(bool) & agree)
+
+
+def _layouts_agree(rows: np.ndarray, fields: int) -> bool:
     ranks = rows.shape[0]
     client_comm_size = int(rows[:, 2].max())
     for field in range(fields):
         layouts = [FieldLayout(*map(int, row[3 + 4 * field : 7 + 4 * field])) for row in rows]
         total = sum(layout.cells for layout in layouts)
         if total == 0:
-            return False, False
+            return False
         for rank, layout in enumerate(layouts):
             start, end = block_bounds(total, ranks, rank)
             if layout.cells != end - start or not layout.contiguous:
-                return False, False
+                return False
         if client_comm_size and not _covers(layouts, client_comm_size):
-            return False, False
-    return True, False
+            return False
+    return True
 
 
 def _covers(layouts: list[FieldLayout], client_comm_size: int) -> bool:
