@@ -14,20 +14,22 @@ import math
 import numba
 import numpy as np
 
-from melissa_nb.kernels.jit import formula, kernel
+from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
 @formula
-def fold_extrema(count: int, value: float, simulation: int, minimum: np.ndarray,
+def fold_extrema(count: int, x: np.ndarray, simulation: int, minimum: np.ndarray,
                  maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
-                 cell: int) -> None:
-    """Fold one value of one cell; ``count`` samples were folded in before."""
-    if count == 0 or value < minimum[cell]:
-        minimum[cell] = value
-        min_simulation[cell] = simulation
-    if count == 0 or value > maximum[cell]:
-        maximum[cell] = value
-        max_simulation[cell] = simulation
+                 start: int, stop: int) -> None:
+    """Fold one sample into cells ``start:stop``; ``count`` samples were folded in before."""
+    for cell in range(start, stop):
+        value = x[cell]
+        if count == 0 or value < minimum[cell]:
+            minimum[cell] = value
+            min_simulation[cell] = simulation
+        if count == 0 or value > maximum[cell]:
+            maximum[cell] = value
+            max_simulation[cell] = simulation
 
 
 @formula
@@ -35,16 +37,17 @@ def merge_extrema(count: int, minimum: np.ndarray, maximum: np.ndarray,
                   min_simulation: np.ndarray, max_simulation: np.ndarray, other_count: int,
                   other_minimum: np.ndarray, other_maximum: np.ndarray,
                   other_min_simulation: np.ndarray, other_max_simulation: np.ndarray,
-                  cell: int) -> None:
-    """Merge another partial state of one cell into this one (this one counts as earlier)."""
+                  start: int, stop: int) -> None:
+    """Merge another partial state of cells ``start:stop`` (this one counts as earlier)."""
     if other_count == 0:
         return
-    if count == 0 or other_minimum[cell] < minimum[cell]:
-        minimum[cell] = other_minimum[cell]
-        min_simulation[cell] = other_min_simulation[cell]
-    if count == 0 or other_maximum[cell] > maximum[cell]:
-        maximum[cell] = other_maximum[cell]
-        max_simulation[cell] = other_max_simulation[cell]
+    for cell in range(start, stop):
+        if count == 0 or other_minimum[cell] < minimum[cell]:
+            minimum[cell] = other_minimum[cell]
+            min_simulation[cell] = other_min_simulation[cell]
+        if count == 0 or other_maximum[cell] > maximum[cell]:
+            maximum[cell] = other_maximum[cell]
+            max_simulation[cell] = other_max_simulation[cell]
 
 
 @kernel
@@ -52,9 +55,11 @@ def extrema_update(count: int, minimum: np.ndarray, maximum: np.ndarray,
                    min_simulation: np.ndarray, max_simulation: np.ndarray, x: np.ndarray,
                    simulation: int) -> None:
     """Fold sample ``x`` (cells,) of simulation ``simulation``; ``count`` samples before."""
-    for cell in numba.prange(x.shape[0]):
-        fold_extrema(count, x[cell], simulation, minimum, maximum, min_simulation,
-                     max_simulation, cell)
+    cells = x.shape[0]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
+        fold_extrema(count, x, simulation, minimum, maximum, min_simulation, max_simulation,
+                     start, stop)
 
 
 @kernel
@@ -63,10 +68,12 @@ def extrema_merge(count: int, minimum: np.ndarray, maximum: np.ndarray,
                   other_minimum: np.ndarray, other_maximum: np.ndarray,
                   other_min_simulation: np.ndarray, other_max_simulation: np.ndarray) -> None:
     """Merge another partial state into this one."""
-    for cell in numba.prange(minimum.shape[0]):
+    cells = minimum.shape[0]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
         merge_extrema(count, minimum, maximum, min_simulation, max_simulation, other_count,
                       other_minimum, other_maximum, other_min_simulation,
-                      other_max_simulation, cell)
+                      other_max_simulation, start, stop)
 
 
 @kernel

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from melissa_nb.kernels.extrema import fold_extrema
-from melissa_nb.kernels.jit import kernel
+from melissa_nb.kernels.jit import block_bounds, block_count, kernel
 from melissa_nb.kernels.moments import fold_moments
 from melissa_nb.kernels.quantiles import fold_quantiles, robbins_monro_step
 from melissa_nb.kernels.thresholds import fold_exceedances
@@ -35,15 +35,17 @@ def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np
     with_exceedances = thresholds.shape[0] > 0
     with_quantiles = orders.shape[0] > 0
     step = robbins_monro_step(count)
-    for cell in numba.prange(x.shape[0]):
-        value = x[cell]
+    cells = x.shape[0]
+    for block in numba.prange(block_count(cells)):
+        # One block of x stays in L1 while every family reads it.
+        start, stop = block_bounds(block, cells)
         if with_moments:
-            fold_moments(count, value, shift, central, cell)
+            fold_moments(count, x, shift, central, start, stop)
         if with_extrema:
-            fold_extrema(count, value, simulation, minimum, maximum, min_simulation,
-                         max_simulation, cell)
+            fold_extrema(count, x, simulation, minimum, maximum, min_simulation,
+                         max_simulation, start, stop)
         if with_exceedances:
-            fold_exceedances(count, value, thresholds, exceedances, cell)
+            fold_exceedances(count, x, thresholds, exceedances, start, stop)
         if with_quantiles:
-            fold_quantiles(count, step, value, orders, quantile, quantile_low, quantile_high,
-                           cell)
+            fold_quantiles(count, step, x, orders, quantile, quantile_low, quantile_high,
+                           start, stop)

@@ -25,7 +25,7 @@ import math
 import numba
 import numpy as np
 
-from melissa_nb.kernels.jit import formula, kernel
+from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
 @formula
@@ -36,23 +36,29 @@ def robbins_monro_step(count: int) -> float:
 
 
 @formula
-def fold_quantiles(count: int, step: float, value: float, orders: np.ndarray,
-                   quantile: np.ndarray, low: np.ndarray, high: np.ndarray, cell: int) -> None:
-    """Fold one value of one cell into every order; ``step`` is ``robbins_monro_step(count)``."""
+def fold_quantiles(count: int, step: float, x: np.ndarray, orders: np.ndarray,
+                   quantile: np.ndarray, low: np.ndarray, high: np.ndarray, start: int,
+                   stop: int) -> None:
+    """Fold one sample of cells ``start:stop`` into every order.
+
+    ``step`` is ``robbins_monro_step(count)``; ``count`` samples were folded in before.
+    """
     if count == 0:
-        low[cell] = value
-        high[cell] = value
+        for cell in range(start, stop):
+            low[cell] = x[cell]
+            high[cell] = x[cell]
         for row in range(orders.shape[0]):
-            quantile[row, cell] = value
+            for cell in range(start, stop):
+                quantile[row, cell] = x[cell]
         return
-    if value < low[cell]:
-        low[cell] = value
-    if value > high[cell]:
-        high[cell] = value
-    scaled_step = (high[cell] - low[cell]) * step
+    for cell in range(start, stop):
+        low[cell] = min(low[cell], x[cell])
+        high[cell] = max(high[cell], x[cell])
     for row in range(orders.shape[0]):
-        below = 1.0 if value <= quantile[row, cell] else 0.0
-        quantile[row, cell] -= scaled_step * (below - orders[row])
+        alpha = orders[row]
+        for cell in range(start, stop):
+            below = 1.0 if x[cell] <= quantile[row, cell] else 0.0
+            quantile[row, cell] -= (high[cell] - low[cell]) * step * (below - alpha)
 
 
 @kernel
@@ -60,8 +66,10 @@ def quantiles_update(count: int, orders: np.ndarray, quantile: np.ndarray, low: 
                      high: np.ndarray, x: np.ndarray) -> None:
     """Fold sample ``x`` (cells,) into the estimates of every order; ``count`` samples before."""
     step = robbins_monro_step(count)
-    for cell in numba.prange(x.shape[0]):
-        fold_quantiles(count, step, x[cell], orders, quantile, low, high, cell)
+    cells = x.shape[0]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
+        fold_quantiles(count, step, x, orders, quantile, low, high, start, stop)
 
 
 @kernel

@@ -27,7 +27,7 @@ import math
 import numba
 import numpy as np
 
-from melissa_nb.kernels.jit import formula, kernel
+from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
 def normal_quantile(probability: float) -> float:
@@ -54,35 +54,44 @@ def normal_quantile(probability: float) -> float:
 @formula
 def fold_sobol(count: int, group: np.ndarray, shift: np.ndarray, mean: np.ndarray,
                m2: np.ndarray, comoment_first: np.ndarray, comoment_total: np.ndarray,
-               cell: int) -> None:
-    """Fold one group into one cell; ``count`` groups were folded in before."""
+               start: int, stop: int) -> None:
+    """Fold one group into cells ``start:stop``; ``count`` groups were folded in before.
+
+    Rows C_k first, while the means of A and B are still the old ones the comoments need.
+    """
     rows = group.shape[0]
     if count == 0:
-        shift[cell] = group[0, cell]
+        for cell in range(start, stop):
+            shift[cell] = group[0, cell]
         for row in range(rows):
-            mean[row, cell] = group[row, cell] - shift[cell]
-            m2[row, cell] = 0.0
+            for cell in range(start, stop):
+                mean[row, cell] = group[row, cell] - shift[cell]
+                m2[row, cell] = 0.0
         for k in range(rows - 2):
-            comoment_first[k, cell] = 0.0
-            comoment_total[k, cell] = 0.0
+            for cell in range(start, stop):
+                comoment_first[k, cell] = 0.0
+                comoment_total[k, cell] = 0.0
         return
-    n = count + 1.0
-    offset = shift[cell]
-    delta_a = (group[0, cell] - offset) - mean[0, cell]
-    delta_b = (group[1, cell] - offset) - mean[1, cell]
+    inverse_n = 1.0 / (count + 1.0)
     for k in range(rows - 2):
-        y = group[k + 2, cell] - offset
-        delta_c = y - mean[k + 2, cell]
-        mean_c = mean[k + 2, cell] + delta_c / n
-        comoment_first[k, cell] += delta_b * (y - mean_c)
-        comoment_total[k, cell] += delta_a * (y - mean_c)
-        m2[k + 2, cell] += delta_c * (y - mean_c)
-        mean[k + 2, cell] = mean_c
+        for cell in range(start, stop):
+            offset = shift[cell]
+            delta_a = (group[0, cell] - offset) - mean[0, cell]
+            delta_b = (group[1, cell] - offset) - mean[1, cell]
+            y = group[k + 2, cell] - offset
+            delta_c = y - mean[k + 2, cell]
+            mean_c = mean[k + 2, cell] + delta_c * inverse_n
+            residual = y - mean_c
+            comoment_first[k, cell] += delta_b * residual
+            comoment_total[k, cell] += delta_a * residual
+            m2[k + 2, cell] += delta_c * residual
+            mean[k + 2, cell] = mean_c
     for row in range(2):
-        y = group[row, cell] - offset
-        delta = y - mean[row, cell]
-        mean[row, cell] += delta / n
-        m2[row, cell] += delta * (y - mean[row, cell])
+        for cell in range(start, stop):
+            y = group[row, cell] - shift[cell]
+            delta = y - mean[row, cell]
+            mean[row, cell] += delta * inverse_n
+            m2[row, cell] += delta * (y - mean[row, cell])
 
 
 @formula
@@ -90,35 +99,43 @@ def merge_sobol(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
                 comoment_first: np.ndarray, comoment_total: np.ndarray, other_count: int,
                 other_shift: np.ndarray, other_mean: np.ndarray, other_m2: np.ndarray,
                 other_comoment_first: np.ndarray, other_comoment_total: np.ndarray,
-                cell: int) -> None:
-    """Merge another partial state of one cell into this one (Chan et al.)."""
+                start: int, stop: int) -> None:
+    """Merge another partial state of cells ``start:stop`` into this one (Chan et al.).
+
+    Comoments first, then M2, then means: each uses the old means.
+    """
     rows = mean.shape[0]
     if other_count == 0:
         return
     if count == 0:
-        shift[cell] = other_shift[cell]
+        for cell in range(start, stop):
+            shift[cell] = other_shift[cell]
         for row in range(rows):
-            mean[row, cell] = other_mean[row, cell]
-            m2[row, cell] = other_m2[row, cell]
+            for cell in range(start, stop):
+                mean[row, cell] = other_mean[row, cell]
+                m2[row, cell] = other_m2[row, cell]
         for k in range(rows - 2):
-            comoment_first[k, cell] = other_comoment_first[k, cell]
-            comoment_total[k, cell] = other_comoment_total[k, cell]
+            for cell in range(start, stop):
+                comoment_first[k, cell] = other_comoment_first[k, cell]
+                comoment_total[k, cell] = other_comoment_total[k, cell]
         return
     n_a = float(count)
     n_b = float(other_count)
     weight = n_a * n_b / (n_a + n_b)
-    # The other means re-expressed against this cell's shift (see merge_moments).
-    offset = other_shift[cell] - shift[cell]
-    d_a = (other_mean[0, cell] + offset) - mean[0, cell]
-    d_b = (other_mean[1, cell] + offset) - mean[1, cell]
     for k in range(rows - 2):
-        d_c = (other_mean[k + 2, cell] + offset) - mean[k + 2, cell]
-        comoment_first[k, cell] += other_comoment_first[k, cell] + d_b * d_c * weight
-        comoment_total[k, cell] += other_comoment_total[k, cell] + d_a * d_c * weight
+        for cell in range(start, stop):
+            # The other means re-expressed against this cell's shift (see merge_moments).
+            offset = other_shift[cell] - shift[cell]
+            d_a = (other_mean[0, cell] + offset) - mean[0, cell]
+            d_b = (other_mean[1, cell] + offset) - mean[1, cell]
+            d_c = (other_mean[k + 2, cell] + offset) - mean[k + 2, cell]
+            comoment_first[k, cell] += other_comoment_first[k, cell] + d_b * d_c * weight
+            comoment_total[k, cell] += other_comoment_total[k, cell] + d_a * d_c * weight
     for row in range(rows):
-        d = (other_mean[row, cell] + offset) - mean[row, cell]
-        m2[row, cell] += other_m2[row, cell] + d * d * weight
-        mean[row, cell] += d * n_b / (n_a + n_b)
+        for cell in range(start, stop):
+            d = (other_mean[row, cell] + (other_shift[cell] - shift[cell])) - mean[row, cell]
+            m2[row, cell] += other_m2[row, cell] + d * d * weight
+            mean[row, cell] += d * n_b / (n_a + n_b)
 
 
 @formula
@@ -134,27 +151,28 @@ def correlation(comoment: float, m2_x: float, m2_y: float) -> float:
 @formula
 def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
                    comoment_total: np.ndarray, half_width: float, out: np.ndarray,
-                   cell: int) -> None:
-    """Write S, ST and their intervals of one cell into ``out`` (6, p, cells).
+                   start: int, stop: int) -> None:
+    """Write S, ST and their intervals of cells ``start:stop`` into ``out`` (6, p, cells).
 
     Rows of ``out``: first, total, first low, first high, total low, total high.
     ``half_width`` is z/sqrt(n-3), NaN when n < 4 (the intervals are then NaN).
     """
     for k in range(comoment_first.shape[0]):
-        if count < 2:
-            for row in range(6):
-                out[row, k, cell] = math.nan
-            continue
-        first = correlation(comoment_first[k, cell], m2[1, cell], m2[k + 2, cell])
-        rho = correlation(comoment_total[k, cell], m2[0, cell], m2[k + 2, cell])
-        out[0, k, cell] = first
-        out[1, k, cell] = 1.0 - rho
-        z_first = math.atanh(first)
-        z_rho = math.atanh(rho)
-        out[2, k, cell] = math.tanh(z_first - half_width)
-        out[3, k, cell] = math.tanh(z_first + half_width)
-        out[4, k, cell] = 1.0 - math.tanh(z_rho + half_width)
-        out[5, k, cell] = 1.0 - math.tanh(z_rho - half_width)
+        for cell in range(start, stop):
+            if count < 2:
+                for row in range(6):
+                    out[row, k, cell] = math.nan
+                continue
+            first = correlation(comoment_first[k, cell], m2[1, cell], m2[k + 2, cell])
+            rho = correlation(comoment_total[k, cell], m2[0, cell], m2[k + 2, cell])
+            out[0, k, cell] = first
+            out[1, k, cell] = 1.0 - rho
+            z_first = math.atanh(first)
+            z_rho = math.atanh(rho)
+            out[2, k, cell] = math.tanh(z_first - half_width)
+            out[3, k, cell] = math.tanh(z_first + half_width)
+            out[4, k, cell] = 1.0 - math.tanh(z_rho + half_width)
+            out[5, k, cell] = 1.0 - math.tanh(z_rho - half_width)
 
 
 @kernel
@@ -162,8 +180,10 @@ def sobol_update(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray
                  comoment_first: np.ndarray, comoment_total: np.ndarray,
                  group: np.ndarray) -> None:
     """Fold one group (p+2, cells) into the state; ``count`` groups were folded in before."""
-    for cell in numba.prange(group.shape[1]):
-        fold_sobol(count, group, shift, mean, m2, comoment_first, comoment_total, cell)
+    cells = group.shape[1]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
+        fold_sobol(count, group, shift, mean, m2, comoment_first, comoment_total, start, stop)
 
 
 @kernel
@@ -172,15 +192,19 @@ def sobol_merge(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
                 other_shift: np.ndarray, other_mean: np.ndarray, other_m2: np.ndarray,
                 other_comoment_first: np.ndarray, other_comoment_total: np.ndarray) -> None:
     """Merge another partial state into this one."""
-    for cell in numba.prange(mean.shape[1]):
+    cells = mean.shape[1]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
         merge_sobol(count, shift, mean, m2, comoment_first, comoment_total, other_count,
                     other_shift, other_mean, other_m2, other_comoment_first,
-                    other_comoment_total, cell)
+                    other_comoment_total, start, stop)
 
 
 @kernel
 def sobol_finalize(count: int, m2: np.ndarray, comoment_first: np.ndarray,
                    comoment_total: np.ndarray, half_width: float, out: np.ndarray) -> None:
     """Write S, ST and their Fisher-z intervals into ``out`` (6, p, cells); see finalize_sobol."""
-    for cell in numba.prange(m2.shape[1]):
-        finalize_sobol(count, m2, comoment_first, comoment_total, half_width, out, cell)
+    cells = m2.shape[1]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
+        finalize_sobol(count, m2, comoment_first, comoment_total, half_width, out, start, stop)

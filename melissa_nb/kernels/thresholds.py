@@ -13,48 +13,55 @@ import math
 import numba
 import numpy as np
 
-from melissa_nb.kernels.jit import formula, kernel
+from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
 @formula
-def fold_exceedances(count: int, value: float, thresholds: np.ndarray,
-                     exceedances: np.ndarray, cell: int) -> None:
-    """Count one value of one cell against every threshold; ``count`` samples before."""
+def fold_exceedances(count: int, x: np.ndarray, thresholds: np.ndarray,
+                     exceedances: np.ndarray, start: int, stop: int) -> None:
+    """Count one sample of cells ``start:stop`` against every threshold; ``count`` before."""
     for row in range(thresholds.shape[0]):
-        above = 1 if value > thresholds[row] else 0
+        threshold = thresholds[row]
         if count == 0:
-            exceedances[row, cell] = above
+            for cell in range(start, stop):
+                exceedances[row, cell] = 1 if x[cell] > threshold else 0
         else:
-            exceedances[row, cell] += above
+            for cell in range(start, stop):
+                exceedances[row, cell] += 1 if x[cell] > threshold else 0
 
 
 @formula
 def merge_exceedances(count: int, exceedances: np.ndarray, other_count: int,
-                      other_exceedances: np.ndarray, cell: int) -> None:
-    """Add another partial state of one cell to this one."""
+                      other_exceedances: np.ndarray, start: int, stop: int) -> None:
+    """Add another partial state of cells ``start:stop`` to this one."""
     if other_count == 0:
         return
     for row in range(exceedances.shape[0]):
-        if count == 0:
-            exceedances[row, cell] = other_exceedances[row, cell]
-        else:
-            exceedances[row, cell] += other_exceedances[row, cell]
+        for cell in range(start, stop):
+            if count == 0:
+                exceedances[row, cell] = other_exceedances[row, cell]
+            else:
+                exceedances[row, cell] += other_exceedances[row, cell]
 
 
 @kernel
 def thresholds_update(count: int, thresholds: np.ndarray, exceedances: np.ndarray,
                       x: np.ndarray) -> None:
     """Fold sample ``x`` (cells,) against every threshold; ``count`` samples before."""
-    for cell in numba.prange(x.shape[0]):
-        fold_exceedances(count, x[cell], thresholds, exceedances, cell)
+    cells = x.shape[0]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
+        fold_exceedances(count, x, thresholds, exceedances, start, stop)
 
 
 @kernel
 def thresholds_merge(count: int, exceedances: np.ndarray, other_count: int,
                      other_exceedances: np.ndarray) -> None:
     """Merge another partial state into this one."""
-    for cell in numba.prange(exceedances.shape[1]):
-        merge_exceedances(count, exceedances, other_count, other_exceedances, cell)
+    cells = exceedances.shape[1]
+    for block in numba.prange(block_count(cells)):
+        start, stop = block_bounds(block, cells)
+        merge_exceedances(count, exceedances, other_count, other_exceedances, start, stop)
 
 
 @kernel
