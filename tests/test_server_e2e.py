@@ -528,3 +528,51 @@ def test_silent_launcher_aborts_the_study_with_partial_results(start_server, rng
     assert results.attributes["study_complete"] == 0
     np.testing.assert_array_equal(results.variables["mean"][0], values)
     assert "no HELLO from the launcher for 1 s" in server.text()
+
+
+def test_two_ranks_wait_for_every_client_rank_before_ending(start_server, rng) -> None:
+    """Melissa 0.6 stopped early when one client rank's data had all arrived: not here.
+
+    Client rank 1 (8 of 13 cells, straddling both server blocks) sends everything first: both
+    server ranks then see every learned slice complete, yet the study must go on until client
+    rank 0's cells arrive.
+    """
+    from melissa_nb.partition import overlaps
+
+    client_sizes, simulations, timesteps = (5, 8), 2, 2
+    server = start_server(
+        "-s", str(simulations), "-t", str(timesteps), "-f", "u", "-o", "mean:max", ranks=2
+    )  # fmt: skip
+    values = rng.normal(size=(simulations, timesteps, sum(client_sizes)))
+    sender = RawSender(server.endpoint)
+
+    def send_client_rank(client_rank: int) -> int:
+        start = sum(client_sizes[:client_rank])
+        sent = 0
+        for rank, offset, size in overlaps(start, client_sizes[client_rank], 13, 2):
+            for s in range(simulations):
+                for t in range(timesteps):
+                    piece = values[s, t, start + offset : start + offset + size]
+                    sender.send(frame("u", s, t, piece, client_rank=client_rank), rank)
+                    sent += 1
+        return sent
+
+    try:
+        for s in range(simulations):
+            sender.handshake(s, comm_size=2)
+        expected = send_client_rank(1)
+
+        def all_accepted():
+            ranks = read_progress(server.output).ranks
+            return len(ranks) == 2 and sum(r["accepted"] for r in ranks.values()) == expected
+
+        wait_for(all_accepted, "client rank 1's messages to be accepted")
+        with pytest.raises(subprocess.TimeoutExpired):
+            server.process.wait(timeout=1.5)  # several vote rounds: it must not end now
+        send_client_rank(0)
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    results = read_results(server.output / "u.nc")
+    np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=RTOL)
+    np.testing.assert_array_equal(results.variables["max"], values.max(axis=0))
