@@ -1,0 +1,130 @@
+"""The examples, run small through `melissa-nb run`: heat against batch numpy, Ishigami against
+its closed-form Sobol indices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_study_run import (
+    STUDY_SECONDS,
+    assert_results_equal,
+    batch_reference,
+    load_module,
+    outputs_by_group,
+    read_results,
+    run_study,
+)
+
+from melissa_nb.results import load_field, show_results
+from melissa_nb.study.sampling import read_parameters_csv
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def small_study(example: str, tmp_path: Path, study: dict, simulation: dict,
+                server: dict | None = None) -> Path:
+    """The example's study file with some keys set, written into tmp_path.
+
+    The simulation still runs from the example's folder; results go to tmp_path/out.
+    """
+    text = (EXAMPLES / example / "study.toml").read_text()
+    changes = {"study": {"output_dir": str(tmp_path / "out"), **study},
+               "simulation": {"working_dir": str(EXAMPLES / example), **simulation},
+               "server": server or {}}
+    for section, values in changes.items():
+        for key, value in values.items():
+            text = set_key(text, section, key, _toml(value))
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def set_key(text: str, section: str, key: str, value: str) -> str:
+    """Replace `key = ...` in `[section]` of a TOML text, or add it (and the section)."""
+    lines = text.splitlines()
+    header = f"[{section}]"
+    if header not in lines:
+        lines += ["", header]
+    start = lines.index(header) + 1
+    end = next((index for index in range(start, len(lines)) if lines[index].startswith("[")),
+               len(lines))
+    for index in range(start, end):
+        if lines[index].split("=")[0].strip() == key:
+            lines[index] = f"{key} = {value}"
+            break
+    else:
+        lines.insert(start, f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return repr(value)
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
+    size, steps, dt = 6, 3, 0.01
+    study = small_study(
+        "heat", tmp_path,
+        {"sample_size": 4, "timesteps": steps, "grid_shape": [size, size], "thresholds": [150.0],
+         "statistics": ["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold"]},
+        {"command": f"python heat.py --size {size} --steps {steps} --dt {dt} "
+                    "{T0} {T1} {T2} {T3} {T4}", "at_once": 3},
+        {"ranks": 2},  # under mpiexec: each rank owns part of the cells
+    )
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    out = tmp_path / "out"
+    heat = load_module(EXAMPLES / "heat" / "heat.py")
+
+    def model(values: tuple[float, ...]) -> np.ndarray:
+        return np.array([field.ravel() for field in heat.heat(values[0], values[1:], size,
+                                                               steps, dt)])
+
+    finished, outputs = outputs_by_group(out, model, 7)
+    assert finished == [0, 1, 2, 3]
+    results = read_results(out / "temperature.nc")
+    reference = batch_reference(finished, outputs, thresholds=(150.0,))
+    assert assert_results_equal(results, reference) == set(reference)
+    # The runner annotated the file; `melissa-nb results` draws 2-D maps from it.
+    loaded = load_field(out / "temperature.nc")
+    assert loaded.parameter_names == ("T0", "T1", "T2", "T3", "T4")
+    assert loaded.grid_shape == (size, size)
+    assert show_results(str(out), timestep=1, cell=7) == 0
+    assert sorted(path.name for path in (out / "plots").iterdir()) == [
+        "temperature_cell7.png", "temperature_moments_t1.png", "temperature_sobol_t1.png"]
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_ishigami_indices_land_within_their_intervals(tmp_path: Path) -> None:
+    groups = 16
+    study = small_study("ishigami", tmp_path, {"sample_size": groups}, {"at_once": 3})
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    out = tmp_path / "out"
+    ishigami = load_module(EXAMPLES / "ishigami" / "ishigami.py")
+    finished, outputs = outputs_by_group(
+        out, lambda values: ishigami.ishigami(*values)[None, :], 5)
+    assert finished == list(range(groups))
+    results = read_results(out / "ishigami.nc")
+    compared = assert_results_equal(results, batch_reference(finished, outputs))
+    assert compared >= {"mean", "variance", "sobol_first", "sobol_total", "sobol_first_ci_low",
+                        "sobol_first_ci_high", "sobol_total_ci_low", "sobol_total_ci_high"}
+    _, rows = read_parameters_csv(out / "parameters.csv")
+    assert len(rows) == groups * 5
+    for cell, (a, b) in enumerate(ishigami.COEFFICIENTS):
+        first, total = ishigami.exact_indices(a, b)
+        for order, exact in (("first", first), ("total", total)):
+            low = results[f"sobol_{order}_ci_low"][0, :, cell]
+            high = results[f"sobol_{order}_ci_high"][0, :, cell]
+            inside = (low <= np.array(exact) + 1e-12) & (np.array(exact) - 1e-12 <= high)
+            # b = 0 makes x3 inert: its total index is exactly 0 with an empty interval.
+            assert inside.all(), (cell, order, exact, low, high)

@@ -1,0 +1,292 @@
+"""`melissa-nb run` end to end: real server, real simulation processes, results vs batch numpy.
+
+The batch references here (`run_study`, `batch_reference`, `read_results`) also serve
+tests/test_examples.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import psutil
+import pytest
+from scipy import stats
+
+from melissa_nb.study.sampling import read_parameters_csv
+
+MELISSA_NB = str(Path(sys.executable).parent / "melissa-nb")
+STUDY_SECONDS = 120
+
+
+def run_study(study: Path, timeout: float = STUDY_SECONDS) -> subprocess.CompletedProcess[str]:
+    """`melissa-nb run STUDY --no-progress`, bounded; the venv's bin first on PATH."""
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run([MELISSA_NB, "run", str(study), "--no-progress"], capture_output=True,
+                          text=True, timeout=timeout, env=environment)
+
+
+def read_results(path: Path) -> dict[str, np.ndarray]:
+    """Every variable of a result file, NaN where undefined."""
+    with netCDF4.Dataset(path) as dataset:
+        dataset.set_auto_mask(False)
+        return {name: np.asarray(variable[...]) for name, variable in dataset.variables.items()}
+
+
+def outputs_by_group(output_dir: Path, model: Callable[[tuple[float, ...]], np.ndarray],
+                     group_size: int) -> tuple[list[int], np.ndarray]:
+    """Re-run `model` in-process for every member of every finished sample of parameters.csv.
+
+    Returns the finished sample ids and the outputs, shape (samples, group_size, T, cells).
+    """
+    _, rows = read_parameters_csv(output_dir / "parameters.csv")
+    groups: dict[int, list] = {}
+    for spec, status in rows:
+        groups.setdefault(spec.group, []).append((spec, status))
+    finished = sorted(group for group, members in groups.items()
+                      if all(status == "finished" for _, status in members))
+    outputs = np.array([[model(spec.values) for spec, _ in groups[group]] for group in finished])
+    assert outputs.shape[1] == group_size
+    return finished, outputs
+
+
+def batch_reference(finished: list[int], outputs: np.ndarray, thresholds: tuple[float, ...] = (),
+                    confidence: float = 0.95) -> dict[str, np.ndarray]:
+    """Two-pass numpy/scipy statistics over the samples (Y_A and Y_B with Sobol), and the
+    Martinez indices with their Fisher-z intervals from np.corrcoef over whole groups."""
+    group_size = outputs.shape[1]
+    sobol = group_size > 1
+    samples = outputs[:, :2] if sobol else outputs  # (groups, 1 or 2, T, cells)
+    flat = samples.reshape(-1, *outputs.shape[2:])
+    ids = (np.array(finished)[:, None] * group_size + np.arange(samples.shape[1])).ravel()
+    reference = {
+        "mean": flat.mean(axis=0),
+        "variance": flat.var(axis=0, ddof=1),
+        "skewness": stats.skew(flat, axis=0, bias=False),
+        "kurtosis": stats.kurtosis(flat, axis=0, fisher=True, bias=False),
+        "min": flat.min(axis=0),
+        "max": flat.max(axis=0),
+        "min_simulation": ids[flat.argmin(axis=0)],
+        "max_simulation": ids[flat.argmax(axis=0)],
+        "sample_count": np.full(outputs.shape[2], flat.shape[0]),
+    }
+    if thresholds:
+        reference["threshold_exceedance"] = np.stack(
+            [(flat > value).sum(axis=0) for value in thresholds], axis=1)
+    if sobol:
+        count = outputs.shape[0]
+        half = stats.norm.ppf(0.5 + confidence / 2) / np.sqrt(count - 3)
+
+        def correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+            return (xc * yc).sum(axis=0) / np.sqrt((xc**2).sum(axis=0) * (yc**2).sum(axis=0))
+
+        first, total = [], []
+        for k in range(group_size - 2):
+            first.append(correlation(outputs[:, 1], outputs[:, k + 2]))
+            total.append(1 - correlation(outputs[:, 0], outputs[:, k + 2]))
+        reference["sobol_first"] = np.stack(first, axis=1)  # (T, parameter, cells)
+        reference["sobol_total"] = np.stack(total, axis=1)
+        with np.errstate(divide="ignore"):  # a correlation of exactly 1 has z = inf
+            z_first = np.arctanh(reference["sobol_first"])
+            z_rho = np.arctanh(1 - reference["sobol_total"])
+        reference["sobol_first_ci_low"] = np.tanh(z_first - half)
+        reference["sobol_first_ci_high"] = np.tanh(z_first + half)
+        reference["sobol_total_ci_low"] = 1 - np.tanh(z_rho + half)
+        reference["sobol_total_ci_high"] = 1 - np.tanh(z_rho - half)
+    return reference
+
+
+def assert_results_equal(results: dict[str, np.ndarray], reference: dict[str, np.ndarray],
+                         rtol: float = 1e-9) -> set[str]:
+    """Every reference statistic the file holds equals it (integers exactly); returns their
+    names, so that a test can say which it expects."""
+    compared = set(reference) & set(results)
+    for name in sorted(compared):
+        expected, actual = reference[name], results[name]
+        assert actual.shape == expected.shape, name
+        if expected.dtype.kind in "iu":
+            np.testing.assert_array_equal(actual, expected, err_msg=name)
+        else:
+            scale = np.nanmax(np.abs(expected)) or 1.0
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
+                                       err_msg=name)
+    return compared
+
+
+# --- a linear model with one member that always fails -------------------------------------------
+
+LINEAR_SIMULATION = '''
+import os
+import sys
+import time
+
+import numpy as np
+
+CELLS, STEPS = 5, 2
+FAILING = int(os.environ.get("FAILING_SIMULATION", "-1"))
+HANGING = int(os.environ.get("HANGING_SIMULATION", "-1"))
+
+
+def model(a, b):
+    """(STEPS, CELLS): a linear model whose weights change over cells and time."""
+    cells = np.arange(CELLS)
+    return np.array([(1 + cells) * a + (2 + t) * b + 0.1 * a * b * cells for t in range(STEPS)])
+
+
+if __name__ == "__main__":
+    from melissa_nb.client import melissa_finalize, melissa_init, melissa_send
+
+    simu_id = int(os.environ["MELISSA_SIMU_ID"])
+    melissa_init("u", CELLS)
+    if simu_id == FAILING:
+        sys.exit(3)  # connected, then fails before sending: every attempt
+    for values in model(float(sys.argv[1]), float(sys.argv[2])):
+        melissa_send("u", values)
+        if simu_id == HANGING and not os.path.exists("hung"):
+            open("hung", "w").close()
+            time.sleep(120)  # first attempt only: one step sent, then silence until killed
+    melissa_finalize()
+'''
+
+LINEAR_STUDY = """
+[study]
+name = "linear"
+output_dir = "out"
+sample_size = 6
+sampling = "monte_carlo"
+seed = 12
+sobol = true
+fields = ["u"]
+statistics = ["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold"]
+thresholds = [1.0, 2.5]
+timesteps = 2
+timeout = 100
+
+[simulation]
+command = "python sim.py {a} {b}"
+at_once = 3
+timeout = 6
+retries = 1
+
+[parameters]
+a = { distribution = "uniform", low = 0, high = 1 }
+b = { distribution = "normal", mean = 0.5, std = 0.25 }
+"""
+
+
+def load_module(path: Path):
+    """Import a simulation script as a module (its __main__ part does not run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(path.stem + "_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_failing_member_drops_its_group_and_the_rest_is_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Member C1 of group 2 always fails: group 2 is dropped after its retry. Member B of
+    group 4 hangs after its first step on its first attempt: it is killed at the timeout and
+    relaunched, re-sending a step the server already has, which must not count twice."""
+    (tmp_path / "sim.py").write_text(LINEAR_SIMULATION)
+    (tmp_path / "study.toml").write_text(LINEAR_STUDY)
+    failing = 2 * 4 + 2  # p = 2: groups of 4 members
+    monkeypatch.setenv("FAILING_SIMULATION", str(failing))
+    monkeypatch.setenv("HANGING_SIMULATION", str(4 * 4 + 1))
+    completed = run_study(tmp_path / "study.toml")
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    out = tmp_path / "out"
+    assert (tmp_path / "hung").exists()
+    assert "2 retried, 4 dropped" in completed.stdout.replace("\n", " ")
+
+    _, rows = read_parameters_csv(out / "parameters.csv")
+    statuses = {spec.simulation_id: status for spec, status in rows}
+    assert {simu_id for simu_id, status in statuses.items() if status == "dropped"} == {
+        8, 9, 10, 11}
+    assert all(status == "finished" for simu_id, status in statuses.items()
+               if not 8 <= simu_id < 12)
+    log = (out / "logs" / f"simulation_{failing}.log").read_text()
+    assert "--- attempt 1" in log and "--- attempt 2" in log
+    log = (out / "logs" / "simulation_17.log").read_text()
+    assert "--- attempt 1" in log and "--- attempt 2" in log
+    assert sorted(path.name for path in (out / "logs").iterdir()) == [
+        "simulation_10.log", "simulation_17.log"]  # simulations that never failed leave none
+
+    module = load_module(tmp_path / "sim.py")
+    finished, outputs = outputs_by_group(out, lambda values: module.model(*values), 4)
+    assert finished == [0, 1, 3, 4, 5]
+    results = read_results(out / "u.nc")
+    reference = batch_reference(finished, outputs, thresholds=(1.0, 2.5))
+    assert assert_results_equal(results, reference) == set(reference)
+    assert results["exceedance_probability"] == pytest.approx(
+        results["threshold_exceedance"] / 10)
+
+
+def test_bad_study_file_exits_with_the_key_named(tmp_path: Path) -> None:
+    (tmp_path / "study.toml").write_text(LINEAR_STUDY.replace("at_once = 3", "at_once = 0"))
+    completed = run_study(tmp_path / "study.toml", timeout=60)
+    assert completed.returncode == 2
+    assert "[simulation] at_once: expected an integer >= 1, got 0" in completed.stderr
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------
+
+SLEEPING_SIMULATION = '''
+import sys
+import time
+
+import numpy as np
+from melissa_nb.client import melissa_init, melissa_send
+
+melissa_init("u", 4)
+melissa_send("u", np.full(4, float(sys.argv[1])))
+time.sleep(120)  # never finishes: the study is interrupted
+'''
+
+
+@pytest.mark.timeout(120)
+def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path) -> None:
+    (tmp_path / "sim.py").write_text(SLEEPING_SIMULATION)
+    study = LINEAR_STUDY.replace("sobol = true", "sobol = false").replace(
+        "timesteps = 2", "timesteps = 3").replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
+    (tmp_path / "study.toml").write_text(study)
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    runner = subprocess.Popen([MELISSA_NB, "run", str(tmp_path / "study.toml"), "--no-progress"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=environment)
+    try:
+        parent = psutil.Process(runner.pid)
+        deadline = time.monotonic() + 60
+        # Wait until the server and three simulations run and the server holds state in /dev/shm.
+        while True:
+            assert time.monotonic() < deadline, "the study never got going"
+            assert runner.poll() is None, runner.communicate()
+            children = parent.children(recursive=True)
+            blocks = [name for name in os.listdir("/dev/shm") if f"_{runner.pid}_" in name]
+            simulations = [child for child in children if "sim.py" in " ".join(child.cmdline())]
+            if len(simulations) == 3 and blocks:
+                break
+            time.sleep(0.05)  # polling a condition with a deadline
+        runner.send_signal(signal.SIGINT)
+        _, stderr = runner.communicate(timeout=60)
+        assert runner.returncode == 130, stderr
+        assert "interrupted" in stderr
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == []
+        assert [name for name in os.listdir("/dev/shm") if f"_{runner.pid}_" in name] == []
+        _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+        assert {status for _, status in rows} <= {"pending", "running", "exited"}
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait(10)
