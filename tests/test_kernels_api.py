@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from references import FIELD_REFERENCES, THRESHOLDS
+from references import FIELD_REFERENCES, THRESHOLDS, exceedances, martinez_batch
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels import (
@@ -22,6 +22,7 @@ from melissa_nb.kernels import (
     SobolMartinez,
     ThresholdExceedance,
 )
+from melissa_nb.kernels.jit import BLOCK
 
 CELLS = 6
 ORDERS = (0.1, 0.5, 0.9)
@@ -69,9 +70,10 @@ def test_environment_switches_the_cache(switch: str, cache: str) -> None:
 
 def test_two_cold_cache_processes_at_once(tmp_path: object) -> None:
     """Two processes compiling into one empty cache directory at the same time both succeed."""
-    snippet = ("import numpy as np; from melissa_nb.kernels import Moments; "
-               "m = Moments(3, 2); [m.update(np.arange(3.0) * i) for i in range(4)]; "
-               "print(m.variance.tolist())")
+    snippet = ("import numpy as np; from melissa_nb.kernels import ThresholdExceedance; "
+               "e = ThresholdExceedance(3, (0.5,)); "
+               "[e.update(np.arange(3.0) * i) for i in range(4)]; "
+               "print(e.threshold_exceedance.tolist())")
     environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MELISSA_NB_NO_CACHE": "0"}
     processes = [subprocess.Popen([sys.executable, "-c", snippet], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=environment)
@@ -79,7 +81,7 @@ def test_two_cold_cache_processes_at_once(tmp_path: object) -> None:
     outputs = [process.communicate(timeout=180) for process in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
-    expected = np.var(np.arange(4.0)[:, None] * np.arange(3.0), axis=0, ddof=1).tolist()
+    expected = exceedances(np.arange(4.0)[:, None] * np.arange(3.0), (0.5,)).tolist()
     assert [eval(stdout) for stdout, _ in outputs] == [expected, expected]
 
 
@@ -154,6 +156,26 @@ def test_fused_results_match_the_references(rng: np.random.Generator, name: str)
         field.update(sample, int(simulation))
     np.testing.assert_allclose(getattr(field, name), FIELD_REFERENCES[name](samples, ids),
                                rtol=1e-12, atol=1e-14)
+
+
+def test_many_blocks_of_cells(rng: np.random.Generator) -> None:
+    """Cells spread over several blocks, the last one partial: every cell is computed once."""
+    cells = 2 * BLOCK + 3
+    samples = rng.normal(size=(6, cells))
+    ids = np.arange(6)
+    field = FieldStatistics(cells, order=4, extrema=True, thresholds=THRESHOLDS)
+    for sample, simulation in zip(samples, ids, strict=True):
+        field.update(sample, int(simulation))
+    for name, reference in FIELD_REFERENCES.items():
+        np.testing.assert_allclose(getattr(field, name), reference(samples, ids), rtol=1e-12,
+                                   err_msg=name)
+    groups = rng.normal(size=(6, 4, cells))
+    sobol = SobolMartinez(cells, 2)
+    for group in groups:
+        sobol.update(group)
+    first, total = martinez_batch(groups)
+    np.testing.assert_allclose(sobol.first, first, atol=1e-13)
+    np.testing.assert_allclose(sobol.total, total, atol=1e-13)
 
 
 def test_fused_pass_equals_the_separate_families(rng: np.random.Generator) -> None:

@@ -3,8 +3,9 @@ samples included), merged in any order of adjacent parts, gives the one-stream r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,16 @@ from melissa_nb.kernels import (
 
 CELLS = 4
 PARAMETERS = 2
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Four cells fit in one block: a second thread has nothing to do, and waking it for each
+    of the thousands of tiny launches here costs more than the work on a loaded machine."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(threads)
 
 
 def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
