@@ -81,6 +81,9 @@ def server(
     member_buffer_mb: float = typer.Option(
         256.0, "--member-buffer-mb", help="Memory for assembling single Sobol members."
     ),
+    heartbeat: float = typer.Option(
+        20.0, "--heartbeat", help="Seconds between ALIVE/TIMEOUT messages to the launcher."
+    ),
 ) -> None:
     """Run one rank of the statistics server (start M ranks with mpiexec -n M)."""
     from melissa_nb.errors import ConfigurationError
@@ -114,6 +117,7 @@ def server(
             launcher_timeout=launcher_timeout,
             max_cells=max_cells,
             member_buffer_mb=member_buffer_mb,
+            heartbeat=heartbeat,
         )
     except ConfigurationError as error:
         typer.echo(f"melissa-nb server: error: {error}", err=True)

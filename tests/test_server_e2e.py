@@ -29,6 +29,8 @@ from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
 
 from melissa_nb.kernels import Quantiles
 from melissa_nb.protocol import (
+    Alive,
+    ConfidenceInterval,
     ConnectionReply,
     ConnectionRequest,
     Drop,
@@ -39,6 +41,7 @@ from melissa_nb.protocol import (
     SimuStatus,
     Stop,
     TextRequest,
+    Timeout,
     decode_launcher_message,
     encode_data_frame,
 )
@@ -576,3 +579,43 @@ def test_two_ranks_wait_for_every_client_rank_before_ending(start_server, rng) -
     results = read_results(server.output / "u.nc")
     np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=RTOL)
     np.testing.assert_array_equal(results.variables["max"], values.max(axis=0))
+
+
+def test_heartbeats_timeouts_and_sobol_interval_widths_reach_the_launcher(
+    start_server, rng
+) -> None:
+    launcher = FakeLauncher(parameters=1)
+    server = start_server(
+        "-p", "1", "-s", "5", "-t", "1", "-f", "u", "-o", "sobol", "-w", "1",
+        "--heartbeat", "0.3", *launcher.options(),
+    )  # fmt: skip
+    groups = rng.normal(size=(4, 3, 6))
+    sender = RawSender(server.endpoint)
+    try:
+        launcher.pump(lambda: Alive() in launcher.received, "ALIVE")
+        for group in range(4):
+            sender.handshake(3 * group)
+            sender.send(frame("u", group, 0, groups[group]))
+        sender.handshake(3 * 4 + 2)  # group 4 connects, then stays silent
+        launcher.pump(lambda: Timeout(4) in launcher.received, "TIMEOUT of group 4")
+        widths = {}
+
+        def both_widths() -> bool:
+            for message in launcher.received:
+                if isinstance(message, ConfidenceInterval) and message.field_name == "u":
+                    widths[message.stat_name] = message.value
+            return len(widths) == 2
+
+        launcher.pump(both_widths, "CONFIDENCE_INTERVAL of both indices")
+        launcher.publish(Drop(4, "job4"))
+        launcher.pump(lambda: Stop() in launcher.received, "STOP")
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+        launcher.close()
+    reference = sobol_reference(groups, 0.95)
+    for stat in ("sobol_first", "sobol_total"):
+        width = reference[f"{stat}_ci_high"] - reference[f"{stat}_ci_low"]
+        assert widths[stat] == pytest.approx(np.nanmax(width), rel=1e-10)
+    statuses = [m for m in launcher.received if isinstance(m, SimuStatus)]
+    assert sorted(m.simu_id for m in statuses if m.status == 2) == [0, 1, 2, 3]

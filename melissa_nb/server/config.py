@@ -27,7 +27,6 @@ OPERATIONS = (
     "sobol",
 )
 MOMENT_ORDER = {"mean": 1, "variance": 2, "skewness": 3, "kurtosis": 4}
-HEARTBEAT_SECONDS = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6 value)
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
@@ -98,6 +97,7 @@ class ServerConfig:
     launcher_timeout: float = 250.0
     max_cells: int = 1 << 24
     member_buffer_mb: float = 256.0
+    heartbeat: float = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6's value)
 
     def __post_init__(self) -> None:
         self._validate()
@@ -201,6 +201,7 @@ class ServerConfig:
             self.member_buffer_mb > 0,
             f"--member-buffer-mb must be > 0, got {self.member_buffer_mb}",
         )
+        need(self.heartbeat > 0, f"--heartbeat must be > 0, got {self.heartbeat}")
         if self.study_id is not None:
             need(
                 0 < len(self.study_id) <= 32

@@ -29,6 +29,7 @@ from melissa_nb.protocol import (
     SIMU_FINISHED,
     SIMU_RUNNING,
     Alive,
+    ConfidenceInterval,
     ConnectionReply,
     ConnectionRequest,
     DataValidator,
@@ -41,7 +42,7 @@ from melissa_nb.protocol import (
     Timeout,
     sobol_member,
 )
-from melissa_nb.server.config import HEARTBEAT_SECONDS, ServerConfig
+from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.launcher import LauncherLink
 from melissa_nb.server.members import MemberAssembly
 from melissa_nb.server.output import write_field
@@ -143,7 +144,7 @@ class ServerRank:
             self.poller.register(socket, zmq.POLLIN)
         width = summary_width(len(config.field_names), config.sampling_size)
         self.vote = EndVote(world, width, VOTE_SECONDS)
-        self._next_heartbeat = now + HEARTBEAT_SECONDS
+        self._next_heartbeat = now + self.config.heartbeat
         self._next_publish = now
         self.aborted = False
         self.write_server_file()
@@ -374,6 +375,22 @@ class ServerRank:
                 if message.simu_id < self.config.sampling_size:
                     self._drop(message.simu_id, "dropped by the launcher")
 
+    def _report_intervals(self) -> None:
+        """Rank 0: the widest Sobol interval of its cells, per field, over every timestep."""
+        assert self.launcher is not None
+        for field in self.config.field_names:
+            widths = [
+                statistics.worst_interval(t)
+                for statistics in self.slices.values()
+                if statistics.field == field
+                for t in range(self.config.timesteps)
+                if statistics.group_count(t) >= 4
+            ]
+            for index, stat in enumerate(("sobol_first", "sobol_total")):
+                defined = [width[index] for width in widths if not np.isnan(width[index])]
+                if defined:
+                    self.launcher.send(ConfidenceInterval(stat, field, max(defined)))
+
     def _report_finished(self, done_everywhere: np.ndarray) -> None:
         """Rank 0 tells the launcher about simulations now finished on every rank."""
         finished = self.tracker.newly_finished(done_everywhere)
@@ -400,13 +417,15 @@ class ServerRank:
             )
             self.aborted = True
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + HEARTBEAT_SECONDS
+            self._next_heartbeat = now + self.config.heartbeat
             if self.launcher is not None and self.rank == 0:
                 silent = self.tracker.silent(now, self.config.timeout)
                 for simulation in silent:
                     self.launcher.send(Timeout(simulation))
                 if not silent:
                     self.launcher.send(Alive())
+                if self.config.sobol:
+                    self._report_intervals()
         if now >= self._next_publish:
             self._next_publish = now + PUBLISH_SECONDS
             codes = self.tracker.status()

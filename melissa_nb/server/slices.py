@@ -138,8 +138,21 @@ class SliceStatistics:
             return 0
         return int(self.block.arrays[SOBOL + "count"][timestep, 0])
 
+    def worst_interval(self, timestep: int) -> tuple[float, float]:
+        """Widest Sobol interval (first, total) over cells and parameters of one timestep.
+
+        NaN when every cell's interval is undefined (constant cells, fewer than 4 groups).
+        """
+        first, total = self.sobol(timestep).worst_width()
+        return _widest(first), _widest(total)
+
     def release(self) -> None:
         """Drop the kernel objects (they hold views) and remove the block."""
         self._general = [None] * self.config.timesteps
         self._sobol = [None] * self.config.timesteps
         self.block.release()
+
+
+def _widest(widths: np.ndarray) -> float:
+    defined = widths[~np.isnan(widths)]
+    return float(defined.max()) if defined.size else float("nan")
