@@ -132,10 +132,6 @@ def _count_layout() -> Layout:
     return {"count": ((1,), INT)}
 
 
-def _empty(*shape: int, dtype: np.dtype = FLOAT) -> np.ndarray:
-    return np.zeros(shape, dtype)
-
-
 # -- base classes -----------------------------------------------------------------------------
 
 class _Statistic:
@@ -508,6 +504,7 @@ class FieldStatistics(_MergeableStatistic):
         self.quantiles = (Quantiles(cells, settings["quantiles"],
                                     arrays=part(Quantiles.layout(cells, settings["quantiles"])))
                           if settings["quantiles"] else None)
+        self._fused_state = self._fused_arguments()
 
     @staticmethod
     def layout(cells: int, order: int = 2, extrema: bool = True,
@@ -527,22 +524,25 @@ class FieldStatistics(_MergeableStatistic):
     def update(self, x: np.ndarray, simulation_id: int) -> None:
         """Fold sample ``x`` (cells,) float64 of simulation ``simulation_id`` into every part."""
         x = self._sample(x)
-        simulation = _simulation_id(simulation_id)
-        moments = self.moments.arrays if self.moments else {
-            "shift": _empty(0), "central": _empty(0, 0)}
-        extrema = self.extrema.arrays if self.extrema else {
-            "min": _empty(0), "max": _empty(0), "min_simulation": _empty(0, dtype=INT),
-            "max_simulation": _empty(0, dtype=INT)}
-        exceedance = (self.exceedance.thresholds, self.exceedance.arrays["exceedances"]) \
-            if self.exceedance else (_empty(0), _empty(0, 0, dtype=INT))
-        quantiles = self.quantiles.arrays if self.quantiles else {
-            "quantile": _empty(0, 0), "quantile_low": _empty(0), "quantile_high": _empty(0)}
-        orders = self.quantiles.orders if self.quantiles else _empty(0)
-        fused_update(self.count, moments["shift"], moments["central"], extrema["min"],
-                     extrema["max"], extrema["min_simulation"], extrema["max_simulation"],
-                     *exceedance, orders, quantiles["quantile"], quantiles["quantile_low"],
-                     quantiles["quantile_high"], x, simulation)
+        fused_update(self.count, *self._fused_state, x, _simulation_id(simulation_id))
         self._advance(1)
+
+    def _fused_arguments(self) -> tuple[np.ndarray, ...]:
+        """The state arguments of ``fused_update``, zero-size arrays for the disabled families."""
+        def state(part: _Statistic | None, names: tuple[str, ...],
+                  empty: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+            return tuple(part.arrays[name] for name in names) if part else empty
+
+        flat, table, ids = np.zeros(0), np.zeros((0, 0)), np.zeros(0, INT)
+        moments = state(self.moments, ("shift", "central"), (flat, table))
+        extrema = state(self.extrema, ("min", "max", "min_simulation", "max_simulation"),
+                        (flat, flat, ids, ids))
+        thresholds = self.exceedance.thresholds if self.exceedance else flat
+        exceedances = state(self.exceedance, ("exceedances",), (np.zeros((0, 0), INT),))
+        orders = self.quantiles.orders if self.quantiles else flat
+        quantiles = state(self.quantiles, ("quantile", "quantile_low", "quantile_high"),
+                          (table, flat, flat))
+        return (*moments, *extrema, thresholds, *exceedances, orders, *quantiles)
 
     def merge(self, other: FieldStatistics) -> None:
         """Merge another partial state; impossible with quantiles on (ConfigurationError)."""

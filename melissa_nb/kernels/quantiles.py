@@ -9,9 +9,12 @@ The step is scaled by the running range of the cell (as iterative-stats, Iooss &
 2021), so the estimate is invariant under x -> a x + b (a > 0): no unit-dependent tuning. The
 exponent rises from 0.5 (large early steps, to travel from x_1 to the quantile) towards 1
 (the classical 1/n rate) without needing the planned sample size, unlike Melissa 0.6 and
-iterative-stats, whose schedules depend on it. Measured on 1000 samples x 300 cells, the
-fraction of samples below the estimate is within ~0.01 (normal) to ~0.03 (lognormal) of alpha on
-average over cells; ``tests/test_kernels_quantiles.py`` states the tolerances it checks.
+iterative-stats, whose schedules depend on it (on normal, lognormal and bimodal data it matched
+iterative-stats given the right sample size, and beat it given a wrong one). Measured on 1000
+samples x 200 cells, 4 seeds, orders 0.01..0.99: the fraction of a cell's samples at or below
+the estimate is on average within 0.003-0.012 of alpha for normal, uniform and bimodal data and
+within 0.036 for lognormal, whose range (dominated by the upper tail) makes the steps too large
+for the bulk; ``tests/test_kernels_quantiles.py`` states the tolerances it checks.
 
 State (cells last): ``quantile`` (orders, cells), ``quantile_low`` and ``quantile_high``
 (cells,), the running range. There is no exact merge of two Robbins-Monro states, so this
