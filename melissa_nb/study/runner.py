@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +57,8 @@ SERVER_EXIT_SECONDS = 120.0
 """Bound on the server's exit after STOP (it writes the netCDF files first)."""
 POLL_SECONDS = 0.02
 PROGRESS_SECONDS = 0.25
+LAUNCHER_TIMEOUT_SECONDS = 60.0
+"""The server's --launcher-timeout: 12 missed HELLOs (Melissa 0.6 waits about 250 s)."""
 
 
 class StudyError(MelissaError):
@@ -140,6 +142,8 @@ def server_arguments(config: StudyConfig, ports: LauncherPorts, connection_port:
         "--advertise", "127.0.0.1",
         "--output-dir", str(config.output_dir),
         "--study-id", study_id,
+        # The runner says HELLO every few seconds: if it dies, the server gives up soon.
+        "--launcher-timeout", f"{LAUNCHER_TIMEOUT_SECONDS:g}",
     ]
     # "--name=value": a negative threshold must not look like an option.
     if config.thresholds:
@@ -160,18 +164,19 @@ def server_command(config: StudyConfig, arguments: list[str]) -> list[str]:
 
 
 @contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise StudyInterrupted in the main thread while the study runs."""
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise StudyInterrupted(f"stopped by {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+def stop_signals(handler: Callable[[int, FrameType | None], None] | int) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` (or are ignored: signal.SIG_IGN) inside the block."""
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """The study's SIGINT/SIGTERM handler: unwind to the cleanup."""
+    raise StudyInterrupted(f"stopped by {signal.Signals(signum).name}")
 
 
 class StudyRunner:
@@ -333,7 +338,7 @@ class StudyRunner:
         launcher = None
         server = None
         try:
-            with stop_signals_raise():
+            with stop_signals(interrupt):
                 connection_port = free_port()
                 launcher = Launcher(context, self.job_of, options="")
                 arguments = server_arguments(config, launcher.ports, connection_port,
@@ -356,18 +361,21 @@ class StudyRunner:
                     self.refresh(force=True)
                 annotate_results(config)
         finally:
-            for simulation in self.simulations.values():
-                self.halt(simulation)
-            if server is not None:
-                stop_process(server, signal.SIGTERM, grace=10.0)
-            if launcher is not None:
-                self.rejected = dict(launcher.rejected)
-                launcher.close()
-            context.term()
-            write_parameters_csv(config.output_dir / "parameters.csv", config.parameter_names,
-                                 (simulation.spec for simulation in self.simulations.values()),
-                                 {simu_id: simulation.status.value
-                                  for simu_id, simulation in self.simulations.items()})
+            # A second Ctrl-C must not cut the cleanup short and leave orphans behind.
+            with stop_signals(signal.SIG_IGN):
+                for simulation in self.simulations.values():
+                    self.halt(simulation)
+                if server is not None:
+                    stop_process(server, signal.SIGTERM, grace=10.0)
+                if launcher is not None:
+                    self.rejected = dict(launcher.rejected)
+                    launcher.close()
+                context.term()
+                write_parameters_csv(config.output_dir / "parameters.csv",
+                                     config.parameter_names,
+                                     (simulation.spec for simulation in self.simulations.values()),
+                                     {simu_id: simulation.status.value
+                                      for simu_id, simulation in self.simulations.items()})
         return StudyReport(config.output_dir, self.count(Status.FINISHED),
                            [simu_id for simu_id, simulation in self.simulations.items()
                             if simulation.status == Status.DROPPED],
