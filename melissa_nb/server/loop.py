@@ -350,6 +350,7 @@ class ServerRank:
                 self.tracker.client_comm_size,
             )
         self.tracker.client_comm_size = request.client_comm_size
+        self.validator.client_comm_size = request.client_comm_size
         reply = ConnectionReply(
             self.config.sobol,
             0,
