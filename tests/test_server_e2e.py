@@ -619,3 +619,29 @@ def test_heartbeats_timeouts_and_sobol_interval_widths_reach_the_launcher(
         assert widths[stat] == pytest.approx(np.nanmax(width), rel=1e-10)
     statuses = [m for m in launcher.received if isinstance(m, SimuStatus)]
     assert sorted(m.simu_id for m in statuses if m.status == 2) == [0, 1, 2, 3]
+
+
+def test_two_ranks_single_rank_clients_several_fields(start_server, rng) -> None:
+    from melissa_nb.client import Client
+
+    fields = {"u": 9, "v": 4}
+    simulations, timesteps = 4, 2
+    server = start_server(
+        "-s", str(simulations), "-t", str(timesteps), "-f", "u:v",
+        "-o", "mean:variance:skewness:kurtosis:min:max:threshold",
+        "-e", ":".join(map(str, THRESHOLDS)), ranks=2,
+    )  # fmt: skip
+    data = {f: rng.normal(0.5, 1.0, size=(simulations, timesteps, n)) for f, n in fields.items()}
+    for simu_id in range(simulations):
+        with Client(simu_id=simu_id, server=server.endpoint, connect_timeout=WAIT) as client:
+            assert client.reply.server_comm_size == 2
+            for f, cells in fields.items():
+                client.init_field(f, cells)
+            for t in range(timesteps):
+                for f in fields:
+                    client.send(f, data[f][simu_id, t])
+    assert server.wait() == 0, server.text()
+    for f in fields:
+        results = read_results(server.output / f"{f}.nc")
+        check_field(results, data[f].transpose(1, 0, 2), np.arange(simulations), GENERAL)
+        assert results.attributes["server_ranks"] == 2
