@@ -282,7 +282,7 @@ def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path) 
         assert runner.returncode == 130, stderr
         assert "interrupted" in stderr
         _, alive = psutil.wait_procs(children, timeout=10)
-        assert alive == []
+        assert alive == [] and processes_in(tmp_path) == []
         assert [name for name in os.listdir("/dev/shm") if f"_{runner.pid}_" in name] == []
         _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
         assert {status for _, status in rows} <= {"pending", "running", "exited"}
@@ -290,3 +290,29 @@ def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path) 
         if runner.poll() is None:
             runner.kill()
             runner.wait(10)
+
+
+def processes_in(directory: Path) -> list[psutil.Process]:
+    """Live processes whose working directory is `directory` (a study's simulations)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.cwd() == str(directory) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_study_timeout_stops_everything(tmp_path: Path) -> None:
+    (tmp_path / "sim.py").write_text(SLEEPING_SIMULATION)
+    study = LINEAR_STUDY.replace("sobol = true", "sobol = false").replace(
+        "timeout = 100", "timeout = 5").replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
+    (tmp_path / "study.toml").write_text(study)
+    completed = run_study(tmp_path / "study.toml", timeout=90)
+    assert completed.returncode == 1, completed.stderr
+    assert "did not finish within its timeout (5 s)" in completed.stderr
+    assert processes_in(tmp_path) == []
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert "running" in {status for _, status in rows}

@@ -196,6 +196,7 @@ class StudyRunner:
         self.server_ranks: set[int] = set()
         self.worst_interval: float | None = None
         self.log_dir = config.output_dir / "logs"
+        self.server_log = config.output_dir / "server.log"
         self.bar = Progress(TextColumn("[bold]simulations done"), BarColumn(),
                             MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                             TimeElapsedColumn(), console=self.console,
@@ -334,6 +335,10 @@ class StudyRunner:
         config = self.config
         config.output_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(exist_ok=True)
+        # Logs of this run only: an earlier run's would mislead.
+        self.server_log.unlink(missing_ok=True)
+        for old in self.log_dir.glob("simulation_*.log"):
+            old.unlink()
         context = zmq.Context()
         launcher = None
         server = None
@@ -345,7 +350,7 @@ class StudyRunner:
                                              self.study_id)
                 launcher.options = shlex.join(arguments)
                 server = start_process(server_command(config, arguments), config.working_dir,
-                                       config.output_dir / "server.log", {})
+                                       self.server_log, {})
                 deadline = started + config.study_timeout
                 self.wait_for_server(launcher, server, min(deadline, started
                                                            + SERVER_START_SECONDS))
@@ -381,23 +386,22 @@ class StudyRunner:
                             if simulation.status == Status.DROPPED],
                            self.retried, time.monotonic() - started, self.rejected)
 
-    def server_failed(self, server_log: Path, what: str) -> StudyError:
+    def server_failed(self, what: str) -> StudyError:
         """An error quoting the end of the server's log."""
         try:
-            tail = "\n".join(server_log.read_text(errors="replace").splitlines()[-15:])
+            tail = "\n".join(self.server_log.read_text(errors="replace").splitlines()[-15:])
         except OSError:
             tail = "(no server log)"
-        return StudyError(f"{what}; end of {server_log}:\n{tail}")
+        return StudyError(f"{what}; end of {self.server_log}:\n{tail}")
 
     def wait_for_server(self, launcher: Launcher, server: Popen[bytes], deadline: float) -> None:
         """Wait for a SERVER message from every rank."""
-        log = self.config.output_dir / "server.log"
         while len(self.server_ranks) < self.config.server_ranks:
             if server.poll() is not None:
-                raise self.server_failed(log, f"the server exited with code {server.returncode} "
-                                              "during start-up")
+                raise self.server_failed(f"the server exited with code {server.returncode} "
+                                         "during start-up")
             if time.monotonic() > deadline:
-                raise self.server_failed(log, "the server did not start in time")
+                raise self.server_failed("the server did not start in time")
             for message in launcher.service(POLL_SECONDS * 5):
                 self.handle(message, launcher)
 
@@ -409,8 +413,7 @@ class StudyRunner:
                 raise StudyError(f"the study did not finish within its timeout "
                                  f"({self.config.study_timeout:g} s)")
             if server.poll() is not None:
-                raise self.server_failed(self.config.output_dir / "server.log",
-                                         f"the server exited with code {server.returncode} "
+                raise self.server_failed(f"the server exited with code {server.returncode} "
                                          "before the study finished")
             for message in launcher.service(POLL_SECONDS):
                 self.handle(message, launcher)
@@ -425,13 +428,11 @@ class StudyRunner:
         """After STOP the server writes its results and exits; it must exit with code 0."""
         while server.poll() is None:
             if time.monotonic() > deadline:
-                raise self.server_failed(self.config.output_dir / "server.log",
-                                         "the server did not exit after STOP")
+                raise self.server_failed("the server did not exit after STOP")
             for message in launcher.service(POLL_SECONDS * 5):
                 self.handle(message, launcher)
         if server.returncode != 0:
-            raise self.server_failed(self.config.output_dir / "server.log",
-                                     f"the server exited with code {server.returncode}")
+            raise self.server_failed(f"the server exited with code {server.returncode}")
 
     def received(self) -> int | None:
         """Data messages the server ranks accepted so far, from their progress blocks (None
