@@ -103,10 +103,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start `melissa-nb server` (under mpiexec when ranks > 1); kill and check leftovers after."""
     started: list[RunningServer] = []
 
-    def start(*options: str, ranks: int = 1) -> RunningServer:
+    def start(*options: str, ranks: int = 1, port: int | None = None) -> RunningServer:
         study_id = f"t{uuid.uuid4().hex[:8]}"
         output = tmp_path / f"out_{study_id}"
-        port = free_port()
+        port = free_port() if port is None else port
         command = [
             str(MELISSA), "server", *options,
             "--connection-port", str(port), "--data_port", "0",
@@ -645,3 +645,17 @@ def test_two_ranks_single_rank_clients_several_fields(start_server, rng) -> None
         results = read_results(server.output / f"{f}.nc")
         check_field(results, data[f].transpose(1, 0, 2), np.arange(simulations), GENERAL)
         assert results.attributes["server_ranks"] == 2
+
+
+def test_connection_port_in_use_fails_cleanly(start_server) -> None:
+    context = zmq.Context()
+    taken = context.socket(zmq.REP)
+    taken.setsockopt(zmq.LINGER, 0)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        server = start_server("-s", "1", "-t", "1", "-f", "u", port=port)
+        assert server.wait() == 2
+    finally:
+        context.destroy(linger=0)
+    assert f"--connection-port/--bind: cannot bind tcp://127.0.0.1:{port}" in server.text()
+    assert list_blocks(f"melissa_nb_{server.study_id}_") == []

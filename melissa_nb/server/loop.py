@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from melissa_nb.errors import ProtocolError
+from melissa_nb.errors import ConfigurationError, ProtocolError
 from melissa_nb.protocol import (
     SIMU_FINISHED,
     SIMU_RUNNING,
@@ -65,6 +65,7 @@ DATA_LINGER_MS = 0
 CONNECTION_MAX_MESSAGE = 64  # a connection request is 8 bytes
 CONNECTION_LINGER_MS = 1000
 EXIT_ABORTED = 1
+EXIT_BAD_OPTIONS = 2
 SERVER_FILE = "server.json"
 
 
@@ -112,15 +113,29 @@ def warm_kernels(config: ServerConfig) -> None:
 class ServerRank:
     """One rank of the server: its sockets, its state and the loop that feeds them."""
 
-    def __init__(self, config: ServerConfig, world: World, log: logging.Logger) -> None:
+    def __init__(
+        self, config: ServerConfig, world: World, log: logging.Logger, signals: list[int]
+    ) -> None:
         self.config = config
         self.world = world
         self.log = log
         self.rank = world.rank
-        self.stop_signal: int | None = None
+        self.signals = signals  # filled by the signal handlers; the loop stops when non-empty
         now = time.monotonic()
         self.context = zmq.Context()
         self.slices: dict[tuple[str, int], SliceStatistics] = {}
+        self.progress: Progress | None = None
+        self.data: zmq.Socket | None = None
+        self.connection: zmq.Socket | None = None
+        self.launcher: LauncherLink | None = None
+        try:
+            self._start(now)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, now: float) -> None:
+        config, world, log = self.config, self.world, self.log
         self.tracker = Tracker(config.field_names, config.timesteps, config.sampling_size)
         self.validator = DataValidator(
             config.field_names,
@@ -151,6 +166,14 @@ class ServerRank:
 
     # --- sockets ---------------------------------------------------------------------------------
 
+    def _bind(self, socket: zmq.Socket, endpoint: str, option: str) -> None:
+        """Bind, turning a failure (port in use, unknown address) into a message naming it."""
+        try:
+            socket.bind(endpoint)
+        except zmq.ZMQError as error:
+            socket.close()
+            raise ConfigurationError(f"{option}: cannot bind {endpoint}: {error}") from None
+
     def _bind_data(self) -> zmq.Socket:
         data = self.context.socket(zmq.PULL)
         data.setsockopt(zmq.RCVHWM, 32)
@@ -158,7 +181,7 @@ class ServerRank:
         data.setsockopt(zmq.LINGER, DATA_LINGER_MS)
         port = self.config.data_port_for(self.world.local_index)
         host = self.config.bind_address
-        data.bind(f"tcp://{host}:{port if port else '*'}")
+        self._bind(data, f"tcp://{host}:{port if port else '*'}", "--data_port/--bind")
         bound_port = int(data.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self.data_address = f"tcp://{self.config.advertise_host}:{bound_port}"
         return data
@@ -167,7 +190,8 @@ class ServerRank:
         connection = self.context.socket(zmq.REP)
         connection.setsockopt(zmq.MAXMSGSIZE, CONNECTION_MAX_MESSAGE)
         connection.setsockopt(zmq.LINGER, CONNECTION_LINGER_MS)
-        connection.bind(f"tcp://{self.config.bind_address}:{self.config.connection_port}")
+        endpoint = f"tcp://{self.config.bind_address}:{self.config.connection_port}"
+        self._bind(connection, endpoint, "--connection-port/--bind")
         return connection
 
     def _input_sockets(self) -> list[zmq.Socket]:
@@ -220,7 +244,7 @@ class ServerRank:
             self.data_address,
             f", connections on port {self.config.connection_port}" if self.rank == 0 else "",
         )
-        while self.stop_signal is None:
+        while not self.signals:
             events = dict(self.poller.poll(POLL_MS))
             now = time.monotonic()
             if self.data in events:
@@ -239,8 +263,8 @@ class ServerRank:
                 self._report_finished(vote.done_everywhere)
                 if vote.end:
                     return self._finish(vote.aborted)
-        self.log.warning("stopped by signal %d: no results written", self.stop_signal)
-        return 128 + self.stop_signal
+        self.log.warning("stopped by signal %d: no results written", self.signals[0])
+        return 128 + self.signals[0]
 
     def _drain_data(self, now: float) -> None:
         for _ in range(DRAIN):
@@ -482,7 +506,8 @@ class ServerRank:
         for statistics in self.slices.values():
             statistics.release()
         self.slices.clear()
-        self.progress.release()
+        if self.progress is not None:
+            self.progress.release()
         if self.launcher is not None:
             self.launcher.close()
         for socket in (self.data, self.connection):
@@ -507,18 +532,23 @@ def serve(config: ServerConfig) -> int:
     world = World()
     log = _logger(world.rank, config.verbosity)
     numba.set_num_threads(min(world.threads_per_rank(), numba.config.NUMBA_NUM_THREADS))
-    received: list[int] = []
-    previous = _install_signal_handlers(received.append)
-    server: ServerRank | None = None
+    signals: list[int] = []
+    previous = _install_signal_handlers(signals.append)
     try:
         warm_kernels(config)
-        server = ServerRank(config, world, log)
-        if received:
-            server.stop_signal = received[0]
-        _install_signal_handlers(lambda signum: setattr(server, "stop_signal", signum))
-        return server.run()
-    finally:
-        if server is not None:
+        try:
+            server = ServerRank(config, world, log, signals)
+        except ConfigurationError as error:
+            log.error("%s", error)
+            return EXIT_BAD_OPTIONS
+        try:
+            return server.run()
+        finally:
             server.close()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    finally:
+        _restore(previous)
+
+
+def _restore(handlers: dict[int, Any]) -> None:
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
