@@ -55,8 +55,11 @@ def fold_quantiles(count: int, step: float, x: np.ndarray, orders: np.ndarray,
                 quantile[row, cell] = x[cell]
         return
     for cell in range(start, stop):
-        low[cell] = min(low[cell], x[cell])
-        high[cell] = max(high[cell], x[cell])
+        # Written only when a bound moves (rarely after a few samples): saves memory traffic.
+        if x[cell] < low[cell]:
+            low[cell] = x[cell]
+        if x[cell] > high[cell]:
+            high[cell] = x[cell]
     for row in range(orders.shape[0]):
         alpha = orders[row]
         for cell in range(start, stop):
