@@ -151,7 +151,7 @@ class RawSender:
             request.connect(self.endpoint)
             request.send(ConnectionRequest(comm_size, simu_id).encode())
             assert request.poll(int(WAIT * 1000)), "no connection reply"
-            reply = ConnectionReply.decode(request.recv())
+            reply = ConnectionReply.decode(request.recv(), entry_width=None)
         finally:
             request.close()
         for rank, address in enumerate(reply.data_addresses):
@@ -659,3 +659,29 @@ def test_connection_port_in_use_fails_cleanly(start_server) -> None:
         context.destroy(linger=0)
     assert f"--connection-port/--bind: cannot bind tcp://127.0.0.1:{port}" in server.text()
     assert list_blocks(f"melissa_nb_{server.study_id}_") == []
+
+
+def test_full_member_buffer_refuses_new_groups_and_mpich_port_table(start_server, rng) -> None:
+    # p = 1: a group has 3 members; one buffer of 4 cells is 96 bytes, the bound allows one.
+    server = start_server(
+        "-p", "1", "-s", "2", "-t", "1", "-f", "u", "-o", "mean:sobol",
+        "--member-buffer-mb", str(150 / 2**20), "--port-table-width", "128",
+    )  # fmt: skip
+    groups = rng.normal(size=(2, 3, 4))
+    sender = RawSender(server.endpoint)
+    try:
+        reply = sender.handshake(0)
+        assert reply.entry_width == 128 and reply.sobol and reply.nb_parameters == 1
+        sender.send(frame("u", 0, 0, groups[0, 0]))  # group 0, member 0: opens the buffer
+        sender.send(frame("u", 3, 0, groups[1, 0]))  # group 1, member 0: no room, refused
+        sender.send(frame("u", 2, 0, groups[0, 2]))
+        sender.send(frame("u", 1, 0, groups[0, 1]))  # group 0 complete: buffer freed
+        sender.send(frame("u", 1, 0, groups[1]))  # group 1 as one whole-group message
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    results = read_results(server.output / "u.nc")
+    assert results.attributes["rejected_reasons"] == "member_buffer_full=1"
+    np.testing.assert_array_equal(results.variables["sample_count"], [4])
+    expected = groups[:, :2, :].reshape(4, 4).mean(axis=0)
+    np.testing.assert_allclose(results.variables["mean"][0], expected, rtol=RTOL)
