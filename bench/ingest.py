@@ -1,0 +1,296 @@
+"""Ingest benchmark: a live server of M ranks fed by S sender processes, against raw pyzmq.
+
+For each case (statistics, cells per message, S senders, M server ranks) two runs, back to back
+so both see the same machine load:
+
+- raw: S senders (`bench.live_server.send_study`) -> M PULL receivers that only receive
+  (`receive_raw`): the wire's ceiling for these messages and this topology;
+- melissa_nb: the same senders -> ``melissa-nb server`` of M ranks (plain process for M = 1,
+  ``mpiexec -n M`` otherwise) computing the statistics.
+
+Times are ``time.monotonic`` (one system-wide clock on Linux) from the first send of any sender
+to: the last frame received (raw); every sample folded into the state (melissa_nb "processed":
+the ``count`` arrays of the server's shared-memory blocks, polled every 0.5 ms); the server's exit
+after its end vote and netCDF output (melissa_nb "completed"). The server receives and computes in
+one thread, so what it has received it has processed within one message: its receive rate is its
+processing rate (the log's end counters confirm every message was received and accepted). Results
+go to ``ingest.json``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.live_server import WAIT_S, LiveServer, Study, receive_raw, send_study, write_json
+from bench.timing import machine_info
+
+CELLS = (100_000, 1_000_000)
+QUICK_CELLS = (2_000,)
+SENDERS = (1, 2)
+RANKS = (1, 2)
+TIMESTEPS = 2
+THRESHOLDS = (0.5, 1.5)
+SOBOL_PARAMETERS = 5
+# Bytes each server rank receives per run (first-touch page faults of the state are included,
+# so runs must be long enough to amortise them), within bounds on the message count.
+VOLUME_BYTES = 0.6e9
+MIN_MESSAGES, MAX_MESSAGES = 16, 800
+QUICK_MESSAGES = 8
+TARGET_FRACTION_OF_RAW = 0.85
+
+STATISTICS = {
+    "general": {"operations": "mean:variance:min:max:threshold", "thresholds": THRESHOLDS},
+    "sobol_p5": {"operations": "sobol", "parameters": SOBOL_PARAMETERS},
+}
+
+
+@dataclass(frozen=True)
+class IngestCase:
+    """One point of the benchmark."""
+
+    statistics: str
+    cells: int
+    senders: int
+    ranks: int
+    messages: int  # frames each server rank receives (multiple of TIMESTEPS x senders)
+
+    def study(self) -> Study:
+        """The server's study: messages / TIMESTEPS samples (groups with Sobol)."""
+        return Study(cells=self.cells, timesteps=TIMESTEPS,
+                     samples=self.messages // TIMESTEPS, **STATISTICS[self.statistics])
+
+
+def message_count(frame_bytes: int, quick: bool) -> int:
+    """Frames per server rank for a case: about VOLUME_BYTES, a multiple of 2 x TIMESTEPS."""
+    if quick:
+        return QUICK_MESSAGES
+    step = 2 * TIMESTEPS  # so that 1 and 2 senders get the same simulations in equal shares
+    count = round(VOLUME_BYTES / frame_bytes / step) * step
+    return max(MIN_MESSAGES, min(MAX_MESSAGES, count))
+
+
+def ingest_cases(quick: bool) -> list[IngestCase]:
+    """Every case of issue 6 (quick: one small plain case and one small Sobol mpiexec case)."""
+    if quick:
+        return [IngestCase("general", QUICK_CELLS[0], 1, 1, QUICK_MESSAGES),
+                IngestCase("sobol_p5", QUICK_CELLS[0], 2, 2, QUICK_MESSAGES)]
+    cases = []
+    for statistics in STATISTICS:
+        for cells in CELLS:
+            frame_bytes = Study(cells=cells, timesteps=TIMESTEPS, samples=1,
+                                **STATISTICS[statistics]).frame_bytes
+            for ranks in RANKS:
+                for senders in SENDERS:
+                    cases.append(IngestCase(statistics, cells, senders, ranks,
+                                            message_count(frame_bytes, quick)))
+    return cases
+
+
+def _start_senders(context: multiprocessing.context.SpawnContext, case: IngestCase,
+                   addresses: Sequence[str]) -> tuple[list, object, object]:
+    """Spawn the senders, wait until each is connected; returns (processes, go, results)."""
+    go = context.Event()
+    results = context.Queue()
+    processes = []
+    readies = []
+    simulations = case.messages // TIMESTEPS
+    for sender in range(case.senders):
+        ready = context.Event()
+        process = context.Process(
+            target=send_study,
+            args=(list(addresses), case.cells, case.study().vectors,
+                  list(range(sender, simulations, case.senders)), TIMESTEPS, ready, go, results),
+            daemon=True)
+        process.start()
+        processes.append(process)
+        readies.append(ready)
+    for ready in readies:
+        if not ready.wait(WAIT_S):
+            raise TimeoutError("a sender did not connect")
+    return processes, go, results
+
+
+def _join(processes: Sequence[multiprocessing.Process]) -> None:
+    for process in processes:
+        process.join(WAIT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(10)
+        if process.exitcode != 0:
+            raise RuntimeError(f"a benchmark process failed (exit code {process.exitcode})")
+
+
+def _sender_times(results: object, senders: int) -> tuple[float, float]:
+    """(first send of any sender, last frame released by any sender)."""
+    times = [results.get(timeout=WAIT_S) for _ in range(senders)]
+    return min(t["first_send"] for t in times), max(t["last_sent"] for t in times)
+
+
+def run_raw(case: IngestCase) -> dict[str, float]:
+    """The wire's ceiling: the same senders to M receivers that only receive."""
+    context = multiprocessing.get_context("spawn")
+    address_queue = context.Queue()
+    receipts = context.Queue()
+    receivers = [context.Process(target=receive_raw, args=(case.messages, address_queue,
+                                                           receipts), daemon=True)
+                 for _ in range(case.ranks)]
+    for receiver in receivers:
+        receiver.start()
+    try:
+        addresses = [address_queue.get(timeout=WAIT_S) for _ in receivers]
+        senders, go, results = _start_senders(context, case, addresses)
+        try:
+            go.set()
+            first_send, last_sent = _sender_times(results, case.senders)
+            received = [receipts.get(timeout=WAIT_S) for _ in receivers]
+        finally:
+            _join(senders)
+    finally:
+        _join(receivers)
+    seconds = max(r["last_receive"] for r in received) - first_send
+    total_bytes = sum(r["bytes"] for r in received)
+    return {"seconds": seconds, "bytes": total_bytes, "sent_seconds": last_sent - first_send}
+
+
+def run_melissa(case: IngestCase, workdir: Path) -> dict[str, object]:
+    """The same senders to a live ``melissa-nb server``; processed and completed times."""
+    context = multiprocessing.get_context("spawn")
+    study = case.study()
+    with LiveServer.launch(study, case.ranks, workdir) as server:
+        reply, _ = server.connect()
+        senders, go, results = _start_senders(context, case, reply.data_addresses)
+        try:
+            go.set()
+            processed_at = server.wait_folded(study.samples * study.timesteps)
+            server.detach()
+            first_send, last_sent = _sender_times(results, case.senders)
+        finally:
+            _join(senders)
+        ended = server.wait_exit()
+        summaries = server.summaries()
+        leftovers = server.close()
+    if ended.returncode != 0 or leftovers:
+        raise RuntimeError(f"server exit code {ended.returncode}, blocks left {leftovers}:\n"
+                           f"{server.text()}")
+    expected = {"messages": case.messages, "accepted": case.messages, "duplicates": 0,
+                "rejected": 0}
+    if summaries != {rank: expected for rank in range(case.ranks)}:
+        raise RuntimeError(f"server counters {summaries}, expected {expected} on every rank")
+    return {
+        "seconds": processed_at - first_send,
+        "completed_seconds": server.launched_at + ended.exited_at - first_send,
+        "sent_seconds": last_sent - first_send,
+        "bytes": case.messages * case.ranks * study.frame_bytes,
+        "server_counters": summaries,
+    }
+
+
+def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
+    """Raw then melissa_nb for one case; the record of ``ingest.json``."""
+    load = os.getloadavg()[0]
+    raw = run_raw(case)
+    melissa = run_melissa(case, workdir)
+    frames = case.messages * case.ranks
+    study = case.study()
+    record = {
+        "statistics": case.statistics,
+        "operations": study.operations,
+        "cells_per_message": case.cells,
+        "vectors_per_message": study.vectors,
+        "message_bytes": study.frame_bytes,
+        "senders": case.senders,
+        "ranks": case.ranks,
+        "timesteps": TIMESTEPS,
+        "messages_per_rank": case.messages,
+        "bytes_total": melissa["bytes"],
+        "raw_seconds": raw["seconds"],
+        "raw_gbps": raw["bytes"] / raw["seconds"] / 1e9,
+        "raw_messages_per_s": frames / raw["seconds"],
+        "processed_seconds": melissa["seconds"],
+        "processed_gbps": melissa["bytes"] / melissa["seconds"] / 1e9,
+        "processed_messages_per_s": frames / melissa["seconds"],
+        "completed_seconds": melissa["completed_seconds"],
+        "completed_gbps": melissa["bytes"] / melissa["completed_seconds"] / 1e9,
+        "sender_seconds": melissa["sent_seconds"],
+        "server_counters": melissa["server_counters"],
+        "load_1min_before": load,
+    }
+    if raw["bytes"] != melissa["bytes"]:
+        raise RuntimeError(f"raw run moved {raw['bytes']} bytes, melissa_nb {melissa['bytes']}")
+    record["fraction_of_raw"] = record["processed_gbps"] / record["raw_gbps"]
+    return record
+
+
+def _targets(records: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
+    return [{
+        "target": f"{r['statistics']} {r['cells_per_message']} cells S={r['senders']} "
+                  f"M={r['ranks']}: processed >= {TARGET_FRACTION_OF_RAW:.0%} of raw",
+        "value": r["fraction_of_raw"],
+        "pass": r["fraction_of_raw"] >= TARGET_FRACTION_OF_RAW,
+    } for r in records]
+
+
+def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict[str, object]:
+    """Run every case and return what ``ingest.json`` holds."""
+    records = []
+    with tempfile.TemporaryDirectory(prefix="melissa_nb_ingest_") as workdir:
+        for case in ingest_cases(quick):
+            record = measure_case(case, Path(workdir))
+            records.append(record)
+            progress(f"{case}: raw {record['raw_gbps']:.2f} GB/s, processed "
+                     f"{record['processed_gbps']:.2f} GB/s ({record['fraction_of_raw']:.0%})")
+    return {
+        "benchmark": "ingest",
+        "quick": quick,
+        "machine": machine_info(),
+        "settings": {
+            "statistics": {name: dict(settings, thresholds=list(settings.get("thresholds", ())))
+                           for name, settings in STATISTICS.items()},
+            "timesteps": TIMESTEPS,
+            "volume_bytes_per_rank": VOLUME_BYTES,
+            "transport": "tcp://127.0.0.1, data_port 0, RCVHWM 32, one PUSH per sender and "
+                         "server rank, senders spawned, 4 prebuilt frames in flight per socket",
+            "timing": "time.monotonic from the first send to: last frame received (raw); every "
+                      "sample folded in the shared-memory state (processed); server exit after "
+                      "end vote and netCDF output (completed)",
+        },
+        "records": records,
+        "targets": _targets(records),
+    }
+
+
+def print_table(results: Mapping[str, object]) -> None:
+    """Print the records and the targets as a rich table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="melissa_nb server ingest vs raw pyzmq PUSH -> PULL")
+    columns = ("statistics", "cells", "MB/msg", "S", "M", "msgs/rank", "raw GB/s", "raw msg/s",
+               "GB/s", "msg/s", "of raw", "completed GB/s")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "statistics" else "right")
+    for r in results["records"]:
+        table.add_row(r["statistics"], f"{r['cells_per_message']:,}",
+                      f"{r['message_bytes'] / 1e6:.2f}", str(r["senders"]), str(r["ranks"]),
+                      str(r["messages_per_rank"]), f"{r['raw_gbps']:.2f}",
+                      f"{r['raw_messages_per_s']:.0f}", f"{r['processed_gbps']:.2f}",
+                      f"{r['processed_messages_per_s']:.0f}", f"{r['fraction_of_raw']:.0%}",
+                      f"{r['completed_gbps']:.2f}")
+    console = Console(width=max(Console().width, 130))
+    console.print(table)
+    for target in results["targets"]:
+        verdict = "[green]pass[/green]" if target["pass"] else "[red]FAIL[/red]"
+        console.print(f"{verdict} {target['target']}: {target['value']:.2f}")
+
+
+def main(*, quick: bool, output_dir: Path) -> Path:
+    """Run the benchmark (tiny if ``quick``), print it, write ``ingest.json``."""
+    results = run(quick=quick, progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print_table(results)
+    return write_json(results, output_dir, "ingest")
