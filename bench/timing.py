@@ -83,7 +83,6 @@ def machine_info() -> dict[str, object]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
-        "load_average_1min": os.getloadavg()[0],
     }
 
 
