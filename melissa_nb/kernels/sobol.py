@@ -149,6 +149,16 @@ def correlation(comoment: float, m2_x: float, m2_y: float) -> float:
 
 
 @formula
+def fisher_z(value: float) -> float:
+    """atanh, with the limits +-inf at +-1 (n = 2 gives exact correlations of +-1)."""
+    if value >= 1.0:
+        return math.inf
+    if value <= -1.0:
+        return -math.inf
+    return math.atanh(value)
+
+
+@formula
 def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
                    comoment_total: np.ndarray, half_width: float, out: np.ndarray,
                    start: int, stop: int) -> None:
@@ -167,8 +177,8 @@ def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
             rho = correlation(comoment_total[k, cell], m2[0, cell], m2[k + 2, cell])
             out[0, k, cell] = first
             out[1, k, cell] = 1.0 - rho
-            z_first = math.atanh(first)
-            z_rho = math.atanh(rho)
+            z_first = fisher_z(first)
+            z_rho = fisher_z(rho)
             out[2, k, cell] = math.tanh(z_first - half_width)
             out[3, k, cell] = math.tanh(z_first + half_width)
             out[4, k, cell] = 1.0 - math.tanh(z_rho + half_width)
