@@ -7,7 +7,8 @@ import importlib
 from pathlib import Path
 
 # Benchmark name -> module with ``main(*, quick: bool, output_dir: Path) -> Path``.
-BENCHMARKS = {"kernels": "bench.kernels"}
+BENCHMARKS = {"kernels": "bench.kernels", "ingest": "bench.ingest", "startup": "bench.startup",
+              "memory": "bench.memory"}
 RESULTS_DIR = Path(__file__).parent / "results"
 
 

@@ -27,7 +27,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.live_server import WAIT_S, LiveServer, Study, receive_raw, send_study, write_json
+from bench.live_server import (
+    WAIT_S,
+    LiveServer,
+    Study,
+    join,
+    receive_raw,
+    sender_times,
+    start_senders,
+    write_json,
+)
 from bench.timing import machine_info
 
 CELLS = (100_000, 1_000_000)
@@ -92,46 +101,6 @@ def ingest_cases(quick: bool) -> list[IngestCase]:
     return cases
 
 
-def _start_senders(context: multiprocessing.context.SpawnContext, case: IngestCase,
-                   addresses: Sequence[str]) -> tuple[list, object, object]:
-    """Spawn the senders, wait until each is connected; returns (processes, go, results)."""
-    go = context.Event()
-    results = context.Queue()
-    processes = []
-    readies = []
-    simulations = case.messages // TIMESTEPS
-    for sender in range(case.senders):
-        ready = context.Event()
-        process = context.Process(
-            target=send_study,
-            args=(list(addresses), case.cells, case.study().vectors,
-                  list(range(sender, simulations, case.senders)), TIMESTEPS, ready, go, results),
-            daemon=True)
-        process.start()
-        processes.append(process)
-        readies.append(ready)
-    for ready in readies:
-        if not ready.wait(WAIT_S):
-            raise TimeoutError("a sender did not connect")
-    return processes, go, results
-
-
-def _join(processes: Sequence[multiprocessing.Process]) -> None:
-    for process in processes:
-        process.join(WAIT_S)
-        if process.is_alive():
-            process.kill()
-            process.join(10)
-        if process.exitcode != 0:
-            raise RuntimeError(f"a benchmark process failed (exit code {process.exitcode})")
-
-
-def _sender_times(results: object, senders: int) -> tuple[float, float]:
-    """(first send of any sender, last frame released by any sender)."""
-    times = [results.get(timeout=WAIT_S) for _ in range(senders)]
-    return min(t["first_send"] for t in times), max(t["last_sent"] for t in times)
-
-
 def run_raw(case: IngestCase) -> dict[str, float]:
     """The wire's ceiling: the same senders to M receivers that only receive."""
     context = multiprocessing.get_context("spawn")
@@ -144,15 +113,15 @@ def run_raw(case: IngestCase) -> dict[str, float]:
         receiver.start()
     try:
         addresses = [address_queue.get(timeout=WAIT_S) for _ in receivers]
-        senders, go, results = _start_senders(context, case, addresses)
+        senders, go, results = start_senders(context, case.study(), case.senders, addresses)
         try:
             go.set()
-            first_send, last_sent = _sender_times(results, case.senders)
+            first_send, last_sent = sender_times(results, case.senders)
             received = [receipts.get(timeout=WAIT_S) for _ in receivers]
         finally:
-            _join(senders)
+            join(senders)
     finally:
-        _join(receivers)
+        join(receivers)
     seconds = max(r["last_receive"] for r in received) - first_send
     total_bytes = sum(r["bytes"] for r in received)
     return {"seconds": seconds, "bytes": total_bytes, "sent_seconds": last_sent - first_send}
@@ -164,14 +133,15 @@ def run_melissa(case: IngestCase, workdir: Path) -> dict[str, object]:
     study = case.study()
     with LiveServer.launch(study, case.ranks, workdir) as server:
         reply, _ = server.connect()
-        senders, go, results = _start_senders(context, case, reply.data_addresses)
+        senders, go, results = start_senders(context, study, case.senders,
+                                               reply.data_addresses)
         try:
             go.set()
             processed_at = server.wait_folded(study.samples * study.timesteps)
             server.detach()
-            first_send, last_sent = _sender_times(results, case.senders)
+            first_send, last_sent = sender_times(results, case.senders)
         finally:
-            _join(senders)
+            join(senders)
         ended = server.wait_exit()
         summaries = server.summaries()
         leftovers = server.close()

@@ -40,7 +40,7 @@ from melissa_nb.protocol import (
     encode_data_frame,
     encode_data_header,
 )
-from melissa_nb.server.state import attach_block, block_name, list_blocks
+from melissa_nb.server.state import SHM_DIRECTORY, attach_block, block_name, list_blocks
 
 BIN = Path(sys.executable).parent
 MELISSA = BIN / "melissa-nb"
@@ -90,12 +90,24 @@ class Study:
     samples: int
     parameters: int = 0
     thresholds: tuple[float, ...] = ()
+    quantiles: tuple[float, ...] = ()
     member_buffer_mb: float | None = None
+    members: bool = False  # Sobol data sent member by member (one vector per frame)
 
     @property
     def vectors(self) -> int:
         """Vectors per frame: p + 2 for a Sobol group, else 1."""
-        return self.parameters + 2 if self.parameters else 1
+        return self.parameters + 2 if self.parameters and not self.members else 1
+
+    @property
+    def simulation_ids(self) -> range:
+        """Ids on the wire: simulations, Sobol groups, or Sobol members (group (p+2) + k)."""
+        return range(self.samples * (self.parameters + 2 if self.members else 1))
+
+    @property
+    def messages_per_rank(self) -> int:
+        """Data frames each server rank receives in the whole study."""
+        return len(self.simulation_ids) * self.timesteps
 
     @property
     def frame_bytes(self) -> int:
@@ -110,6 +122,8 @@ class Study:
             options += ["-p", str(self.parameters)]
         if self.thresholds:
             options += ["-e", ":".join(f"{value:g}" for value in self.thresholds)]
+        if self.quantiles:
+            options += ["-q", ":".join(f"{value:g}" for value in self.quantiles)]
         if self.member_buffer_mb is not None:
             options += ["--member-buffer-mb", f"{self.member_buffer_mb:g}"]
         return options
@@ -146,7 +160,7 @@ def memory_status(pid: int) -> dict[str, int] | None:
         key, _, rest = line.partition(":")
         if key in ("VmHWM", "VmRSS", "RssShmem"):
             values[key] = int(rest.split()[0]) * 1024
-    return values
+    return values if "VmHWM" in values else None  # a zombie has no memory lines
 
 
 @dataclass
@@ -225,6 +239,11 @@ class LiveServer:
         """Names of the live state blocks of this study (progress blocks excluded)."""
         return [name for name in list_blocks(f"melissa_nb_{self.study_id}_")
                 if not name.endswith("_progress")]
+
+    def state_bytes(self, rank: int) -> int:
+        """Bytes of rank's live state blocks (their sizes in /dev/shm)."""
+        return sum(os.stat(Path(SHM_DIRECTORY) / name).st_size for name in self.state_blocks()
+                   if name.startswith(f"melissa_nb_{self.study_id}_r{rank}_"))
 
     def folded(self, rank: int) -> int | None:
         """Samples (groups with Sobol) folded into rank's state, all timesteps; None before the
@@ -390,6 +409,50 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
         socket.close()
     context.term()
     results.put({"first_send": first_send, "last_sent": last_sent})
+
+
+def start_senders(context: Any, study: Study, senders: int,
+                  addresses: Sequence[str]) -> tuple[list[Any], Any, Any]:
+    """Spawn `senders` processes sharing the study's ids round robin; wait until each is
+    connected. Returns (processes, go event, results queue): set go to start the stream."""
+    go = context.Event()
+    results = context.Queue()
+    processes = []
+    readies = []
+    for sender in range(senders):
+        ready = context.Event()
+        process = context.Process(
+            target=send_study,
+            args=(list(addresses), study.cells, study.vectors,
+                  list(study.simulation_ids[sender::senders]), study.timesteps, ready, go,
+                  results),
+            daemon=True)
+        process.start()
+        processes.append(process)
+        readies.append(ready)
+    for ready in readies:
+        if not ready.wait(WAIT_S):
+            join(processes)
+            raise TimeoutError("a sender did not connect")
+    return processes, go, results
+
+
+def sender_times(results: Any, senders: int) -> tuple[float, float]:
+    """(first send of any sender, last frame released by any sender), time.monotonic."""
+    times = [results.get(timeout=WAIT_S) for _ in range(senders)]
+    return min(t["first_send"] for t in times), max(t["last_sent"] for t in times)
+
+
+def join(processes: Sequence[Any]) -> None:
+    """Wait for benchmark processes (killed after WAIT_S); raise if one failed."""
+    for process in processes:
+        process.join(WAIT_S)
+        if process.is_alive():
+            process.kill()
+            process.join(10)
+    failed = [process.exitcode for process in processes if process.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"benchmark processes failed with exit codes {failed}")
 
 
 def receive_raw(expected: int, addresses: Any, results: Any) -> None:
