@@ -33,6 +33,7 @@ retries = 1
 
 [server]
 ranks = 2
+threads = 3
 checkpoint_interval = 60
 
 [parameters]
@@ -68,7 +69,8 @@ def test_valid_study_loads_every_setting(tmp_path: Path) -> None:
     assert config.thresholds == (0.5, -1.0) and config.quantiles == (0.1, 0.9)
     assert config.grid_shape == (2, 3)
     assert (config.at_once, config.simulation_timeout, config.retries) == (3, 20.0, 1)
-    assert (config.server_ranks, config.checkpoint_interval) == (2, 60.0)
+    assert (config.server_ranks, config.server_threads, config.checkpoint_interval) == (
+        2, 3, 60.0)
     assert config.working_dir == tmp_path.resolve()
     # "python" is the interpreter running the study; values are exact (repr) text.
     assert config.command_for({"a": 0.1, "b": 2.0, "c": 1.0}) == [
@@ -89,6 +91,7 @@ x = { distribution = "uniform", low = 0, high = 1 }
     config = load_study(write(tmp_path, text))
     assert config.name == "study" and config.sampling == "monte_carlo" and not config.sobol
     assert config.statistics == ("mean", "variance") and config.server_ranks == 1
+    assert config.server_threads == 1
     assert config.command == ("./sim", "{x}")
 
 
@@ -118,7 +121,8 @@ x = { distribution = "uniform", low = 0, high = 1 }
         ("at_once = 3", "at_once = 0", "[simulation] at_once"),
         ("timeout = 20", "timeout = -1", "[simulation] timeout"),
         ("retries = 1", "retries = 1.5", "[simulation] retries"),
-        ("ranks = 2", "ranks = 2\nthreads = 4", "[server] unknown key 'threads'"),
+        ("ranks = 2", "ranks = 2\ncores = 4", "[server] unknown key 'cores'"),
+        ("threads = 3", "threads = 0", "[server] threads"),
         ('distribution = "normal"', 'distribution = "gamma"', "[parameters.b] distribution"),
         ("std = 0.5", "std = 0", "[parameters.b] std"),
         ("std = 0.5", "sd = 0.5", "[parameters.b] std is missing"),

@@ -76,6 +76,7 @@ class StudyConfig:
     simulation_timeout: float
     retries: int
     server_ranks: int
+    server_threads: int
     checkpoint_interval: float
     confidence: float
     verbosity: int
@@ -310,6 +311,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         simulation_timeout=simulation.number("timeout", 300.0, minimum=0, exclusive=True),
         retries=simulation.integer("retries", 2, minimum=0),
         server_ranks=server.integer("ranks", 1, minimum=1),
+        server_threads=server.integer("threads", 1, minimum=1),
         checkpoint_interval=server.number("checkpoint_interval", 300.0, minimum=0,
                                           exclusive=True),
         confidence=server.number("confidence", 0.95, minimum=0, exclusive=True),

@@ -349,8 +349,11 @@ class StudyRunner:
                 arguments = server_arguments(config, launcher.ports, connection_port,
                                              self.study_id)
                 launcher.options = shlex.join(arguments)
+                # Simulations share the cores: numba's worker threads would spin against them
+                # (measured: 1 thread per rank needs a quarter of the server CPU time of 2).
                 server = start_process(server_command(config, arguments), config.working_dir,
-                                       self.server_log, {})
+                                       self.server_log,
+                                       {"NUMBA_NUM_THREADS": str(config.server_threads)})
                 deadline = started + config.study_timeout
                 self.wait_for_server(launcher, server, min(deadline, started
                                                            + SERVER_START_SECONDS))
