@@ -121,6 +121,24 @@ def test_caller_arrays_hold_the_state_and_round_trip(rng: np.random.Generator,
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_objects_over_timestep_rows_of_larger_arrays(rng: np.random.Generator,
+                                                      name: str) -> None:
+    """As the server does: arrays (T, *shape) per layout name, one object per row t."""
+    build, shape = OBJECTS[name]
+    layout = {key: (array.shape, array.dtype) for key, array in build().arrays.items()}
+    blocks = {key: np.zeros((3, *row_shape), dtype) for key, (row_shape, dtype) in layout.items()}
+    samples = rng.normal(size=(4, *shape))
+    alone = build()
+    over_row = build(arrays={key: block[1] for key, block in blocks.items()})
+    for index, sample in enumerate(samples):
+        feed(alone, sample, index)
+        feed(over_row, sample, index)
+    for key, block in blocks.items():
+        np.testing.assert_array_equal(block[1], alone.arrays[key], err_msg=key)
+        assert not block[0].any() and not block[2].any(), key
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
 def test_count_zero_arrays_need_no_zeroing(rng: np.random.Generator, name: str) -> None:
     """Caller arrays full of junk with count 0 behave as fresh state."""
     build, shape = OBJECTS[name]
@@ -211,6 +229,13 @@ def test_field_merge_refuses_quantiles() -> None:
     field = FieldStatistics(CELLS, order=2, quantiles=(0.5,))
     with pytest.raises(ConfigurationError, match=r"no exact merge"):
         field.merge(FieldStatistics(CELLS, order=2, quantiles=(0.5,)))
+
+
+def test_moments_above_the_order_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="variance needs order >= 2"):
+        _ = Moments(CELLS, 1).variance
+    with pytest.raises(ConfigurationError, match="kurtosis needs order >= 4"):
+        _ = FieldStatistics(CELLS, order=3).kurtosis
 
 
 def test_fresh_field_results_are_nan() -> None:
