@@ -31,6 +31,7 @@ from bench.live_server import (
     WAIT_S,
     LiveServer,
     Study,
+    cpu_seconds,
     join,
     receive_raw,
     sender_times,
@@ -116,7 +117,7 @@ def run_raw(case: IngestCase) -> dict[str, float]:
         senders, go, results = start_senders(context, case.study(), case.senders, addresses)
         try:
             go.set()
-            first_send, last_sent = sender_times(results, case.senders)
+            first_send, last_sent, sender_cpu = sender_times(results, case.senders)
             received = [receipts.get(timeout=WAIT_S) for _ in receivers]
         finally:
             join(senders)
@@ -124,7 +125,9 @@ def run_raw(case: IngestCase) -> dict[str, float]:
         join(receivers)
     seconds = max(r["last_receive"] for r in received) - first_send
     total_bytes = sum(r["bytes"] for r in received)
-    return {"seconds": seconds, "bytes": total_bytes, "sent_seconds": last_sent - first_send}
+    return {"seconds": seconds, "bytes": total_bytes, "sent_seconds": last_sent - first_send,
+            "sender_cpu_seconds": sender_cpu,
+            "receiver_cpu_seconds": sum(r["cpu_seconds"] for r in received)}
 
 
 def run_melissa(case: IngestCase, workdir: Path) -> dict[str, object]:
@@ -133,13 +136,16 @@ def run_melissa(case: IngestCase, workdir: Path) -> dict[str, object]:
     study = case.study()
     with LiveServer.launch(study, case.ranks, workdir) as server:
         reply, _ = server.connect()
+        pids = server.rank_pids()
         senders, go, results = start_senders(context, study, case.senders,
                                                reply.data_addresses)
         try:
+            cpu_before = [cpu_seconds(pid) for pid in pids]
             go.set()
             processed_at = server.wait_folded(study.samples * study.timesteps)
+            cpu_after = [cpu_seconds(pid) for pid in pids]
             server.detach()
-            first_send, last_sent = sender_times(results, case.senders)
+            first_send, last_sent, sender_cpu = sender_times(results, case.senders)
         finally:
             join(senders)
         ended = server.wait_exit()
@@ -156,6 +162,9 @@ def run_melissa(case: IngestCase, workdir: Path) -> dict[str, object]:
         "seconds": processed_at - first_send,
         "completed_seconds": server.launched_at + ended.exited_at - first_send,
         "sent_seconds": last_sent - first_send,
+        "sender_cpu_seconds": sender_cpu,
+        "server_cpu_seconds": sum(after - before
+                                  for before, after in zip(cpu_before, cpu_after, strict=True)),
         "bytes": case.messages * case.ranks * study.frame_bytes,
         "server_counters": summaries,
     }
@@ -189,6 +198,11 @@ def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
         "completed_gbps": melissa["bytes"] / melissa["completed_seconds"] / 1e9,
         "sender_seconds": melissa["sent_seconds"],
         "server_counters": melissa["server_counters"],
+        # CPU seconds per GB moved: where the 2 cores go (ZeroMQ I/O threads included)
+        "raw_sender_cpu_s_per_gb": raw["sender_cpu_seconds"] / raw["bytes"] * 1e9,
+        "raw_receiver_cpu_s_per_gb": raw["receiver_cpu_seconds"] / raw["bytes"] * 1e9,
+        "sender_cpu_s_per_gb": melissa["sender_cpu_seconds"] / melissa["bytes"] * 1e9,
+        "server_cpu_s_per_gb": melissa["server_cpu_seconds"] / melissa["bytes"] * 1e9,
         "load_1min_before": load,
     }
     if raw["bytes"] != melissa["bytes"]:
@@ -242,7 +256,7 @@ def print_table(results: Mapping[str, object]) -> None:
 
     table = Table(title="melissa_nb server ingest vs raw pyzmq PUSH -> PULL")
     columns = ("statistics", "cells", "MB/msg", "S", "M", "msgs/rank", "raw GB/s", "raw msg/s",
-               "GB/s", "msg/s", "of raw", "completed GB/s")
+               "GB/s", "msg/s", "of raw", "completed GB/s", "raw CPU s/GB", "CPU s/GB")
     for column in columns:
         table.add_column(column, justify="left" if column == "statistics" else "right")
     for r in results["records"]:
@@ -251,8 +265,10 @@ def print_table(results: Mapping[str, object]) -> None:
                       str(r["messages_per_rank"]), f"{r['raw_gbps']:.2f}",
                       f"{r['raw_messages_per_s']:.0f}", f"{r['processed_gbps']:.2f}",
                       f"{r['processed_messages_per_s']:.0f}", f"{r['fraction_of_raw']:.0%}",
-                      f"{r['completed_gbps']:.2f}")
-    console = Console(width=max(Console().width, 130))
+                      f"{r['completed_gbps']:.2f}",
+                      f"{r['raw_sender_cpu_s_per_gb'] + r['raw_receiver_cpu_s_per_gb']:.2f}",
+                      f"{r['sender_cpu_s_per_gb'] + r['server_cpu_s_per_gb']:.2f}")
+    console = Console(width=max(Console().width, 160))
     console.print(table)
     for target in results["targets"]:
         verdict = "[green]pass[/green]" if target["pass"] else "[red]FAIL[/red]"

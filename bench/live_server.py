@@ -163,6 +163,17 @@ def memory_status(pid: int) -> dict[str, int] | None:
     return values if "VmHWM" in values else None  # a zombie has no memory lines
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a live process, all its threads (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # fields[11], fields[12]: utime, stime (fields 14 and 15 of proc(5), counted after the name)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class ServerExit:
     """How the server ended: exit code, seconds from launch, peak RSS of the process tree."""
@@ -389,6 +400,7 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
     if not go.wait(WAIT_S):
         raise TimeoutError("no go signal")
     first_send = time.monotonic()
+    cpu_start = time.process_time()
     sent = 0
     for simulation in simulations:
         for timestep in range(timesteps):
@@ -405,10 +417,11 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
             if tracker is not None:
                 tracker.wait(WAIT_S)
     last_sent = time.monotonic()
+    cpu = time.process_time() - cpu_start
     for socket in sockets:
         socket.close()
     context.term()
-    results.put({"first_send": first_send, "last_sent": last_sent})
+    results.put({"first_send": first_send, "last_sent": last_sent, "cpu_seconds": cpu})
 
 
 def start_senders(context: Any, study: Study, senders: int,
@@ -437,10 +450,12 @@ def start_senders(context: Any, study: Study, senders: int,
     return processes, go, results
 
 
-def sender_times(results: Any, senders: int) -> tuple[float, float]:
-    """(first send of any sender, last frame released by any sender), time.monotonic."""
+def sender_times(results: Any, senders: int) -> tuple[float, float, float]:
+    """(first send of any sender, last frame released by any sender) in time.monotonic, and
+    the senders' CPU seconds together."""
     times = [results.get(timeout=WAIT_S) for _ in range(senders)]
-    return min(t["first_send"] for t in times), max(t["last_sent"] for t in times)
+    return (min(t["first_send"] for t in times), max(t["last_sent"] for t in times),
+            sum(t["cpu_seconds"] for t in times))
 
 
 def join(processes: Sequence[Any]) -> None:
@@ -458,7 +473,8 @@ def join(processes: Sequence[Any]) -> None:
 def receive_raw(expected: int, addresses: Any, results: Any) -> None:
     """Raw receiver process: bind PULL (RCVHWM 32), put its address, receive `expected` frames.
 
-    Puts {"first_receive", "last_receive", "bytes"} (time.monotonic) into `results`.
+    Puts {"first_receive", "last_receive", "bytes"} (time.monotonic) and "cpu_seconds" (the
+    process's from the first frame on, ZeroMQ I/O thread included) into `results`.
     """
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
@@ -468,7 +484,7 @@ def receive_raw(expected: int, addresses: Any, results: Any) -> None:
     addresses.put(f"tcp://127.0.0.1:{port}")
     received = 0
     size = 0
-    first_receive = 0.0
+    first_receive = cpu_start = 0.0
     deadline = time.monotonic() + WAIT_S
     while received < expected:
         if not pull.poll(100):
@@ -478,9 +494,12 @@ def receive_raw(expected: int, addresses: Any, results: Any) -> None:
         frame = pull.recv(copy=False)
         if received == 0:
             first_receive = time.monotonic()
+            cpu_start = time.process_time()
         size += len(frame)
         received += 1
     last_receive = time.monotonic()
+    cpu = time.process_time() - cpu_start
     pull.close()
     context.term()
-    results.put({"first_receive": first_receive, "last_receive": last_receive, "bytes": size})
+    results.put({"first_receive": first_receive, "last_receive": last_receive, "bytes": size,
+                 "cpu_seconds": cpu})

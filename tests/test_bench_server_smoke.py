@@ -21,7 +21,8 @@ INGEST_KEYS = {"statistics", "operations", "cells_per_message", "vectors_per_mes
                "bytes_total", "raw_seconds", "raw_gbps", "raw_messages_per_s",
                "processed_seconds", "processed_gbps", "processed_messages_per_s",
                "completed_seconds", "completed_gbps", "sender_seconds", "server_counters",
-               "load_1min_before", "fraction_of_raw"}
+               "load_1min_before", "fraction_of_raw", "raw_sender_cpu_s_per_gb",
+               "raw_receiver_cpu_s_per_gb", "sender_cpu_s_per_gb", "server_cpu_s_per_gb"}
 MEMORY_KEYS = {"case", "operations", "ranks", "senders", "cells_per_message", "timesteps",
                "samples", "message_bytes", "state_bytes", "queue_bytes", "member_buffer_bytes",
                "budget_bytes", "idle_rss_bytes", "peak_at_ingest_bytes", "peak_final_bytes",
@@ -64,6 +65,8 @@ def test_ingest_records_are_consistent(quick_run: tuple[str, dict[str, dict]]) -
             assert r[f"{kind}_messages_per_s"] == pytest.approx(
                 r["messages_per_rank"] * r["ranks"] / seconds)
         assert r["completed_seconds"] >= r["processed_seconds"]
+        for kind in ("raw_sender", "raw_receiver", "sender", "server"):
+            assert r[f"{kind}_cpu_s_per_gb"] >= 0
         assert r["fraction_of_raw"] == pytest.approx(r["processed_gbps"] / r["raw_gbps"])
         assert r["server_counters"] == {
             str(rank): {"messages": r["messages_per_rank"], "accepted": r["messages_per_rank"],
