@@ -26,6 +26,7 @@ import numpy as np
 import zmq
 
 from melissa_nb.errors import ConfigurationError, ProtocolError
+from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.protocol import (
     SIMU_FINISHED,
     SIMU_RUNNING,
@@ -46,10 +47,10 @@ from melissa_nb.protocol import (
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.launcher import LauncherLink
 from melissa_nb.server.members import MemberAssembly
-from melissa_nb.server.output import write_field
+from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.ranks import EndVote, World
-from melissa_nb.server.slices import SliceStatistics, slice_bytes
+from melissa_nb.server.slices import SliceStatistics, general_settings, slice_bytes
 from melissa_nb.server.tracking import (
     STATE_FINISHED,
     STATE_RUNNING,
@@ -89,10 +90,6 @@ def warm_kernels(config: ServerConfig) -> None:
     Both the read-only views of received frames and the writable buffers of assembled Sobol
     members reach the kernels, and Numba specialises on writability: warm both.
     """
-    from melissa_nb.kernels import FieldStatistics, SobolMartinez
-    from melissa_nb.server.output import statistic_names
-    from melissa_nb.server.slices import general_settings
-
     cells = 4
     rows = config.group_size
     writable = np.linspace(1.0, 2.0, rows * cells).reshape(rows, cells)
