@@ -234,38 +234,43 @@ def attributes(
     return result | dict(extra)
 
 
-def _slice_results(slice_statistics: Any, name: str, timesteps: int) -> np.ndarray:
-    """One statistic of one slice for every timestep, stacked on a leading time axis."""
-    if name.startswith("sobol_"):
-        rows = []
-        for t in range(timesteps):
-            sobol = slice_statistics.sobol(t)
-            if name == "sobol_first":
-                rows.append(sobol.first)
-            elif name == "sobol_total":
-                rows.append(sobol.total)
-            else:
-                kind, bound = name[len("sobol_") :].split("_ci_")
-                interval = sobol.first_ci if kind == "first" else sobol.total_ci
-                rows.append(interval[0 if bound == "low" else 1])
-        return np.stack(rows)
-    return np.stack([getattr(slice_statistics.general(t), name) for t in range(timesteps)])
+def _results(slice_statistics: Any, names: Sequence[str], timestep: int) -> dict[str, np.ndarray]:
+    """The requested statistics of one slice at one timestep, each with cells last.
+
+    Working one timestep at a time bounds the memory needed to one timestep of one slice.
+    """
+    results = {}
+    general = [name for name in names if not name.startswith("sobol_")]
+    if general:
+        statistics = slice_statistics.general(timestep)
+        results |= {name: getattr(statistics, name) for name in general}
+    if any(name.startswith("sobol_") for name in names):
+        sobol = slice_statistics.sobol(timestep)
+        (first_low, first_high), (total_low, total_high) = sobol.first_ci, sobol.total_ci
+        results |= {
+            "sobol_first": sobol.first,
+            "sobol_total": sobol.total,
+            "sobol_first_ci_low": first_low,
+            "sobol_first_ci_high": first_high,
+            "sobol_total_ci_low": total_low,
+            "sobol_total_ci_high": total_high,
+        }
+    return results
 
 
 def write_rank_slices(
     store: NetCDFStore, config: ServerConfig, slices: Sequence[Any], first_cell: int
 ) -> None:
     """Write one rank's slices (in client-rank order) from global cell `first_cell` on."""
+    names = statistic_names(config)
     counts = np.full(config.timesteps, np.iinfo(np.int64).max, dtype=np.int64)
     offset = first_cell
     for slice_statistics in slices:
         cells = slice(offset, offset + slice_statistics.cells)
-        for name in statistic_names(config):
-            values = _slice_results(slice_statistics, name, config.timesteps)
-            store.write(name, (slice(None),) * (values.ndim - 1) + (cells,), values)
-        counts = np.minimum(
-            counts, [slice_statistics.sample_count(t) for t in range(config.timesteps)]
-        )
+        for t in range(config.timesteps):
+            for name, values in _results(slice_statistics, names, t).items():
+                store.write(name, (t,) + (slice(None),) * (values.ndim - 1) + (cells,), values)
+            counts[t] = min(counts[t], slice_statistics.sample_count(t))
         offset += slice_statistics.cells
     if slices:
         previous = store.read("sample_count")
