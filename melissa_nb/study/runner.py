@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import os
+import random
 import re
 import shlex
 import shutil
@@ -101,11 +102,23 @@ class StudyReport:
     rejected: dict[str, int] = field(default_factory=dict)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+def free_port(host: str = "127.0.0.1", low: int = 20000, high: int = 32768) -> int:
+    """A TCP port free right now, for the server to bind a few seconds later.
+
+    Drawn below Linux's ephemeral range (32768 and up by default): a port the kernel hands out
+    (port 0) is soon the source port of some outgoing connection, which then makes the
+    server's bind fail (seen with several test suites running at once).
+    """
+    draw = random.Random()
+    for _ in range(200):
+        port = draw.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise StudyError(f"no free TCP port in [{low}, {high}) on {host}")
 
 
 def executable(name: str) -> str:
