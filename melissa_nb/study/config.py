@@ -128,7 +128,8 @@ class _Table:
         """The error for `key`: where it is, what was expected, what was found."""
         return ConfigurationError(f"{self._where(key)}: expected {expected}, got {value!r}")
 
-    def _get(self, key: str, default: Any) -> Any:
+    def get(self, key: str, default: Any) -> Any:
+        """The raw value of `key` (marked as read), `default` if absent; _REQUIRED: must exist."""
         self.read.add(key)
         if key in self.data:
             return self.data[key]
@@ -138,7 +139,7 @@ class _Table:
 
     def integer(self, key: str, default: Any = None, minimum: int = 0) -> int:
         """An integer >= `minimum`."""
-        value = self._get(key, default)
+        value = self.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(key, f"an integer >= {minimum}", value)
         return value
@@ -146,10 +147,10 @@ class _Table:
     def number(self, key: str, default: Any = None, minimum: float = -math.inf,
                exclusive: bool = False) -> float:
         """A finite number (int or float) above `minimum` (strictly when `exclusive`)."""
-        value = self._get(key, default)
-        below = value <= minimum if exclusive else value < minimum
+        value = self.get(key, default)
         if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or below):
+                or not math.isfinite(value) or value < minimum
+                or (exclusive and value == minimum)):
             bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
             expected = "a finite number" + ("" if minimum == -math.inf else f" {bound}")
             raise self.fail(key, expected, value)
@@ -157,7 +158,7 @@ class _Table:
 
     def text(self, key: str, default: Any = None, choices: tuple[str, ...] | None = None) -> str:
         """A non-empty string, one of `choices` when given."""
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, str) or not value or (choices and value not in choices):
             raise self.fail(key, f"one of {list(choices)}" if choices else "a non-empty string",
                             value)
@@ -165,21 +166,21 @@ class _Table:
 
     def boolean(self, key: str, default: Any = None) -> bool:
         """true or false."""
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, bool):
             raise self.fail(key, "true or false", value)
         return value
 
     def array(self, key: str, default: Any = None) -> list[Any]:
         """A TOML array (items checked by the caller)."""
-        value = self._get(key, default)
+        value = self.get(key, default)
         if not isinstance(value, list):
             raise self.fail(key, "an array", value)
         return value
 
     def table(self, key: str) -> _Table:
         """A required sub-table."""
-        return _Table(self._get(key, _REQUIRED), key)
+        return _Table(self.get(key, _REQUIRED), key)
 
     def finish(self) -> None:
         """Reject keys nobody read: typos must not be silently ignored."""
@@ -193,7 +194,7 @@ _REQUIRED = object()
 
 
 def _read_parameters(table: _Table) -> tuple[Parameter, ...]:
-    raw = table._get("parameters", _REQUIRED)
+    raw = table.get("parameters", _REQUIRED)
     if not isinstance(raw, dict) or not raw:
         raise table.fail("parameters", "a table of at least one parameter", raw)
     parameters = []
@@ -256,7 +257,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     top = _Table(data, "top level")
     study = top.table("study")
     simulation = top.table("simulation")
-    server = _Table(top._get("server", {}), "server")
+    server = _Table(top.get("server", {}), "server")
     parameters = _read_parameters(top)
     top.finish()
     names = tuple(parameter.name for parameter in parameters)
@@ -284,7 +285,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     if not fields or any(not _FIELD_NAME.fullmatch(field) for field in fields):
         raise study.fail("fields", "at least one field name, each of 1..127 letters, digits, "
                          "'_', '-' or '.'", fields)
-    grid = study._get("grid_shape", None)
+    grid = study.get("grid_shape", None)
     if grid is not None and (not isinstance(grid, list) or not 1 <= len(grid) <= 2 or any(
             isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in grid)):
         raise study.fail("grid_shape", "an array of one or two positive integers", grid)
