@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.study.config import load_study
+from melissa_nb.study.config import load_study, parse_study, tomllib
 
 VALID = """
 [study]
@@ -162,3 +164,29 @@ def test_examples_are_valid_studies() -> None:
     assert heat.grid_shape == (100, 100) and len(heat.parameters) == 5
     ishigami = load_study(examples / "ishigami" / "study.toml")
     assert ishigami.sobol and ishigami.parameter_names == ("x1", "x2", "x3")
+
+
+TOML_VALUES = st.recursive(
+    st.none().map(lambda _: "") | st.booleans() | st.integers(-5, 50)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(section=st.sampled_from(["study", "simulation", "server", "parameters"]),
+       key=st.sampled_from(["sample_size", "timesteps", "fields", "statistics", "thresholds",
+                            "quantiles", "grid_shape", "command", "at_once", "timeout", "ranks",
+                            "confidence", "a", "sobol", "sampling", "seed", "other"]),
+       value=TOML_VALUES)
+def test_any_value_anywhere_gives_a_configuration_error_or_a_study(
+        tmp_path_factory: pytest.TempPathFactory, section: str, key: str, value: object) -> None:
+    data = tomllib.loads(VALID)
+    data[section][key] = value
+    path = tmp_path_factory.getbasetemp() / "study.toml"
+    try:
+        parse_study(data, path)
+    except ConfigurationError as error:
+        assert str(error)

@@ -20,8 +20,11 @@ from melissa_nb.errors import ConfigurationError
 
 try:
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+, and tomli is not a dependency
-    tomllib = None  # type: ignore[assignment]
+except ModuleNotFoundError:  # Python 3.10: tomllib is 3.11+; tomli is the same parser
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
 
 DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "uniform": ("low", "high"),
@@ -334,7 +337,8 @@ def load_study(path: str | Path) -> StudyConfig:
     """Read and validate the study file at `path` (relative paths inside are from its folder)."""
     path = Path(path).resolve()
     if tomllib is None:
-        raise ConfigurationError("reading a study file needs Python >= 3.11 (tomllib)")
+        raise ConfigurationError("reading a study file needs Python >= 3.11 (tomllib) or the "
+                                 "tomli package")
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
