@@ -40,6 +40,8 @@ def make(**settings) -> ServerConfig:
         ({"confidence": 1.5}, "--confidence"),
         ({"study_id": "bad id"}, "--study-id"),
         ({"port_table_width": 8}, "--port-table-width"),
+        ({"launcher_name": "localhost", "connection_port": 5554}, "--connection-port 5554 is"),
+        ({"txt_push_port": 5556}, "must differ"),
     ],
 )
 def test_invalid_settings_name_their_option(settings: dict, option: str) -> None:

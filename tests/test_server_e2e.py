@@ -653,11 +653,11 @@ def test_connection_port_in_use_fails_cleanly(start_server) -> None:
     taken.setsockopt(zmq.LINGER, 0)
     port = taken.bind_to_random_port("tcp://127.0.0.1")
     try:
-        server = start_server("-s", "1", "-t", "1", "-f", "u", port=port)
-        assert server.wait() == 2
+        server = start_server("-s", "1", "-t", "1", "-f", "u", port=port, ranks=2)
+        assert server.wait() == 2, "rank 1 must learn of rank 0's failure, not wait forever"
     finally:
         context.destroy(linger=0)
-    assert f"--connection-port/--bind: cannot bind tcp://127.0.0.1:{port}" in server.text()
+    assert f"rank 0: --connection-port/--bind: cannot bind tcp://127.0.0.1:{port}" in server.text()
     assert list_blocks(f"melissa_nb_{server.study_id}_") == []
 
 

@@ -180,6 +180,16 @@ class ServerConfig:
         }
         for option, port in ports.items():
             need(1 <= port <= 65535, f"{option} must be in 1..65535, got {port}")
+        launcher_ports = (self.txt_push_port, self.txt_pull_port, self.txt_req_port)
+        need(
+            len(set(launcher_ports)) == 3,
+            f"--txt_push_port, --txt_pull_port, --txt_req_port must differ, got {launcher_ports}",
+        )
+        need(
+            self.launcher_name is None or self.connection_port not in launcher_ports,
+            f"--connection-port {self.connection_port} is also a launcher port "
+            f"(--txt_push_port/--txt_pull_port/--txt_req_port {launcher_ports})",
+        )
         need(
             0 <= self.data_port <= 65535,
             f"--data_port must be in 0..65535 (0 = chosen by ZeroMQ), got {self.data_port}",

@@ -146,10 +146,7 @@ class ServerRank:
         self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
         self.known_jobs: set[int] = set()
         self.requested_info: set[int] = set()
-        self.progress = Progress(config.study_id, self.rank, log)
-        self.data = self._bind_data()
-        self.connection = self._bind_connection() if self.rank == 0 else None
-        self.addresses: list[str] = world.allgather(self.data_address)
+        self.addresses: list[str] = self._claim_resources()
         self.launcher = (
             LauncherLink(self.context, config, now, log) if config.launcher_name else None
         )
@@ -162,6 +159,32 @@ class ServerRank:
         self._next_publish = now
         self.aborted = False
         self.write_server_file()
+
+    def _claim_resources(self) -> list[str]:
+        """Create the progress block and bind the sockets; every rank's data address.
+
+        Collective: a rank that fails (port in use, study id already running) still takes part
+        in the gather, so every rank learns of the failure and stops cleanly instead of waiting
+        forever for the failed one.
+        """
+        problem = None
+        try:
+            try:
+                self.progress = Progress(self.config.study_id, self.rank, self.log)
+            except FileExistsError:
+                raise ConfigurationError(
+                    f"--study-id {self.config.study_id}: a server of this study already runs "
+                    "on this node (its shared memory exists)"
+                ) from None
+            self.data = self._bind_data()
+            self.connection = self._bind_connection() if self.rank == 0 else None
+        except ConfigurationError as error:
+            problem = f"rank {self.rank}: {error}"
+        outcomes = self.world.allgather((problem, None if problem else self.data_address))
+        problems = [problem for problem, _ in outcomes if problem]
+        if problems:
+            raise ConfigurationError("; ".join(problems))
+        return [address for _, address in outcomes]
 
     # --- sockets ---------------------------------------------------------------------------------
 
@@ -503,17 +526,20 @@ class ServerRank:
         return EXIT_ABORTED if aborted else 0
 
     def close(self) -> None:
-        """Close every socket and remove every shared-memory block of this rank."""
+        """Close every socket and remove every shared-memory block of this rank (idempotent)."""
         for statistics in self.slices.values():
             statistics.release()
         self.slices.clear()
         if self.progress is not None:
             self.progress.release()
+            self.progress = None
         if self.launcher is not None:
             self.launcher.close()
+            self.launcher = None
         for socket in (self.data, self.connection):
             if socket is not None:
                 socket.close()
+        self.data = self.connection = None
         self.context.term()
 
 
@@ -546,6 +572,14 @@ def serve(config: ServerConfig) -> int:
             return EXIT_BAD_OPTIONS
         try:
             return server.run()
+        except Exception:
+            if world.size == 1:
+                raise
+            # A failed rank cannot take part in the end vote: the others would wait forever.
+            log.exception("unexpected error: aborting every rank")
+            server.close()
+            world.comm.Abort(EXIT_ABORTED)
+            raise
         finally:
             server.close()
     finally:
