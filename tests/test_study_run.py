@@ -27,10 +27,22 @@ STUDY_SECONDS = 120
 
 
 def run_study(study: Path, timeout: float = STUDY_SECONDS) -> subprocess.CompletedProcess[str]:
-    """`melissa-nb run STUDY --no-progress`, bounded; the venv's bin first on PATH."""
+    """`melissa-nb run STUDY --no-progress`, bounded; the venv's bin first on PATH.
+
+    Past the timeout the runner gets SIGTERM, so that it stops its server and simulations
+    (a SIGKILL would leave them orphaned), and the test fails.
+    """
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([MELISSA_NB, "run", str(study), "--no-progress"], capture_output=True,
-                          text=True, timeout=timeout, env=environment)
+    command = [MELISSA_NB, "run", str(study), "--no-progress"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=environment) as runner:
+        try:
+            stdout, stderr = runner.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            runner.send_signal(signal.SIGTERM)
+            stdout, stderr = runner.communicate(timeout=60)
+            pytest.fail(f"melissa-nb run took more than {timeout} s:\n{stderr}")
+    return subprocess.CompletedProcess(command, runner.returncode, stdout, stderr)
 
 
 def read_results(path: Path) -> dict[str, np.ndarray]:
