@@ -186,7 +186,7 @@ def test_many_blocks_of_cells(rng: np.random.Generator) -> None:
         field.update(sample, int(simulation))
     for name, reference in FIELD_REFERENCES.items():
         np.testing.assert_allclose(getattr(field, name), reference(samples, ids), rtol=1e-12,
-                                   err_msg=name)
+                                   atol=1e-14, err_msg=name)
     groups = rng.normal(size=(6, 4, cells))
     sobol = SobolMartinez(cells, 2)
     for group in groups:
