@@ -207,7 +207,7 @@ class StudyRunner:
         self.retried = 0
         self.stopped = False
         self.server_ranks: set[int] = set()
-        self.worst_interval: float | None = None
+        self.intervals: dict[tuple[str, str], float] = {}  # (statistic, field) -> worst width
         self.log_dir = config.output_dir / "logs"
         self.server_log = config.output_dir / "server.log"
         self.bar = Progress(TextColumn("[bold]simulations done"), BarColumn(),
@@ -254,7 +254,7 @@ class StudyRunner:
             if 0 <= message.simu_id < self.config.sample_size:
                 self.timed_out(message.simu_id, launcher)
         elif isinstance(message, ConfidenceInterval):
-            self.worst_interval = message.value
+            self.intervals[(message.stat_name, message.field_name)] = message.value
         # ALIVE and SIMU_STATUS "running" need nothing: the runner watches its processes itself.
 
     def timed_out(self, sample: int, launcher: Launcher) -> None:
@@ -473,8 +473,10 @@ class StudyRunner:
         failures = sum(simulation.failures for simulation in self.simulations.values())
         line = (f"running {len(self.active)} · failed {failures} · retried {self.retried} · "
                 f"dropped {self.count(Status.DROPPED)} · received {self.messages:,} messages")
-        if self.worst_interval is not None:
-            line += f" · worst CI {self.worst_interval:.3g}"
+        for statistic in ("sobol_first", "sobol_total"):
+            widths = [value for (name, _), value in self.intervals.items() if name == statistic]
+            if widths:
+                line += f" · {statistic} CI width {max(widths):.3g}"
         self.bar.update(self.task, completed=self.count(Status.FINISHED, Status.DROPPED),
                         status=line)
 
