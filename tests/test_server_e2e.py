@@ -695,3 +695,38 @@ def test_full_member_buffer_refuses_new_groups_and_mpich_port_table(start_server
     np.testing.assert_array_equal(results.variables["sample_count"], [4])
     expected = groups[:, :2, :].reshape(4, 4).mean(axis=0)
     np.testing.assert_allclose(results.variables["mean"][0], expected, rtol=RTOL)
+
+
+def test_sigterm_to_mpiexec_stops_both_ranks_cleanly(start_server) -> None:
+    server = start_server("-s", "2", "-t", "2", "-f", "u", ranks=2)
+    prefix = f"melissa_nb_{server.study_id}_"
+    wait_for(lambda: len(list_blocks(prefix)) == 2, "both ranks' progress blocks")
+    wait_for(lambda: server.text().count("ready:") == 2, "both ranks ready")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() != 0
+    assert server.text().count("stopped by signal 15") == 2, server.text()
+    assert list_blocks(prefix) == []
+
+
+def test_random_garbage_is_counted_and_the_study_still_completes(start_server, rng) -> None:
+    server = start_server("-s", "2", "-t", "2", "-f", "u", "-o", "mean:min")
+    values = rng.normal(size=(2, 2, 5))
+    sender = RawSender(server.endpoint)
+    garbage = [rng.bytes(int(n)) for n in rng.integers(0, 400, size=60)]
+    valid = frame("u", 0, 0, values[0, 0])
+    garbage += [valid[: int(cut)] for cut in rng.integers(0, len(valid) - 1, size=30)]
+    try:
+        sender.handshake(0)
+        sender.handshake(1)
+        for index, junk in enumerate(garbage):
+            sender.send(junk)
+            if index % 25 == 0:  # the four valid messages, spread through the garbage
+                s, t = divmod(index // 25, 2)
+                sender.send(frame("u", s, t, values[s, t]))
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    results = read_results(server.output / "u.nc")
+    assert results.attributes["messages_rejected"] == len(garbage)
+    np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=RTOL)
+    np.testing.assert_array_equal(results.variables["min"], values.min(axis=0))
