@@ -401,6 +401,7 @@ def test_status_shows_live_progress_and_sigterm_cleans_up(start_server, rng) -> 
         progress = wait_for(two_accepted, "the status to show 2 accepted messages")
         (piece,) = progress.slices
         assert (piece.field, piece.cells, piece.timesteps_received) == ("u", 4, 2)
+        assert (piece.simulations_complete, piece.simulations) == (0, 2)
         assert piece.mean_range == pytest.approx((values[1].min(), values[1].max()), rel=RTOL)
         assert progress.ranks[0]["running"] == 1
         status = subprocess.run(

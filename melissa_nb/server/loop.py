@@ -312,8 +312,8 @@ class ServerRank:
         if self.tracker.dropped[group]:
             raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
         field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
-        steps = self.tracker.learn_slice(field, client_rank, message.vect_size)
         statistics = self._slice(field, client_rank, message.vect_size)
+        steps = self.tracker.learn_slice(field, client_rank, message.vect_size, statistics.received)
         self._saw(group, now)
         if steps.has(group, timestep):
             self.progress.counts["duplicates"] += 1

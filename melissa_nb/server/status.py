@@ -30,6 +30,8 @@ class SliceProgress:
     cells: int
     timesteps_received: int
     timesteps: int
+    simulations_complete: int
+    simulations: int
     samples_min: int
     samples_max: int
     mean_range: tuple[float, float] | None
@@ -75,6 +77,10 @@ def _slice_progress(name: str) -> SliceProgress | None:
             cells=metadata["cells"],
             timesteps_received=int(received.size),
             timesteps=metadata["timesteps"],
+            simulations_complete=int(
+                np.count_nonzero(block.arrays["received"] == metadata["timesteps"])
+            ),
+            simulations=int(block.arrays["received"].size),
             samples_min=int(counts.min()),
             samples_max=int(counts.max()),
             mean_range=mean_range,
@@ -164,6 +170,7 @@ def show_status(output_dir: str | Path) -> int:
         "rank",
         "client rank",
         "cells",
+        "simulations complete",
         "timesteps received",
         "samples per timestep",
         "current mean range",
@@ -175,6 +182,7 @@ def show_status(output_dir: str | Path) -> int:
             str(item.rank),
             str(item.client_rank),
             str(item.cells),
+            f"{item.simulations_complete}/{item.simulations}",
             f"{item.timesteps_received}/{item.timesteps}",
             f"{item.samples_min}..{item.samples_max}",
             "-"

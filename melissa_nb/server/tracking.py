@@ -27,11 +27,14 @@ _WORD = 64
 class SliceSteps:
     """Received timesteps of one (field, client slice): one bit per (tracking id, timestep)."""
 
-    def __init__(self, ids: int, timesteps: int, vect_size: int) -> None:
+    def __init__(
+        self, ids: int, timesteps: int, vect_size: int, received: np.ndarray | None = None
+    ) -> None:
         self.vect_size = vect_size
         self.timesteps = timesteps
         self.bits = np.zeros((ids, -(-timesteps // _WORD)), dtype=np.uint64)
-        self.received = np.zeros(ids, dtype=np.int32)
+        # Timesteps received per id; may live in the slice's shared block so `status` sees it.
+        self.received = np.zeros(ids, dtype=np.int32) if received is None else received
 
     def has(self, simulation: int, timestep: int) -> bool:
         """True if this timestep of this simulation already arrived."""
@@ -86,11 +89,16 @@ class Tracker:
         self.job_ids: dict[int, str] = {}
         self.client_comm_size = 0
 
-    def learn_slice(self, field: str, client_rank: int, vect_size: int) -> SliceSteps:
-        """The steps of (field, client_rank), created the first time that slice sends."""
+    def learn_slice(
+        self, field: str, client_rank: int, vect_size: int, received: np.ndarray | None = None
+    ) -> SliceSteps:
+        """The steps of (field, client_rank), created the first time that slice sends.
+
+        `received`: a zeroed int32 array of one count per id to keep the counts in (optional).
+        """
         steps = self.slices[field].get(client_rank)
         if steps is None:
-            steps = SliceSteps(self.simulations, self.timesteps, vect_size)
+            steps = SliceSteps(self.simulations, self.timesteps, vect_size, received)
             self.slices[field][client_rank] = steps
         return steps
 
