@@ -41,6 +41,7 @@ from melissa_nb.protocol import (
     encode_data_header,
 )
 from melissa_nb.server.state import SHM_DIRECTORY, attach_block, block_name, list_blocks
+from melissa_nb.server.status import read_progress
 
 BIN = Path(sys.executable).parent
 MELISSA = BIN / "melissa-nb"
@@ -93,6 +94,9 @@ class Study:
     quantiles: tuple[float, ...] = ()
     member_buffer_mb: float | None = None
     members: bool = False  # Sobol data sent member by member (one vector per frame)
+    # samples the server expects but nobody sends: the study cannot end by itself, so the
+    # benchmark reads the live counters and then stops the server
+    unsent: int = 0
 
     @property
     def vectors(self) -> int:
@@ -116,7 +120,7 @@ class Study:
 
     def options(self) -> list[str]:
         """The server's command-line options for this study."""
-        options = ["-s", str(self.samples), "-t", str(self.timesteps), "-f", FIELD,
+        options = ["-s", str(self.samples + self.unsent), "-t", str(self.timesteps), "-f", FIELD,
                    "-o", self.operations]
         if self.parameters:
             options += ["-p", str(self.parameters)]
@@ -251,6 +255,23 @@ class LiveServer:
         return [name for name in list_blocks(f"melissa_nb_{self.study_id}_")
                 if not name.endswith("_progress")]
 
+    def wait_counters(self, messages: int, timeout: float = 10.0) -> dict[int, dict[str, int]]:
+        """Poll the ranks' progress blocks (refreshed every 0.5 s) until each counted `messages`
+        data frames; returns their counters (messages, accepted, duplicates, rejected)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ranks = read_progress(self.output).ranks
+            counters = {rank: {name: int(ranks[rank][name]) for name in
+                               ("messages", "accepted", "duplicates", "rejected")}
+                        for rank in ranks}
+            if len(counters) == self.ranks and all(
+                    c["messages"] >= messages for c in counters.values()):
+                return counters
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"progress counters {counters}, expected {messages} "
+                                   f"messages on each of {self.ranks} ranks")
+            time.sleep(0.05)
+
     def state_bytes(self, rank: int) -> int:
         """Bytes of rank's live state blocks (their sizes in /dev/shm)."""
         return sum(os.stat(Path(SHM_DIRECTORY) / name).st_size for name in self.state_blocks()
@@ -371,14 +392,23 @@ def _payload(vectors: int, cells: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(1.0, 0.5, (vectors, cells))
 
 
+def _rounds(items: Sequence[int], rounds: int) -> list[Sequence[int]]:
+    """`items` cut into `rounds` consecutive, nearly equal parts."""
+    return [items[r * len(items) // rounds:(r + 1) * len(items) // rounds]
+            for r in range(rounds)]
+
+
 def send_study(addresses: Sequence[str], cells: int, vectors: int,
-               simulations: Sequence[int], timesteps: int, ready: Any, go: Any,
+               simulations: Sequence[int], timesteps: int, ready: Any, gos: Sequence[Any],
                results: Any) -> None:
     """Sender process: stream every (simulation, timestep) of `simulations` to every address.
 
     Client rank 0 of a communicator of 1: each address (server rank) receives its overlap of
-    the global vector of len(addresses) x cells cells. Sets `ready` once connected, waits for
-    `go`, then sends; puts {"first_send", "last_sent"} (time.monotonic) into `results`.
+    the global vector of len(addresses) x cells cells. The simulations are sent in len(gos)
+    rounds: sets `ready` once connected, then for each round waits for its go event, sends its
+    share and waits until ZeroMQ released every frame; puts {"first_send", "last_sent"}
+    (time.monotonic) and "cpu_seconds" (the process's, ZeroMQ I/O thread included) per round
+    into `results`.
     """
     context = zmq.Context()
     sockets = []
@@ -397,38 +427,39 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
                   for _ in range(SENDER_RING)]
         rings.append([[frame, None] for frame in frames])
     ready.set()
-    if not go.wait(WAIT_S):
-        raise TimeoutError("no go signal")
-    first_send = time.monotonic()
-    cpu_start = time.process_time()
     sent = 0
-    for simulation in simulations:
-        for timestep in range(timesteps):
-            for socket, ring, (_, _, size) in zip(sockets, rings, pieces, strict=True):
-                slot = ring[sent % SENDER_RING]
-                if slot[1] is not None:
-                    slot[1].wait(WAIT_S)  # ZeroMQ still holds this frame: it must not change
-                slot[0][:DATA_HEADER_SIZE] = encode_data_header(timestep, simulation, 0, size,
-                                                                FIELD)
-                slot[1] = socket.send(slot[0], copy=False, track=True)
-            sent += 1
-    for ring in rings:
-        for _, tracker in ring:
-            if tracker is not None:
-                tracker.wait(WAIT_S)
-    last_sent = time.monotonic()
-    cpu = time.process_time() - cpu_start
+    for go, share in zip(gos, _rounds(simulations, len(gos)), strict=True):
+        if not go.wait(WAIT_S):
+            raise TimeoutError("no go signal")
+        first_send = time.monotonic()
+        cpu_start = time.process_time()
+        for simulation in share:
+            for timestep in range(timesteps):
+                for socket, ring, (_, _, size) in zip(sockets, rings, pieces, strict=True):
+                    slot = ring[sent % SENDER_RING]
+                    if slot[1] is not None:
+                        slot[1].wait(WAIT_S)  # ZeroMQ still holds this frame: keep it intact
+                    slot[0][:DATA_HEADER_SIZE] = encode_data_header(timestep, simulation, 0,
+                                                                    size, FIELD)
+                    slot[1] = socket.send(slot[0], copy=False, track=True)
+                sent += 1
+        for ring in rings:
+            for _, tracker in ring:
+                if tracker is not None:
+                    tracker.wait(WAIT_S)
+        results.put({"first_send": first_send, "last_sent": time.monotonic(),
+                     "cpu_seconds": time.process_time() - cpu_start})
     for socket in sockets:
         socket.close()
     context.term()
-    results.put({"first_send": first_send, "last_sent": last_sent, "cpu_seconds": cpu})
 
 
-def start_senders(context: Any, study: Study, senders: int,
-                  addresses: Sequence[str]) -> tuple[list[Any], Any, Any]:
+def start_senders(context: Any, study: Study, senders: int, addresses: Sequence[str],
+                  rounds: int = 1) -> tuple[list[Any], list[Any], Any]:
     """Spawn `senders` processes sharing the study's ids round robin; wait until each is
-    connected. Returns (processes, go event, results queue): set go to start the stream."""
-    go = context.Event()
+    connected. Returns (processes, one go event per round, results queue): set a round's go
+    event to start it, then collect its times with `sender_times`."""
+    gos = [context.Event() for _ in range(rounds)]
     results = context.Queue()
     processes = []
     readies = []
@@ -437,7 +468,7 @@ def start_senders(context: Any, study: Study, senders: int,
         process = context.Process(
             target=send_study,
             args=(list(addresses), study.cells, study.vectors,
-                  list(study.simulation_ids[sender::senders]), study.timesteps, ready, go,
+                  list(study.simulation_ids[sender::senders]), study.timesteps, ready, gos,
                   results),
             daemon=True)
         process.start()
@@ -447,7 +478,7 @@ def start_senders(context: Any, study: Study, senders: int,
         if not ready.wait(WAIT_S):
             join(processes)
             raise TimeoutError("a sender did not connect")
-    return processes, go, results
+    return processes, gos, results
 
 
 def sender_times(results: Any, senders: int) -> tuple[float, float, float]:
@@ -470,11 +501,12 @@ def join(processes: Sequence[Any]) -> None:
         raise RuntimeError(f"benchmark processes failed with exit codes {failed}")
 
 
-def receive_raw(expected: int, addresses: Any, results: Any) -> None:
-    """Raw receiver process: bind PULL (RCVHWM 32), put its address, receive `expected` frames.
+def receive_raw(per_round: int, rounds: int, addresses: Any, results: Any) -> None:
+    """Raw receiver process: bind PULL (RCVHWM 32), put its address, receive `rounds` x
+    `per_round` frames.
 
-    Puts {"first_receive", "last_receive", "bytes"} (time.monotonic) and "cpu_seconds" (the
-    process's from the first frame on, ZeroMQ I/O thread included) into `results`.
+    Puts one {"last_receive", "bytes", "cpu_seconds"} per round into `results` (time.monotonic;
+    the process's CPU seconds, ZeroMQ I/O thread included, from the round's first frame on).
     """
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
@@ -482,24 +514,21 @@ def receive_raw(expected: int, addresses: Any, results: Any) -> None:
     pull.setsockopt(zmq.LINGER, 0)
     port = pull.bind_to_random_port("tcp://127.0.0.1")
     addresses.put(f"tcp://127.0.0.1:{port}")
-    received = 0
-    size = 0
-    first_receive = cpu_start = 0.0
-    deadline = time.monotonic() + WAIT_S
-    while received < expected:
-        if not pull.poll(100):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"raw receiver got {received} of {expected} frames")
-            continue
-        frame = pull.recv(copy=False)
-        if received == 0:
-            first_receive = time.monotonic()
-            cpu_start = time.process_time()
-        size += len(frame)
-        received += 1
-    last_receive = time.monotonic()
-    cpu = time.process_time() - cpu_start
+    for _ in range(rounds):
+        received = size = 0
+        cpu_start = 0.0
+        deadline = time.monotonic() + WAIT_S
+        while received < per_round:
+            if not pull.poll(100):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"raw receiver got {received} of {per_round} frames")
+                continue
+            frame = pull.recv(copy=False)
+            if received == 0:
+                cpu_start = time.process_time()
+            size += len(frame)
+            received += 1
+        results.put({"last_receive": time.monotonic(), "bytes": size,
+                     "cpu_seconds": time.process_time() - cpu_start})
     pull.close()
     context.term()
-    results.put({"first_receive": first_receive, "last_receive": last_receive, "bytes": size,
-                 "cpu_seconds": cpu})

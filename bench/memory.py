@@ -78,10 +78,10 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
         pids = server.rank_pids()
         idle = [memory_status(pid)["VmRSS"] for pid in pids]
         sampler = PeakSampler(pids)
-        senders, go, results = start_senders(context, study, SENDERS, reply.data_addresses)
+        senders, gos, results = start_senders(context, study, SENDERS, reply.data_addresses)
         try:
-            go.set()
-            server.wait_folded(study.samples * study.timesteps, sample=sampler)
+            gos[0].set()
+            processed_at = server.wait_folded(study.samples * study.timesteps, sample=sampler)
             at_ingest = sampler.snapshot()
             state = [server.state_bytes(rank) for rank in range(ranks)]
             server.detach()
@@ -90,10 +90,13 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
             join(senders)
         ended = server.wait_exit(sample=sampler)
         final = [sampler.peaks[pid] for pid in pids]
+        summaries = server.summaries()
         leftovers = server.close()
-    if ended.returncode != 0 or leftovers:
-        raise RuntimeError(f"server exit code {ended.returncode}, blocks left {leftovers}:\n"
-                           f"{server.text()}")
+    messages = study.messages_per_rank
+    expected = {"messages": messages, "accepted": messages, "duplicates": 0, "rejected": 0}
+    if ended.returncode != 0 or leftovers or summaries != dict.fromkeys(range(ranks), expected):
+        raise RuntimeError(f"server exit code {ended.returncode}, counters {summaries}, blocks "
+                           f"left {leftovers}:\n{server.text()}")
     queue = RCVHWM * SENDERS * study.frame_bytes
     members = int((study.member_buffer_mb or 0) * 2**20) if study.members else 0
     budgets = [s + queue + members for s in state]
@@ -109,6 +112,8 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
         "peak_bytes": peak, "allowed_bytes": allowed,
         "excess_over_budget_bytes": peak - max(budgets),
         "growth_over_idle_bytes": [p - i for p, i in zip(final, idle, strict=True)],
+        # from the last sample folded in to the exit: end vote, netCDF output, shutdown
+        "end_seconds": server.launched_at + ended.exited_at - processed_at,
     }
 
 
@@ -146,7 +151,8 @@ def print_table(results: Mapping[str, object]) -> None:
               f"{r['queue_bytes'] / mib:.0f} + members {r['member_buffer_bytes'] / mib:.0f} = "
               f"budget {max(r['budget_bytes']) / mib:.0f} MiB; idle "
               f"{max(r['idle_rss_bytes']) / mib:.0f}, peak at ingest "
-              f"{max(r['peak_at_ingest_bytes']) / mib:.0f}, peak {r['peak_bytes'] / mib:.0f} MiB")
+              f"{max(r['peak_at_ingest_bytes']) / mib:.0f}, peak {r['peak_bytes'] / mib:.0f} MiB; "
+              f"{r['end_seconds']:.1f} s from the last sample to the exit")
     for target in results["targets"]:
         print(f"{'pass' if target['pass'] else 'FAIL'} {target['target']}: "
               f"{target['value']:.2f} of allowed")

@@ -17,17 +17,17 @@ from melissa_nb.server.state import list_blocks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 INGEST_KEYS = {"statistics", "operations", "cells_per_message", "vectors_per_message",
-               "message_bytes", "senders", "ranks", "timesteps", "messages_per_rank",
-               "bytes_total", "raw_seconds", "raw_gbps", "raw_messages_per_s",
+               "message_bytes", "senders", "ranks", "timesteps", "messages_per_rank", "rounds",
+               "bytes_per_round", "raw_seconds", "raw_gbps", "raw_messages_per_s",
                "processed_seconds", "processed_gbps", "processed_messages_per_s",
-               "completed_seconds", "completed_gbps", "sender_seconds", "server_counters",
+               "raw_gbps_rounds", "processed_gbps_rounds", "server_counters",
                "load_1min_before", "fraction_of_raw", "raw_sender_cpu_s_per_gb",
                "raw_receiver_cpu_s_per_gb", "sender_cpu_s_per_gb", "server_cpu_s_per_gb"}
 MEMORY_KEYS = {"case", "operations", "ranks", "senders", "cells_per_message", "timesteps",
                "samples", "message_bytes", "state_bytes", "queue_bytes", "member_buffer_bytes",
                "budget_bytes", "idle_rss_bytes", "peak_at_ingest_bytes", "peak_final_bytes",
                "tree_peak_rss_bytes", "peak_bytes", "allowed_bytes", "excess_over_budget_bytes",
-               "growth_over_idle_bytes"}
+               "growth_over_idle_bytes", "end_seconds"}
 # Doubles per cell and timestep (docs/server.md, "Memory"): moments of order 2 (mean and
 # variance) 1 + 2, Sobol with p = 5 parameters 4 + 4p.
 MEAN_VARIANCE_SOBOL5_DOUBLES = 3 + 24
@@ -57,14 +57,15 @@ def test_ingest_records_are_consistent(quick_run: tuple[str, dict[str, dict]]) -
         assert set(r) == INGEST_KEYS
         assert r["message_bytes"] == 144 + 8 * r["vectors_per_message"] * r["cells_per_message"]
         assert r["vectors_per_message"] == (7 if r["statistics"] == "sobol_p5" else 1)
-        assert r["bytes_total"] == r["messages_per_rank"] * r["ranks"] * r["message_bytes"]
+        frames = r["messages_per_rank"] // r["rounds"] * r["ranks"]
+        assert r["bytes_per_round"] == frames * r["message_bytes"]
         for kind in ("raw", "processed"):
             seconds = r[f"{kind}_seconds"]
             assert math.isfinite(seconds) and seconds > 0
-            assert r[f"{kind}_gbps"] == pytest.approx(r["bytes_total"] / seconds / 1e9)
-            assert r[f"{kind}_messages_per_s"] == pytest.approx(
-                r["messages_per_rank"] * r["ranks"] / seconds)
-        assert r["completed_seconds"] >= r["processed_seconds"]
+            assert r[f"{kind}_gbps"] == pytest.approx(r["bytes_per_round"] / seconds / 1e9)
+            assert r[f"{kind}_gbps"] == max(r[f"{kind}_gbps_rounds"])  # the best round
+            assert len(r[f"{kind}_gbps_rounds"]) == r["rounds"]
+            assert r[f"{kind}_messages_per_s"] == pytest.approx(frames / seconds)
         for kind in ("raw_sender", "raw_receiver", "sender", "server"):
             assert r[f"{kind}_cpu_s_per_gb"] >= 0
         assert r["fraction_of_raw"] == pytest.approx(r["processed_gbps"] / r["raw_gbps"])
@@ -104,6 +105,7 @@ def test_memory_budget_follows_the_documented_sizes(
     for idle, at_ingest, final in zip(r["idle_rss_bytes"], r["peak_at_ingest_bytes"],
                                       r["peak_final_bytes"], strict=True):
         assert 0 < idle <= at_ingest <= final <= r["peak_bytes"]
+    assert r["end_seconds"] > 0
     assert r["allowed_bytes"] == pytest.approx(1.1 * max(r["budget_bytes"]) + 100e6)
     (target,) = results["memory"]["targets"]
     assert target["pass"] == (r["peak_bytes"] <= r["allowed_bytes"])
