@@ -128,3 +128,22 @@ def test_ishigami_indices_land_within_their_intervals(tmp_path: Path) -> None:
             inside = (low <= np.array(exact) + 1e-12) & (np.array(exact) - 1e-12 <= high)
             # b = 0 makes x3 inert: its total index is exactly 0 with an empty interval.
             assert inside.all(), (cell, order, exact, low, high)
+
+
+def test_heat_solver_satisfies_its_implicit_scheme() -> None:
+    """Each step solves (T_new - T_old) / dt = laplacian(T_new) with the walls as boundary."""
+    heat = load_module(EXAMPLES / "heat" / "heat.py")
+    size, dt, walls = 12, 0.002, (110.0, 190.0, 130.0, 170.0)
+    fields = list(heat.heat(150.0, walls, size, 4, dt))
+    spacing = 1.0 / (size + 1)
+    previous = np.full((size, size), 150.0)
+    for field in fields:
+        padded = np.pad(field, 1)
+        padded[0, :], padded[-1, :], padded[:, 0], padded[:, -1] = walls
+        laplacian = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2]
+                     + padded[1:-1, 2:] - 4 * field) / spacing**2
+        np.testing.assert_allclose((field - previous) / dt, laplacian, atol=1e-6)
+        previous = field
+    # Long enough, every cell relaxes to the walls' common temperature.
+    final = list(heat.heat(100.0, (180.0,) * 4, size, 50, 0.05))[-1]
+    np.testing.assert_allclose(final, 180.0, rtol=1e-9)
