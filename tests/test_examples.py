@@ -147,3 +147,14 @@ def test_heat_solver_satisfies_its_implicit_scheme() -> None:
     # Long enough, every cell relaxes to the walls' common temperature.
     final = list(heat.heat(100.0, (180.0,) * 4, size, 50, 0.05))[-1]
     np.testing.assert_allclose(final, 180.0, rtol=1e-9)
+
+
+def test_ishigami_closed_form_matches_the_published_indices() -> None:
+    ishigami = load_module(EXAMPLES / "ishigami" / "ishigami.py")
+    first, total = ishigami.exact_indices(7.0, 0.1)
+    np.testing.assert_allclose(first, [0.3139, 0.4424, 0.0], atol=5e-5)
+    np.testing.assert_allclose(total, [0.5576, 0.4424, 0.2437], atol=5e-5)
+    # Cell 0 of the field is that classic variant.
+    assert ishigami.COEFFICIENTS[0] == (7.0, 0.1)
+    np.testing.assert_allclose(ishigami.ishigami(0.3, -1.2, 2.5)[0],
+                               np.sin(0.3) + 7 * np.sin(-1.2) ** 2 + 0.1 * 2.5**4 * np.sin(0.3))
