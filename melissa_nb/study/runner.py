@@ -48,7 +48,7 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.state import progress_block_name, reading
 from melissa_nb.study.config import StudyConfig
-from melissa_nb.study.launcher import Launcher, LauncherPorts
+from melissa_nb.study.launcher import HEARTBEAT_SECONDS, Launcher, LauncherPorts
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
 from melissa_nb.study.simulations import SimulationRun, start_process, stop_process
 
@@ -216,6 +216,8 @@ class StudyRunner:
                             disable=not show_progress)
         self.task = self.bar.add_task("simulations", total=len(self.simulations), status="")
         self.next_refresh = 0.0
+        self.dropped_samples: set[int] = set()
+        self.next_drops = 0.0
         self.messages = 0
         # Unique per run (shared-memory names), within the server's 32 characters.
         self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
@@ -233,11 +235,13 @@ class StudyRunner:
         """The job id the server is told for a sample."""
         return f"{self.study_id}.{sample}"
 
-    def job_of(self, sample: int) -> Job | None:
-        """The JOB of a sample (with Sobol: the group's A draw); None for an id the study lacks."""
-        if not 0 <= sample < self.config.sample_size:
-            return None
+    def job(self, sample: int) -> Job:
+        """The JOB of a sample (with Sobol: the group's A draw)."""
         return Job(sample, self.job_id(sample), self.members(sample)[0].spec.values)
+
+    def job_of(self, sample: int) -> Job | None:
+        """The answer to `simu_info <sample>`: its JOB, None for an id the study lacks."""
+        return self.job(sample) if 0 <= sample < self.config.sample_size else None
 
     def handle(self, message: LauncherMessage, launcher: Launcher) -> None:
         """React to one message from the server."""
@@ -277,7 +281,7 @@ class StudyRunner:
     def launch(self, simulation: Simulation, launcher: Launcher, connection_port: int) -> None:
         """Start an attempt, after telling the server its sample's JOB."""
         simulation.attempts += 1
-        launcher.publish(self.job_of(simulation.spec.group))  # type: ignore[arg-type]
+        launcher.publish(self.job(simulation.spec.group))
         values = dict(zip(self.config.parameter_names, simulation.spec.values, strict=True))
         environment = {
             "MELISSA_SIMU_ID": str(simulation.spec.simulation_id),
@@ -314,7 +318,19 @@ class StudyRunner:
         for simulation in self.members(sample):
             self.halt(simulation)
             simulation.status = Status.DROPPED
+        self.dropped_samples.add(sample)
         launcher.publish(Drop(sample, self.job_id(sample)))
+
+    def repeat_drops(self, launcher: Launcher) -> None:
+        """Publish every DROP again now and then: PUB/SUB gives no delivery guarantee, and a
+        lost DROP would leave the server waiting for that sample until the deadline (the
+        server ignores a repeated DROP)."""
+        now = time.monotonic()
+        if now < self.next_drops:
+            return
+        self.next_drops = now + HEARTBEAT_SECONDS
+        for sample in sorted(self.dropped_samples):
+            launcher.publish(Drop(sample, self.job_id(sample)))
 
     def watch(self, launcher: Launcher) -> None:
         """Collect exits, enforce the wall-clock timeout of each attempt.
@@ -434,6 +450,7 @@ class StudyRunner:
             for message in launcher.service(POLL_SECONDS):
                 self.handle(message, launcher)
             self.watch(launcher)
+            self.repeat_drops(launcher)
             while self.queue and len(self.active) < self.config.at_once:
                 simulation = self.simulations[self.queue.popleft()]
                 if simulation.status == Status.PENDING:
