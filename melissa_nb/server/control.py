@@ -1,0 +1,88 @@
+"""The control endpoint: a REP socket on rank 0 answering `status`, `checkpoint` and `stop`.
+
+Requests are one ASCII word; every reply is one JSON object with `"ok"` (true or false) and,
+on failure, `"error"`. `status` returns the study description and every rank's counters (read
+from the progress blocks in shared memory, so it covers the ranks on rank 0's node) and the
+per-slice progress; `checkpoint` asks for a checkpoint now; `stop` ends the study at the next
+end vote: every rank writes the results of what it received (`study_complete = 0`), exit code 1.
+The endpoint binds loopback by default (`--control-bind`); its address is in server.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+CONTROL_MAX_MESSAGE = 256
+LINGER_MS = 200
+COMMANDS = ("status", "checkpoint", "stop")
+
+Action = Callable[[], dict[str, Any]]
+
+
+class ControlEndpoint:
+    """Rank 0's REP socket; `answer()` serves one request with the matching action."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        bind: str,
+        port: int,
+        actions: dict[str, Action],
+        log: logging.Logger,
+    ) -> None:
+        self.actions = actions
+        self.log = log
+        self.socket = context.socket(zmq.REP)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
+        self.socket.setsockopt(zmq.LINGER, LINGER_MS)
+        try:
+            self.socket.bind(f"tcp://{bind}:{port if port else '*'}")
+        except zmq.ZMQError:
+            self.socket.close()
+            raise
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def answer(self) -> None:
+        """Read one request and reply (REP: exactly one reply per request, errors included)."""
+        try:
+            request = self.socket.recv(zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        command = request.decode("ascii", errors="replace").strip()
+        action = self.actions.get(command)
+        if action is None:
+            reply: dict[str, Any] = {
+                "ok": False,
+                "error": f"unknown command {command[:32]!r}; known: {', '.join(COMMANDS)}",
+            }
+        else:
+            try:
+                reply = {"ok": True, **action()}
+            except Exception as error:  # a failing action is reported, the server goes on
+                self.log.exception("control command %s failed", command)
+                reply = {"ok": False, "error": f"{type(error).__name__}: {error}"}
+        self.socket.send(json.dumps(reply).encode())
+
+    def close(self) -> None:
+        """Close the socket (finite linger)."""
+        self.socket.close()
+
+
+def control_request(address: str, command: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Send one command to a server's control endpoint; TimeoutError if it does not answer."""
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        socket.send(command.encode("ascii"))
+        if not socket.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no answer to {command!r} from {address} in {timeout:g} s")
+        return json.loads(socket.recv())
+    finally:
+        socket.close()

@@ -1,0 +1,301 @@
+"""Pipelines: a server rank pushes accepted data (or results) to a downstream consumer.
+
+Wire format, version 1 (docs/embedding.md is the reference). Every message is one or two
+ZeroMQ frames on a PUSH (server rank, connects) -> PULL (consumer, binds) pipe:
+
+    frame 1: header, 172 bytes little-endian
+        magic "MNBF" | uint16 version | uint16 kind (1 DATA, 2 RESULT, 3 END)
+        int32 rank | int32 ranks | int32 simulation_id | int32 client_rank | int32 timestep
+        int32 nb_vectors | int32 vect_size | uint64 sequence | char[128] name (NUL-padded)
+    frame 2 (DATA, RESULT): nb_vectors * vect_size float64 values, C order
+
+DATA carries an accepted message (name = field), RESULT whatever user code forwards (name =
+its own). `sequence` numbers a rank's DATA and RESULT messages from 0; END, the last message of
+a rank, carries in `sequence` how many came before it. After END the rank asks the consumer's
+acknowledgement socket (REQ -> REP) `ACK?` with the same header; the consumer replies with the
+header of an END naming what it received from that rank once it has all of it, so both sides
+know the stream arrived whole. A consumer waits for the END of all `ranks` ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import zmq
+
+from melissa_nb.errors import ProtocolError
+
+FORWARD_VERSION = 1
+MAGIC = b"MNBF"
+DATA, RESULT, END = 1, 2, 3
+NAME_WIDTH = 128
+HEADER = struct.Struct(f"<4sHHiiiiiiiQ{NAME_WIDTH}s")
+SEND_HWM = 64  # messages queued towards the consumer before a send blocks (backpressure)
+LINGER_MS = 1000
+POLL_MS = 100
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """One message of a pipeline, as the consumer sees it (`values` is a view of the frame)."""
+
+    kind: int
+    rank: int
+    ranks: int
+    simulation_id: int
+    client_rank: int
+    timestep: int
+    sequence: int
+    name: str
+    values: np.ndarray | None
+
+    def header(self) -> bytes:
+        """The header frame of this message."""
+        shape = (0, 0) if self.values is None else self.values.shape
+        return HEADER.pack(
+            MAGIC,
+            FORWARD_VERSION,
+            self.kind,
+            self.rank,
+            self.ranks,
+            self.simulation_id,
+            self.client_rank,
+            self.timestep,
+            *shape,
+            self.sequence,
+            self.name.encode(),
+        )
+
+    @classmethod
+    def decode(cls, frames: list[zmq.Frame] | list[bytes]) -> Forwarded:
+        """Parse a header (and payload) frame list; ProtocolError on anything malformed."""
+        head = frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0]
+        if len(head) != HEADER.size:
+            raise ProtocolError("bad_size", f"forward header of {len(head)} bytes")
+        magic, version, kind, rank, ranks, simu, client, step, rows, size, sequence, name = (
+            HEADER.unpack(head)
+        )
+        if magic != MAGIC or version != FORWARD_VERSION:
+            raise ProtocolError("bad_version", f"forward header {magic!r} version {version}")
+        if kind not in (DATA, RESULT, END):
+            raise ProtocolError("unknown_type", f"forward message kind {kind}")
+        values = None
+        if kind != END:
+            if len(frames) != 2:
+                raise ProtocolError("bad_size", f"forward {kind}: {len(frames)} frames, expected 2")
+            payload = frames[1].buffer if isinstance(frames[1], zmq.Frame) else frames[1]
+            if len(payload) != 8 * rows * size:
+                raise ProtocolError(
+                    "bad_size", f"forward payload of {len(payload)} bytes for {rows}x{size}"
+                )
+            values = np.frombuffer(payload, dtype="<f8").reshape(rows, size)
+        return cls(
+            kind,
+            rank,
+            ranks,
+            simu,
+            client,
+            step,
+            sequence,
+            name.split(b"\0", 1)[0].decode(),
+            values,
+        )
+
+
+class Forwarder:
+    """A server rank's side: PUSH to the consumer, END and a bounded wait for its ACK."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        data_address: str,
+        ack_address: str,
+        rank: int,
+        ranks: int,
+        timeout: float,
+        counts: dict[str, int],
+        log: logging.Logger,
+    ) -> None:
+        self.rank, self.ranks, self.timeout = rank, ranks, timeout
+        self.counts, self.log = counts, log
+        self.ack_address = ack_address
+        self.context = context
+        self.pusher = context.socket(zmq.PUSH)
+        self.pusher.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.pusher.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
+        self.pusher.setsockopt(zmq.LINGER, LINGER_MS)
+        self.pusher.connect(data_address)
+        self.sent = 0
+        self.broken = False
+        self.ended = False
+
+    def send(
+        self,
+        kind: int,
+        name: str,
+        values: np.ndarray,
+        simulation_id: int = -1,
+        client_rank: int = -1,
+        timestep: int = -1,
+    ) -> bool:
+        """Push one message (no copy of `values`); False when the pipe is broken or ended."""
+        if self.broken or self.ended:
+            return False
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        values = values.reshape(1, -1) if values.ndim == 1 else values
+        header = Forwarded(
+            kind,
+            self.rank,
+            self.ranks,
+            simulation_id,
+            client_rank,
+            timestep,
+            self.sent,
+            name,
+            values,
+        ).header()
+        try:
+            self.pusher.send_multipart([header, values], copy=False)
+        except zmq.Again:
+            self.broken = True
+            self.log.error(
+                "consumer took nothing for %g s: forwarding stopped after %d messages",
+                self.timeout,
+                self.sent,
+            )
+            return False
+        self.sent += 1
+        self.counts["forwarded"] = self.sent
+        return True
+
+    def end(self) -> bool:
+        """Send END, then wait (bounded) for the consumer to acknowledge everything; True if so."""
+        if self.ended:
+            return False
+        self.ended = True
+        end = Forwarded(END, self.rank, self.ranks, -1, -1, -1, self.sent, "", None).header()
+        request = self.context.socket(zmq.REQ)
+        request.setsockopt(zmq.LINGER, 0)
+        try:
+            self.pusher.send(end)
+            request.connect(self.ack_address)
+            request.send(end)
+            if not request.poll(int(self.timeout * 1000)):
+                self.log.warning(
+                    "consumer did not acknowledge the end of %d forwarded messages in %g s",
+                    self.sent,
+                    self.timeout,
+                )
+                return False
+            reply = Forwarded.decode([request.recv()])
+        except (zmq.ZMQError, ProtocolError) as error:
+            self.log.warning("end of stream not acknowledged: %s", error)
+            return False
+        finally:
+            request.close()
+        if reply.kind != END or reply.sequence != self.sent:
+            self.log.warning(
+                "consumer acknowledged %d of %d forwarded messages", reply.sequence, self.sent
+            )
+            return False
+        self.log.info("consumer acknowledged all %d forwarded messages", self.sent)
+        return True
+
+    def close(self) -> None:
+        """Close the PUSH socket (finite linger)."""
+        self.pusher.close()
+
+
+class Consumer:
+    """The downstream side: binds PULL (data) and REP (acknowledgements), yields messages.
+
+    `for message in consumer.messages(timeout)` yields DATA and RESULT messages until every
+    rank's END arrived with all its messages (acknowledged as they complete), or until
+    `timeout` seconds pass without any message (TimeoutError). Each message's `values` is a
+    read-only view of the received frame: copy what you keep.
+    """
+
+    def __init__(
+        self, data_address: str = "tcp://127.0.0.1:*", ack_address: str = "tcp://127.0.0.1:*"
+    ) -> None:
+        self.context = zmq.Context()
+        self.puller = self.context.socket(zmq.PULL)
+        self.replier = self.context.socket(zmq.REP)
+        for socket in (self.puller, self.replier):
+            socket.setsockopt(zmq.LINGER, LINGER_MS)
+        self.puller.bind(data_address)
+        self.replier.bind(ack_address)
+        self.data_address = self.puller.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.ack_address = self.replier.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.received: dict[int, int] = {}  # rank -> DATA/RESULT messages received
+        self.ends: dict[int, int] = {}  # rank -> messages its END announced
+        self.ranks: int | None = None
+        self.rejected = 0
+        self._asking: Forwarded | None = None  # an ACK request not answered yet
+        self._acknowledged: set[int] = set()
+
+    @property
+    def finished(self) -> bool:
+        """True when every rank ended and everything it announced arrived."""
+        return (
+            self.ranks is not None
+            and len(self.ends) == self.ranks
+            and all(self.received.get(rank, 0) == n for rank, n in self.ends.items())
+        )
+
+    def messages(self, timeout: float = 60.0) -> Iterator[Forwarded]:
+        """Yield every DATA and RESULT message until the stream is finished (see the class)."""
+        poller = zmq.Poller()
+        poller.register(self.puller, zmq.POLLIN)
+        poller.register(self.replier, zmq.POLLIN)
+        last = time.monotonic()
+        while not (self.finished and self._asking is None and self._all_acknowledged()):
+            if time.monotonic() - last > timeout:
+                raise TimeoutError(f"no message for {timeout:g} s (received {self.received})")
+            events = dict(poller.poll(POLL_MS))
+            if self.puller in events:
+                last = time.monotonic()
+                try:
+                    message = Forwarded.decode(self.puller.recv_multipart(copy=False))
+                except ProtocolError:
+                    self.rejected += 1
+                    continue
+                self.ranks = message.ranks
+                if message.kind == END:
+                    self.ends[message.rank] = message.sequence
+                else:
+                    self.received[message.rank] = self.received.get(message.rank, 0) + 1
+                    yield message
+            if self._asking is None and self.replier in events:
+                last = time.monotonic()
+                try:
+                    self._asking = Forwarded.decode([self.replier.recv()])
+                except ProtocolError:
+                    self.rejected += 1
+                    self.replier.send(b"")
+            self._answer()
+
+    def _answer(self) -> None:
+        """Reply to a pending ACK request once that rank's whole stream arrived."""
+        asking = self._asking
+        if asking is None:
+            return
+        received = self.received.get(asking.rank, 0)
+        if asking.rank in self.ends and received >= self.ends[asking.rank]:
+            self.replier.send(
+                Forwarded(END, asking.rank, asking.ranks, -1, -1, -1, received, "", None).header()
+            )
+            self._acknowledged.add(asking.rank)
+            self._asking = None
+
+    def _all_acknowledged(self) -> bool:
+        return len(self._acknowledged) == (self.ranks or 0)
+
+    def close(self) -> None:
+        """Close both sockets and the context (finite linger)."""
+        self.context.destroy(linger=LINGER_MS)
