@@ -2,6 +2,9 @@
 
 The progress block (`melissa_nb_<study>_r<rank>_progress`) holds named int64 counters and the
 wall-clock time of their last refresh, so `melissa-nb status` can show every rank's progress.
+Besides the totals it holds gauges refreshed at each publication: resident memory, the frames
+handled in the last poll (256 means a backlog was waiting: ZeroMQ does not expose its queue
+length) and message and byte rates over the last `RATE_WINDOW` seconds.
 Rejected messages are counted per reason and logged at most once per reason per interval, never
 once per message (a misbehaving peer must not flood the log).
 """
@@ -9,8 +12,9 @@ once per message (a misbehaving peer must not flood the log).
 from __future__ import annotations
 
 import logging
+import os
 import time
-from collections import Counter
+from collections import Counter, deque
 
 import numpy as np
 
@@ -27,8 +31,27 @@ COUNTERS = (
     "slices",
     "state_bytes",
     "member_buffer_bytes",
+    "bytes",
+    "kernel_ns",
+    "stage_ns",
+    "stage_errors",
+    "forwarded",
+    "last_burst",
+    "rss_bytes",
+    "message_rate",
+    "byte_rate",
 )
 LOG_INTERVAL = 10.0  # seconds between two log lines about the same rejection reason
+RATE_WINDOW = 5.0  # seconds the published rates average over
+
+
+def resident_bytes() -> int:
+    """Resident memory of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Progress:
@@ -51,6 +74,7 @@ class Progress:
             },
         )
         self.block.arrays["times"][0] = time.time()
+        self._history: deque[tuple[float, int, int]] = deque()
 
     def reject(self, reason: str, detail: str, now: float) -> None:
         """Count one rejected message; log the reason if it was not logged recently."""
@@ -71,6 +95,16 @@ class Progress:
     def publish(self, **current: int) -> None:
         """Refresh the shared counters (`current` overrides gauges such as running)."""
         self.counts.update(current)
+        now = time.monotonic()
+        history = self._history
+        history.append((now, self.counts["messages"], self.counts["bytes"]))
+        while len(history) > 2 and now - history[1][0] >= RATE_WINDOW:
+            history.popleft()
+        elapsed = now - history[0][0]
+        if elapsed > 0:
+            self.counts["message_rate"] = round((history[-1][1] - history[0][1]) / elapsed)
+            self.counts["byte_rate"] = round((history[-1][2] - history[0][2]) / elapsed)
+        self.counts["rss_bytes"] = resident_bytes()
         self.block.arrays["counters"][:] = [self.counts[name] for name in COUNTERS]
         self.block.arrays["times"][1] = time.time()
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from melissa_nb.server.stages import STAGE_KIND
 from melissa_nb.server.state import list_blocks, reading
 
 SERVER_FILE = "server.json"
@@ -60,8 +61,11 @@ def _current_mean(arrays: dict[str, np.ndarray], metadata: dict[str, Any], t: in
 
 
 def _slice_progress(name: str) -> SliceProgress | None:
+    """The progress of a statistics block (None for other blocks: user stage state)."""
     with reading(name) as block:
         metadata = block.metadata
+        if metadata.get("kind") == STAGE_KIND:
+            return None
         counts_name = "general.count" if "general.count" in block.arrays else "sobol.count"
         counts = np.array(block.arrays[counts_name][:, 0])
         mean_range = None
@@ -105,12 +109,22 @@ def read_progress(output_dir: str | Path) -> StudyProgress:
                     )
                     counters["updated_at"] = float(block.arrays["times"][1])
                     ranks[block.metadata["rank"]] = counters
-            else:
-                slices.append(_slice_progress(name))
+            elif (progress := _slice_progress(name)) is not None:
+                slices.append(progress)
         except FileNotFoundError:
             continue  # the server removed this block while we listed them: it is ending
     slices.sort(key=lambda item: (item.field, item.rank, item.client_rank))
     return StudyProgress(description, ranks, slices)
+
+
+def progress_report(output_dir: str | Path) -> dict[str, Any]:
+    """`read_progress` as JSON-ready data (the control endpoint's `status` reply)."""
+    progress = read_progress(output_dir)
+    return {
+        "description": progress.description,
+        "ranks": {str(rank): counters for rank, counters in progress.ranks.items()},
+        "slices": [asdict(item) for item in progress.slices],
+    }
 
 
 def show_status(output_dir: str | Path) -> int:
