@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from bench import baselines
-from bench.timing import machine_info, time_interleaved
-from bench.triad import DEFAULT_ELEMENTS, triad_gbps
+from bench.timing import Timing, machine_info, time_interleaved
+from bench.triad import BYTES_PER_ELEMENT, DEFAULT_ELEMENTS, scaled_add_gbps, triad_gbps
 from melissa_nb import kernels
 
 SIZES = (100_000, 1_000_000, 10_000_000)
@@ -241,45 +241,52 @@ def steady_state_call(update: Update, inputs: Sequence[np.ndarray]) -> Callable[
     return call
 
 
-def measure_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
-                 budget_s: float) -> dict[str, object]:
-    """The record of one kernel at one size (fractions of triad are added by the caller).
+def iterative_stats_note(case: KernelCase, cells: int) -> str | None:
+    """Why iterative-stats is not timed for this kernel and size, or None if it is."""
+    if not baselines.iterative_stats_installed():
+        return "iterative-stats not installed (pip install '.[bench]')"
+    if case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
+        return (f"iterative-stats timed only at <= {case.iterative_stats_max_cells} cells "
+                "(too slow above)")
+    return None
 
-    melissa_nb, numpy and iterative-stats are timed interleaved on the same inputs.
-    """
-    byte_count = bytes_per_cell(case)
+
+def time_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
+              budget_s: float) -> dict[str, Timing]:
+    """melissa_nb, numpy and (where timed) iterative-stats, interleaved on the same inputs."""
     calls = {
         "melissa_nb": steady_state_call(case.melissa_nb_update(case.melissa_nb(cells)), inputs),
         "numpy": steady_state_call(case.numpy(cells).update, inputs),
     }
-    note = None
-    if not baselines.iterative_stats_installed():
-        note = "iterative-stats not installed (pip install '.[bench]')"
-    elif case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
-        note = (f"iterative-stats timed only at <= {case.iterative_stats_max_cells} cells "
-                "(too slow above)")
-    else:
+    if iterative_stats_note(case, cells) is None:
         calls["iterative_stats"] = steady_state_call(case.iterative_stats(cells).update, inputs)
-    timings = time_interleaved(calls, budget_s=budget_s)
-    ours = timings["melissa_nb"]
-    reference = timings.get("iterative_stats")
+    return time_interleaved(calls, budget_s=budget_s)
+
+
+def case_record(case: KernelCase, cells: int,
+                passes: Sequence[Mapping[str, Timing]]) -> dict[str, object]:
+    """The record of one kernel at one size from its timings in every pass: the best time of
+    each implementation over all passes (fractions of triad are added by the caller)."""
+    best = {name: min(timings[name].best_s for timings in passes) for name in passes[0]}
+    ours = best["melissa_nb"]
+    reference = best.get("iterative_stats")
+    byte_count = bytes_per_cell(case)
     return {
         "name": case.name,
         "statistic": case.statistic,
         "cells": cells,
         "bytes_per_cell": byte_count,
-        "ms": ours.best_s * 1e3,
-        "ms_median": ours.median_s * 1e3,
-        "repeats": ours.repeats,
-        "gbps": byte_count * cells / ours.best_s / 1e9,
+        "ms": ours * 1e3,
+        "ms_median": min(timings["melissa_nb"].median_s for timings in passes) * 1e3,
+        "repeats": sum(timings["melissa_nb"].repeats for timings in passes),
+        "gbps": byte_count * cells / ours / 1e9,
         "fraction_of_triad": None,
-        "numpy_ms": timings["numpy"].best_s * 1e3,
-        "speedup_vs_numpy": timings["numpy"].best_s / ours.best_s,
+        "numpy_ms": best["numpy"] * 1e3,
+        "speedup_vs_numpy": best["numpy"] / ours,
         "iterative_stats_statistic": case.iterative_stats_statistic,
-        "iterative_stats_ms": None if reference is None else reference.best_s * 1e3,
-        "speedup_vs_iterative_stats": None if reference is None
-        else reference.best_s / ours.best_s,
-        "note": note,
+        "iterative_stats_ms": None if reference is None else reference * 1e3,
+        "speedup_vs_iterative_stats": None if reference is None else reference / ours,
+        "note": iterative_stats_note(case, cells),
     }
 
 
@@ -362,34 +369,45 @@ def _targets(records: Sequence[Mapping[str, object]],
     return targets
 
 
-def run(sizes: Sequence[int] = SIZES, *, quick: bool = False,
+def run(sizes: Sequence[int] = SIZES, *, quick: bool = False, passes: int = 2,
         progress: Callable[[str], None] = print) -> dict[str, object]:
-    """Run the whole kernel benchmark and return the results (what ``kernels.json`` holds)."""
+    """Run the whole kernel benchmark and return the results (what ``kernels.json`` holds).
+
+    Every kernel and size is timed in each of ``passes`` passes over all of them, and keeps its
+    best time: a neighbour's burst of activity during one pass does not decide the result.
+    """
     load_start = os.getloadavg()[0]
     budget_s = 0.02 if quick else 0.6
-    triad_elements = 1_000_000 if quick else DEFAULT_ELEMENTS
-    triad_before = triad_gbps(triad_elements)
-    progress(f"triad: {triad_before:.1f} GB/s")
+    yardstick_elements = 1_000_000 if quick else DEFAULT_ELEMENTS
     cases = kernel_cases()
     disagreement = {case.name: numpy_disagreement(case) for case in cases}
     for name, difference in disagreement.items():
         if not difference <= AGREEMENT_TOLERANCE:
             raise RuntimeError(f"the numpy baseline of {name} disagrees with melissa_nb by "
                                f"{difference:.3g} (relative): the speed-up would be meaningless")
-    rng = np.random.default_rng(20261122)
-    records = []
-    for cells in sizes:
-        inputs_by_rows: dict[int, list[np.ndarray]] = {}
-        for case in cases:
-            if case.input_rows not in inputs_by_rows:
-                inputs_by_rows[case.input_rows] = _inputs(rng, case.input_rows, cells)
-            records.append(measure_case(case, cells, inputs_by_rows[case.input_rows], budget_s))
-            progress(f"{case.name} at {cells} cells: {records[-1]['ms']:.3f} ms")
-        del inputs_by_rows
-    triad_after = triad_gbps(triad_elements)
-    # The yardstick is the better of the two measurements: fractions are never flattered by a
-    # triad slowed down by a busy neighbour.
-    triad = max(triad_before, triad_after)
+    triads = [triad_gbps(yardstick_elements)]
+    scaled_adds = [scaled_add_gbps(yardstick_elements)]
+    progress(f"triad: {triads[-1]:.1f} GB/s, in-place a += s*b: {scaled_adds[-1]:.1f} GB/s")
+    timings: dict[tuple[str, int], list[dict[str, Timing]]] = {}
+    for pass_number in range(1, passes + 1):
+        rng = np.random.default_rng(20261122)
+        for cells in sizes:
+            inputs_by_rows: dict[int, list[np.ndarray]] = {}
+            for case in cases:
+                if case.input_rows not in inputs_by_rows:
+                    inputs_by_rows[case.input_rows] = _inputs(rng, case.input_rows, cells)
+                timing = time_case(case, cells, inputs_by_rows[case.input_rows], budget_s)
+                timings.setdefault((case.name, cells), []).append(timing)
+                progress(f"pass {pass_number}: {case.name} at {cells} cells: "
+                         f"{timing['melissa_nb'].best_s * 1e3:.3f} ms")
+            del inputs_by_rows
+        triads.append(triad_gbps(yardstick_elements))
+        scaled_adds.append(scaled_add_gbps(yardstick_elements))
+    # The yardstick is the best of its measurements: fractions are never flattered by a triad
+    # slowed down by a busy neighbour.
+    triad = max(triads)
+    records = [case_record(case, cells, timings[case.name, cells])
+               for cells in sizes for case in cases]
     for record in records:
         record["fraction_of_triad"] = record["gbps"] / triad
     import_time = measure_import(cold=not quick)
@@ -400,12 +418,15 @@ def run(sizes: Sequence[int] = SIZES, *, quick: bool = False,
         "benchmark": "kernels",
         "quick": quick,
         "machine": machine,
-        "triad": {"gbps": triad, "gbps_before": triad_before, "gbps_after": triad_after,
-                  "elements": triad_elements, "bytes_per_element": 24},
+        "triad": {"gbps": triad, "measurements_gbps": triads,
+                  "scaled_add_gbps": max(scaled_adds), "scaled_add_measurements_gbps": scaled_adds,
+                  "elements": yardstick_elements, "bytes_per_element": BYTES_PER_ELEMENT},
         "settings": {"thresholds": list(THRESHOLDS), "quantile_orders": list(QUANTILE_ORDERS),
                      "sobol_parameters": SOBOL_PARAMETERS, "budget_s": budget_s,
+                     "passes": passes,
                      "timing": "best of >= 3 steady-state updates after 2 warm-up updates, "
-                               "melissa_nb, numpy and iterative-stats interleaved",
+                               "melissa_nb, numpy and iterative-stats interleaved, best over "
+                               "the passes",
                      "state_accesses": STATE_ACCESSES},
         "numpy_disagreement": disagreement,
         "import_time": import_time,
@@ -458,7 +479,7 @@ def print_table(results: Mapping[str, object]) -> None:
 
 def main(*, quick: bool, output_dir: Path) -> Path:
     """Run the benchmark (small sizes if ``quick``), print it, write ``kernels.json``."""
-    results = run(QUICK_SIZES if quick else SIZES, quick=quick,
+    results = run(QUICK_SIZES if quick else SIZES, quick=quick, passes=1 if quick else 2,
                   progress=lambda line: print(line, file=sys.stderr, flush=True))
     print_table(results)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,17 @@ def server(
         300.0, "-w", "--timeout", help="Seconds of silence before a simulation times out."
     ),
     verbosity: int = typer.Option(1, "-v", "--verbosity", help="0 quiet .. 3 debug."),
-    restart_dir: str = typer.Option(None, "-r", "--restart", help="Checkpoint directory."),
+    restart_dir: str = typer.Option(
+        None, "-r", "--restart", help="Restart from the checkpoints in this directory."
+    ),
+    checkpoint_dir: str = typer.Option(
+        None, "--checkpoint-dir", help="Where checkpoints go (default <output-dir>/checkpoint)."
+    ),
+    target_width: float = typer.Option(
+        None,
+        "--target-width",
+        help="Tell the launcher when every Sobol interval is narrower than this.",
+    ),
     txt_push_port: int = typer.Option(5555, "--txt_push_port", help="Launcher PULL port."),
     txt_pull_port: int = typer.Option(5556, "--txt_pull_port", help="Launcher PUB port."),
     txt_req_port: int = typer.Option(5554, "--txt_req_port", help="Launcher REP port."),
@@ -118,6 +128,8 @@ def server(
             max_cells=max_cells,
             member_buffer_mb=member_buffer_mb,
             heartbeat=heartbeat,
+            checkpoint_dir=checkpoint_dir,
+            target_width=target_width,
         )
     except ConfigurationError as error:
         typer.echo(f"melissa-nb server: error: {error}", err=True)

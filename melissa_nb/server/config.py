@@ -98,12 +98,15 @@ class ServerConfig:
     max_cells: int = 1 << 24
     member_buffer_mb: float = 256.0
     heartbeat: float = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6's value)
+    checkpoint_dir: Path | None = None
+    target_width: float | None = None
 
     def __post_init__(self) -> None:
         self._validate()
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        if self.restart_dir is not None:
-            object.__setattr__(self, "restart_dir", Path(self.restart_dir))
+        for name in ("restart_dir", "checkpoint_dir"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         if self.study_id is None:
             object.__setattr__(
                 self, "study_id", derived_study_id(self.output_dir, self.connection_port)
@@ -212,6 +215,12 @@ class ServerConfig:
             f"--member-buffer-mb must be > 0, got {self.member_buffer_mb}",
         )
         need(self.heartbeat > 0, f"--heartbeat must be > 0, got {self.heartbeat}")
+        if self.target_width is not None:
+            need("sobol" in self.operations, "--target-width needs sobol in -o/--operations")
+            need(
+                0.0 < self.target_width,
+                f"--target-width must be > 0, got {self.target_width}",
+            )
         if self.study_id is not None:
             need(
                 0 < len(self.study_id) <= 32
@@ -273,6 +282,13 @@ class ServerConfig:
         if self.bind_address in ("0.0.0.0", "*", "::"):
             return socket.gethostname()
         return self.bind_address
+
+    @property
+    def checkpoint_directory(self) -> Path:
+        """Where checkpoints go: --checkpoint-dir, else `<output>/checkpoint`."""
+        if self.checkpoint_dir is not None:
+            return Path(self.checkpoint_dir)
+        return Path(self.output_dir) / "checkpoint"
 
     def reserved_ports(self) -> tuple[int, ...]:
         """Ports a data socket must never take (connection, disconnection, launcher ports)."""

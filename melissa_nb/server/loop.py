@@ -44,6 +44,7 @@ from melissa_nb.protocol import (
     Timeout,
     sobol_member,
 )
+from melissa_nb.server.checkpoint import Checkpointer, restore_collectively, snapshot_server
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.launcher import LauncherLink
 from melissa_nb.server.members import MemberAssembly
@@ -127,6 +128,7 @@ class ServerRank:
         self.data: zmq.Socket | None = None
         self.connection: zmq.Socket | None = None
         self.launcher: LauncherLink | None = None
+        self.checkpoints = Checkpointer(config, self.rank, log, now)
         try:
             self._start(now)
         except BaseException:
@@ -158,6 +160,8 @@ class ServerRank:
         self._next_heartbeat = now + self.config.heartbeat
         self._next_publish = now
         self.aborted = False
+        if config.restart_dir is not None:
+            restore_collectively(self, now)
         self.write_server_file()
 
     def _claim_resources(self) -> list[str]:
@@ -285,7 +289,8 @@ class ServerRank:
                 self._report_finished(vote.done_everywhere)
                 if vote.end:
                     return self._finish(vote.aborted)
-        self.log.warning("stopped by signal %d: no results written", self.signals[0])
+        self.checkpoints.write_now(snapshot_server(self))
+        self.log.warning("stopped by signal %d: checkpoint written, no results", self.signals[0])
         return 128 + self.signals[0]
 
     def _drain_data(self, now: float) -> None:
@@ -475,6 +480,8 @@ class ServerRank:
                     self.launcher.send(Alive())
                 if self.config.sobol:
                     self._report_intervals()
+        if self.checkpoints.due(now):
+            self.checkpoints.start(snapshot_server(self), now)
         if now >= self._next_publish:
             self._next_publish = now + PUBLISH_SECONDS
             codes = self.tracker.status()
@@ -489,8 +496,14 @@ class ServerRank:
     # --- the end ---------------------------------------------------------------------------------
 
     def _finish(self, aborted: bool) -> int:
-        """Write every field in turn (all ranks), then rank 0 tells the launcher STOP."""
+        """Write every field in turn (all ranks), then rank 0 tells the launcher STOP.
+
+        An aborted study (launcher gone) is checkpointed first, so it can be restarted.
+        """
         self._periodic(time.monotonic())
+        self.checkpoints.wait()  # no netCDF call may overlap the checkpoint writer's
+        if aborted:
+            self.checkpoints.write_now(snapshot_server(self))
         counts = self.progress.counts
         self.log.info(
             "study %s: %d messages, %d accepted, %d duplicates, %d rejected %s",
@@ -527,6 +540,7 @@ class ServerRank:
 
     def close(self) -> None:
         """Close every socket and remove every shared-memory block of this rank (idempotent)."""
+        self.checkpoints.close()
         for statistics in self.slices.values():
             statistics.release()
         self.slices.clear()

@@ -64,6 +64,15 @@ class MemberAssembly:
         self.used_bytes -= partial.values.nbytes
         return self.ACCEPTED, partial.values
 
+    def partials(self) -> list[tuple[Key, np.ndarray, np.ndarray]]:
+        """Every incomplete group: (key, values (p + 2, cells), received mask) (checkpoints)."""
+        return [(key, p.values, p.received) for key, p in self._partials.items()]
+
+    def restore(self, key: Key, values: np.ndarray, received: np.ndarray) -> None:
+        """Put back an incomplete group read from a checkpoint."""
+        self._partials[key] = _Partial(values.astype(np.float64), received.astype(bool))
+        self.used_bytes += self._partials[key].values.nbytes
+
     def discard_group(self, group: int) -> None:
         """Free every buffer of a group (it was dropped)."""
         for key in [key for key in self._partials if key[2] == group]:

@@ -160,3 +160,19 @@ def block_name(study_id: str, rank: int, field: str, client_rank: int) -> str:
 def progress_block_name(study_id: str, rank: int) -> str:
     """Name of the small per-rank block holding progress counters."""
     return f"melissa_nb_{study_id}_r{rank}_progress"
+
+
+def unlink_blocks(prefix: str) -> list[str]:
+    """Remove every block whose name starts with `prefix` (those of a killed server).
+
+    Only for blocks whose owner is known to be dead: a live owner keeps its mapping but loses
+    the name. Returns the names removed.
+    """
+    removed = []
+    for name in list_blocks(prefix):
+        try:
+            os.unlink(os.path.join(SHM_DIRECTORY, name))
+        except FileNotFoundError:
+            continue
+        removed.append(name)
+    return removed

@@ -1,0 +1,204 @@
+"""Shared pieces of the fault-tolerance tests: real server processes, a deterministic stream.
+
+A study here is Sobol groups (p = 2) of two fields with every statistic on, sent whole by their
+group master through `melissa_nb.client.Client`, whose values depend only on (field, group,
+member, timestep): any run, interrupted or not, on any number of ranks, can be compared with
+another one variable by variable.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket as socketlib
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from melissa_nb.client import Client
+from melissa_nb.server.checkpoint import CheckpointDamaged, checkpoint_path, read_file
+from melissa_nb.server.output import read_results
+from melissa_nb.server.state import list_blocks, unlink_blocks
+from melissa_nb.server.status import read_progress
+
+BIN = Path(sys.executable).parent
+MPIEXEC = BIN / "mpiexec"
+MELISSA = BIN / "melissa-nb"
+WAIT = 60.0
+PARAMETERS = 2
+ROWS = PARAMETERS + 2
+TIMESTEPS = 3
+FIELDS = {"u": 11, "v": 4}
+OPTIONS = (
+    "-p", str(PARAMETERS), "-t", str(TIMESTEPS), "-f", ":".join(FIELDS),
+    "-o", "mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
+    "-e", "4.5:5:5.5", "-q", "0.1:0.5:0.9",
+)  # fmt: skip
+
+
+def free_port(low: int = 20000, high: int = 32768) -> int:
+    """A TCP port free right now, below Linux's ephemeral range."""
+    draw = random.Random()
+    for _ in range(200):
+        port = draw.randrange(low, high)
+        with socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free TCP port in [{low}, {high})")
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
+    """Poll `condition` until truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@dataclass
+class ServerProcess:
+    """A `melissa-nb server` started by a test (under mpiexec for several ranks)."""
+
+    process: subprocess.Popen
+    output: Path
+    study_id: str
+    port: int
+    log: Path
+    ranks: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.output / "checkpoint"
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def wait(self, timeout: float = WAIT) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"server did not end in {timeout:g} s:\n{self.text()}") from None
+
+    def accepted(self) -> list[int]:
+        """Messages accepted so far by each rank (its live progress block)."""
+        try:
+            progress = read_progress(self.output)
+        except FileNotFoundError:
+            return []
+        return [progress.ranks.get(r, {}).get("accepted", -1) for r in range(self.ranks)]
+
+    def checkpointed(self, rank: int = 0) -> int:
+        """Messages the newest checkpoint of `rank` had accepted (-1: none readable yet)."""
+        try:
+            return read_file(checkpoint_path(self.checkpoints, rank)).meta["counts"]["accepted"]
+        except CheckpointDamaged:
+            return -1
+
+    def kill(self) -> None:
+        """SIGKILL every process of the server and remove the blocks it could not remove."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(WAIT)
+        unlink_blocks(f"melissa_nb_{self.study_id}_")
+
+
+@dataclass
+class Servers:
+    """Every server a test started; `cleanup` kills leftovers and checks for leaked blocks."""
+
+    directory: Path
+    started: list[ServerProcess] = field(default_factory=list)
+
+    def start(
+        self,
+        *options: str,
+        sampling_size: int,
+        ranks: int = 1,
+        output: Path | None = None,
+        check_interval: float = 300.0,
+    ) -> ServerProcess:
+        study_id = f"f{uuid.uuid4().hex[:8]}"
+        output = self.directory / f"out_{study_id}" if output is None else output
+        port = free_port()
+        command = [
+            str(MELISSA), "server", *OPTIONS, "-s", str(sampling_size), *options,
+            "-c", str(check_interval), "--connection-port", str(port), "--data_port", "0",
+            "--output-dir", str(output), "--study-id", study_id, "-v", "1",
+        ]  # fmt: skip
+        if ranks > 1:
+            command = [str(MPIEXEC), "-n", str(ranks), *command]
+        log = self.directory / f"{study_id}.log"
+        env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+        with log.open("w") as sink:
+            process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        server = ServerProcess(process, output, study_id, port, log, ranks)
+        self.started.append(server)
+        return server
+
+    def cleanup(self) -> None:
+        leftovers = []
+        for server in self.started:
+            if server.process.poll() is None:
+                os.killpg(server.process.pid, signal.SIGKILL)
+                server.process.wait(WAIT)
+            leftovers += unlink_blocks(f"melissa_nb_{server.study_id}_")
+        assert leftovers == [], f"shared-memory blocks survived: {leftovers}"
+
+
+def group_values(field_name: str, group: int, t: int, cells: int) -> np.ndarray:
+    """The (p + 2, cells) outputs of one group at one timestep (deterministic)."""
+    index = list(FIELDS).index(field_name)
+    generator = np.random.default_rng([index, group, t])
+    return generator.normal(5.0, 1.0 + 0.1 * np.arange(cells), size=(ROWS, cells))
+
+
+def send_groups(endpoint: str, groups: Iterable[int], steps: int = TIMESTEPS) -> None:
+    """Each group's master sends its first `steps` timesteps of every field (then finalizes)."""
+    for group in groups:
+        with Client(simu_id=group * ROWS, server=endpoint, connect_timeout=WAIT) as client:
+            for name, cells in FIELDS.items():
+                client.init_field(name, cells)
+            for t in range(steps):
+                for name, cells in FIELDS.items():
+                    client.send(name, group_values(name, group, t, cells))
+
+
+def assert_same_results(got: Path, expected: Path, rtol: float = 1e-12) -> None:
+    """Every variable of every field's results file equal (NaN where NaN) within `rtol`."""
+    for name in FIELDS:
+        mine = read_results(got / f"{name}.nc")
+        reference = read_results(expected / f"{name}.nc")
+        assert mine.dimensions == reference.dimensions
+        assert sorted(mine.variables) == sorted(reference.variables)
+        for variable, values in reference.variables.items():
+            np.testing.assert_allclose(
+                mine.variables[variable],
+                values,
+                rtol=rtol,
+                atol=0,
+                equal_nan=True,
+                err_msg=f"{name}: {variable}",
+            )
+
+
+def no_blocks(server: ServerProcess) -> bool:
+    """True when no shared-memory block of `server` exists."""
+    return list_blocks(f"melissa_nb_{server.study_id}_") == []

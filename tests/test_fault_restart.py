@@ -1,0 +1,122 @@
+"""Restarts from checkpoints with real server processes: SIGKILL, damaged files, other rank counts.
+
+Every restarted study is compared variable by variable with an uninterrupted run of the same
+groups (1e-12 relative; quantiles too: Robbins-Monro folds every timestep's samples in the same
+order in both runs, since re-sent timesteps already counted are dropped as duplicates).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fault_harness import (
+    TIMESTEPS,
+    ServerProcess,
+    Servers,
+    assert_same_results,
+    no_blocks,
+    send_groups,
+    wait_for,
+)
+
+from melissa_nb.server.checkpoint import checkpoint_path
+from melissa_nb.server.output import read_results
+
+GROUPS = 6
+MESSAGES_PER_GROUP = 2 * TIMESTEPS  # two fields
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    started = Servers(tmp_path)
+    yield started
+    started.cleanup()
+
+
+@pytest.fixture
+def reference(servers: Servers) -> ServerProcess:
+    """An uninterrupted one-rank run of every group."""
+    server = servers.start(sampling_size=GROUPS)
+    send_groups(server.endpoint, range(GROUPS))
+    assert server.wait() == 0, server.text()
+    return server
+
+
+def accepted(server: ServerProcess, count: int) -> None:
+    wait_for(lambda: server.accepted() == [count] * server.ranks, f"{count} accepted per rank")
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_then_restart_completes_with_the_uninterrupted_results(servers, reference) -> None:
+    first = servers.start(sampling_size=GROUPS, check_interval=0.2)
+    send_groups(first.endpoint, range(3))
+    accepted(first, 3 * MESSAGES_PER_GROUP)
+    wait_for(lambda: first.checkpointed() == 3 * MESSAGES_PER_GROUP, "a checkpoint of 3 groups")
+    send_groups(first.endpoint, [3], steps=2)  # a simulation killed half way, with the server
+    accepted(first, 3 * MESSAGES_PER_GROUP + 4)
+    first.kill()
+
+    second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS)
+    send_groups(second.endpoint, range(GROUPS))  # every simulation runs again from the start
+    assert second.wait() == 0, second.text()
+    assert "restarted from" in second.text()
+    assert_same_results(second.output, reference.output)
+    attributes = read_results(second.output / "u.nc").attributes
+    assert attributes["messages_duplicate"] >= 3 * MESSAGES_PER_GROUP
+    assert no_blocks(second)
+
+
+@pytest.mark.timeout(120)
+def test_damaged_checkpoints_fall_back_or_are_refused_clearly(servers, reference, tmp_path) -> None:
+    first = servers.start(sampling_size=GROUPS, check_interval=0.2)
+    send_groups(first.endpoint, range(2))
+    wait_for(lambda: first.checkpointed() == 2 * MESSAGES_PER_GROUP, "a checkpoint of 2 groups")
+    send_groups(first.endpoint, [2])
+    wait_for(lambda: first.checkpointed() == 3 * MESSAGES_PER_GROUP, "a checkpoint of 3 groups")
+    first.kill()
+    newest = checkpoint_path(first.checkpoints, 0)
+    previous = checkpoint_path(first.checkpoints, 0, previous=True)
+    assert previous.exists()
+
+    other_study = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS + 1)
+    assert other_study.wait() == 2
+    assert "checkpoint of another study: sampling_size is 6 there, 7 here" in other_study.text()
+
+    both_damaged = tmp_path / "both_damaged"
+    shutil.copytree(first.checkpoints, both_damaged)
+    for path in both_damaged.glob("*.nc"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    refused = servers.start("-r", str(both_damaged), sampling_size=GROUPS)
+    assert refused.wait() == 2
+    assert "no valid checkpoint of rank 0" in refused.text()
+
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated newest: the previous one serves
+    second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS)
+    send_groups(second.endpoint, range(GROUPS))
+    assert second.wait() == 0, second.text()
+    assert "using the previous checkpoint" in second.text()
+    assert_same_results(second.output, reference.output)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(("old_ranks", "new_ranks"), [(1, 2), (2, 1)])
+def test_restart_on_another_number_of_ranks(servers, reference, old_ranks, new_ranks) -> None:
+    first = servers.start(sampling_size=GROUPS, ranks=old_ranks)
+    send_groups(first.endpoint, range(3))
+    send_groups(first.endpoint, [3], steps=1)
+    accepted(first, 3 * MESSAGES_PER_GROUP + 2)
+    first.process.send_signal(signal.SIGTERM)  # every rank checkpoints on its way out
+    first.wait()
+    for rank in range(old_ranks):
+        assert checkpoint_path(first.checkpoints, rank).exists(), first.text()
+    assert no_blocks(first)
+
+    second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS, ranks=new_ranks)
+    send_groups(second.endpoint, range(GROUPS))
+    assert second.wait() == 0, second.text()
+    assert f"written by {old_ranks} rank(s)" in second.text()
+    assert_same_results(second.output, reference.output)
