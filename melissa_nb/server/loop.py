@@ -46,6 +46,7 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.checkpoint import Checkpointer, restore_collectively, snapshot_server
 from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.convergence import Convergence
 from melissa_nb.server.launcher import LauncherLink
 from melissa_nb.server.members import MemberAssembly
 from melissa_nb.server.output import statistic_names, write_field
@@ -155,8 +156,9 @@ class ServerRank:
         self.poller = zmq.Poller()
         for socket in self._input_sockets():
             self.poller.register(socket, zmq.POLLIN)
-        width = summary_width(len(config.field_names), config.sampling_size)
-        self.vote = EndVote(world, width, VOTE_SECONDS)
+        self.summary_width = summary_width(len(config.field_names), config.sampling_size)
+        self.convergence = Convergence(config, config.heartbeat)  # its widths ride on the vote
+        self.vote = EndVote(world, self.summary_width + self.convergence.columns, VOTE_SECONDS)
         self._next_heartbeat = now + self.config.heartbeat
         self._next_publish = now
         self.aborted = False
@@ -283,9 +285,15 @@ class ServerRank:
                         self._handle_launcher(socket, now)
                 self.launcher.service(now)
             self._periodic(now)
-            rows = self.vote.poll(lambda: self.tracker.summary(self.aborted), now)
+            rows = self.vote.poll(self._vote_row, now)
             if rows is not None:
-                vote = Vote.count(rows, len(self.config.field_names), self.config.sampling_size)
+                vote = Vote.count(
+                    rows[:, : self.summary_width],
+                    len(self.config.field_names),
+                    self.config.sampling_size,
+                )
+                if self.convergence.count(rows[:, self.summary_width :]):
+                    self._converged()
                 self._report_finished(vote.done_everywhere)
                 if vote.end:
                     return self._finish(vote.aborted)
@@ -428,6 +436,17 @@ class ServerRank:
             elif isinstance(message, Drop):
                 if message.simu_id < self.config.sampling_size:
                     self._drop(message.simu_id, "dropped by the launcher")
+
+    def _vote_row(self) -> np.ndarray:
+        row = self.tracker.summary(self.aborted)
+        return np.concatenate([row, self.convergence.row(self.slices, time.monotonic())])
+
+    def _converged(self) -> None:
+        """Every Sobol interval is narrower than --target-width: rank 0 tells the launcher."""
+        self.log.warning("every Sobol interval is narrower than %g", self.config.target_width)
+        if self.launcher is not None and self.rank == 0:
+            for message in self.convergence.messages():
+                self.launcher.send(message)
 
     def _report_intervals(self) -> None:
         """Rank 0: the widest Sobol interval of its cells, per field, over every timestep."""
