@@ -1,3 +1,21 @@
-"""melissa_nb: the Melissa in-transit sensitivity analysis server, rebuilt with Numba, ZeroMQ and MPI."""
+"""melissa_nb: the Melissa in-transit sensitivity analysis server, rebuilt with Numba, ZeroMQ
+and MPI."""
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EMBEDDED = ("MelissaServer", "ServerStatus", "SimulationData")
+
+
+def __getattr__(name: str) -> Any:
+    """`melissa_nb.MelissaServer` and friends, imported on first use (the server is heavy)."""
+    if name in _EMBEDDED:
+        from melissa_nb import embedded
+
+        return getattr(embedded, name)
+    raise AttributeError(f"module 'melissa_nb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EMBEDDED])

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import typer
 
 from melissa_nb import __version__
+
+if TYPE_CHECKING:
+    from melissa_nb.server.config import ServerConfig
 
 app = typer.Typer(
     name="melissa-nb",
@@ -94,43 +99,28 @@ def server(
     heartbeat: float = typer.Option(
         20.0, "--heartbeat", help="Seconds between ALIVE/TIMEOUT messages to the launcher."
     ),
+    control_port: int = typer.Option(
+        0, "--control-port", help="Rank 0's control port (0: a free port, see server.json)."
+    ),
+    control_bind: str = typer.Option(
+        "127.0.0.1", "--control-bind", help="Interface the control endpoint binds."
+    ),
+    forward_to: str = typer.Option(
+        None, "--forward-to", help="A consumer's address: push every accepted message there."
+    ),
+    forward_ack: str = typer.Option(
+        None, "--forward-ack", help="The consumer's address acknowledging the end of stream."
+    ),
+    forward_timeout: float = typer.Option(
+        60.0, "--forward-timeout", help="Seconds a forward or the final acknowledgement may wait."
+    ),
 ) -> None:
     """Run one rank of the statistics server (start M ranks with mpiexec -n M)."""
+    options = dict(locals())  # the parsed options, each named after its ServerConfig field
     from melissa_nb.errors import ConfigurationError
-    from melissa_nb.server.config import ServerConfig, parse_colon_list
 
     try:
-        config = ServerConfig(
-            parameters=parameters,
-            sampling_size=sampling_size,
-            timesteps=timesteps,
-            operations=parse_colon_list(operations, "-o/--operations"),
-            thresholds=parse_colon_list(thresholds, "-e/--thresholds", float),
-            quantiles=parse_colon_list(quantiles, "-q/--quantiles", float),
-            field_names=parse_colon_list(field_names, "-f/--fieldnames"),
-            launcher_name=launcher_name,
-            check_interval=check_interval,
-            timeout=timeout,
-            verbosity=verbosity,
-            restart_dir=restart_dir,
-            txt_push_port=txt_push_port,
-            txt_pull_port=txt_pull_port,
-            txt_req_port=txt_req_port,
-            data_port=data_port,
-            output_dir=output_dir,
-            bind=bind,
-            advertise=advertise,
-            connection_port=connection_port,
-            port_table_width=port_table_width,
-            study_id=study_id,
-            confidence=confidence,
-            launcher_timeout=launcher_timeout,
-            max_cells=max_cells,
-            member_buffer_mb=member_buffer_mb,
-            heartbeat=heartbeat,
-            checkpoint_dir=checkpoint_dir,
-            target_width=target_width,
-        )
+        config = config_from_options(options)
     except ConfigurationError as error:
         typer.echo(f"melissa-nb server: error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -139,14 +129,39 @@ def server(
     raise typer.Exit(serve(config))
 
 
+COLON_LISTS = {
+    "operations": ("-o/--operations", str),
+    "thresholds": ("-e/--thresholds", float),
+    "quantiles": ("-q/--quantiles", float),
+    "field_names": ("-f/--fieldnames", str),
+}
+
+
+def config_from_options(options: dict[str, Any]) -> ServerConfig:
+    """The ServerConfig of the `server` command's parsed options (ConfigurationError if bad).
+
+    Every option of `server` is named after its ServerConfig field, so the command line and
+    an embedded server (`MelissaServer.from_arguments`) share one definition of the settings.
+    """
+    from melissa_nb.server.config import ServerConfig, parse_colon_list
+
+    values = dict(options)
+    for name, (option, kind) in COLON_LISTS.items():
+        values[name] = parse_colon_list(values[name], option, kind)
+    return ServerConfig(**values)
+
+
 @app.command()
 def status(
     output_dir: str = typer.Argument("results", help="The server's --output-dir."),
+    watch: float = typer.Option(
+        0.0, "--watch", help="Refresh the tables live for this many seconds (0: print once)."
+    ),
 ) -> None:
-    """Show the live progress of a running server (reads its shared-memory state)."""
+    """Show the progress of a running server (its shared memory, else its control endpoint)."""
     from melissa_nb.server.status import show_status
 
-    raise typer.Exit(show_status(output_dir))
+    raise typer.Exit(show_status(output_dir, watch))
 
 
 @app.command()

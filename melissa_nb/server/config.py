@@ -100,6 +100,13 @@ class ServerConfig:
     heartbeat: float = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6's value)
     checkpoint_dir: Path | None = None
     target_width: float | None = None
+    statistics: bool = True  # False: no built-in kernels, state or result files (embedded use)
+    control_port: int = 0  # rank 0's control REP port; 0 = chosen by ZeroMQ (see server.json)
+    control_bind: str = "127.0.0.1"  # the control endpoint answers on loopback unless told
+    forward_to: str | None = None  # a consumer's PULL address: accepted data is pushed there
+    forward_ack: str | None = None  # the consumer's REP address acknowledging end of stream
+    forward_data: bool = True  # False: only what user code forwards (results) is pushed
+    forward_timeout: float = 60.0  # bound on one blocked send and on the final acknowledgement
 
     def __post_init__(self) -> None:
         self._validate()
@@ -221,6 +228,27 @@ class ServerConfig:
                 0.0 < self.target_width,
                 f"--target-width must be > 0, got {self.target_width}",
             )
+        need(
+            0 <= self.control_port <= 65535,
+            f"--control-port must be in 0..65535 (0 = chosen by ZeroMQ), got {self.control_port}",
+        )
+        need(
+            (self.forward_to is None) == (self.forward_ack is None),
+            "--forward-to and --forward-ack go together "
+            f"(got {self.forward_to!r} and {self.forward_ack!r})",
+        )
+        for option, address in (
+            ("--forward-to", self.forward_to),
+            ("--forward-ack", self.forward_ack),
+        ):
+            need(
+                address is None or address.startswith(("tcp://", "ipc://", "inproc://")),
+                f"{option}: {address!r} is not a tcp://, ipc:// or inproc:// address",
+            )
+        need(
+            self.forward_timeout > 0,
+            f"--forward-timeout must be > 0, got {self.forward_timeout}",
+        )
         if self.study_id is not None:
             need(
                 0 < len(self.study_id) <= 32

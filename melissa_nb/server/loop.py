@@ -34,6 +34,7 @@ from melissa_nb.protocol import (
     ConfidenceInterval,
     ConnectionReply,
     ConnectionRequest,
+    DataMessage,
     DataValidator,
     Drop,
     Job,
@@ -46,13 +47,17 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.checkpoint import Checkpointer, restore_collectively, snapshot_server
 from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.control import ControlEndpoint
 from melissa_nb.server.convergence import Convergence
+from melissa_nb.server.forward import DATA, Forwarder
 from melissa_nb.server.launcher import LauncherLink
 from melissa_nb.server.members import MemberAssembly
 from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.ranks import EndVote, World
 from melissa_nb.server.slices import SliceStatistics, general_settings, slice_bytes
+from melissa_nb.server.stages import Processing
+from melissa_nb.server.status import progress_report
 from melissa_nb.server.tracking import (
     STATE_FINISHED,
     STATE_RUNNING,
@@ -73,7 +78,8 @@ EXIT_BAD_OPTIONS = 2
 SERVER_FILE = "server.json"
 
 
-def _logger(rank: int, verbosity: int) -> logging.Logger:
+def rank_logger(rank: int, verbosity: int) -> logging.Logger:
+    """The logger of one rank: one line per event, level from the verbosity (0 warnings)."""
     log = logging.getLogger(f"melissa_nb.server.r{rank}")
     if not log.handlers:
         handler = logging.StreamHandler()
@@ -129,6 +135,11 @@ class ServerRank:
         self.data: zmq.Socket | None = None
         self.connection: zmq.Socket | None = None
         self.launcher: LauncherLink | None = None
+        self.control: ControlEndpoint | None = None
+        self.forwarder: Forwarder | None = None
+        self.processing: Processing | None = None
+        self.drain = DRAIN  # an embedded server takes one frame per step (bounded inbox)
+        self.vote_rounds = 0
         self.checkpoints = Checkpointer(config, self.rank, log, now)
         try:
             self._start(now)
@@ -149,7 +160,11 @@ class ServerRank:
         self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
         self.known_jobs: set[int] = set()
         self.requested_info: set[int] = set()
+        self.job_parameters: dict[int, tuple[float, ...]] = {}  # JOB values, for user code
         self.addresses: list[str] = self._claim_resources()
+        self.processing = Processing(config, self.rank, self.progress.counts, log)
+        if config.forward_to is not None:
+            self._connect_forwarder()
         self.launcher = (
             LauncherLink(self.context, config, now, log) if config.launcher_name else None
         )
@@ -184,6 +199,7 @@ class ServerRank:
                 ) from None
             self.data = self._bind_data()
             self.connection = self._bind_connection() if self.rank == 0 else None
+            self.control = self._bind_control() if self.rank == 0 else None
         except ConfigurationError as error:
             problem = f"rank {self.rank}: {error}"
         outcomes = self.world.allgather((problem, None if problem else self.data_address))
@@ -222,10 +238,66 @@ class ServerRank:
         self._bind(connection, endpoint, "--connection-port/--bind")
         return connection
 
+    def _bind_control(self) -> ControlEndpoint:
+        actions = {
+            "status": lambda: progress_report(self.config.output_dir),
+            "stop": self.request_stop,
+            "checkpoint": self.request_checkpoint,
+        }
+        try:
+            return ControlEndpoint(
+                self.context, self.config.control_bind, self.config.control_port, actions, self.log
+            )
+        except zmq.ZMQError as error:
+            raise ConfigurationError(
+                f"--control-port/--control-bind: cannot bind "
+                f"{self.config.control_bind}:{self.config.control_port}: {error}"
+            ) from None
+
+    def _connect_forwarder(self) -> None:
+        assert self.processing is not None and self.config.forward_to is not None
+        self.forwarder = Forwarder(
+            self.context,
+            self.config.forward_to,
+            str(self.config.forward_ack),
+            self.rank,
+            self.world.size,
+            self.config.forward_timeout,
+            self.progress.counts,
+            self.log,
+        )
+        forwarder = self.forwarder
+        if self.config.forward_data:
+            self.processing.listen(
+                lambda message: forwarder.send(
+                    DATA,
+                    message.field_name,
+                    message.values,
+                    message.simu_id,
+                    message.client_rank,
+                    message.time_stamp,
+                )
+            )
+        self.processing.on_finish(lambda aborted: forwarder.end())
+
+    def request_stop(self) -> dict[str, Any]:
+        """End the study at the next end vote with what arrived (control `stop`)."""
+        if not self.aborted:
+            self.log.warning("stop requested: ending the study with the data received so far")
+        self.aborted = True
+        return {"stopping": True}
+
+    def request_checkpoint(self) -> dict[str, Any]:
+        """Control `checkpoint`: write one at the next turn of the loop (like SIGUSR1)."""
+        self.checkpoints.request()
+        return {"ok": True, "directory": str(self.checkpoints.directory)}
+
     def _input_sockets(self) -> list[zmq.Socket]:
         sockets = [self.data]
         if self.connection is not None:
             sockets.append(self.connection)
+        if self.control is not None:
+            sockets.append(self.control.socket)
         if self.launcher is not None:
             sockets += list(self.launcher.sockets)
         return sockets
@@ -245,6 +317,7 @@ class ServerRank:
             "pids": pids,
             "connection_address": f"tcp://{config.advertise_host}:{config.connection_port}",
             "data_addresses": self.addresses,
+            "control_address": self.control.address if self.control is not None else None,
             "shm_prefix": config.shm_prefix(),
             "progress_blocks": [
                 f"{config.shm_prefix()}r{rank}_progress" for rank in range(self.world.size)
@@ -263,6 +336,17 @@ class ServerRank:
 
     def run(self) -> int:
         """Serve until the study ends (0), the launcher is gone (1) or a signal arrives."""
+        self.begin()
+        while not self.signals:
+            code = self.step(POLL_MS)
+            if code is not None:
+                return code
+        self.checkpoints.write_now(snapshot_server(self))
+        self.log.warning("stopped by signal %d: checkpoint written, no results", self.signals[0])
+        return 128 + self.signals[0]
+
+    def begin(self) -> None:
+        """Announce this rank to the launcher and say it is ready (once, before `step`)."""
         if self.launcher is not None:
             self.launcher.send(Server(self.rank, socketlib.gethostname()))
             if self.rank == 0:
@@ -270,44 +354,50 @@ class ServerRank:
         self.log.info(
             "ready: data %s%s",
             self.data_address,
-            f", connections on port {self.config.connection_port}" if self.rank == 0 else "",
+            f", connections on port {self.config.connection_port}, control {self.control.address}"
+            if self.control is not None
+            else "",
         )
-        while not self.signals:
-            events = dict(self.poller.poll(POLL_MS))
-            now = time.monotonic()
-            if self.data in events:
-                self._drain_data(now)
-            if self.connection is not None and self.connection in events:
-                self._answer_connection(now)
-            if self.launcher is not None:
-                for socket in self.launcher.sockets:
-                    if socket in events:
-                        self._handle_launcher(socket, now)
-                self.launcher.service(now)
-            self._periodic(now)
-            rows = self.vote.poll(self._vote_row, now)
-            if rows is not None:
-                vote = Vote.count(
-                    rows[:, : self.summary_width],
-                    len(self.config.field_names),
-                    self.config.sampling_size,
-                )
-                if self.convergence.count(rows[:, self.summary_width :]):
-                    self._converged()
-                self._report_finished(vote.done_everywhere)
-                if vote.end:
-                    return self._finish(vote.aborted)
-        self.checkpoints.write_now(snapshot_server(self))
-        self.log.warning("stopped by signal %d: checkpoint written, no results", self.signals[0])
-        return 128 + self.signals[0]
+
+    def step(self, timeout_ms: int) -> int | None:
+        """One turn of the loop: wait up to `timeout_ms` for input and handle it, then the
+        periodic work and the end vote. Returns the exit code once the study ended."""
+        events = dict(self.poller.poll(timeout_ms))
+        now = time.monotonic()
+        if self.data in events:
+            self._drain_data(now)
+        if self.connection is not None and self.connection in events:
+            self._answer_connection(now)
+        if self.control is not None and self.control.socket in events:
+            self.control.answer()
+        if self.launcher is not None:
+            for socket in self.launcher.sockets:
+                if socket in events:
+                    self._handle_launcher(socket, now)
+            self.launcher.service(now)
+        self._periodic(now)
+        rows = self.vote.poll(self._vote_row, now)
+        if rows is None:
+            return None
+        self.vote_rounds += 1
+        vote = Vote.count(
+            rows[:, : self.summary_width], len(self.config.field_names), self.config.sampling_size
+        )
+        if self.convergence.count(rows[:, self.summary_width :]):
+            self._converged()
+        self._report_finished(vote.done_everywhere)
+        return self._finish(vote.aborted) if vote.end else None
 
     def _drain_data(self, now: float) -> None:
-        for _ in range(DRAIN):
+        counts = self.progress.counts
+        for burst in range(self.drain):
             try:
                 frame = self.data.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                counts["last_burst"] = burst
                 return
-            self.progress.counts["messages"] += 1
+            counts["messages"] += 1
+            counts["bytes"] += len(frame)
             try:
                 self._handle_data(frame.buffer, now)
             except ProtocolError as error:
@@ -325,8 +415,12 @@ class ServerRank:
         if self.tracker.dropped[group]:
             raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
         field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
-        statistics = self._slice(field, client_rank, message.vect_size)
-        steps = self.tracker.learn_slice(field, client_rank, message.vect_size, statistics.received)
+        statistics = (
+            self._slice(field, client_rank, message.vect_size) if config.statistics else None
+        )
+        steps = self.tracker.learn_slice(
+            field, client_rank, message.vect_size, statistics and statistics.received
+        )
         self._saw(group, now)
         if steps.has(group, timestep):
             self.progress.counts["duplicates"] += 1
@@ -345,17 +439,33 @@ class ServerRank:
                     f"no room for member {member} of group {group} "
                     f"(--member-buffer-mb {config.member_buffer_mb:g})",
                 )
-            self.progress.counts["accepted"] += 1
+            self._accepted(message)
             if assembled is None:
                 return
-            statistics.update_group(timestep, assembled, group)
-        elif config.sobol:
-            statistics.update_group(timestep, values, group)
-            self.progress.counts["accepted"] += 1
+            self._fold(statistics, timestep, assembled, group)
         else:
-            statistics.update_sample(timestep, values[0], group)
-            self.progress.counts["accepted"] += 1
+            self._fold(statistics, timestep, values, group)
+            self._accepted(message)
         self.tracker.record(field, client_rank, group, timestep)
+
+    def _fold(
+        self, statistics: SliceStatistics | None, timestep: int, values: np.ndarray, sample: int
+    ) -> None:
+        """Fold a sample (or a whole Sobol group) into the built-in statistics, timed."""
+        if statistics is None:
+            return
+        started = time.perf_counter_ns()
+        if self.config.sobol:
+            statistics.update_group(timestep, values, sample)
+        else:
+            statistics.update_sample(timestep, values[0], sample)
+        self.progress.counts["kernel_ns"] += time.perf_counter_ns() - started
+
+    def _accepted(self, message: DataMessage) -> None:
+        """Count an accepted message and hand it to the user stages and listeners."""
+        self.progress.counts["accepted"] += 1
+        assert self.processing is not None
+        self.processing.accept(message)
 
     def _slice(self, field: str, client_rank: int, cells: int) -> SliceStatistics:
         statistics = self.slices.get((field, client_rank))
@@ -432,6 +542,7 @@ class ServerRank:
         for message in self.launcher.receive(socket, now, reject):
             if isinstance(message, Job):
                 self.known_jobs.add(message.simu_id)
+                self.job_parameters[message.simu_id] = message.parameters
                 self.tracker.job_ids[message.simu_id] = message.job_id
             elif isinstance(message, Drop):
                 if message.simu_id < self.config.sampling_size:
@@ -543,7 +654,7 @@ class ServerRank:
             "messages_rejected": int(sum(rejections.values())),
             "rejected_reasons": ",".join(f"{key}={n}" for key, n in sorted(rejections.items())),
         }
-        for field in self.config.field_names:
+        for field in self.config.field_names if self.config.statistics else ():
             slices = sorted(
                 (item for item in self.slices.values() if item.field == field),
                 key=lambda item: item.client_rank,
@@ -555,14 +666,27 @@ class ServerRank:
         self.world.barrier()
         if self.launcher is not None and self.rank == 0:
             self.launcher.send(Stop())
+        assert self.processing is not None
+        self.processing.finish(aborted)
         return EXIT_ABORTED if aborted else 0
 
     def close(self) -> None:
         """Close every socket and remove every shared-memory block of this rank (idempotent)."""
         self.checkpoints.close()
+        if hasattr(self, "tracker"):  # its received counts are views of the slice blocks
+            for slices in self.tracker.slices.values():
+                slices.clear()
         for statistics in self.slices.values():
             statistics.release()
         self.slices.clear()
+        if self.processing is not None:
+            self.processing.release()
+        if self.forwarder is not None:
+            self.forwarder.close()
+            self.forwarder = None
+        if self.control is not None:
+            self.control.close()
+            self.control = None
         if self.progress is not None:
             self.progress.release()
             self.progress = None
@@ -585,15 +709,21 @@ def _install_signal_handlers(on_signal: Callable[[int], None]) -> dict[int, Any]
     return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
-def serve(config: ServerConfig) -> int:
-    """Run this process's rank of the server; returns the process exit code."""
+def start_rank(verbosity: int) -> tuple[World, logging.Logger]:
+    """Prepare this process to be a server rank: OpenMP waits, MPI world, logger, threads."""
     # Idle OpenMP workers that spin steal the cores the other ranks and the simulations need:
     # on 2 busy cores a 100-cell FieldStatistics.update took 1.3 ms with spinning workers and
     # 38 us with passive ones (a loop of updates, timed with perf_counter).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     world = World()
-    log = _logger(world.rank, config.verbosity)
+    log = rank_logger(world.rank, verbosity)
     numba.set_num_threads(min(world.threads_per_rank(), numba.config.NUMBA_NUM_THREADS))
+    return world, log
+
+
+def serve(config: ServerConfig) -> int:
+    """Run this process's rank of the server; returns the process exit code."""
+    world, log = start_rank(config.verbosity)
     signals: list[int] = []
     previous = _install_signal_handlers(signals.append)
     try:

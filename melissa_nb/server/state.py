@@ -30,6 +30,10 @@ SHM_DIRECTORY = "/dev/shm"
 ArrayLayout = Mapping[str, tuple[tuple[int, ...], Any]]
 """name -> (shape, dtype) of every array a block holds."""
 
+_OWNED: set[str] = set()
+"""Blocks created by this process: attaching to one of them (the control endpoint's `status`
+on rank 0) must leave the resource tracker's record of it alone."""
+
 
 def _aligned(offset: int) -> int:
     return -(-offset // ALIGNMENT) * ALIGNMENT
@@ -98,6 +102,7 @@ class StateBlock:
         memory.buf[: len(MAGIC)] = MAGIC
         memory.buf[len(MAGIC) : _PREAMBLE] = _LENGTH.pack(len(header))
         memory.buf[_PREAMBLE : _PREAMBLE + len(header)] = header
+        _OWNED.add(memory.name)
         return cls(memory, json.loads(header), owner=True)
 
     @property
@@ -109,6 +114,7 @@ class StateBlock:
         """Drop the views, unmap the block and, for its owner, remove its name."""
         self.arrays.clear()
         if self.owner:
+            _OWNED.discard(self.name)
             self._memory.unlink()
         try:
             self._memory.close()
@@ -125,7 +131,8 @@ def attach_block(name: str) -> StateBlock:
     block when the reading process exits (Python < 3.13 registers attaches too).
     """
     memory = shared_memory.SharedMemory(name=name, create=False)
-    resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
+    if memory.name not in _OWNED:
+        resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
     buffer = memory.buf
     if bytes(buffer[: len(MAGIC)]) != MAGIC:
         memory.close()

@@ -19,6 +19,8 @@ from melissa_nb.server.stages import STAGE_KIND
 from melissa_nb.server.state import list_blocks, reading
 
 SERVER_FILE = "server.json"
+CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control endpoint
+REFRESH_SECONDS = 0.5  # the ranks refresh their counters at this pace
 
 
 @dataclass(frozen=True)
@@ -127,57 +129,63 @@ def progress_report(output_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def show_status(output_dir: str | Path) -> int:
-    """Print the live progress tables; exit code 1 when no server runs for this directory."""
-    from rich.console import Console
+def _progress_from_report(report: dict[str, Any]) -> StudyProgress:
+    """A `progress_report` read back (the control endpoint's answer)."""
+    slices = [
+        SliceProgress(
+            **{
+                **item,
+                "mean_range": None if item["mean_range"] is None else tuple(item["mean_range"]),
+            }
+        )
+        for item in report["slices"]
+    ]
+    ranks = {int(rank): counters for rank, counters in report["ranks"].items()}
+    return StudyProgress(report["description"], ranks, slices)
+
+
+def live_progress(output_dir: str | Path) -> StudyProgress:
+    """The study's progress from its shared memory, else (another node) its control endpoint.
+
+    FileNotFoundError without server.json; `ranks` is empty when no server answers.
+    """
+    progress = read_progress(output_dir)
+    address = progress.description.get("control_address")
+    if progress.ranks or not address:
+        return progress
+    from melissa_nb.server.control import control_request
+
+    try:
+        report = control_request(address, "status", CONTROL_TIMEOUT)
+    except TimeoutError:
+        return progress
+    return _progress_from_report(report) if report.get("ok") else progress
+
+
+def _rate(counters: dict[str, Any]) -> str:
+    return f"{counters['message_rate']}/s {counters['byte_rate'] / 2**20:.1f} MiB/s"
+
+
+def render_progress(progress: StudyProgress) -> Any:
+    """The two tables `melissa-nb status` shows: ranks, then fields."""
+    from rich.console import Group
     from rich.table import Table
 
-    console = Console()
-    try:
-        progress = read_progress(output_dir)
-    except FileNotFoundError:
-        console.print(f"no {SERVER_FILE} in {output_dir}: no server was started there")
-        return 1
     description = progress.description
-    if not progress.ranks:
-        console.print(
-            f"study {description['study_id']}: no live server (finished or stopped); "
-            f"results are in {output_dir}"
-        )
-        return 1
     ranks = Table(title=f"study {description['study_id']}: {description['ranks']} rank(s)")
-    for column in (
-        "rank",
-        "messages",
-        "accepted",
-        "duplicates",
-        "rejected",
-        "running",
-        "finished",
-        "dropped",
-        "state MiB",
-        "updated",
-    ):
+    columns = ("messages", "accepted", "duplicates", "rejected", "running", "finished", "dropped")
+    for column in ("rank", *columns, "rate", "state MiB", "RSS MiB", "kernel s", "updated"):
         ranks.add_column(column, justify="right")
     for rank, counters in sorted(progress.ranks.items()):
         ranks.add_row(
             str(rank),
-            *(
-                str(counters[key])
-                for key in (
-                    "messages",
-                    "accepted",
-                    "duplicates",
-                    "rejected",
-                    "running",
-                    "finished",
-                    "dropped",
-                )
-            ),
+            *(str(counters[key]) for key in columns),
+            _rate(counters),
             f"{counters['state_bytes'] / 2**20:.1f}",
+            f"{counters['rss_bytes'] / 2**20:.0f}",
+            f"{counters['kernel_ns'] / 1e9:.2f}",
             f"{time.time() - counters['updated_at']:.1f} s ago",
         )
-    console.print(ranks)
     fields = Table(title=f"fields ({description['sampling_size']} samples expected)")
     for column in (
         "field",
@@ -203,5 +211,39 @@ def show_status(output_dir: str | Path) -> int:
             if item.mean_range is None
             else f"{item.mean_range[0]:.6g} .. {item.mean_range[1]:.6g}",
         )
-    console.print(fields)
+    return Group(ranks, fields)
+
+
+def show_status(output_dir: str | Path, watch: float = 0.0) -> int:
+    """Print the progress tables, refreshed live for `watch` seconds (0: once).
+
+    Exit code 1 when no server runs for this directory (or it ended while watched).
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    try:
+        progress = live_progress(output_dir)
+    except FileNotFoundError:
+        console.print(f"no {SERVER_FILE} in {output_dir}: no server was started there")
+        return 1
+    if not progress.ranks:
+        console.print(
+            f"study {progress.description['study_id']}: no live server (finished or stopped); "
+            f"results are in {output_dir}"
+        )
+        return 1
+    if watch <= 0:
+        console.print(render_progress(progress))
+        return 0
+    deadline = time.monotonic() + watch
+    with Live(render_progress(progress), console=console, auto_refresh=False) as live:
+        while time.monotonic() < deadline:
+            time.sleep(min(REFRESH_SECONDS, max(0.0, deadline - time.monotonic())))
+            progress = live_progress(output_dir)
+            if not progress.ranks:
+                console.print("the server ended")
+                return 1
+            live.update(render_progress(progress), refresh=True)
     return 0
