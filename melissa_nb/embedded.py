@@ -227,11 +227,14 @@ class MelissaServer:
         client_rank: int = -1,
         timestep: int = -1,
     ) -> bool:
-        """Push a result to the consumer (`forward_to`); False when there is none or it broke."""
+        """Push a result to the consumer (`forward_to`); False when there is none or it broke.
+
+        `values` is copied: it may change as soon as this returns.
+        """
         forwarder = self._rank.forwarder
         if forwarder is None:
             return False
-        return forwarder.send(RESULT, name, values, simulation_id, client_rank, timestep)
+        return forwarder.send(RESULT, name, values, simulation_id, client_rank, timestep, copy=True)
 
     @property
     def rank(self) -> int:

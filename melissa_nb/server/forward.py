@@ -142,8 +142,12 @@ class Forwarder:
         simulation_id: int = -1,
         client_rank: int = -1,
         timestep: int = -1,
+        copy: bool = False,
     ) -> bool:
-        """Push one message (no copy of `values`); False when the pipe is broken or ended."""
+        """Push one message; False when the pipe is broken or ended.
+
+        Without `copy`, `values` must stay unchanged until sent (received frames do).
+        """
         if self.broken or self.ended:
             return False
         values = np.ascontiguousarray(values, dtype=np.float64)
@@ -160,7 +164,7 @@ class Forwarder:
             values,
         ).header()
         try:
-            self.pusher.send_multipart([header, values], copy=False)
+            self.pusher.send_multipart([header, values], copy=copy)
         except zmq.Again:
             self.broken = True
             self.log.error(

@@ -173,7 +173,10 @@ class ServerRank:
             self.poller.register(socket, zmq.POLLIN)
         self.summary_width = summary_width(len(config.field_names), config.sampling_size)
         self.convergence = Convergence(config, config.heartbeat)  # its widths ride on the vote
-        self.vote = EndVote(world, self.summary_width + self.convergence.columns, VOTE_SECONDS)
+        # the last column carries control `checkpoint` requests to every rank
+        self.vote = EndVote(world, self.summary_width + self.convergence.columns + 1, VOTE_SECONDS)
+        self.checkpoint_requests = 0  # made on this rank (control endpoint)
+        self._checkpoints_voted = 0  # the most any rank had made at the last vote
         self._next_heartbeat = now + self.config.heartbeat
         self._next_publish = now
         self.aborted = False
@@ -288,8 +291,8 @@ class ServerRank:
         return {"stopping": True}
 
     def request_checkpoint(self) -> dict[str, Any]:
-        """Control `checkpoint`: write one at the next turn of the loop (like SIGUSR1)."""
-        self.checkpoints.request()
+        """Control `checkpoint`: every rank writes one after the next end vote (0.2 s)."""
+        self.checkpoint_requests += 1
         return {"ok": True, "directory": str(self.checkpoints.directory)}
 
     def _input_sockets(self) -> list[zmq.Socket]:
@@ -383,8 +386,11 @@ class ServerRank:
         vote = Vote.count(
             rows[:, : self.summary_width], len(self.config.field_names), self.config.sampling_size
         )
-        if self.convergence.count(rows[:, self.summary_width :]):
+        if self.convergence.count(rows[:, self.summary_width : -1]):
             self._converged()
+        if rows[:, -1].max() > self._checkpoints_voted:
+            self._checkpoints_voted = int(rows[:, -1].max())
+            self.checkpoints.request()
         self._report_finished(vote.done_everywhere)
         return self._finish(vote.aborted) if vote.end else None
 
@@ -550,7 +556,8 @@ class ServerRank:
 
     def _vote_row(self) -> np.ndarray:
         row = self.tracker.summary(self.aborted)
-        return np.concatenate([row, self.convergence.row(self.slices, time.monotonic())])
+        convergence = self.convergence.row(self.slices, time.monotonic())
+        return np.concatenate([row, convergence, [self.checkpoint_requests]])
 
     def _converged(self) -> None:
         """Every Sobol interval is narrower than --target-width: rank 0 tells the launcher."""

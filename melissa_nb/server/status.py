@@ -8,6 +8,7 @@ node while the server runs, and never disturbs it.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from melissa_nb.server.state import list_blocks, reading
 SERVER_FILE = "server.json"
 CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control endpoint
 REFRESH_SECONDS = 0.5  # the ranks refresh their counters at this pace
+PIPE_WIDTH = 200  # columns of the tables when the output is not a terminal
 
 
 @dataclass(frozen=True)
@@ -222,7 +224,8 @@ def show_status(output_dir: str | Path, watch: float = 0.0) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    console = Console()
+    # Not a terminal (a pipe, a log): rich would squeeze the tables into 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
     try:
         progress = live_progress(output_dir)
     except FileNotFoundError:

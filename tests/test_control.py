@@ -1,0 +1,67 @@
+"""The control endpoint and `melissa-nb status` on a live two-rank server (mpiexec -n 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from test_server_e2e import MELISSA, RawSender, frame, start_server, wait_for  # noqa: F401
+
+from melissa_nb.server.control import control_request
+from melissa_nb.server.output import read_results
+
+
+@pytest.mark.timeout(120)
+def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng) -> None:  # noqa: F811
+    server = start_server("-s", "3", "-t", "2", "-f", "u", "-o", "mean", "-w", "60", ranks=2)
+    cells = 6  # 3 per server rank
+    values = rng.normal(size=(2, 2, cells))
+    description = server.output / "server.json"
+    sender = RawSender(server.endpoint)
+    try:
+        wait_for(description.exists, "server.json")
+        address = json.loads(description.read_text())["control_address"]
+        assert address.startswith("tcp://127.0.0.1:")
+        reply = sender.handshake(0)
+        for simulation in range(2):  # simulation 2 never sends: the study cannot complete
+            for t in range(2):
+                for rank, piece in enumerate(np.split(values[simulation, t], 2)):
+                    sender.send(frame("u", simulation, t, piece), rank)
+        assert len(reply.data_addresses) == 2
+
+        def accepted_everywhere():
+            report = control_request(address, "status")
+            ranks = report["ranks"]
+            return report if all(ranks.get(r, {}).get("accepted") == 4 for r in "01") else None
+
+        report = wait_for(accepted_everywhere, "both ranks' counters to show 4 messages")
+        assert report["ok"] and report["description"]["ranks"] == 2
+        for counters in report["ranks"].values():
+            assert counters["bytes"] == 4 * (144 + 8 * 3)
+            assert counters["rss_bytes"] > 0
+        assert {(item["field"], item["rank"]) for item in report["slices"]} == {("u", 0), ("u", 1)}
+        live = subprocess.run(
+            [str(MELISSA), "status", str(server.output), "--watch", "1"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert live.returncode == 0, live.stderr
+        assert "accepted" in live.stdout and report["description"]["study_id"] in live.stdout
+
+        checkpoint = control_request(address, "checkpoint")
+        assert checkpoint["ok"], checkpoint
+        checkpoints = server.output / "checkpoint"
+        wait_for(
+            lambda: all((checkpoints / f"checkpoint.r{r}.nc").exists() for r in (0, 1)),
+            "a checkpoint file of each rank",
+        )
+        assert control_request(address, "nonsense")["ok"] is False
+        assert control_request(address, "stop") == {"ok": True, "stopping": True}
+        assert server.wait() == 1, server.text()
+    finally:
+        sender.close()
+    results = read_results(server.output / "u.nc")
+    assert results.attributes["study_complete"] == 0
+    np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=1e-12)
+    assert "stop requested" in server.text()
