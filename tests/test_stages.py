@@ -158,3 +158,49 @@ def test_stage_registration_is_checked(tmp_path: Path) -> None:
     finally:
         server.close()
     assert list_blocks(server.config.shm_prefix()) == []
+
+
+@pytest.mark.timeout(60)
+def test_stage_state_is_checkpointed_and_restored(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Half the data, stop (an aborted study is checkpointed), restart, the rest: as batch."""
+    simulations, timesteps, cells = 4, 3, 5
+    samples = rng.normal(size=(simulations, timesteps, cells))
+    state = {"total": (timesteps,), "peak": (timesteps,), "peak_simulation": (timesteps,)}
+
+    def frames(ids):
+        return [
+            bytes(encode_data_frame(t, s, 0, "u", samples[s, t])) for s in ids
+            for t in range(timesteps)
+        ]  # fmt: skip
+
+    settings = dict(sampling_size=simulations, timesteps=timesteps, field_names=("u",))
+    first = embedded(tmp_path / "first", **settings)
+    first.add_stage(sum_and_peak, state=state)
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 1000)
+    push.connect(first._rank.data_address)
+    for frame in frames([0, 1]):
+        push.send(frame)
+    deadline = time.monotonic() + WAIT
+    while first.counts["accepted"] < 2 * timesteps:
+        assert time.monotonic() < deadline
+        first.run(timeout=100)
+    push.close()
+    context.term()
+    assert first.stop() == 1  # incomplete: results of what arrived, and a checkpoint
+    checkpoint = tmp_path / "first" / "checkpoint"
+    second = embedded(tmp_path / "second", restart_dir=checkpoint, **settings)
+    try:
+        stage = second.add_stage(sum_and_peak, state=state)
+        restored = second.stage_state(stage)[("u", 0)]["total"].copy()
+        np.testing.assert_allclose(restored, samples[:2].sum(axis=0), rtol=1e-12)
+        seen = serve_until_finished(second, frames([2, 3]))
+        assert len(seen) == 2 * timesteps
+        arrays = {name: array.copy() for name, array in second.stage_state(stage)[("u", 0)].items()}
+    finally:
+        code = second.stop()
+    assert code == 0
+    np.testing.assert_allclose(arrays["total"], samples.sum(axis=0), rtol=1e-12)
+    np.testing.assert_array_equal(arrays["peak"], samples.max(axis=0))
+    np.testing.assert_array_equal(arrays["peak_simulation"] - 1, samples.argmax(axis=0))

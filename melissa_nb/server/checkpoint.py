@@ -32,7 +32,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from melissa_nb.errors import ConfigurationError
 from melissa_nb.partition import block_bounds
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.slices import RECEIVED
+from melissa_nb.server.stages import STAGE_PREFIX
 from melissa_nb.server.tracking import SliceSteps, Tracker, Vote
 
 FORMAT_VERSION = 1
@@ -105,8 +106,13 @@ def take_snapshot(
     tracker: Tracker,
     members: Any,
     counts: Mapping[str, int],
+    stage_blocks: Sequence[Any] = (),
 ) -> Snapshot:
-    """Copy everything a restart needs (the only part of a checkpoint the loop waits for)."""
+    """Copy everything a restart needs (the only part of a checkpoint the loop waits for).
+
+    User stage state (`stage_blocks`) is kept with its slice as `stage.<stage>.<array>`: cells
+    last, so it is cut like the statistics on a restart with another number of ranks.
+    """
     slice_meta = []
     snapshot = Snapshot({})
     for field_name in config.field_names:
@@ -128,6 +134,14 @@ def take_snapshot(
             for name, array in arrays.items():
                 if name != RECEIVED:
                     snapshot.arrays[f"slice{k}/{name}"] = array.copy()
+            for block in stage_blocks:
+                if (block.metadata["field"], block.metadata["client_rank"]) == (
+                    field_name,
+                    client_rank,
+                ):
+                    for name, array in block.arrays.items():
+                        stage_name = f"{STAGE_PREFIX}{block.metadata['stage']}.{name}"
+                        snapshot.arrays[f"slice{k}/{stage_name}"] = array.copy()
             snapshot.arrays[f"slice{k}/bits"] = steps.bits.copy()
     snapshot.arrays["tracker/dropped"] = tracker.dropped.astype(np.uint8)
     snapshot.arrays["tracker/started"] = tracker.started.astype(np.uint8)
@@ -596,6 +610,7 @@ def snapshot_server(server: Any) -> Snapshot:
         server.tracker,
         server.members,
         server.progress.counts,
+        server.processing.state_blocks(),
     )
 
 
@@ -609,10 +624,13 @@ def restore_server(server: Any, now: float) -> RestoredRank:
         server.validator.client_comm_size = restored.client_comm_size
     for item in restored.slices:
         received = None
+        stage_arrays = {n: a for n, a in item.arrays.items() if n.startswith(STAGE_PREFIX)}
+        server.processing.restore_state(item.field, item.client_rank, stage_arrays)
         if getattr(config, "statistics", True):  # False: an embedded server without any
             statistics = server._slice(item.field, item.client_rank, item.cells)
             for name, array in item.arrays.items():
-                statistics.block.arrays[name][...] = array
+                if name not in stage_arrays:
+                    statistics.block.arrays[name][...] = array
             received = statistics.received
         steps = server.tracker.learn_slice(item.field, item.client_rank, item.cells, received)
         restore_steps(steps, server.tracker, item.bits)

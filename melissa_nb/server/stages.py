@@ -33,6 +33,7 @@ from melissa_nb.server.progress import LOG_INTERVAL
 from melissa_nb.server.state import StateBlock
 
 STAGE_KIND = "stage"  # `kind` in a stage block's metadata: status and checkpoints tell them apart
+STAGE_PREFIX = "stage."  # checkpoints name a stage array `stage.<stage>.<array>` in its slice
 
 
 def stage_block_name(study_id: str, rank: int, stage: str, field: str, client_rank: int) -> str:
@@ -54,8 +55,11 @@ def _normalise_state(
     """`{array: leading shape}` or `{array: (leading shape, dtype)}` -> shapes and dtypes."""
     arrays = {}
     for array, spec in (state or {}).items():
-        if not array.isidentifier():
-            raise ConfigurationError(f"stage {name!r}: state array name {array!r} is not a name")
+        if not array.isidentifier() or array == "count":
+            raise ConfigurationError(
+                f"stage {name!r}: state array name {array!r} is not a name (or is 'count', "
+                "reserved for per-timestep sample counts in checkpoints)"
+            )
         if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[0], tuple):
             shape, dtype = spec
         else:
@@ -100,6 +104,7 @@ class Processing:
         self._blocks: dict[tuple[str, str, int], StateBlock] = {}
         self._states: dict[tuple[str, str, int], tuple[np.ndarray, ...]] = {}
         self._errors: dict[str, int] = {}
+        self._restored: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
         self._last_logged: dict[str, float] = {}
 
     def add_stage(
@@ -129,6 +134,10 @@ class Processing:
                 )
         stage = Stage(name, function, _normalise_state(name, state), watched)
         self.stages.append(stage)
+        for stage_name, field, client_rank in list(self._restored):  # state from a restart
+            if stage_name == name:
+                cells = next(iter(self._restored[(name, field, client_rank)].values())).shape[-1]
+                self.stage_state(stage, field, client_rank, cells)
         return stage
 
     def listen(self, listener: Callable[[DataMessage], None]) -> None:
@@ -164,6 +173,13 @@ class Processing:
             )
             self._blocks[key] = block
             self._states[key] = tuple(block.arrays[array] for array in stage.state)
+            for array, values in self._restored.pop(key, {}).items():
+                if array not in block.arrays or block.arrays[array].shape != values.shape:
+                    raise ConfigurationError(
+                        f"stage {stage.name}: checkpointed array {array!r} {values.shape} does "
+                        f"not fit its state {stage.layout(cells).get(array, 'none')}"
+                    )
+                block.arrays[array][...] = values
             self.log.info(
                 "stage %s: state of field %s, client rank %d: %d cells (%.1f MiB)",
                 stage.name,
@@ -173,6 +189,13 @@ class Processing:
                 block.size / 2**20,
             )
         return block.arrays
+
+    def restore_state(self, field: str, client_rank: int, arrays: dict[str, np.ndarray]) -> None:
+        """Keep checkpointed stage arrays (`stage.<stage>.<array>`) of one slice: they fill the
+        stage's block when it is created (stages register after a restart has loaded)."""
+        for name, values in arrays.items():
+            stage, array = name[len(STAGE_PREFIX) :].split(".", 1)
+            self._restored.setdefault((stage, field, client_rank), {})[array] = values
 
     def state_blocks(self) -> list[StateBlock]:
         """Every stage state block of this rank (their metadata say stage, field, slice)."""
