@@ -1,19 +1,15 @@
 """The embedded server: melissa4py's example loop against a live study, and the Python API.
 
-A real launcher (melissa_nb.study.launcher, in a thread of the test) publishes JOBs and starts
-simulation processes (examples/melissa4py/simulation.py, melissa_nb.client); the seed's `main`
-(examples/melissa4py/server.py) runs in the test's thread unchanged, its `do_stuff` recording
-what it is handed.
+A real launcher (examples/melissa4py/drive.py over melissa_nb.study.launcher, in a thread of the
+test) publishes JOBs and starts simulation processes (examples/melissa4py/simulation.py, with
+melissa_nb.client); the seed's `main` (examples/melissa4py/server.py) runs in the test's thread
+unchanged, its `do_stuff` recording what it is handed.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
-import subprocess
-import sys
-import threading
 import time
 import uuid
 from functools import partial
@@ -26,10 +22,9 @@ import zmq
 
 from melissa_nb import MelissaServer, ServerStatus, SimulationData
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.protocol import Job, Server, Stop, encode_data_frame
+from melissa_nb.protocol import Job, encode_data_frame
 from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks
-from melissa_nb.study.launcher import Launcher
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "melissa4py"
 WAIT = 60.0
@@ -48,60 +43,6 @@ def free_port() -> int:
     return draw()
 
 
-class StudyThread(threading.Thread):
-    """A launcher: waits for the server, publishes each JOB, runs the simulations, until STOP."""
-
-    def __init__(self, jobs: dict[int, Job], port: int, timesteps: int, cells: int) -> None:
-        super().__init__(daemon=True)
-        self.jobs, self.port, self.timesteps, self.cells = jobs, port, timesteps, cells
-        self.ports = None
-        self.ready = threading.Event()
-        self.received: list[object] = []
-        self.processes: list[subprocess.Popen] = []
-        self.failure: BaseException | None = None
-
-    def run(self) -> None:
-        context = zmq.Context()
-        launcher = Launcher(context, self.jobs.get, options="")
-        self.ports = launcher.ports
-        self.ready.set()
-        deadline = time.monotonic() + WAIT
-        try:
-            while Server(0, os.uname().nodename) not in self.received:
-                assert time.monotonic() < deadline, "the server never said SERVER"
-                self.received += launcher.service(0.05)
-            for job in self.jobs.values():
-                launcher.publish(job)
-                self.processes.append(self.launch(job))
-            while Stop() not in self.received:
-                assert time.monotonic() < deadline, "no STOP from the server"
-                self.received += launcher.service(0.05)
-            for process in self.processes:
-                assert process.wait(WAIT) == 0
-        except BaseException as error:  # reported by the test's thread
-            self.failure = error
-        finally:
-            for process in self.processes:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(WAIT)
-            launcher.close()
-            context.term()
-
-    def launch(self, job: Job) -> subprocess.Popen:
-        environment = dict(
-            os.environ,
-            MELISSA_SIMU_ID=str(job.simu_id),
-            MELISSA_SERVER_NODE_NAME="127.0.0.1",
-            MELISSA_SERVER_PORT=str(self.port),
-        )
-        command = [
-            sys.executable, str(EXAMPLE / "simulation.py"), "--timesteps", str(self.timesteps),
-            "--cells", str(self.cells), *(repr(value) for value in job.parameters),
-        ]  # fmt: skip
-        return subprocess.Popen(command, env=environment)
-
-
 @pytest.mark.timeout(120)
 def test_melissa4py_loop_sees_every_message_once_with_its_parameters(
     tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
@@ -110,7 +51,7 @@ def test_melissa4py_loop_sees_every_message_once_with_its_parameters(
     values = rng.uniform(0.5, 2.0, size=(samples, parameters))
     jobs = {s: Job(s, f"job{s}", tuple(values[s])) for s in range(samples)}
     port = free_port()
-    study = StudyThread(jobs, port, timesteps, cells)
+    study = load("drive.py").LauncherThread(jobs, port, timesteps, cells)
     study.start()
     assert study.ready.wait(WAIT)
     server_module, simulation = load("server.py"), load("simulation.py")
