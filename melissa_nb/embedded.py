@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any
 
@@ -148,6 +149,33 @@ class MelissaServer:
         assert self._rank.processing is not None
         self._rank.processing.listen(self._receive)
         self._rank.begin()
+
+    @classmethod
+    def from_arguments(
+        cls, arguments: Sequence[str] | None = None, **settings: Any
+    ) -> MelissaServer:
+        """A server from `melissa-nb server`'s options (default: this script's arguments).
+
+        A user script started as `mpiexec -n 2 python my_server.py -s 10 -t 5 -f u -n host
+        ...` takes exactly the command line a launcher gives `melissa-nb server`; `settings`
+        (ServerConfig names, e.g. `statistics=False`) override it.
+        """
+        import typer
+
+        from melissa_nb.cli import app, config_from_options
+
+        argv = sys.argv[1:] if arguments is None else list(arguments)
+        command = typer.main.get_command(app).commands["server"]  # type: ignore[attr-defined]
+        try:
+            with command.make_context("melissa-nb server", argv) as context:
+                options = dict(context.params)
+        except Exception as error:  # click's usage errors (typer >= 0.26 vendors click)
+            describe = getattr(error, "format_message", None)
+            if describe is None:
+                raise
+            raise ConfigurationError(describe()) from None
+        config = config_from_options(options)
+        return cls(config=replace(config, **settings) if settings else config)
 
     # --- melissa4py's API ------------------------------------------------------------------------
 

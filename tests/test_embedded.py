@@ -163,3 +163,23 @@ def test_settings_are_checked_and_named() -> None:
         MelissaServer(5, 1, 0, fields=["u"], sample_size=2, learning=1)
     with pytest.raises(ConfigurationError, match="sampling_size"):
         MelissaServer(5, 1, 0, fields=["u"])
+
+
+def test_from_arguments_reads_the_server_command_line(tmp_path: Path) -> None:
+    study_id = f"e{uuid.uuid4().hex[:8]}"
+    arguments = [
+        "-s", "2", "-t", "3", "-f", "u:v", "-o", "mean:max", "--connection-port", str(free_port()),
+        "--data_port", "0", "--output-dir", str(tmp_path), "--study-id", study_id,
+    ]  # fmt: skip
+    server = MelissaServer.from_arguments(arguments, statistics=False)
+    try:
+        config = server.config
+        assert (config.sampling_size, config.timesteps) == (2, 3)
+        assert config.field_names == ("u", "v") and config.operations == ("mean", "max")
+        assert config.statistics is False and config.study_id == study_id
+    finally:
+        server.close()
+    with pytest.raises(ConfigurationError, match="--nonsense"):
+        MelissaServer.from_arguments([*arguments, "--nonsense"])
+    with pytest.raises(ConfigurationError, match="-t/--timesteps"):
+        MelissaServer.from_arguments(["-s", "2", "-t", "0", "-f", "u"])
