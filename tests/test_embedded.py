@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import subprocess
+import sys
 import time
 import uuid
 from functools import partial
@@ -183,3 +185,60 @@ def test_from_arguments_reads_the_server_command_line(tmp_path: Path) -> None:
         MelissaServer.from_arguments([*arguments, "--nonsense"])
     with pytest.raises(ConfigurationError, match="-t/--timesteps"):
         MelissaServer.from_arguments(["-s", "2", "-t", "0", "-f", "u"])
+
+
+EMBEDDED_SCRIPT = """
+import numpy as np
+from melissa_nb import MelissaServer, ServerStatus, SimulationData
+
+server = MelissaServer.from_arguments()
+seen = []
+with server:
+    while (status := server.run(timeout=100)) is not ServerStatus.FINISHED:
+        if isinstance(status, SimulationData):
+            seen.append([status.simulation_id, status.timestep, *status.data])
+np.save(server.config.output_dir / f"seen_r{server.rank}.npy", np.array(seen))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_two_embedded_ranks_each_see_their_cells(tmp_path: Path, rng: np.random.Generator) -> None:
+    """`mpiexec -n 2 python script.py <server options>`: each rank hands over its half."""
+    from test_server_e2e import MPIEXEC, RawSender, frame
+
+    script = tmp_path / "my_server.py"
+    script.write_text(EMBEDDED_SCRIPT)
+    port, study_id, output = free_port(), f"e{uuid.uuid4().hex[:8]}", tmp_path / "out"
+    log = tmp_path / "server.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [str(MPIEXEC), "-n", "2", sys.executable, str(script), "-s", "3", "-t", "2",
+             "-f", "u", "-o", "mean", "--connection-port", str(port), "--data_port", "0",
+             "--output-dir", str(output), "--study-id", study_id],
+            stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    values = rng.normal(size=(3, 2, 8))
+    sender = RawSender(f"tcp://127.0.0.1:{port}")
+    try:
+        assert len(sender.handshake(0).data_addresses) == 2
+        for s in range(3):
+            for t in range(2):
+                for rank, piece in enumerate(np.split(values[s, t], 2)):
+                    sender.send(frame("u", s, t, piece), rank)
+        assert process.wait(WAIT) == 0, log.read_text()
+    finally:
+        sender.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait(WAIT)
+    halves = [np.load(output / f"seen_r{rank}.npy") for rank in (0, 1)]
+    for rank, seen in enumerate(halves):
+        assert sorted(map(tuple, seen[:, :2].astype(int))) == [
+            (s, t) for s in range(3) for t in range(2)
+        ]
+        for row in seen:
+            s, t = int(row[0]), int(row[1])
+            np.testing.assert_array_equal(row[2:], np.split(values[s, t], 2)[rank])
+    results = read_results(output / "u.nc")
+    np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=1e-12)
+    assert list_blocks(f"melissa_nb_{study_id}_") == []
