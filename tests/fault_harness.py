@@ -100,7 +100,7 @@ class ServerProcess:
         """Messages accepted so far by each rank (its live progress block)."""
         try:
             progress = read_progress(self.output)
-        except FileNotFoundError:
+        except (FileNotFoundError, ValueError):  # not written yet, or a block being created
             return []
         return [progress.ranks.get(r, {}).get("accepted", -1) for r in range(self.ranks)]
 

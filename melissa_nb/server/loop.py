@@ -515,17 +515,18 @@ class ServerRank:
                     f"connection from simulation {request.simu_id}, study has "
                     f"{self.config.sampling_size * self.config.group_size}",
                 )
+            if self.tracker.client_comm_size not in (0, request.client_comm_size):
+                # One decomposition for the whole study: another one would change the
+                # completion rule under the simulations already counted (tests/test_fuzz_server).
+                raise ProtocolError(
+                    "client_comm_size_changed",
+                    f"simulation {request.simu_id} has {request.client_comm_size} ranks, "
+                    f"earlier ones had {self.tracker.client_comm_size}: all must share one layout",
+                )
         except ProtocolError as error:
             self.connection.send(b"")
             self.progress.reject(error.reason, str(error), now)
             return
-        if self.tracker.client_comm_size not in (0, request.client_comm_size):
-            self.log.warning(
-                "simulation %d has %d ranks, earlier ones had %d: all must share one layout",
-                request.simu_id,
-                request.client_comm_size,
-                self.tracker.client_comm_size,
-            )
         self.tracker.client_comm_size = request.client_comm_size
         self.validator.client_comm_size = request.client_comm_size
         reply = ConnectionReply(
