@@ -14,7 +14,7 @@ from melissa_nb.server.output import read_results
 
 
 @pytest.mark.timeout(120)
-def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng) -> None:  # noqa: F811
+def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) -> None:  # noqa: F811
     server = start_server("-s", "3", "-t", "2", "-f", "u", "-o", "mean", "-w", "60", ranks=2)
     cells = 6  # 3 per server rank
     values = rng.normal(size=(2, 2, cells))
@@ -48,6 +48,16 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng) -> None:  # 
         )  # fmt: skip
         assert live.returncode == 0, live.stderr
         assert "accepted" in live.stdout and report["description"]["study_id"] in live.stdout
+        # From another node the blocks are out of sight: status asks the control endpoint.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        remote = dict(report["description"], shm_prefix="melissa_nb_not_on_this_node_")
+        (elsewhere / "server.json").write_text(json.dumps(remote))
+        shown = subprocess.run(
+            [str(MELISSA), "status", str(elsewhere)], capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, shown.stdout
+        assert "accepted" in shown.stdout
 
         checkpoint = control_request(address, "checkpoint")
         assert checkpoint["ok"], checkpoint
