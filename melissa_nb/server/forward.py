@@ -38,6 +38,7 @@ HEADER = struct.Struct(f"<4sHHiiiiiiiQ{NAME_WIDTH}s")
 SEND_HWM = 64  # messages queued towards the consumer before a send blocks (backpressure)
 LINGER_MS = 1000
 POLL_MS = 100
+DRAIN = 256  # messages a consumer takes per poll before it looks at acknowledgement requests
 
 
 @dataclass(frozen=True)
@@ -264,17 +265,14 @@ class Consumer:
             events = dict(poller.poll(POLL_MS))
             if self.puller in events:
                 last = time.monotonic()
-                try:
-                    message = Forwarded.decode(self.puller.recv_multipart(copy=False))
-                except ProtocolError:
-                    self.rejected += 1
-                    continue
-                self.ranks = message.ranks
-                if message.kind == END:
-                    self.ends[message.rank] = message.sequence
-                else:
-                    self.received[message.rank] = self.received.get(message.rank, 0) + 1
-                    yield message
+                for _ in range(DRAIN):
+                    try:
+                        frames = self.puller.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    message = self._count(frames)
+                    if message is not None:
+                        yield message
             if self._asking is None and self.replier in events:
                 last = time.monotonic()
                 try:
@@ -283,6 +281,20 @@ class Consumer:
                     self.rejected += 1
                     self.replier.send(b"")
             self._answer()
+
+    def _count(self, frames: list[zmq.Frame]) -> Forwarded | None:
+        """Decode and count one message; the DATA or RESULT message, None for END or garbage."""
+        try:
+            message = Forwarded.decode(frames)
+        except ProtocolError:
+            self.rejected += 1
+            return None
+        self.ranks = message.ranks
+        if message.kind == END:
+            self.ends[message.rank] = message.sequence
+            return None
+        self.received[message.rank] = self.received.get(message.rank, 0) + 1
+        return message
 
     def _answer(self) -> None:
         """Reply to a pending ACK request once that rank's whole stream arrived."""
