@@ -254,7 +254,9 @@ def test_finished_in_checkpoint_needs_every_rank(tmp_path: Path, fed) -> None:
     old[0].tracker.drop(5)
     for rank in old:
         write_atomically(tmp_path, rank.rank, rank.snapshot(2))
-    assert finished_in_checkpoint(tmp_path, config).tolist() == [1, 1, 0, 0, 0, 1]
+    assert finished_in_checkpoint(
+        tmp_path, config.field_names, TIMESTEPS, config.sampling_size
+    ).tolist() == [1, 1, 0, 0, 0, 1]
 
 
 def test_an_interrupted_write_leaves_the_previous_file(tmp_path: Path, rng, fed) -> None:

@@ -573,27 +573,29 @@ def restore_steps(steps: SliceSteps, tracker: Tracker, bits: np.ndarray) -> None
     tracker.complete_slices += (steps.received == steps.timesteps).astype(np.int32)
 
 
-def finished_in_checkpoint(directory: Path, config: ServerConfig) -> np.ndarray:
-    """Simulations finished or dropped on every old rank of the checkpoint in `directory`.
+def finished_in_checkpoint(
+    directory: Path, field_names: tuple[str, ...], timesteps: int, sampling_size: int
+) -> np.ndarray:
+    """Samples finished or dropped on every old rank of the checkpoint in `directory`.
 
     What a runner needs after a restart: every other launched simulation must run again (the
-    server drops the timesteps it already has).
+    server drops the timesteps it already has). Reads the files a restart would use (the
+    previous one where the newest is damaged); the restarted server checks the study options.
     """
     first = load_rank_file(Path(directory), 0)
-    check_compatible(first, config, Path(directory))
     snapshots = [first] + [
         load_rank_file(Path(directory), r) for r in range(1, int(first.meta["ranks"]))
     ]
     rows = []
     for snapshot in snapshots:
-        tracker = Tracker(config.field_names, config.timesteps, config.sampling_size)
+        tracker = Tracker(field_names, timesteps, sampling_size)
         tracker.dropped[:] = snapshot.arrays["tracker/dropped"] > 0
         tracker.client_comm_size = int(snapshot.meta["client_comm_size"])
         for k, item in enumerate(snapshot.meta["slices"]):
             steps = tracker.learn_slice(item["field"], item["client_rank"], item["cells"])
             restore_steps(steps, tracker, snapshot.arrays[f"slice{k}/bits"])
         rows.append(tracker.summary(False))
-    vote = Vote.count(np.array(rows), len(config.field_names), config.sampling_size)
+    vote = Vote.count(np.array(rows), len(field_names), sampling_size)
     return vote.done_everywhere
 
 
