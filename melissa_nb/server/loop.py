@@ -138,7 +138,7 @@ class ServerRank:
         self.control: ControlEndpoint | None = None
         self.forwarder: Forwarder | None = None
         self.processing: Processing | None = None
-        self.drain = DRAIN  # an embedded server takes one frame per step (bounded inbox)
+        self.drain = DRAIN  # an embedded server takes fewer: its inbox holds what it takes
         self.vote_rounds = 0
         self.checkpoints = Checkpointer(config, self.rank, log, now)
         try:
