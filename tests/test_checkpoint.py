@@ -273,3 +273,36 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path: Path, rng, fed)
     assert load_rank_file(tmp_path, 0).digest() == first.digest()
     write_atomically(tmp_path, 0, rank.snapshot(1))
     assert not temporary.exists()
+
+
+def test_checkpointer_timing_requests_sigusr1_and_failed_writes(tmp_path: Path, rng, fed) -> None:
+    import signal
+
+    from melissa_nb.server.checkpoint import Checkpointer
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    config = study(check_interval=10.0, checkpoint_dir=blocker / "checkpoints")
+    rank = FedRank(config, 0, {0: 3})
+    fed.append(rank)
+    previous = signal.getsignal(signal.SIGUSR1)
+    checkpoints = Checkpointer(config, 0, LOG, now=100.0)
+    try:
+        assert not checkpoints.due(105.0) and checkpoints.due(110.0)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert checkpoints.due(101.0), "SIGUSR1 asks for one at once"
+        checkpoints.start(rank.snapshot(1), now=101.0)
+        checkpoints.wait()
+        assert (checkpoints.failures, checkpoints.written) == (1, 0), "logged, not raised"
+        assert not checkpoints.due(102.0) and checkpoints.due(111.0)
+        checkpoints.request()
+        assert checkpoints.due(102.0)
+    finally:
+        checkpoints.close()
+    assert signal.getsignal(signal.SIGUSR1) is previous
+    good = Checkpointer(study(checkpoint_dir=tmp_path / "ok"), 0, LOG, now=0.0)
+    try:
+        good.write_now(rank.snapshot(1))
+        assert good.written == 1 and checkpoint_path(tmp_path / "ok", 0).exists()
+    finally:
+        good.close()
