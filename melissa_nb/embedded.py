@@ -136,7 +136,9 @@ class MelissaServer:
     `statistics=False` switches the built-in statistics off (no state, no result files).
     """
 
-    def __init__(self, *positional: Any, config: ServerConfig | None = None, **settings: Any):
+    def __init__(
+        self, *positional: Any, config: ServerConfig | None = None, **settings: Any
+    ) -> None:
         verbosity = settings.get("verbosity", settings.get("verbose_level", 1))
         world, log = start_rank(config.verbosity if config is not None else int(verbosity))
         if config is None:
@@ -151,8 +153,12 @@ class MelissaServer:
         warm_kernels(config)
         self._rank = ServerRank(config, world, log, signals=[])
         self._rank.drain = INBOX_FRAMES
-        assert self._rank.processing is not None
-        self._rank.processing.listen(self._receive)
+        self._processing = self._rank.processing
+        assert self._processing is not None
+        self._processing.listen(self._receive)
+        # The end of stream goes to a consumer once the user has had every message (and
+        # could forward its results), not when the loop ends with messages in the inbox.
+        self._processing.hold = True
         self._rank.begin()
 
     @classmethod
@@ -198,6 +204,7 @@ class MelissaServer:
             if message is not None:
                 return message
             if self._exit_code is not None:
+                self._processing.release_finish()
                 return ServerStatus.FINISHED
             if timeout < 0:  # melissa4py: a negative timeout waits for ever
                 wait = POLL_MS
@@ -224,6 +231,7 @@ class MelissaServer:
                 if time.monotonic() >= deadline or not self._rank.tracker.all_done():
                     self._rank.request_stop()
                 self._exit_code = self._rank.step(POLL_MS)
+            self._processing.release_finish()
             return self._exit_code
         finally:
             self.close()
@@ -239,16 +247,14 @@ class MelissaServer:
         fields: tuple[str, ...] | list[str] | None = None,
     ) -> Stage:
         """Register a processing stage (see melissa_nb.server.stages and docs/embedding.md)."""
-        assert self._rank.processing is not None
-        return self._rank.processing.add_stage(function, name=name, state=state, fields=fields)
+        return self._processing.add_stage(function, name=name, state=state, fields=fields)
 
     def stage_state(self, stage: Stage | str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
         """A stage's state arrays on this rank, per (field, client rank) slice seen so far."""
         name = stage if isinstance(stage, str) else stage.name
-        assert self._rank.processing is not None
         return {
             (block.metadata["field"], block.metadata["client_rank"]): block.arrays
-            for block in self._rank.processing.state_blocks()
+            for block in self._processing.state_blocks()
             if block.metadata["stage"] == name
         }
 
@@ -273,6 +279,11 @@ class MelissaServer:
     def rank(self) -> int:
         """This process's rank among the server ranks."""
         return self._rank.rank
+
+    @property
+    def data_address(self) -> str:
+        """This rank's data socket, as the port table advertises it to simulations."""
+        return self._rank.data_address
 
     @property
     def control_address(self) -> str | None:

@@ -133,7 +133,7 @@ def test_python_api_without_statistics_duplicates_dropped_and_stop(tmp_path: Pat
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
     with server:
-        push.connect(server._rank.data_address)
+        push.connect(server.data_address)
         assert server.run(timeout=0) is ServerStatus.TIMEOUT
         for t in range(3):
             send(push, 0, t, np.full(4, 10.0 * t))

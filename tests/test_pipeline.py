@@ -96,7 +96,7 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     )  # fmt: skip
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
-    push.connect(server._rank.data_address)
+    push.connect(server.data_address)
     for s in range(3):
         for t in range(2):
             push.send(bytes(encode_data_frame(t, s, 0, "u", np.full(5, 10.0 * s + t))))

@@ -56,7 +56,7 @@ def serve_until_finished(server: MelissaServer, frames: list[bytes]) -> list[Sim
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
-    push.connect(server._rank.data_address)
+    push.connect(server.data_address)
     for frame in frames:
         push.send(frame)
     seen = []
@@ -179,7 +179,7 @@ def test_stage_state_is_checkpointed_and_restored(tmp_path: Path, rng: np.random
     context = zmq.Context()
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
-    push.connect(first._rank.data_address)
+    push.connect(first.data_address)
     for frame in frames([0, 1]):
         push.send(frame)
     deadline = time.monotonic() + WAIT

@@ -101,6 +101,8 @@ class Processing:
         self.stages: list[Stage] = []
         self.listeners: list[Callable[[DataMessage], None]] = []
         self.finishers: list[Callable[[bool], None]] = []
+        self.hold = False  # True: finishers wait for release_finish()
+        self._aborted: bool | None = None  # set when the study ended
         self._blocks: dict[tuple[str, str, int], StateBlock] = {}
         self._states: dict[tuple[str, str, int], tuple[np.ndarray, ...]] = {}
         self._errors: dict[str, int] = {}
@@ -241,9 +243,20 @@ class Processing:
             )
 
     def finish(self, aborted: bool) -> None:
-        """The study ended (results written): run the finishers (end of stream, ...)."""
-        for finisher in self.finishers:
-            finisher(aborted)
+        """The study ended (results written): run the finishers (end of stream, ...), now or,
+        when `hold` is set (an embedded server with messages still in its inbox), at
+        `release_finish()`."""
+        self._aborted = aborted
+        if not self.hold:
+            self.release_finish()
+
+    def release_finish(self) -> None:
+        """Run the finishers once, after `finish` (nothing before it, nothing twice)."""
+        if self._aborted is None:
+            return
+        finishers, self.finishers = self.finishers, []
+        for finisher in finishers:
+            finisher(self._aborted)
 
     def release(self) -> None:
         """Remove every stage state block of this rank."""
