@@ -37,13 +37,17 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
     started.cleanup()
 
 
-@pytest.fixture
-def reference(servers: Servers) -> ServerProcess:
-    """An uninterrupted one-rank run of every group."""
-    server = servers.start(sampling_size=GROUPS)
-    send_groups(server.endpoint, range(GROUPS))
-    assert server.wait() == 0, server.text()
-    return server
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """An uninterrupted one-rank run of every group (shared by the tests of this module)."""
+    started = Servers(tmp_path_factory.mktemp("reference"))
+    try:
+        server = started.start(sampling_size=GROUPS)
+        send_groups(server.endpoint, range(GROUPS))
+        assert server.wait() == 0, server.text()
+        yield server
+    finally:
+        started.cleanup()
 
 
 def accepted(server: ServerProcess, count: int) -> None:
