@@ -306,3 +306,15 @@ def test_checkpointer_timing_requests_sigusr1_and_failed_writes(tmp_path: Path, 
         assert good.written == 1 and checkpoint_path(tmp_path / "ok", 0).exists()
     finally:
         good.close()
+
+
+def test_rank_files_of_different_runs_are_refused(tmp_path: Path, fed) -> None:
+    config = study()
+    old = [FedRank(config, 0, {0: 3}), FedRank(config, 1, {0: 3})]
+    fed.extend(old)
+    write_atomically(tmp_path, 0, old[0].snapshot(2))
+    write_atomically(tmp_path, 1, old[1].snapshot(3))  # left by a run on three ranks
+    with pytest.raises(
+        ConfigurationError, match="rank 1 was written by 3 ranks, that of rank 0 by 2"
+    ):
+        load_restart(tmp_path, config, 0, 1)

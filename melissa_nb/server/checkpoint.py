@@ -405,8 +405,13 @@ def load_restart(
     else:
         snapshots = {0: first}
         snapshots.update({r: load_rank_file(directory, r, log) for r in range(1, old_ranks)})
-    for snapshot in snapshots.values():
+    for old_rank, snapshot in snapshots.items():
         check_compatible(snapshot, config, directory)
+        if int(snapshot.meta["ranks"]) != old_ranks:  # left over from a run on other ranks
+            raise ConfigurationError(
+                f"-r/--restart {directory}: the checkpoint of rank {old_rank} was written by "
+                f"{snapshot.meta['ranks']} ranks, that of rank 0 by {old_ranks}"
+            )
     own = snapshots[rank] if old_ranks == ranks else None
     if own is not None:
         slices = [
