@@ -113,7 +113,8 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL every process of the server and remove the blocks it could not remove."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(WAIT)
         unlink_blocks(f"melissa_nb_{self.study_id}_")
 

@@ -7,6 +7,8 @@ order in both runs, since re-sent timesteps already counted are dropped as dupli
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 from collections.abc import Iterator
@@ -55,22 +57,32 @@ def accepted(server: ServerProcess, count: int) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_sigkill_then_restart_completes_with_the_uninterrupted_results(servers, reference) -> None:
-    first = servers.start(sampling_size=GROUPS, check_interval=0.2)
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_sigkill_then_restart_completes_with_the_uninterrupted_results(
+    servers, reference, ranks
+) -> None:
+    first = servers.start(sampling_size=GROUPS, check_interval=0.2, ranks=ranks)
     send_groups(first.endpoint, range(3))
     accepted(first, 3 * MESSAGES_PER_GROUP)
-    wait_for(lambda: first.checkpointed() == 3 * MESSAGES_PER_GROUP, "a checkpoint of 3 groups")
+    for rank in range(ranks):
+        wait_for(
+            lambda rank=rank: first.checkpointed(rank) == 3 * MESSAGES_PER_GROUP,
+            f"a checkpoint of 3 groups on rank {rank}",
+        )
     send_groups(first.endpoint, [3], steps=2)  # a simulation killed half way, with the server
     accepted(first, 3 * MESSAGES_PER_GROUP + 4)
-    first.kill()
+    last_rank = json.loads((first.output / "server.json").read_text())["pids"][-1]
+    os.kill(last_rank, signal.SIGKILL)  # one rank dies; mpiexec takes the others down
+    first.wait()
+    first.kill()  # whatever is left, and the blocks the dead ranks could not remove
 
-    second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS)
+    second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS, ranks=ranks)
     send_groups(second.endpoint, range(GROUPS))  # every simulation runs again from the start
     assert second.wait() == 0, second.text()
     assert "restarted from" in second.text()
     assert_same_results(second.output, reference.output)
     attributes = read_results(second.output / "u.nc").attributes
-    assert attributes["messages_duplicate"] >= 3 * MESSAGES_PER_GROUP
+    assert attributes["messages_duplicate"] >= 3 * MESSAGES_PER_GROUP * ranks
     assert no_blocks(second)
 
 
