@@ -479,7 +479,7 @@ def print_table(results: Mapping[str, object]) -> None:
 
 def main(*, quick: bool, output_dir: Path) -> Path:
     """Run the benchmark (small sizes if ``quick``), print it, write ``kernels.json``."""
-    results = run(QUICK_SIZES if quick else SIZES, quick=quick, passes=1 if quick else 2,
+    results = run(QUICK_SIZES if quick else SIZES, quick=quick, passes=1 if quick else 3,
                   progress=lambda line: print(line, file=sys.stderr, flush=True))
     print_table(results)
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -36,29 +36,36 @@ def time_interleaved(
 
     Each call gets ``warmup`` untimed calls first (compilation or cache loading, first-sample
     initialisation), so every timed call is a steady-state one. Then rounds run each
-    implementation in turn for about ``slice_s`` (at least one call) until every one has
-    ``min_repeats`` calls and ``budget_s`` has passed, or all have ``max_repeats``. Interleaving
-    exposes every implementation to the same load on a shared machine, so their ratios stay
-    fair; the best time is the least disturbed one.
+    implementation in turn for the same time slice: ``slice_s`` or the slowest one's latest
+    call, whichever is longer (at least one call each), so a fast implementation gets many
+    samples while a slow one takes one. Rounds go on until every implementation has
+    ``min_repeats`` calls and ``budget_s`` has passed, or all have ``max_repeats``.
+    Interleaving exposes every implementation to the same load on a shared machine, so their
+    ratios stay fair; the best time is the least disturbed one.
     """
     if warmup < 0 or min_repeats < 1 or max_repeats < min_repeats or not calls:
         raise ValueError(
             f"need calls, warmup >= 0 and 1 <= min_repeats <= max_repeats, got {len(calls)} "
             f"calls, {warmup}, {min_repeats}, {max_repeats}"
         )
-    for call in calls.values():
+    latest: dict[str, float] = {}
+    for name, call in calls.items():
         for _ in range(warmup):
+            start = time.perf_counter()
             call()
+            latest[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in calls}
     started = time.perf_counter()
     while True:
+        round_slice = max([slice_s, *latest.values()])
         for name, call in calls.items():
             slice_started = time.perf_counter()
             while len(times[name]) < max_repeats:
                 start = time.perf_counter()
                 call()
-                times[name].append(time.perf_counter() - start)
-                if time.perf_counter() - slice_started >= slice_s:
+                latest[name] = time.perf_counter() - start
+                times[name].append(latest[name])
+                if time.perf_counter() - slice_started >= round_slice:
                     break
         counts = [len(samples) for samples in times.values()]
         if min(counts) >= max_repeats or (
