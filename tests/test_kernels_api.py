@@ -205,9 +205,32 @@ def test_fused_pass_equals_the_separate_families(rng: np.random.Generator) -> No
         feed(field, sample, index)
         for part in parts:
             feed(part, sample, index)
+    # With extrema on, the quantiles' running range is the extrema's min and max.
+    shared = {"quantile_low": "min", "quantile_high": "max"}
+    assert not set(shared) & set(field.arrays)
     for part in parts:
         for key, array in part.arrays.items():
-            np.testing.assert_array_equal(field.arrays[key], array, err_msg=key)
+            np.testing.assert_array_equal(field.arrays[shared.get(key, key)], array, err_msg=key)
+
+
+@pytest.mark.parametrize("extrema", [True, False])
+def test_several_samples_in_one_pass_equal_one_by_one(
+    rng: np.random.Generator, extrema: bool
+) -> None:
+    samples = rng.lognormal(size=(7, CELLS))
+    settings = {"order": 4, "extrema": extrema, "thresholds": THRESHOLDS, "quantiles": ORDERS}
+    one_by_one, in_pairs = FieldStatistics(CELLS, **settings), FieldStatistics(CELLS, **settings)
+    for index, sample in enumerate(samples):
+        one_by_one.update(sample, 10 + index)
+    in_pairs.update_samples(samples[:2], 10)
+    in_pairs.update_samples(samples[2:5], 12)
+    in_pairs.update(samples[5], 15)
+    in_pairs.update_samples(samples[6:], 16)
+    assert in_pairs.count == one_by_one.count == 7
+    for key, array in one_by_one.arrays.items():
+        np.testing.assert_array_equal(in_pairs.arrays[key], array, err_msg=key)
+    with pytest.raises(ValueError, match="shape"):
+        in_pairs.update_samples(samples[:, :-1], 0)
 
 
 @pytest.mark.parametrize("order", [0, 1, 3])

@@ -475,7 +475,9 @@ class FieldStatistics(_MergeableStatistic):
     """Every enabled general statistic of one field, updated in one pass over each sample.
 
     ``order`` 0..4 (0: no moments), ``extrema`` on/off, ``thresholds`` and ``quantiles`` (may be
-    empty). The state is the union of the families' layouts with one shared ``count``.
+    empty). The state is the union of the families' layouts with one shared ``count``; with
+    extrema and quantiles both on, the quantiles' running range is the extrema's ``min`` and
+    ``max`` (no ``quantile_low``, ``quantile_high``).
     ``merge`` raises ConfigurationError when quantiles are on (no exact merge exists).
     """
 
@@ -488,6 +490,8 @@ class FieldStatistics(_MergeableStatistic):
                     "quantiles": _levels("quantiles", quantiles, open_unit=True)}
         super().__init__(cells, settings, arrays)
         subset = self.arrays
+        if extrema and settings["quantiles"]:
+            subset = subset | {"quantile_low": subset["min"], "quantile_high": subset["max"]}
         count = {"count": subset["count"]}
 
         def part(names: Layout) -> dict[str, np.ndarray]:
@@ -519,13 +523,28 @@ class FieldStatistics(_MergeableStatistic):
             layout |= ThresholdExceedance.layout(cells, thresholds)
         if len(quantiles):
             layout |= Quantiles.layout(cells, quantiles)
+            if extrema:
+                # The quantiles' running range is the extrema's min and max: kept once.
+                del layout["quantile_low"], layout["quantile_high"]
         return layout | _count_layout()
 
     def update(self, x: np.ndarray, simulation_id: int) -> None:
         """Fold sample ``x`` (cells,) float64 of simulation ``simulation_id`` into every part."""
         x = self._sample(x)
-        fused_update(self.count, *self._fused_state, x, _simulation_id(simulation_id))
+        fused_update(self.count, *self._fused_state, x[np.newaxis], _simulation_id(simulation_id))
         self._advance(1)
+
+    def update_samples(self, samples: np.ndarray, first_simulation_id: int) -> None:
+        """Fold the rows of ``samples`` (k, cells) float64 in order, in one pass over the state.
+
+        Row i comes from simulation ``first_simulation_id + i``; the result is exactly that of k
+        calls to ``update`` (e.g. a Sobol group's Y_A and Y_B: ``update_samples(group[:2], id)``).
+        """
+        rows = (samples.shape[0] if isinstance(samples, np.ndarray) and samples.ndim == 2
+                and samples.shape[0] > 0 else 1)
+        samples = _check_input("samples", samples, (rows, self.cells))
+        fused_update(self.count, *self._fused_state, samples, _simulation_id(first_simulation_id))
+        self._advance(rows)
 
     def _fused_arguments(self) -> tuple[np.ndarray, ...]:
         """The state arguments of ``fused_update``, zero-size arrays for the disabled families."""

@@ -25,27 +25,35 @@ def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np
                  maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
                  thresholds: np.ndarray, exceedances: np.ndarray, orders: np.ndarray,
                  quantile: np.ndarray, quantile_low: np.ndarray, quantile_high: np.ndarray,
-                 x: np.ndarray, simulation: int) -> None:
-    """Fold sample ``x`` (cells,) of ``simulation`` into every enabled family's state.
+                 samples: np.ndarray, first_simulation: int) -> None:
+    """Fold the rows of ``samples`` (k, cells) in order into every enabled family's state.
 
-    ``count`` samples were folded in before; the caller advances the count once afterwards.
+    Row i comes from simulation ``first_simulation + i``. ``count`` samples were folded in
+    before; the caller advances the count by k afterwards. Each block folds every row before the
+    next block, so the state is read and written once for k samples (a Sobol group's Y_A and
+    Y_B), and every cell sees exactly the operations of k single-sample passes.
+    ``quantile_low`` and ``quantile_high`` may be ``minimum`` and ``maximum`` (the running range
+    is then the extrema, already updated for the sample when the quantiles read it).
     """
     with_moments = central.shape[0] > 0
     with_extrema = minimum.shape[0] > 0
     with_exceedances = thresholds.shape[0] > 0
     with_quantiles = orders.shape[0] > 0
-    step = robbins_monro_step(count)
-    cells = x.shape[0]
+    rows = samples.shape[0]
+    cells = samples.shape[1]
     for block in numba.prange(block_count(cells)):
-        # One block of x stays in L1 while every family reads it.
+        # One block of the state stays in cache while every row and every family uses it.
         start, stop = block_bounds(block, cells)
-        if with_moments:
-            fold_moments(count, x, shift, central, start, stop)
-        if with_extrema:
-            fold_extrema(count, x, simulation, minimum, maximum, min_simulation,
-                         max_simulation, start, stop)
-        if with_exceedances:
-            fold_exceedances(count, x, thresholds, exceedances, start, stop)
-        if with_quantiles:
-            fold_quantiles(count, step, x, orders, quantile, quantile_low, quantile_high,
-                           start, stop)
+        for row in range(rows):
+            x = samples[row]
+            seen = count + row
+            if with_moments:
+                fold_moments(seen, x, shift, central, start, stop)
+            if with_extrema:
+                fold_extrema(seen, x, first_simulation + row, minimum, maximum, min_simulation,
+                             max_simulation, start, stop)
+            if with_exceedances:
+                fold_exceedances(seen, x, thresholds, exceedances, start, stop)
+            if with_quantiles:
+                fold_quantiles(seen, robbins_monro_step(seen), x, orders, quantile,
+                               quantile_low, quantile_high, start, stop)

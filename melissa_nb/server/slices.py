@@ -143,9 +143,7 @@ class SliceStatistics:
         self.sobol(timestep).update(group)
         if self.config.general_statistics:
             first = group_id * self.config.group_size
-            general = self.general(timestep)
-            general.update(group[0], first)
-            general.update(group[1], first + 1)
+            self.general(timestep).update_samples(group[:2], first)
 
     def sample_count(self, timestep: int) -> int:
         """Samples folded into one timestep (groups with Sobol on count their Y_A, Y_B)."""
