@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import numpy as np
@@ -378,19 +378,29 @@ class DataMessage:
                 f"data frame of {len(view)} bytes, header alone is {DATA_HEADER_SIZE}",
             )
         time_stamp, simu_id, client_rank, vect_size, raw_name = DATA_HEADER.unpack_from(view)
-        for name, value in (
-            ("time_stamp", time_stamp),
-            ("simu_id", simu_id),
-            ("client_rank", client_rank),
-        ):
-            if value < 0:
-                raise ProtocolError("bad_value", f"data frame: {name} = {value} is negative")
+        if time_stamp < 0 or simu_id < 0 or client_rank < 0:
+            name, value = next(
+                item
+                for item in (
+                    ("time_stamp", time_stamp),
+                    ("simu_id", simu_id),
+                    ("client_rank", client_rank),
+                )
+                if item[1] < 0
+            )
+            raise ProtocolError("bad_value", f"data frame: {name} = {value} is negative")
         if vect_size < 1:
             raise ProtocolError("bad_size", f"data frame: vect_size = {vect_size} is not positive")
         field_name = _c_string(raw_name, "data frame: field name", "unterminated_field")
         payload = len(view) - DATA_HEADER_SIZE
         row_bytes = vect_size * FLOAT64.itemsize
-        accepted = (nb_vectors,) if isinstance(nb_vectors, int) else tuple(nb_vectors)
+        accepted = (
+            (nb_vectors,)
+            if isinstance(nb_vectors, int)
+            else nb_vectors
+            if isinstance(nb_vectors, tuple)
+            else tuple(nb_vectors)
+        )
         count, leftover = divmod(payload, row_bytes)
         if leftover or count not in accepted:
             raise ProtocolError(
@@ -398,10 +408,20 @@ class DataMessage:
                 f"data frame: {payload} payload bytes for vect_size {vect_size}, expected "
                 f"{' or '.join(str(n * row_bytes) for n in accepted)}",
             )
-        values = np.frombuffer(
-            view, dtype=FLOAT64, count=count * vect_size, offset=DATA_HEADER_SIZE
-        ).reshape(count, vect_size)
-        return cls(time_stamp, simu_id, client_rank, field_name, values)
+        values = np.ndarray((count, vect_size), FLOAT64, view, DATA_HEADER_SIZE)
+        # Every field is checked above: skip __post_init__, which re-encodes the header to
+        # validate a message built by hand (a third of the decoding time).
+        message = object.__new__(cls)
+        for name, value in zip(
+            _DATA_MESSAGE_FIELDS,
+            (time_stamp, simu_id, client_rank, field_name, values),
+            strict=True,
+        ):
+            object.__setattr__(message, name, value)
+        return message
+
+
+_DATA_MESSAGE_FIELDS = tuple(item.name for item in fields(DataMessage))
 
 
 def sobol_member(simu_id: int, nb_parameters: int) -> tuple[int, int]:
