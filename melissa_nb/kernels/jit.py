@@ -1,9 +1,9 @@
 """The one place where kernels are compiled, and how they walk the cells.
 
-Family kernels are ``@njit(parallel=True)`` loops over blocks of cells (``prange``); inside a
-block, the per-block formulas (``fold_*``, ``merge_*``, ``finalize_*``) run one row of the state
-at a time over contiguous cells, and the fused kernel calls several formulas on the same block
-while it is in cache. Measured (single thread, ns per cell, in cache), and why it is built so:
+Family kernels are ``@njit(parallel=True, nogil=True)`` loops over blocks of cells (``prange``);
+inside a block, the per-block formulas (``fold_*``, ``merge_*``, ``finalize_*``) run one row of
+the state at a time over contiguous cells, and the fused kernel calls several formulas on the same
+block while it is in cache. Measured (single thread, ns per cell, in cache), and why it is built so:
 - walking all rows of a Sobol state for each cell in turn touches ~55 memory streams at once and
   was 4x slower than row passes over a block;
 - per-cell formula calls (one call per cell) ran ~7x slower than the loop written out;
@@ -40,8 +40,12 @@ BLOCK = 2048
 
 
 def kernel(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Compile a family kernel: parallel over blocks of cells, updates arrays in place."""
-    return numba.njit(parallel=True, cache=CACHE)(function)
+    """Compile a family kernel: parallel over blocks of cells, updates arrays in place.
+
+    ``nogil``: a kernel touches only the arrays it is given, so another Python thread (e.g. one
+    receiving the next message) may run while it computes.
+    """
+    return numba.njit(parallel=True, nogil=True, cache=CACHE)(function)
 
 
 def formula(function: Callable[..., Any]) -> Callable[..., Any]:
