@@ -141,14 +141,21 @@ class NumpyThresholds:
 
 
 class NumpyQuantiles:
-    """Robbins-Monro quantiles with the step melissa_nb uses (scaled by the running range)."""
+    """Robbins-Monro quantiles with the step melissa_nb uses (scaled by the running range).
 
-    def __init__(self, cells: int, orders: Sequence[float]) -> None:
+    ``shared_range``: the (min, max) arrays of an extrema baseline updated before this one with
+    the same sample, used as the running range instead of a range of its own (as melissa_nb's
+    fused pass does when both are on).
+    """
+
+    def __init__(self, cells: int, orders: Sequence[float],
+                 shared_range: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.orders = [float(alpha) for alpha in orders]
         self.count = 0
         self.quantile = np.zeros((len(self.orders), cells))
-        self.low = np.zeros(cells)
-        self.high = np.zeros(cells)
+        self.owns_range = shared_range is None
+        self.low, self.high = (np.zeros(cells), np.zeros(cells)) if self.owns_range \
+            else shared_range
         self._scaled_step = np.empty(cells)
         self._correction = np.empty(cells)
         self._mask = np.empty(cells, dtype=bool)
@@ -156,12 +163,14 @@ class NumpyQuantiles:
     def update(self, x: np.ndarray, simulation: int = 0) -> None:
         """Fold one field vector into the estimate of every order."""
         if self.count == 0:
-            np.copyto(self.low, x)
-            np.copyto(self.high, x)
+            if self.owns_range:
+                np.copyto(self.low, x)
+                np.copyto(self.high, x)
             self.quantile[:] = x
         else:
-            np.minimum(self.low, x, out=self.low)
-            np.maximum(self.high, x, out=self.high)
+            if self.owns_range:
+                np.minimum(self.low, x, out=self.low)
+                np.maximum(self.high, x, out=self.high)
             scaled_step = np.subtract(self.high, self.low, out=self._scaled_step)
             scaled_step *= robbins_monro_step(self.count)
             for row, alpha in zip(self.quantile, self.orders, strict=True):
@@ -174,6 +183,8 @@ class NumpyQuantiles:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The state under melissa_nb's layout names."""
+        if not self.owns_range:
+            return {"quantile": self.quantile}
         return {"quantile": self.quantile, "quantile_low": self.low, "quantile_high": self.high}
 
 
@@ -221,15 +232,18 @@ class NumpySobolMartinez:
 
 
 class NumpyFieldStatistics:
-    """The general statistics updated one after the other, each by its numpy baseline."""
+    """The general statistics updated one after the other, each by its numpy baseline; the
+    quantiles take the extrema's min and max as their running range when both are on."""
 
     def __init__(self, cells: int, order: int, extrema: bool, thresholds: Sequence[float],
                  quantiles: Sequence[float]) -> None:
+        extrema_part = NumpyExtrema(cells) if extrema else None
+        shared_range = (extrema_part.min, extrema_part.max) if extrema_part else None
         self.parts = [
             *([NumpyMoments(cells, order)] if order else []),
-            *([NumpyExtrema(cells)] if extrema else []),
+            *([extrema_part] if extrema_part else []),
             *([NumpyThresholds(cells, thresholds)] if len(thresholds) else []),
-            *([NumpyQuantiles(cells, quantiles)] if len(quantiles) else []),
+            *([NumpyQuantiles(cells, quantiles, shared_range)] if len(quantiles) else []),
         ]
 
     def update(self, x: np.ndarray, simulation: int = 0) -> None:

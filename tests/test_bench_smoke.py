@@ -19,26 +19,51 @@ import pytest
 REPOSITORY = Path(__file__).resolve().parents[1]
 # The kernels issue 2 asks the benchmark to cover, with their settings (2 thresholds, 3 quantile
 # orders, Sobol with p = 5, the fused general update).
-KERNELS = {"moments_order2", "moments_order4", "extrema", "thresholds_2", "quantiles_3",
-           "sobol_martinez_p5", "fused"}
+KERNELS = {
+    "moments_order2",
+    "moments_order4",
+    "extrema",
+    "thresholds_2",
+    "quantiles_3",
+    "sobol_martinez_p5",
+    "fused",
+}
 # Bytes per cell each update must move, derived by hand from the state layouts (see
 # bench/RESULTS.md): the input once, state read and written, rarely-written state read only.
 BYTES_PER_CELL = {
-    "moments_order2": 8 + 8 + 2 * 16,          # x, shift (read), mean and M2
-    "moments_order4": 8 + 8 + 4 * 16,          # x, shift (read), mean, M2, M3, M4
-    "extrema": 8 + 2 * 8,                      # x, min and max (read; ids written on change)
-    "thresholds_2": 8 + 2 * 16,                # x, 2 int64 counts
-    "quantiles_3": 8 + 2 * 8 + 3 * 16,         # x, running range (read), 3 estimates
+    "moments_order2": 8 + 8 + 2 * 16,  # x, shift (read), mean and M2
+    "moments_order4": 8 + 8 + 4 * 16,  # x, shift (read), mean, M2, M3, M4
+    "extrema": 8 + 2 * 8,  # x, min and max (read; ids written on change)
+    "thresholds_2": 8 + 2 * 16,  # x, 2 int64 counts
+    "quantiles_3": 8 + 2 * 8 + 3 * 16,  # x, running range (read), 3 estimates
     "sobol_martinez_p5": 7 * 8 + 8 + 24 * 16,  # 7 inputs, shift (read), 4 + 4p state doubles
-    "fused": 8 + (8 + 64) + 16 + 32 + (16 + 48),  # x once, then each family's state
+    "fused": 8 + (8 + 64) + 16 + 32 + 48,      # x once, each family's state; the quantiles'
+    # running range is the extrema's min and max
 }
-RECORD_KEYS = {"name", "cells", "ms", "gbps", "fraction_of_triad", "speedup_vs_iterative_stats",
-               "speedup_vs_numpy", "bytes_per_cell", "numpy_ms", "iterative_stats_ms", "note"}
+RECORD_KEYS = {
+    "name",
+    "cells",
+    "ms",
+    "gbps",
+    "fraction_of_triad",
+    "speedup_vs_iterative_stats",
+    "speedup_vs_numpy",
+    "bytes_per_cell",
+    "numpy_ms",
+    "iterative_stats_ms",
+    "note",
+}
 
 
 def run_bench(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bench", *arguments], cwd=REPOSITORY,
-                          capture_output=True, text=True, timeout=280, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *arguments],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,11 +95,13 @@ def test_derived_numbers_follow_from_the_measured_ones(quick_run: tuple[str, dic
         seconds = record["ms"] / 1e3
         assert math.isfinite(seconds) and seconds > 0
         assert record["gbps"] == pytest.approx(
-            record["bytes_per_cell"] * record["cells"] / seconds / 1e9, rel=1e-9)
+            record["bytes_per_cell"] * record["cells"] / seconds / 1e9, rel=1e-9
+        )
         assert record["fraction_of_triad"] == pytest.approx(record["gbps"] / triad, rel=1e-9)
         assert record["numpy_ms"] > 0
-        assert record["speedup_vs_numpy"] == pytest.approx(record["numpy_ms"] / record["ms"],
-                                                           rel=1e-9)
+        assert record["speedup_vs_numpy"] == pytest.approx(
+            record["numpy_ms"] / record["ms"], rel=1e-9
+        )
 
 
 def test_iterative_stats_is_timed_when_installed(quick_run: tuple[str, dict]) -> None:
@@ -84,7 +111,8 @@ def test_iterative_stats_is_timed_when_installed(quick_run: tuple[str, dict]) ->
         if installed:
             assert record["iterative_stats_ms"] > 0, record["name"]
             assert record["speedup_vs_iterative_stats"] == pytest.approx(
-                record["iterative_stats_ms"] / record["ms"], rel=1e-9)
+                record["iterative_stats_ms"] / record["ms"], rel=1e-9
+            )
         else:
             assert record["iterative_stats_ms"] is None
             assert record["speedup_vs_iterative_stats"] is None
@@ -107,14 +135,20 @@ def test_header_describes_the_machine_and_import_times(quick_run: tuple[str, dic
     assert machine["numba"] == numba.__version__
     measured = datetime.datetime.fromisoformat(machine["date_utc"])
     assert abs(datetime.datetime.now(datetime.timezone.utc) - measured) < datetime.timedelta(
-        hours=1)
+        hours=1
+    )
     warm = results["import_time"]["warm_cache"]
     assert warm["import_s"] > 0 and warm["first_call_s"] > 0
     assert warm["total_s"] == pytest.approx(warm["import_s"] + warm["first_call_s"], rel=1e-6)
     assert results["import_time"]["cold_cache"] is None  # --quick skips the cold compile
     import_target = [t for t in results["targets"] if t["target"].startswith("import")]
-    assert import_target == [{"target": import_target[0]["target"], "value": warm["total_s"],
-                              "pass": warm["total_s"] < 1.0}]
+    assert import_target == [
+        {
+            "target": import_target[0]["target"],
+            "value": warm["total_s"],
+            "pass": warm["total_s"] < 1.0,
+        }
+    ]
 
 
 def test_table_is_printed(quick_run: tuple[str, dict]) -> None:
