@@ -180,7 +180,7 @@ def _call_arguments(settings: Mapping[str, object]) -> str:
     )
 
 
-def numpy_disagreement(case: KernelCase, cells: int = 1000, samples: int = 6) -> float:
+def numpy_disagreement(case: KernelCase, cells: int = 5003, samples: int = 6) -> float:
     """Largest difference between melissa_nb's state and the numpy baseline's after the same
     ``samples`` updates, relative to each state array's magnitude.
 
