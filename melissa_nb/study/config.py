@@ -83,6 +83,9 @@ class StudyConfig:
     checkpoint_interval: float
     confidence: float
     verbosity: int
+    server_restarts: int = 2
+    heartbeat: float = 20.0
+    target_width: float | None = None
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -320,7 +323,14 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
                                           exclusive=True),
         confidence=server.number("confidence", 0.95, minimum=0, exclusive=True),
         verbosity=server.integer("verbosity", 1, minimum=0),
+        server_restarts=server.integer("restarts", 2, minimum=0),
+        heartbeat=server.number("heartbeat", 20.0, minimum=0, exclusive=True),
+        target_width=(study.number("target_width", minimum=0, exclusive=True)
+                      if study.get("target_width", None) is not None else None),
     )
+    if config.target_width is not None and not sobol:
+        raise study.fail("target_width", "no target without sobol = true (it is a Sobol "
+                         "interval width)", config.target_width)
     if config.confidence >= 1:
         raise server.fail("confidence", "a level strictly between 0 and 1", config.confidence)
     if sobol and config.sample_size < 4:

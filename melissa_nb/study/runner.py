@@ -46,7 +46,9 @@ from melissa_nb.protocol import (
     Stop,
     Timeout,
 )
-from melissa_nb.server.state import progress_block_name, reading
+from melissa_nb.server.checkpoint import finished_in_checkpoint
+from melissa_nb.server.convergence import CONVERGED
+from melissa_nb.server.state import progress_block_name, reading, unlink_blocks
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.launcher import HEARTBEAT_SECONDS, Launcher, LauncherPorts
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
@@ -165,6 +167,9 @@ def server_arguments(config: StudyConfig, ports: LauncherPorts, connection_port:
         arguments.append("--quantiles=" + colon(repr(value) for value in config.quantiles))
     if config.sobol:
         arguments += ["--confidence", repr(config.confidence)]
+    if config.target_width is not None:
+        arguments += ["--target-width", repr(config.target_width)]
+    arguments += ["--heartbeat", repr(config.heartbeat)]  # also the pace of the widths
     return arguments
 
 
@@ -219,6 +224,9 @@ class StudyRunner:
         self.dropped_samples: set[int] = set()
         self.next_drops = 0.0
         self.messages = 0
+        self.server: Popen[bytes] | None = None
+        self.restarts = 0  # of the server, from its checkpoint
+        self.converged = False  # the server said every Sobol interval is below the target
         # Unique per run (shared-memory names), within the server's 32 characters.
         self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
 
@@ -258,7 +266,10 @@ class StudyRunner:
             if 0 <= message.simu_id < self.config.sample_size:
                 self.timed_out(message.simu_id, launcher)
         elif isinstance(message, ConfidenceInterval):
-            self.intervals[(message.stat_name, message.field_name)] = message.value
+            if message.stat_name == CONVERGED:
+                self.converge(launcher)
+            else:
+                self.intervals[(message.stat_name, message.field_name)] = message.value
         # ALIVE and SIMU_STATUS "running" need nothing: the runner watches its processes itself.
 
     def timed_out(self, sample: int, launcher: Launcher) -> None:
@@ -321,6 +332,20 @@ class StudyRunner:
         self.dropped_samples.add(sample)
         launcher.publish(Drop(sample, self.job_id(sample)))
 
+    def converge(self, launcher: Launcher) -> None:
+        """Every Sobol interval is below the target: DROP every sample none of whose members
+        started; samples under way finish, and the study ends with what the server received."""
+        if self.converged:
+            return
+        self.converged = True
+        unstarted = [sample for sample in range(self.config.sample_size)
+                     if all(member.status == Status.PENDING and member.attempts == 0
+                            for member in self.members(sample))]
+        for sample in unstarted:
+            self.drop(sample, launcher)
+        self.console.print(f"target interval width {self.config.target_width:g} reached: "
+                           f"{len(unstarted)} samples not launched", markup=False)
+
     def repeat_drops(self, launcher: Launcher) -> None:
         """Publish every DROP again now and then: PUB/SUB gives no delivery guarantee, and a
         lost DROP would leave the server waiting for that sample until the deadline (the
@@ -370,7 +395,6 @@ class StudyRunner:
             old.unlink()
         context = zmq.Context()
         launcher = None
-        server = None
         try:
             with stop_signals(interrupt):
                 connection_port = free_port()
@@ -378,17 +402,13 @@ class StudyRunner:
                 arguments = server_arguments(config, launcher.ports, connection_port,
                                              self.study_id)
                 launcher.options = shlex.join(arguments)
-                # Simulations share the cores: numba's worker threads would spin against them
-                # (measured: 1 thread per rank needs a quarter of the server CPU time of 2).
-                server = start_process(server_command(config, arguments), config.working_dir,
-                                       self.server_log,
-                                       {"NUMBA_NUM_THREADS": str(config.server_threads)})
+                self.server = self.start_server(arguments)
                 deadline = started + config.study_timeout
-                self.wait_for_server(launcher, server, min(deadline, started
-                                                           + SERVER_START_SECONDS))
+                self.wait_for_server(launcher, self.server, min(deadline, started
+                                                                + SERVER_START_SECONDS))
                 with self.bar:
-                    self.drive(launcher, server, connection_port, deadline)
-                    self.wait_for_exit(launcher, server,
+                    self.drive(launcher, arguments, connection_port, deadline)
+                    self.wait_for_exit(launcher, self.server,
                                        time.monotonic() + SERVER_EXIT_SECONDS)
                     # STOP and a clean exit: every sample not dropped is complete on the
                     # server, including those whose last SIMU_STATUS it had no time to send.
@@ -402,8 +422,8 @@ class StudyRunner:
             with stop_signals(signal.SIG_IGN):
                 for simulation in self.simulations.values():
                     self.halt(simulation)
-                if server is not None:
-                    stop_process(server, signal.SIGTERM, grace=10.0)
+                if self.server is not None:
+                    stop_process(self.server, signal.SIGTERM, grace=10.0)
                 if launcher is not None:
                     self.rejected = dict(launcher.rejected)
                     launcher.close()
@@ -437,16 +457,66 @@ class StudyRunner:
             for message in launcher.service(POLL_SECONDS * 5):
                 self.handle(message, launcher)
 
-    def drive(self, launcher: Launcher, server: Popen[bytes], connection_port: int,
+    def start_server(self, arguments: list[str]) -> Popen[bytes]:
+        """Start the server (its output appended to server.log)."""
+        # Simulations share the cores: numba's worker threads would spin against them
+        # (measured: 1 thread per rank needs a quarter of the server CPU time of 2).
+        return start_process(server_command(self.config, arguments), self.config.working_dir,
+                             self.server_log,
+                             {"NUMBA_NUM_THREADS": str(self.config.server_threads)})
+
+    def restart_server(self, launcher: Launcher, arguments: list[str], deadline: float) -> None:
+        """The server died before STOP: restart it from its last checkpoint and run again
+        every sample that is not finished (or dropped) in that checkpoint.
+
+        Samples finished after the checkpoint run again too: the restarted server drops the
+        timesteps it already has, so nothing counts twice (docs/fault-tolerance.md).
+        """
+        assert self.server is not None
+        code = self.server.returncode
+        checkpoints = self.config.output_dir / "checkpoint"
+        what = f"the server exited with code {code} before the study finished"
+        if self.restarts >= self.config.server_restarts:
+            raise self.server_failed(f"{what} ({self.restarts} restarts already)")
+        stop_process(self.server, signal.SIGKILL, grace=10.0)  # whatever it left running
+        try:
+            done = finished_in_checkpoint(checkpoints, self.config.fields,
+                                          self.config.timesteps, self.config.sample_size)
+        except MelissaError as error:
+            raise self.server_failed(f"{what}; no checkpoint to restart from: {error}") from None
+        self.restarts += 1
+        unlink_blocks(f"melissa_nb_{self.study_id}_")  # the dead server could not remove them
+        again = 0
+        for sample in range(self.config.sample_size):
+            if sample in self.dropped_samples:
+                continue
+            for simulation in reversed(self.members(sample)):
+                if done[sample]:
+                    self.halt(simulation)
+                    simulation.status = Status.FINISHED
+                elif simulation.attempts:
+                    self.halt(simulation)
+                    simulation.status = Status.PENDING
+                    self.queue.appendleft(simulation.spec.simulation_id)
+                    again += 1
+        self.console.print(f"{what}: restart {self.restarts} from {checkpoints}, "
+                           f"{again} simulations run again", markup=False)
+        self.server_ranks.clear()
+        self.server = self.start_server([*arguments, "-r", str(checkpoints)])
+        self.wait_for_server(launcher, self.server,
+                             min(deadline, time.monotonic() + SERVER_START_SECONDS))
+        self.next_drops = 0.0  # DROPs after the checkpoint: tell the new server at once
+
+    def drive(self, launcher: Launcher, arguments: list[str], connection_port: int,
               deadline: float) -> None:
         """The main loop: answer the server, keep `at_once` simulations running, until STOP."""
         while not self.stopped:
             if time.monotonic() > deadline:
                 raise StudyError(f"the study did not finish within its timeout "
                                  f"({self.config.study_timeout:g} s)")
-            if server.poll() is not None:
-                raise self.server_failed(f"the server exited with code {server.returncode} "
-                                         "before the study finished")
+            assert self.server is not None
+            if self.server.poll() is not None:
+                self.restart_server(launcher, arguments, deadline)
             for message in launcher.service(POLL_SECONDS):
                 self.handle(message, launcher)
             self.watch(launcher)
