@@ -19,9 +19,13 @@ from melissa_nb.server.state import StateBlock, block_name
 GENERAL = "general."
 SOBOL = "sobol."
 RECEIVED = "received"  # timesteps received per simulation (or group), kept by the tracker
-PARALLEL_MIN_CELLS = 1 << 16
-"""Below this many cells a slice is updated on one thread: waking the other threads costs more
-than the update itself (measured on 2 cores: 10,000 cells 42 us on one thread, 65 us on two)."""
+PARALLEL_MIN_CELLS = 1 << 18
+"""Below this many cells a slice is updated on one thread. A parallel region waits for every
+thread to get a core; when senders or ZeroMQ's I/O threads hold one, that costs a scheduler tick
+(~4 ms) against an update of under 1 ms. Measured on 2 cores with live senders
+(`bench/ingest.py`, general statistics, one rank): 1e5 cells 0.87 GB/s on one thread against
+0.56 on two; 1e6 cells 1.28 GB/s on two against 0.83 on one. Idle, 10,000 cells took 42 us on
+one thread and 65 us on two."""
 
 
 def general_settings(config: ServerConfig) -> dict[str, Any]:
