@@ -199,3 +199,28 @@ def test_the_study_stops_launching_once_the_target_width_is_reached(tmp_path: Pa
         for name in ("sobol_first", "sobol_total")
     ]
     assert max(widths) < target * 1.5, "the groups under way only narrow them further"
+
+
+def test_study_keys_of_fault_tolerance(tmp_path: Path) -> None:
+    from melissa_nb.errors import ConfigurationError
+    from melissa_nb.study.config import load_study
+    from melissa_nb.study.launcher import LauncherPorts
+    from melissa_nb.study.runner import server_arguments
+
+    path = write_study(
+        tmp_path, STUDY.replace("timeout = 100", "timeout = 100\ntarget_width = 0.2")
+    )
+    config = load_study(path)
+    assert (config.target_width, config.server_restarts, config.heartbeat) == (0.2, 2, 20.0)
+    arguments = server_arguments(config, LauncherPorts(push=1, pull=2, req=3), 4, "id")
+    assert arguments[arguments.index("--target-width") + 1] == "0.2"
+    assert arguments[arguments.index("-c") + 1] == "0.3"
+    no_sobol = STUDY.replace("sobol = true", "sobol = false").replace(
+        "timeout = 100", "timeout = 100\ntarget_width = 0.2"
+    )
+    with pytest.raises(ConfigurationError, match=r"\[study\] target_width: expected no target"):
+        load_study(write_study(tmp_path / "a", no_sobol))
+    with pytest.raises(ConfigurationError, match=r"\[server\] restarts: expected an integer >= 0"):
+        load_study(
+            write_study(tmp_path / "b", STUDY.replace("[server]", "[server]\nrestarts = -1"))
+        )
