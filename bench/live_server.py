@@ -33,6 +33,7 @@ import numpy as np
 import zmq
 
 from melissa_nb.partition import overlaps
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     DATA_HEADER_SIZE,
     ConnectionReply,
@@ -64,16 +65,6 @@ def write_json(results: Mapping[str, object], output_dir: Path, name: str) -> Pa
     path = output_dir / f"{name}.json"
     path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     return path
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 nothing listens on (bound by ZeroMQ, then released)."""
-    context = zmq.Context.instance()
-    probe = context.socket(zmq.REP)
-    try:
-        return probe.bind_to_random_port("tcp://127.0.0.1")
-    finally:
-        probe.close(linger=0)
 
 
 @dataclass(frozen=True)

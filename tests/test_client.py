@@ -24,6 +24,7 @@ from melissa_nb.client import (
     simulation_id_from_environment,
 )
 from melissa_nb.errors import ConfigurationError, ProtocolError, ServerUnreachableError
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import ConnectionReply, ConnectionRequest, DataMessage
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,15 +100,6 @@ def servers(context):
     yield make
     for sockets in made:
         sockets.close()
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on (bound then released)."""
-    context = zmq.Context.instance()
-    probe = context.socket(zmq.REP)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)
-    return port
 
 
 def test_single_rank_splits_a_field_over_two_server_ranks(servers) -> None:

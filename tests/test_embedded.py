@@ -24,6 +24,7 @@ import zmq
 
 from melissa_nb import MelissaServer, ServerStatus, SimulationData
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import Job, encode_data_frame
 from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks
@@ -37,12 +38,6 @@ def load(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def free_port() -> int:
-    from test_server_e2e import free_port as draw
-
-    return draw()
 
 
 @pytest.mark.timeout(120)

@@ -9,7 +9,6 @@ accuracy against numpy.quantile is the kernels' tests' business (tests/test_kern
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket as socketlib
 import subprocess
@@ -29,6 +28,7 @@ import zmq
 from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
 
 from melissa_nb.kernels import Quantiles
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     Alive,
     ConfidenceInterval,
@@ -55,24 +55,6 @@ MPIEXEC = BIN / "mpiexec"
 MELISSA = BIN / "melissa-nb"
 WAIT = 60.0  # seconds any single process or condition may take before the test fails
 RTOL = 1e-12
-
-
-def free_port(low: int = 20000, high: int = 32768) -> int:
-    """A TCP port free right now, drawn below Linux's ephemeral range.
-
-    A port the kernel hands out for port 0 soon becomes the source port of some outgoing
-    connection and the server's later bind fails; ports below 32768 are not handed out.
-    """
-    draw = random.Random()
-    for _ in range(200):
-        port = draw.randrange(low, high)
-        with socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free TCP port in [{low}, {high})")
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
