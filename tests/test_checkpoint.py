@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.partition import block_bounds
@@ -318,3 +320,46 @@ def test_rank_files_of_different_runs_are_refused(tmp_path: Path, fed) -> None:
         ConfigurationError, match="rank 1 was written by 3 ranks, that of rank 0 by 2"
     ):
         load_restart(tmp_path, config, 0, 1)
+
+
+@given(
+    client_sizes=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    old_ranks=st.integers(1, 3),
+    new_ranks=st.integers(1, 4),
+)
+@example(client_sizes=[1], old_ranks=3, new_ranks=2)  # old ranks without any cell
+@example(client_sizes=[2, 3], old_ranks=1, new_ranks=4)
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_repartition_of_any_layout_equals_the_global_state(
+    tmp_path_factory, client_sizes: list[int], old_ranks: int, new_ranks: int
+) -> None:
+    """Any client decomposition, any old and new rank counts (ranks with no cells included)."""
+    from melissa_nb.partition import overlaps
+
+    directory = tmp_path_factory.mktemp("any")
+    config = study(field_names=("u",))
+    total = sum(client_sizes)
+    layouts: list[dict[int, int]] = [{} for _ in range(old_ranks)]
+    start = 0
+    for client_rank, size in enumerate(client_sizes):
+        for rank, _, piece in overlaps(start, size, total, old_ranks):
+            layouts[rank][client_rank] = piece
+        start += size
+    old = [FedRank(config, r, layouts[r]) for r in range(old_ranks)]
+    try:
+        for rank in old:
+            rank.feed(np.random.default_rng(rank.rank), range(4), range(TIMESTEPS))
+            write_atomically(directory, rank.rank, rank.snapshot(old_ranks))
+        restored = [load_restart(directory, config, r, new_ranks).slices for r in range(new_ranks)]
+        for name in ("general.central", "general.min_simulation", "sobol.m2"):
+            np.testing.assert_array_equal(
+                restored_field(restored, "u", name), whole_field(old, "u", name), err_msg=name
+            )
+        for r, slices in enumerate(restored):
+            low, high = block_bounds(total, new_ranks, r)
+            assert sum(item.cells for item in slices) == high - low
+    finally:
+        for rank in old:
+            rank.release()

@@ -505,7 +505,8 @@ def repartition(
             start, end = block_bounds(total, old_ranks, old_rank)
             clients = [item["client_rank"] for _, item in items]
             held = sum(item["cells"] for _, item in items)
-            if held != end - start or clients != list(range(min(clients), max(clients) + 1)):
+            contiguous = not clients or clients == list(range(clients[0], clients[-1] + 1))
+            if held != end - start or not contiguous:
                 raise ConfigurationError(
                     f"-r/--restart {directory}: cannot restart on {ranks} ranks: old rank "
                     f"{old_rank} had learned only part of field {field_name!r} ({held} of "
