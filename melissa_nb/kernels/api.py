@@ -47,6 +47,7 @@ Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
 FLOAT = np.dtype(np.float64)
 INT = np.dtype(np.int64)
 MOMENT_NAMES = ("mean", "variance", "skewness", "kurtosis")
+EXTREMA_NAMES = ("min", "max", "min_simulation", "max_simulation")
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -225,10 +226,14 @@ class Moments(_MergeableStatistic):
         if row >= self.order:
             raise ConfigurationError(f"{name} needs order >= {row + 1}, this {self!r} has "
                                      f"order {self.order}")
+        return self._finalize_all()[row]
+
+    def _finalize_all(self) -> np.ndarray:
+        """Every moment up to ``order``, (order, cells): rows as in MOMENT_NAMES."""
         out = np.empty((self.order, self.cells))
         moments_finalize(self.count, self.arrays["shift"], self.arrays["central"], self.bias,
                          self.fisher, out)
-        return out[row]
+        return out
 
     @property
     def mean(self) -> np.ndarray:
@@ -575,6 +580,23 @@ class FieldStatistics(_MergeableStatistic):
         for part in (self.moments, self.extrema, self.exceedance):
             if part is not None:
                 part._merge_state(count, other, other_count)
+
+    def results(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named result properties (e.g. ``["mean", "min", "min_simulation"]``), each
+        family finalized once: the same values as the properties, for less work."""
+        computed: dict[str, np.ndarray] = {}
+        for name in names:
+            if name in computed:
+                continue
+            if self.moments is not None and name in MOMENT_NAMES[:self.moments.order]:
+                table = self.moments._finalize_all()
+                computed |= dict(zip(MOMENT_NAMES, table, strict=False))
+            elif self.extrema is not None and name in EXTREMA_NAMES:
+                (low, high), (low_id, high_id) = self.extrema._finalized()
+                computed |= dict(zip(EXTREMA_NAMES, (low, high, low_id, high_id), strict=True))
+            else:
+                computed[name] = getattr(self, name)
+        return {name: computed[name] for name in names}
 
     def _part(self, part: _Statistic | None, what: str) -> _Statistic:
         if part is None:
