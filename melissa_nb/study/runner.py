@@ -46,7 +46,7 @@ from melissa_nb.protocol import (
     Stop,
     Timeout,
 )
-from melissa_nb.server.checkpoint import finished_in_checkpoint
+from melissa_nb.server.checkpoint import checkpoint_path, finished_in_checkpoint
 from melissa_nb.server.convergence import CONVERGED
 from melissa_nb.server.state import progress_block_name, reading, unlink_blocks
 from melissa_nb.study.config import StudyConfig
@@ -470,7 +470,8 @@ class StudyRunner:
         every sample that is not finished (or dropped) in that checkpoint.
 
         Samples finished after the checkpoint run again too: the restarted server drops the
-        timesteps it already has, so nothing counts twice (docs/fault-tolerance.md).
+        timesteps it already has, so nothing counts twice (docs/fault-tolerance.md). A server
+        that died before its first checkpoint starts afresh and every started sample runs again.
         """
         assert self.server is not None
         code = self.server.returncode
@@ -479,11 +480,15 @@ class StudyRunner:
         if self.restarts >= self.config.server_restarts:
             raise self.server_failed(f"{what} ({self.restarts} restarts already)")
         stop_process(self.server, signal.SIGKILL, grace=10.0)  # whatever it left running
-        try:
-            done = finished_in_checkpoint(checkpoints, self.config.fields,
-                                          self.config.timesteps, self.config.sample_size)
-        except MelissaError as error:
-            raise self.server_failed(f"{what}; no checkpoint to restart from: {error}") from None
+        first = (checkpoint_path(checkpoints, 0), checkpoint_path(checkpoints, 0, previous=True))
+        restart = ["-r", str(checkpoints)] if any(path.exists() for path in first) else []
+        done = [False] * self.config.sample_size
+        if restart:
+            try:
+                done = list(finished_in_checkpoint(checkpoints, self.config.fields,
+                                                   self.config.timesteps, self.config.sample_size))
+            except MelissaError as error:
+                raise self.server_failed(f"{what}; its checkpoint is unusable: {error}") from None
         self.restarts += 1
         unlink_blocks(f"melissa_nb_{self.study_id}_")  # the dead server could not remove them
         again = 0
@@ -499,10 +504,11 @@ class StudyRunner:
                     simulation.status = Status.PENDING
                     self.queue.appendleft(simulation.spec.simulation_id)
                     again += 1
-        self.console.print(f"{what}: restart {self.restarts} from {checkpoints}, "
-                           f"{again} simulations run again", markup=False)
+        source = f"from {checkpoints}" if restart else "afresh (no checkpoint yet)"
+        self.console.print(f"{what}: restart {self.restarts} {source}, {again} simulations run "
+                           "again", markup=False)
         self.server_ranks.clear()
-        self.server = self.start_server([*arguments, "-r", str(checkpoints)])
+        self.server = self.start_server([*arguments, *restart])
         self.wait_for_server(launcher, self.server,
                              min(deadline, time.monotonic() + SERVER_START_SECONDS))
         self.next_drops = 0.0  # DROPs after the checkpoint: tell the new server at once
