@@ -9,9 +9,7 @@ another one variable by variable.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket as socketlib
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_nb.client import Client
+from melissa_nb.ports import free_port
 from melissa_nb.server.checkpoint import CheckpointDamaged, checkpoint_path, read_file
 from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks, unlink_blocks
@@ -41,20 +40,6 @@ OPTIONS = (
     "-o", "mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
     "-e", "4.5:5:5.5", "-q", "0.1:0.5:0.9",
 )  # fmt: skip
-
-
-def free_port(low: int = 20000, high: int = 32768) -> int:
-    """A TCP port free right now, below Linux's ephemeral range."""
-    draw = random.Random()
-    for _ in range(200):
-        port = draw.randrange(low, high)
-        with socketlib.socket(socketlib.AF_INET, socketlib.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError(f"no free TCP port in [{low}, {high})")
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:

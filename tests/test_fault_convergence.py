@@ -8,11 +8,12 @@ import subprocess
 
 import numpy as np
 import pytest
-from fault_harness import MELISSA, MPIEXEC, free_port
+from fault_harness import MELISSA, MPIEXEC
 from test_server_e2e import FakeLauncher, sobol_reference
 
 from melissa_nb.client import Client
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import Alive, ConfidenceInterval, Drop, Stop
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.convergence import CONVERGED

@@ -27,9 +27,10 @@ import time
 import numpy as np
 import pytest
 import zmq
-from fault_harness import MELISSA, WAIT, free_port
+from fault_harness import MELISSA, WAIT
 from test_server_e2e import FakeLauncher, RawSender, frame, sobol_reference
 
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import Drop, Hello, Job, Options, TextRequest
 from melissa_nb.server.loop import CONNECTION_MAX_MESSAGE
 from melissa_nb.server.output import read_results
