@@ -308,8 +308,8 @@ def write_field(
     world.wait_turn()
     try:
         mode = "w" if world.rank == 0 else "a"
-        # No prefill: it wrote the whole file once more before the data (rank 0 spent 2/3 of
-        # its write time on it); every rank writes its whole block instead, data or fill values.
+        # No prefill: it wrote the whole file once more before the data (about half of rank 0's
+        # write time); every rank writes its whole block instead, data or fill values.
         with NetCDFStore(partial, mode, prefill=False) as store:
             if world.rank == 0:
                 dimensions, variables = layout(config, total_cells)
