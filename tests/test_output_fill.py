@@ -1,4 +1,4 @@
-"""The results file without prefill: cells no slice covered still read as fill values."""
+"""The output path's shortcuts: no netCDF prefill, every family finalized once per timestep."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
-from melissa_nb.kernels import FieldStatistics
+from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.output import read_results, statistic_names, write_field
 from melissa_nb.server.ranks import World
@@ -56,3 +56,17 @@ def test_results_at_once_equal_the_properties(rng) -> None:
     assert list(results) == names
     for name in names:
         np.testing.assert_array_equal(results[name], getattr(field, name), name)
+
+
+def test_sobol_results_at_once_equal_the_properties(rng) -> None:
+    sobol = SobolMartinez(40, 3)
+    for group in rng.normal(size=(6, 5, 40)):
+        sobol.update(group)
+    results = sobol.results()
+    (first_low, first_high), (total_low, total_high) = sobol.first_ci, sobol.total_ci
+    expected = {"first": sobol.first, "total": sobol.total, "first_ci_low": first_low,
+                "first_ci_high": first_high, "total_ci_low": total_low,
+                "total_ci_high": total_high}
+    assert list(results) == list(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(results[name], values, name)

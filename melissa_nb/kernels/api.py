@@ -48,6 +48,8 @@ FLOAT = np.dtype(np.float64)
 INT = np.dtype(np.int64)
 MOMENT_NAMES = ("mean", "variance", "skewness", "kurtosis")
 EXTREMA_NAMES = ("min", "max", "min_simulation", "max_simulation")
+SOBOL_RESULTS = ("first", "total", "first_ci_low", "first_ci_high", "total_ci_low",
+                 "total_ci_high")
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -434,6 +436,12 @@ class SobolMartinez(_MergeableStatistic):
         sobol_finalize(count, self.arrays["m2"], self.arrays["comoment_first"],
                        self.arrays["comoment_total"], half_width, out)
         return out
+
+    def results(self) -> dict[str, np.ndarray]:
+        """Every index and interval bound from one finalization, each (parameters, cells):
+        ``first``, ``total``, ``first_ci_low``, ``first_ci_high``, ``total_ci_low``,
+        ``total_ci_high`` (the properties finalize once each)."""
+        return dict(zip(SOBOL_RESULTS, self._finalized(), strict=True))
 
     @property
     def first(self) -> np.ndarray:

@@ -258,16 +258,8 @@ def _results(slice_statistics: Any, names: Sequence[str], timestep: int) -> dict
     if general:
         results |= slice_statistics.general(timestep).results(general)
     if any(name.startswith("sobol_") for name in names):
-        sobol = slice_statistics.sobol(timestep)
-        (first_low, first_high), (total_low, total_high) = sobol.first_ci, sobol.total_ci
-        results |= {
-            "sobol_first": sobol.first,
-            "sobol_total": sobol.total,
-            "sobol_first_ci_low": first_low,
-            "sobol_first_ci_high": first_high,
-            "sobol_total_ci_low": total_low,
-            "sobol_total_ci_high": total_high,
-        }
+        indices = slice_statistics.sobol(timestep).results()
+        results |= {f"sobol_{name}": values for name, values in indices.items()}
     return results
 
 
