@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from harness import BIN, MELISSA, MPIEXEC, WAIT
 
 from melissa_nb.client import Client
 from melissa_nb.ports import free_port
@@ -27,10 +26,6 @@ from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks, unlink_blocks
 from melissa_nb.server.status import read_progress
 
-BIN = Path(sys.executable).parent
-MPIEXEC = BIN / "mpiexec"
-MELISSA = BIN / "melissa-nb"
-WAIT = 60.0
 PARAMETERS = 2
 ROWS = PARAMETERS + 2
 TIMESTEPS = 3
@@ -40,17 +35,6 @@ OPTIONS = (
     "-o", "mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
     "-e", "4.5:5:5.5", "-q", "0.1:0.5:0.9",
 )  # fmt: skip
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    """Poll `condition` until truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass

@@ -7,7 +7,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from test_server_e2e import MELISSA, RawSender, frame, start_server, wait_for  # noqa: F401
+from harness import MELISSA, wait_for
+from test_server_e2e import RawSender, frame, start_server  # noqa: F401 (a fixture)
 
 from melissa_nb.server.control import control_request
 from melissa_nb.server.output import read_results

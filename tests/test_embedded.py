@@ -199,7 +199,8 @@ np.save(server.config.output_dir / f"seen_r{server.rank}.npy", np.array(seen))
 @pytest.mark.timeout(120)
 def test_two_embedded_ranks_each_see_their_cells(tmp_path: Path, rng: np.random.Generator) -> None:
     """`mpiexec -n 2 python script.py <server options>`: each rank hands over its half."""
-    from test_server_e2e import MPIEXEC, RawSender, frame
+    from harness import MPIEXEC
+    from test_server_e2e import RawSender, frame
 
     script = tmp_path / "my_server.py"
     script.write_text(EMBEDDED_SCRIPT)

@@ -8,7 +8,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from fault_harness import MELISSA, MPIEXEC
+from harness import MELISSA, MPIEXEC
 from test_server_e2e import FakeLauncher, sobol_reference
 
 from melissa_nb.client import Client

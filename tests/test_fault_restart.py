@@ -22,8 +22,8 @@ from fault_harness import (
     assert_same_results,
     no_blocks,
     send_groups,
-    wait_for,
 )
+from harness import wait_for
 
 from melissa_nb.server.checkpoint import checkpoint_path
 from melissa_nb.server.output import read_results

@@ -13,8 +13,8 @@ from fault_harness import (
     assert_same_results,
     no_blocks,
     send_groups,
-    wait_for,
 )
+from harness import wait_for
 from test_server_e2e import FakeLauncher
 
 from melissa_nb.server.checkpoint import checkpoint_path

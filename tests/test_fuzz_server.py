@@ -27,7 +27,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from fault_harness import MELISSA, WAIT
+from harness import MELISSA, WAIT
 from test_server_e2e import FakeLauncher, RawSender, frame, sobol_reference
 
 from melissa_nb.ports import free_port

@@ -66,7 +66,7 @@ def test_two_rank_server_feeds_the_regression_consumer(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path: Path) -> None:
-    from test_server_e2e import free_port
+    from melissa_nb.ports import free_port
 
     consumer = Consumer()
     results: list[Forwarded] = []

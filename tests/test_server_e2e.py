@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import scipy.stats
 import zmq
+from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
 
 from melissa_nb.kernels import Quantiles
@@ -50,22 +51,7 @@ from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks
 from melissa_nb.server.status import read_progress
 
-BIN = Path(sys.executable).parent
-MPIEXEC = BIN / "mpiexec"
-MELISSA = BIN / "melissa-nb"
-WAIT = 60.0  # seconds any single process or condition may take before the test fails
 RTOL = 1e-12
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass

@@ -40,7 +40,7 @@ def failing_stage(values, timestep, simulation_id):
 
 
 def embedded(tmp_path: Path, **settings) -> MelissaServer:
-    from test_server_e2e import free_port
+    from melissa_nb.ports import free_port
 
     return MelissaServer(
         connection_port=free_port(),

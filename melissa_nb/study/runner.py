@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import enum
 import os
-import random
 import re
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections import deque
@@ -35,6 +33,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from melissa_nb.errors import ConfigurationError, MelissaError
+from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     SIMU_FINISHED,
     ConfidenceInterval,
@@ -102,25 +101,6 @@ class StudyReport:
     retried: int
     elapsed: float
     rejected: dict[str, int] = field(default_factory=dict)
-
-
-def free_port(host: str = "127.0.0.1", low: int = 20000, high: int = 32768) -> int:
-    """A TCP port free right now, for the server to bind a few seconds later.
-
-    Drawn below Linux's ephemeral range (32768 and up by default): a port the kernel hands out
-    (port 0) is soon the source port of some outgoing connection, which then makes the
-    server's bind fail (seen with several test suites running at once).
-    """
-    draw = random.Random()
-    for _ in range(200):
-        port = draw.randrange(low, high)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind((host, port))
-            except OSError:
-                continue
-            return port
-    raise StudyError(f"no free TCP port in [{low}, {high}) on {host}")
 
 
 def executable(name: str) -> str:
