@@ -452,7 +452,7 @@ class ServerRank:
         else:
             self._fold(statistics, timestep, values, group)
             self._accepted(message)
-        self.tracker.record(field, client_rank, group, timestep)
+        self.tracker.add(steps, group, timestep)
 
     def _fold(
         self, statistics: SliceStatistics | None, timestep: int, values: np.ndarray, sample: int
