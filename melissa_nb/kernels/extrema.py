@@ -17,19 +17,33 @@ import numpy as np
 from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
+# Cells are scanned this many at a time, read-only, and written only where a new extremum
+# arrives: LLVM turned the plain loop's conditional stores into masked stores that cost as much
+# as full ones here, so it moved ~72 bytes per cell instead of 24 (25% of the triad at 1e7
+# cells, bench/RESULTS.md); after the first samples almost no chunk has anything to write.
+SCAN_CHUNK = np.uint64(8)
+
+
 @formula
 def fold_extrema(count: int, x: np.ndarray, simulation: int, minimum: np.ndarray,
                  maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
                  start: int, stop: int) -> None:
     """Fold one sample into cells ``start:stop``; ``count`` samples were folded in before."""
-    for cell in range(start, stop):
-        value = x[cell]
-        if count == 0 or value < minimum[cell]:
-            minimum[cell] = value
-            min_simulation[cell] = simulation
-        if count == 0 or value > maximum[cell]:
-            maximum[cell] = value
-            max_simulation[cell] = simulation
+    for chunk_start in range(start, stop, SCAN_CHUNK):
+        chunk_stop = min(chunk_start + SCAN_CHUNK, stop)
+        moved = count == 0
+        for cell in range(chunk_start, chunk_stop):
+            moved |= (x[cell] < minimum[cell]) | (x[cell] > maximum[cell])
+        if not moved:
+            continue
+        for cell in range(chunk_start, chunk_stop):
+            value = x[cell]
+            if count == 0 or value < minimum[cell]:
+                minimum[cell] = value
+                min_simulation[cell] = simulation
+            if count == 0 or value > maximum[cell]:
+                maximum[cell] = value
+                max_simulation[cell] = simulation
 
 
 @formula
