@@ -80,6 +80,7 @@ class FedRank:
         )
 
     def release(self) -> None:
+        self.tracker.release()  # its received counts are views of the slice blocks
         for statistics in self.slices.values():
             statistics.release()
 

@@ -75,6 +75,11 @@ class RunningServer:
     def text(self) -> str:
         return self.log.read_text()
 
+    def assert_clean_exit(self) -> None:
+        """No traceback in the server's output (shared memory closed while views lived, ...)."""
+        text = self.text()
+        assert "Traceback" not in text and "BufferError" not in text, text
+
 
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
@@ -248,6 +253,7 @@ def test_one_rank_every_general_statistic_out_of_order_duplicates_and_garbage(
         )
         assert attributes["variance_convention"] == "unbiased, ddof=1"
     assert "rejected 1 message(s): short_frame" in server.text()
+    server.assert_clean_exit()
 
 
 # --- M = 2 under mpiexec, two client ranks, Sobol groups and single members --------------------
@@ -344,6 +350,7 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
                     results.variables[name][t], expected, rtol=1e-10, atol=1e-13, err_msg=name
                 )
         assert results.attributes["messages_rejected"] == 0
+    server.assert_clean_exit()
 
 
 # --- lifecycle: live status, signals, timeouts ---------------------------------------------------

@@ -682,8 +682,7 @@ class ServerRank:
         """Close every socket and remove every shared-memory block of this rank (idempotent)."""
         self.checkpoints.close()
         if hasattr(self, "tracker"):  # its received counts are views of the slice blocks
-            for slices in self.tracker.slices.values():
-                slices.clear()
+            self.tracker.release()
         for statistics in self.slices.values():
             statistics.release()
         self.slices.clear()

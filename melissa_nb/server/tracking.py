@@ -69,6 +69,13 @@ class SliceSteps:
         """True when every timestep of this simulation arrived."""
         return self._counts[simulation] == self.timesteps
 
+    def release(self) -> None:
+        """Drop every view of `received`, which may live in a shared-memory block that can
+        only be closed once no view of it is left."""
+        self._counts.release()
+        self._bytes.release()
+        self.received = np.zeros(0, dtype=np.int32)
+
 
 STATE_IDLE, STATE_RUNNING, STATE_FINISHED, STATE_DROPPED = 0, 1, 2, 3
 
@@ -130,6 +137,13 @@ class Tracker:
         message for the receive loop, which checks before folding and records after."""
         if steps.add(simulation, timestep):
             self.complete_slices[simulation] += 1
+
+    def release(self) -> None:
+        """Forget every learned slice, releasing their views of the slices' blocks."""
+        for slices in self.slices.values():
+            for steps in slices.values():
+                steps.release()
+            slices.clear()
 
     def touch(self, simulation: int, now: float) -> None:
         """The simulation showed a sign of life (connection or data) at time `now`."""
