@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,13 +12,17 @@ import uuid
 import numpy as np
 import pytest
 
+from melissa_nb.server.progress import Progress
 from melissa_nb.server.state import (
     ALIGNMENT,
+    SHM_DIRECTORY,
+    BlockNotReady,
     StateBlock,
     attach_block,
     list_blocks,
     reading,
 )
+from melissa_nb.server.status import SERVER_FILE, read_progress
 
 LAYOUT = {
     "mean": ((3, 5), np.float64),
@@ -129,3 +134,41 @@ def test_large_header_moves_data_area(name: str) -> None:
             del array
     finally:
         block.release()
+
+
+def test_block_seen_before_its_header_is_written_is_not_ready(name: str) -> None:
+    path = os.path.join(SHM_DIRECTORY, name)
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))  # named, not sized yet
+    try:
+        with pytest.raises(BlockNotReady, match="still empty"):
+            attach_block(name)
+        os.truncate(path, 4096)  # sized, header not written yet (all zeros)
+        with pytest.raises(BlockNotReady, match="no header yet"):
+            attach_block(name)
+        with open(path, "r+b") as raw:
+            raw.write(b"NOTOURS!")
+        with pytest.raises(ValueError, match="not a melissa_nb state block") as error:
+            attach_block(name)
+        assert not isinstance(error.value, BlockNotReady)
+    finally:
+        os.unlink(path)
+
+
+def test_read_progress_skips_blocks_still_being_created(tmp_path, name: str) -> None:
+    prefix = f"{name}_"
+    (tmp_path / SERVER_FILE).write_text(json.dumps({"shm_prefix": prefix}))
+    progress = Progress(name[len("melissa_nb_") :], 0, logging.getLogger("test"))
+    half_made = [os.path.join(SHM_DIRECTORY, f"{prefix}r1_progress"),
+                 os.path.join(SHM_DIRECTORY, f"{prefix}r0_u_c0")]  # fmt: skip
+    try:
+        progress.publish(accepted=3)
+        for path in half_made:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600))
+        os.truncate(half_made[1], 4096)
+        read = read_progress(tmp_path)
+        assert list(read.ranks) == [0] and read.ranks[0]["accepted"] == 3
+        assert read.slices == []
+    finally:
+        for path in half_made:
+            os.unlink(path)
+        progress.release()

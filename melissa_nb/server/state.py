@@ -7,6 +7,8 @@ only its name (`attach_block`) and see the server's live numbers without any oth
 
 Blocks are POSIX shared memory (`multiprocessing.shared_memory`, files under /dev/shm on Linux).
 The creating process owns a block and unlinks it (`StateBlock.release`); readers never unlink.
+The creator writes the magic last, so a reader that sees it also sees the whole header; a block
+seen before that (empty, or its magic still zero) raises `BlockNotReady`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from melissa_nb.errors import MelissaError
+
 MAGIC = b"MNBSTAT1"
 ALIGNMENT = 64
 _LENGTH = struct.Struct("<Q")
@@ -33,6 +37,10 @@ ArrayLayout = Mapping[str, tuple[tuple[int, ...], Any]]
 _OWNED: set[str] = set()
 """Blocks created by this process: attaching to one of them (the control endpoint's `status`
 on rank 0) must leave the resource tracker's record of it alone."""
+
+
+class BlockNotReady(MelissaError, ValueError):
+    """The block exists but its creator has not finished writing its header yet."""
 
 
 def _aligned(offset: int) -> int:
@@ -99,9 +107,9 @@ class StateBlock:
         """Create block `name` holding zero-filled arrays of `layout`; fails if it exists."""
         header, size = _plan(layout, metadata or {})
         memory = shared_memory.SharedMemory(name=name, create=True, size=size)
-        memory.buf[: len(MAGIC)] = MAGIC
-        memory.buf[len(MAGIC) : _PREAMBLE] = _LENGTH.pack(len(header))
         memory.buf[_PREAMBLE : _PREAMBLE + len(header)] = header
+        memory.buf[len(MAGIC) : _PREAMBLE] = _LENGTH.pack(len(header))
+        memory.buf[: len(MAGIC)] = MAGIC  # last: readers take the magic as "header complete"
         _OWNED.add(memory.name)
         return cls(memory, json.loads(header), owner=True)
 
@@ -125,17 +133,25 @@ class StateBlock:
 
 
 def attach_block(name: str) -> StateBlock:
-    """Attach read-only to an existing block (raises FileNotFoundError if it is gone).
+    """Attach read-only to an existing block.
 
-    The reader is removed from Python's resource tracker, which would otherwise unlink the
-    block when the reading process exits (Python < 3.13 registers attaches too).
+    Raises FileNotFoundError if it is gone, `BlockNotReady` while its creator is still writing
+    its header, ValueError if it is not a melissa_nb block. The reader is removed from Python's
+    resource tracker, which would otherwise unlink the block when the reading process exits
+    (Python < 3.13 registers attaches too).
     """
-    memory = shared_memory.SharedMemory(name=name, create=False)
+    try:
+        memory = shared_memory.SharedMemory(name=name, create=False)
+    except ValueError as error:  # "cannot mmap an empty file": named but not sized yet
+        raise BlockNotReady(f"shared-memory block {name!r} is still empty") from error
     if memory.name not in _OWNED:
         resource_tracker.unregister(memory._name, "shared_memory")  # type: ignore[attr-defined]
     buffer = memory.buf
-    if bytes(buffer[: len(MAGIC)]) != MAGIC:
+    magic = bytes(buffer[: len(MAGIC)])
+    if magic != MAGIC:
         memory.close()
+        if magic == bytes(len(MAGIC)):
+            raise BlockNotReady(f"shared-memory block {name!r} has no header yet")
         raise ValueError(f"shared-memory block {name!r} is not a melissa_nb state block")
     (length,) = _LENGTH.unpack(buffer[len(MAGIC) : _PREAMBLE])
     header = json.loads(bytes(buffer[_PREAMBLE : _PREAMBLE + length]))

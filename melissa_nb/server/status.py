@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.server.stages import STAGE_KIND
-from melissa_nb.server.state import list_blocks, reading
+from melissa_nb.server.state import BlockNotReady, list_blocks, reading
 
 SERVER_FILE = "server.json"
 CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control endpoint
@@ -115,8 +115,8 @@ def read_progress(output_dir: str | Path) -> StudyProgress:
                     ranks[block.metadata["rank"]] = counters
             elif (progress := _slice_progress(name)) is not None:
                 slices.append(progress)
-        except FileNotFoundError:
-            continue  # the server removed this block while we listed them: it is ending
+        except (FileNotFoundError, BlockNotReady):
+            continue  # being removed (the server is ending) or still being created: absent
     slices.sort(key=lambda item: (item.field, item.rank, item.client_rank))
     return StudyProgress(description, ranks, slices)
 
