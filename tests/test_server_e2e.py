@@ -8,6 +8,7 @@ accuracy against numpy.quantile is the kernels' tests' business (tests/test_kern
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket as socketlib
@@ -47,7 +48,10 @@ from melissa_nb.protocol import (
     decode_launcher_message,
     encode_data_frame,
 )
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.launcher import LauncherLink
 from melissa_nb.server.output import read_results
+from melissa_nb.server.progress import LogThrottle
 from melissa_nb.server.state import list_blocks
 from melissa_nb.server.status import read_progress
 
@@ -496,6 +500,33 @@ def test_launcher_conversation_from_server_to_stop(start_server, rng) -> None:
     np.testing.assert_array_equal(results.variables["mean"], values)
     assert results.attributes["simulations_dropped"] == 1
     assert results.attributes["messages_rejected"] == 0
+
+
+def test_launcher_queue_full_is_logged_once_per_interval_with_a_count(caplog) -> None:
+    """A launcher that takes no message: the unsent ones are counted, not logged one by one."""
+    config = ServerConfig(
+        sampling_size=1, timesteps=1, field_names=("u",), launcher_name="127.0.0.1",
+        txt_push_port=free_port(), txt_pull_port=free_port(), txt_req_port=free_port(),
+    )  # fmt: skip
+    context = zmq.Context()
+    link = LauncherLink(context, config, 0.0, logging.getLogger("melissa_nb.test.launcher"))
+    try:
+        with caplog.at_level(logging.WARNING):
+            for _ in range(5000):  # the send queue holds 1,000 (ZeroMQ's default high-water mark)
+                link.send(Alive())
+        assert 3000 <= link.unsent < 5000
+        lines = [r.getMessage() for r in caplog.records if "launcher queue full" in r.message]
+        assert lines == ["launcher queue full: 1 message(s) not sent (total 1; latest: Alive)"]
+    finally:
+        link.close()
+        context.term()  # bounded: the PUSH socket's linger is finite
+
+
+def test_log_throttle_counts_what_it_did_not_log() -> None:
+    throttle = LogThrottle(interval=10.0)
+    due = [throttle.count("a", now) for now in (0.0, 1.0, 2.0, 9.9, 10.0, 15.0, 25.0)]
+    assert due == [1, 0, 0, 0, 4, 0, 2]
+    assert throttle.count("b", 15.0) == 1, "each key has its own interval"
 
 
 def test_silent_launcher_aborts_the_study_with_partial_results(start_server, rng) -> None:

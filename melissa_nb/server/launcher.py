@@ -1,14 +1,16 @@
 """The server's sockets to the launcher: SUB (launcher PUB), PUSH (launcher PULL), REQ (REP).
 
 Nothing here blocks the receive loop: sends use NOBLOCK (a message that cannot be queued is
-counted and logged, never waited for), requests are queued and sent one at a time on a REQ socket
-in relaxed/correlated mode, whose reply is read when the loop's poller says it is there. A
-request unanswered for `REQUEST_TIMEOUT` seconds is abandoned (relaxed REQ may send the next).
+counted, never waited for, and logged at most once per `LOG_INTERVAL` with the count since);
+requests are queued and sent one at a time on a REQ socket in relaxed/correlated mode, whose
+reply is read when the loop's poller says it is there. A request unanswered for
+`REQUEST_TIMEOUT` seconds is abandoned (relaxed REQ may send the next).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -25,6 +27,7 @@ from melissa_nb.protocol import (
     decode_launcher_message,
 )
 from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.progress import LogThrottle
 
 REQUEST_TIMEOUT = 100.0  # seconds, as Melissa 0.6's REQ receive timeout
 LINGER_MS = 1000
@@ -56,6 +59,7 @@ class LauncherLink:
         self.requester.connect(f"tcp://{host}:{config.txt_req_port}")
         self.last_hello = now
         self.unsent = 0
+        self._unsent_log = LogThrottle()
         self.options: str | None = None
         self._requests: deque[TextRequest] = deque()
         self._pending: tuple[TextRequest, float] | None = None
@@ -71,9 +75,14 @@ class LauncherLink:
             self.pusher.send(message.encode(), zmq.NOBLOCK)
         except zmq.Again:
             self.unsent += 1
-            self.log.warning(
-                "launcher queue full: %s not sent (%d unsent)", type(message).__name__, self.unsent
-            )
+            unlogged = self._unsent_log.count("queue_full", time.monotonic())
+            if unlogged:
+                self.log.warning(
+                    "launcher queue full: %d message(s) not sent (total %d; latest: %s)",
+                    unlogged,
+                    self.unsent,
+                    type(message).__name__,
+                )
 
     def request(self, request: TextRequest) -> None:
         """Queue a text request (`options`, `simu_info <id>`); replies arrive via `receive`."""

@@ -45,6 +45,27 @@ LOG_INTERVAL = 10.0  # seconds between two log lines about the same rejection re
 RATE_WINDOW = 5.0  # seconds the published rates average over
 
 
+class LogThrottle:
+    """Counts events per key and lets a key be logged at most once per `interval` seconds."""
+
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self.interval = interval
+        self._unlogged: Counter[str] = Counter()
+        self._last_logged: dict[str, float] = {}
+
+    def count(self, key: str, now: float) -> int:
+        """Count one event of `key` at time `now`.
+
+        Returns the events of `key` since its last log line when a line is due now (the caller
+        logs them in one line), else 0.
+        """
+        self._unlogged[key] += 1
+        if now - self._last_logged.get(key, -np.inf) < self.interval:
+            return 0
+        self._last_logged[key] = now
+        return self._unlogged.pop(key)
+
+
 def resident_bytes() -> int:
     """Resident memory of this process (Linux /proc; 0 where unavailable)."""
     try:
@@ -61,8 +82,7 @@ class Progress:
         self.log = log
         self.counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.rejections: Counter[str] = Counter()
-        self._unlogged: Counter[str] = Counter()
-        self._last_logged: dict[str, float] = {}
+        self._throttle = LogThrottle()
         self.block = StateBlock.create(
             progress_block_name(study_id, rank),
             {"counters": ((len(COUNTERS),), np.int64), "times": ((2,), np.float64)},
@@ -80,17 +100,15 @@ class Progress:
         """Count one rejected message; log the reason if it was not logged recently."""
         self.counts["rejected"] += 1
         self.rejections[reason] += 1
-        self._unlogged[reason] += 1
-        if now - self._last_logged.get(reason, -np.inf) >= LOG_INTERVAL:
+        unlogged = self._throttle.count(reason, now)
+        if unlogged:
             self.log.warning(
                 "rejected %d message(s): %s (total %d; latest: %s)",
-                self._unlogged[reason],
+                unlogged,
                 reason,
                 self.rejections[reason],
                 detail,
             )
-            self._unlogged[reason] = 0
-            self._last_logged[reason] = now
 
     def publish(self, **current: int) -> None:
         """Refresh the shared counters (`current` overrides gauges such as running)."""
