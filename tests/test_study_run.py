@@ -231,8 +231,12 @@ def test_failing_member_drops_its_group_and_the_rest_is_exact(
     assert "--- attempt 1" in log and "--- attempt 2" in log
     log = (out / "logs" / "simulation_17.log").read_text()
     assert "--- attempt 1" in log and "--- attempt 2" in log
-    assert sorted(path.name for path in (out / "logs").iterdir()) == [
-        "simulation_10.log", "simulation_17.log"]  # simulations that never failed leave none
+    # Simulations that never failed leave no log, but a member still running when its group is
+    # dropped is stopped, and keeps its log: which ones depends on timing.
+    logs = {path.name for path in (out / "logs").iterdir()}
+    stopped_with_group = {f"simulation_{simu_id}.log" for simu_id in (8, 9, 11)}
+    assert {"simulation_10.log", "simulation_17.log"} <= logs
+    assert logs <= {"simulation_10.log", "simulation_17.log"} | stopped_with_group
 
     module = load_module(tmp_path / "sim.py")
     finished, outputs = outputs_by_group(out, lambda values: module.model(*values), 4)
