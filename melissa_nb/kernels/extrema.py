@@ -16,7 +16,6 @@ import numpy as np
 
 from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
-
 # Cells are scanned this many at a time, read-only, and written only where a new extremum
 # arrives: LLVM turned the plain loop's conditional stores into masked stores that cost as much
 # as full ones here, so it moved ~72 bytes per cell instead of 24 (25% of the triad at 1e7

@@ -12,8 +12,9 @@ accepted, after duplicates were dropped and after the built-in statistics saw it
   sends (`melissa_nb_<study>_r<rank>_stage_<stage>_<field>_c<client rank>`), zero-filled.
 
 A stage that raises is counted (`stage_errors`) and logged at most once per stage every
-`LOG_INTERVAL` seconds; the server goes on. Listeners (the forwarder, an embedded server's inbox)
-are plain callables taking the decoded `DataMessage`, called after the stages.
+`progress.LOG_INTERVAL` seconds (the shared `LogThrottle`); the server goes on. Listeners (the
+forwarder, an embedded server's inbox) are plain callables taking the decoded `DataMessage`,
+called after the stages.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.protocol import DataMessage
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.progress import LOG_INTERVAL
+from melissa_nb.server.progress import LogThrottle
 from melissa_nb.server.state import StateBlock
 
 STAGE_KIND = "stage"  # `kind` in a stage block's metadata: status and checkpoints tell them apart
@@ -107,7 +108,7 @@ class Processing:
         self._states: dict[tuple[str, str, int], tuple[np.ndarray, ...]] = {}
         self._errors: dict[str, int] = {}
         self._restored: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}
-        self._last_logged: dict[str, float] = {}
+        self._throttle = LogThrottle()
 
     def add_stage(
         self,
@@ -228,13 +229,13 @@ class Processing:
     def _failed(self, stage: Stage, message: DataMessage, error: str) -> None:
         self.counts["stage_errors"] += 1
         self._errors[stage.name] = self._errors.get(stage.name, 0) + 1
-        now = time.monotonic()
-        if now - self._last_logged.get(stage.name, -np.inf) >= LOG_INTERVAL:
-            self._last_logged[stage.name] = now
+        unlogged = self._throttle.count(stage.name, time.monotonic())
+        if unlogged:
             self.log.error(
-                "stage %s failed (%d time(s) so far), latest on field %s, simulation %d, "
-                "timestep %d: %s",
+                "stage %s failed %d time(s) since the last report (%d in all), latest on field %s, "
+                "simulation %d, timestep %d: %s",
                 stage.name,
+                unlogged,
                 self._errors[stage.name],
                 message.field_name,
                 message.simu_id,
