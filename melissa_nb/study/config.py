@@ -86,6 +86,7 @@ class StudyConfig:
     server_restarts: int = 2
     heartbeat: float = 20.0
     target_width: float | None = None
+    server_script: Path | None = None
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -327,6 +328,8 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         heartbeat=server.number("heartbeat", 20.0, minimum=0, exclusive=True),
         target_width=(study.number("target_width", minimum=0, exclusive=True)
                       if study.get("target_width", None) is not None else None),
+        server_script=((base / server.text("script")).resolve()
+                       if server.get("script", None) is not None else None),
     )
     if config.target_width is not None and not sobol:
         raise study.fail("target_width", "no target without sobol = true (it is a Sobol "
@@ -338,6 +341,9 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
                          "intervals need n >= 4)", config.sample_size)
     if not config.working_dir.is_dir():
         raise simulation.fail("working_dir", "an existing directory", str(config.working_dir))
+    if config.server_script is not None and not config.server_script.is_file():
+        raise server.fail("script", "an existing file (relative to the study file)",
+                          str(config.server_script))
     for table in (study, simulation, server):
         table.finish()
     return config

@@ -154,8 +154,12 @@ def server_arguments(config: StudyConfig, ports: LauncherPorts, connection_port:
 
 
 def server_command(config: StudyConfig, arguments: list[str]) -> list[str]:
-    """`melissa-nb server ...`, under `mpiexec -n M` when the study asks for M > 1 ranks."""
-    command = [executable("melissa-nb"), "server", *arguments]
+    """`melissa-nb server ...` (or `python SCRIPT ...` with `[server] script`), under
+    `mpiexec -n M` when the study asks for M > 1 ranks."""
+    if config.server_script is not None:  # a user script reading them with from_arguments
+        command = [sys.executable, str(config.server_script), *arguments]
+    else:
+        command = [executable("melissa-nb"), "server", *arguments]
     if config.server_ranks > 1:
         command = [executable("mpiexec"), "-n", str(config.server_ranks), *command]
     return command
