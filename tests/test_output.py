@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from references import FIELD_REFERENCES, martinez_batch
 
-from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.config import OPERATIONS, ServerConfig
 from melissa_nb.server.output import (
     NetCDFStore,
     Variable,
@@ -54,17 +54,7 @@ def config(tmp_path: Path) -> ServerConfig:
         timesteps=2,
         field_names=("u",),
         parameters=2,
-        operations=(
-            "mean",
-            "variance",
-            "skewness",
-            "kurtosis",
-            "min",
-            "max",
-            "threshold",
-            "quantile",
-            "sobol",
-        ),  # fmt: skip
+        operations=OPERATIONS,  # every statistic
         thresholds=(-0.5, 0.0, 1.25),
         quantiles=(0.25, 0.75),
         output_dir=tmp_path,
