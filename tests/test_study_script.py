@@ -4,12 +4,15 @@ instead of `melissa-nb server`: examples/melissa4py/study.toml, the seed's loop,
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_study_run import read_results, run_study
 
+from melissa_nb.study.config import load_study
+from melissa_nb.study.runner import executable, server_command
 from melissa_nb.study.sampling import read_parameters_csv
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "melissa4py"
@@ -64,3 +67,14 @@ def test_missing_server_script_is_named(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "[server] script: expected an existing file" in completed.stderr
     assert "study_server.py" in completed.stderr
+
+
+def test_script_takes_the_server_options_under_mpiexec(tmp_path: Path) -> None:
+    study = copy_example(tmp_path)
+    study.write_text(study.read_text().replace("[server]", "[server]\nranks = 2"))
+    config = load_study(study)
+    script = (tmp_path / "study_server.py").resolve()
+    assert config.server_script == script
+    command = server_command(config, ["-s", "4", "-t", "10"])
+    assert command[:3] == [executable("mpiexec"), "-n", "2"]
+    assert command[3:] == [sys.executable, str(script), "-s", "4", "-t", "10"]
