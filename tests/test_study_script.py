@@ -36,7 +36,7 @@ def test_study_runs_the_seed_loop_script_which_sees_every_message_once(tmp_path:
     _, rows = read_parameters_csv(out / "parameters.csv")
     assert [status for _, status in rows] == ["finished"] * 4
     timesteps, cells = 10, 8
-    seen = [line.split(",") for line in (out / "seen.csv").read_text().splitlines()]
+    seen = [line.split(",") for line in (out / "seen_r0.csv").read_text().splitlines()]
     seen_keys = sorted((int(simulation), field, int(step)) for simulation, field, step in seen)
     assert seen_keys == [(spec.simulation_id, "heat1", step)
                          for spec, _ in rows for step in range(timesteps)]

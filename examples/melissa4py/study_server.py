@@ -3,8 +3,8 @@
 The runner starts `python study_server.py <melissa-nb server's options>`; the only change from
 server.py's `main` is step 1: `MelissaServer.from_arguments()` reads those options (ports,
 sample size, fields, output directory...) instead of melissa4py's own arguments. What the loop
-is handed, one `simulation_id,field,timestep` line per message, goes to `seen.csv` in the
-output directory.
+is handed, one `simulation_id,field,timestep` line per message, goes to `seen_r<rank>.csv` in
+the output directory (each rank is handed its own cells of every message).
 """
 
 import sys
@@ -35,7 +35,7 @@ def main() -> int:
                 break
     # 4. Stop server
     code = server.stop()
-    (config.output_dir / "seen.csv").write_text("".join(seen))
+    (config.output_dir / f"seen_r{server.rank}.csv").write_text("".join(seen))
     return code
 
 
