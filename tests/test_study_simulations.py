@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from harness import wait_for
+
 from melissa_nb.study.simulations import alive, descendants, start_process, stop_process
 
 # A parent that ignores SIGTERM and starts a child in a session of its own (as mpiexec does
@@ -24,18 +26,13 @@ time.sleep(60)
 def test_stop_kills_the_whole_family(tmp_path: Path) -> None:
     log = tmp_path / "stubborn.log"
     process = start_process([sys.executable, "-c", STUBBORN], tmp_path, log, {})
-    deadline = time.monotonic() + 30
-    while "started" not in log.read_text() or not descendants(process.pid):
-        assert time.monotonic() < deadline, "the stubborn family never started"
-        time.sleep(0.02)  # polling a condition with a deadline
+    wait_for(lambda: "started" in log.read_text() and descendants(process.pid),
+             "the stubborn family to start", timeout=30)
     family = descendants(process.pid)
     begun = time.monotonic()
     assert stop_process(process, grace=0.5) == -signal.SIGKILL
     assert time.monotonic() - begun < 5
-    deadline = time.monotonic() + 5
-    while any(map(alive, family)):
-        assert time.monotonic() < deadline, f"survivors: {family}"
-        time.sleep(0.02)
+    wait_for(lambda: not any(map(alive, family)), f"no survivor of {family}", timeout=5)
 
 
 def test_stop_of_an_exited_child_returns_its_code(tmp_path: Path) -> None:
