@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import netCDF4
 import numpy as np
 import psutil
 import pytest
+from harness import wait_for
 from scipy import stats
 
 from melissa_nb.study.sampling import read_parameters_csv
@@ -282,17 +282,17 @@ def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path) 
                               env=environment)
     try:
         parent = psutil.Process(runner.pid)
-        deadline = time.monotonic() + 60
-        # Wait until the server and three simulations run and the server holds state in /dev/shm.
-        while True:
-            assert time.monotonic() < deadline, "the study never got going"
+
+        def under_way() -> list[psutil.Process]:
+            """The runner's children once the server and three simulations run and the
+            server holds state in /dev/shm, else an empty list."""
             assert runner.poll() is None, runner.communicate()
             children = parent.children(recursive=True)
             blocks = [name for name in os.listdir("/dev/shm") if f"_{runner.pid}_" in name]
             simulations = [child for child in children if "sim.py" in " ".join(child.cmdline())]
-            if len(simulations) == 3 and blocks:
-                break
-            time.sleep(0.05)  # polling a condition with a deadline
+            return children if len(simulations) == 3 and blocks else []
+
+        children = wait_for(under_way, "the study to get going", timeout=60)
         runner.send_signal(signal.SIGINT)
         _, stderr = runner.communicate(timeout=60)
         assert runner.returncode == 130, stderr
