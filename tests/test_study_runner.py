@@ -6,12 +6,15 @@ import sys
 from pathlib import Path
 
 import typer
+import zmq
+from harness import wait_for
 
 from melissa_nb.cli import app
+from melissa_nb.ports import free_port
 from melissa_nb.server.config import parse_colon_list
 from melissa_nb.study.config import load_study
-from melissa_nb.study.launcher import LauncherPorts
-from melissa_nb.study.runner import server_arguments, server_command
+from melissa_nb.study.launcher import Launcher, LauncherPorts
+from melissa_nb.study.runner import Status, StudyRunner, server_arguments, server_command
 
 STUDY = """
 [study]
@@ -67,3 +70,40 @@ def test_several_ranks_run_under_the_interpreters_mpiexec(tmp_path: Path) -> Non
     bin_dir = Path(sys.executable).parent
     assert command == [str(bin_dir / "mpiexec"), "-n", "3", str(bin_dir / "melissa-nb"),
                        "server", "-s", "8"]
+
+
+DROPPING_SIMULATION = """
+import os, sys, time
+if os.environ["MELISSA_SIMU_ID"] == "0":
+    sys.exit(1)  # member A of group 0 fails at once, on its last attempt
+time.sleep(30)  # member B is still running when its group is dropped
+"""
+
+
+def test_a_member_halted_with_its_dropped_group_is_not_retried(tmp_path: Path) -> None:
+    """watch() sees A fail, which drops group 0 and halts B: B must stay dropped, not be taken
+    for a failure of its own and relaunched (CI once saw it relaunched and reported finished)."""
+    (tmp_path / "sim.py").write_text(DROPPING_SIMULATION)
+    (tmp_path / "study.toml").write_text(
+        STUDY.replace('command = "sim {x} {y}"', 'command = "python sim.py {x} {y}"\nretries = 1')
+        .replace("[study]\n", f'[study]\noutput_dir = "{tmp_path / "out"}"\n')
+    )
+    runner = StudyRunner(load_study(tmp_path / "study.toml"), show_progress=False)
+    runner.log_dir.mkdir(parents=True)
+    context = zmq.Context()
+    launcher = Launcher(context, runner.job, options="")
+    try:
+        member_a, member_b = runner.members(0)[:2]
+        member_a.failures = 1  # its retry is spent: this failure drops the group
+        for member in (member_a, member_b):
+            runner.launch(member, launcher, connection_port=free_port())
+        wait_for(lambda: runner.active[0].poll() is not None, "member A to fail", timeout=30)
+        runner.watch(launcher)
+        assert member_a.status == member_b.status == Status.DROPPED
+        assert runner.retried == 0 and not runner.active
+        assert all(member.status == Status.DROPPED for member in runner.members(0))
+    finally:
+        for simulation in runner.simulations.values():
+            runner.halt(simulation)
+        launcher.close()
+        context.term()

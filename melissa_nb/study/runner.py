@@ -348,6 +348,8 @@ class StudyRunner:
         its process does next cannot change the results, so only its slot is freed.
         """
         for simu_id, run in list(self.active.items()):
+            if self.active.get(simu_id) is not run:
+                continue  # halted meanwhile: its group was dropped by an earlier failure
             simulation = self.simulations[simu_id]
             code = run.poll()
             if code is None and run.elapsed <= self.config.simulation_timeout:
