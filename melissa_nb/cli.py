@@ -96,6 +96,11 @@ def server(
     member_buffer_mb: float = typer.Option(
         256.0, "--member-buffer-mb", help="Memory for assembling single Sobol members."
     ),
+    batch_mb: float = typer.Option(
+        64.0,
+        "--batch-mb",
+        help="Received data folded together per pass over the state (0: one message at a time).",
+    ),
     heartbeat: float = typer.Option(
         20.0, "--heartbeat", help="Seconds between ALIVE/TIMEOUT messages to the launcher."
     ),

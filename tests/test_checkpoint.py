@@ -71,7 +71,7 @@ class FedRank:
             for group in groups:
                 for t in timesteps:
                     values = rng.normal(3.0, 2.0, (self.config.group_size, statistics.cells))
-                    statistics.update_group(t, values, group)
+                    statistics.update_groups(t, [values], [group])
                     self.tracker.record(field, client_rank, group, t)
 
     def snapshot(self, ranks: int) -> Snapshot:

@@ -217,20 +217,41 @@ def test_fused_pass_equals_the_separate_families(rng: np.random.Generator) -> No
 def test_several_samples_in_one_pass_equal_one_by_one(
     rng: np.random.Generator, extrema: bool
 ) -> None:
-    samples = rng.lognormal(size=(7, CELLS))
+    # 40 samples: batches longer than BATCH are split (16 + 16 + ...), ids in any order.
+    samples = rng.lognormal(size=(40, CELLS))
+    ids = rng.permutation(1000)[:40]
     settings = {"order": 4, "extrema": extrema, "thresholds": THRESHOLDS, "quantiles": ORDERS}
-    one_by_one, in_pairs = FieldStatistics(CELLS, **settings), FieldStatistics(CELLS, **settings)
-    for index, sample in enumerate(samples):
-        one_by_one.update(sample, 10 + index)
-    in_pairs.update_samples(samples[:2], 10)
-    in_pairs.update_samples(samples[2:5], 12)
-    in_pairs.update(samples[5], 15)
-    in_pairs.update_samples(samples[6:], 16)
-    assert in_pairs.count == one_by_one.count == 7
+    one_by_one, batched = FieldStatistics(CELLS, **settings), FieldStatistics(CELLS, **settings)
+    for sample, simulation in zip(samples, ids, strict=True):
+        one_by_one.update(sample, simulation)
+    batched.update_samples(samples[:2], ids[:2])
+    batched.update_samples(list(samples[2:5]), list(ids[2:5]))
+    batched.update(samples[5], ids[5])
+    batched.update_samples(samples[6:], ids[6:])
+    assert batched.count == one_by_one.count == 40
     for key, array in one_by_one.arrays.items():
-        np.testing.assert_array_equal(in_pairs.arrays[key], array, err_msg=key)
+        np.testing.assert_array_equal(batched.arrays[key], array, err_msg=key)
     with pytest.raises(ValueError, match="shape"):
-        in_pairs.update_samples(samples[:, :-1], 0)
+        batched.update_samples(samples[:, :-1], ids)
+    with pytest.raises(ValueError, match="one id per sample"):
+        batched.update_samples(samples[:3], ids[:2])
+    with pytest.raises(TypeError, match="sequence"):
+        batched.update_samples([], [])
+
+
+def test_several_sobol_groups_in_one_pass_equal_one_by_one(rng: np.random.Generator) -> None:
+    groups = rng.normal(size=(20, 5, CELLS))
+    one_by_one, batched = SobolMartinez(CELLS, 3), SobolMartinez(CELLS, 3)
+    for group in groups:
+        one_by_one.update(group)
+    batched.update_groups(groups[:1])
+    batched.update_groups(list(groups[1:3]))
+    batched.update_groups(groups[3:])
+    assert batched.count == one_by_one.count == 20
+    for key, array in one_by_one.arrays.items():
+        np.testing.assert_array_equal(batched.arrays[key], array, err_msg=key)
+    with pytest.raises(ValueError, match="shape"):
+        batched.update_groups(groups[:, :4])
 
 
 @pytest.mark.parametrize("order", [0, 1, 3])

@@ -74,7 +74,7 @@ def test_rank_slices_are_written_in_global_order(config: ServerConfig, rng) -> N
             for t in range(config.timesteps):
                 for g in range(config.sampling_size):
                     part = np.ascontiguousarray(groups[t, g, :, start : start + cells])
-                    statistics.update_group(t, part, g)
+                    statistics.update_groups(t, [part], [g])
             start += cells
         path = write_field(World(), config, "u", slices, sum(sizes), {"study_complete": 1})
     finally:

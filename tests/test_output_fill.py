@@ -30,7 +30,7 @@ def test_cells_without_a_slice_hold_the_fill_values(tmp_path: Path, rng) -> None
     try:
         for t in range(config.timesteps):
             for simulation, sample in enumerate(samples[t]):
-                statistics.update_sample(t, sample, simulation)
+                statistics.update_samples(t, [sample], [simulation])
         path = write_field(World(), config, "u", [statistics], 5, {})
     finally:
         statistics.release()

@@ -7,21 +7,18 @@ shared-memory block the test reads back.
 from __future__ import annotations
 
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
+from harness import WAIT, embedded, serve_until_finished
 from numba import njit
 
-from melissa_nb import MelissaServer, ServerStatus, SimulationData
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.protocol import encode_data_frame
 from melissa_nb.server.state import list_blocks, reading
 from melissa_nb.server.status import read_progress
-
-WAIT = 60.0
 
 
 @njit(cache=False)
@@ -37,39 +34,6 @@ def sum_and_peak(values, timestep, simulation_id, total, peak, peak_simulation):
 def failing_stage(values, timestep, simulation_id):
     if simulation_id == 1:
         raise ValueError("simulation 1 is not welcome")
-
-
-def embedded(tmp_path: Path, **settings) -> MelissaServer:
-    from melissa_nb.ports import free_port
-
-    return MelissaServer(
-        connection_port=free_port(),
-        data_port=0,
-        output_dir=tmp_path,
-        study_id=f"s{uuid.uuid4().hex[:8]}",
-        **settings,
-    )
-
-
-def serve_until_finished(server: MelissaServer, frames: list[bytes]) -> list[SimulationData]:
-    """Push every frame, then run the server until the study ends; what run() handed over."""
-    context = zmq.Context()
-    push = context.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 1000)
-    push.connect(server.data_address)
-    for frame in frames:
-        push.send(frame)
-    seen = []
-    deadline = time.monotonic() + WAIT
-    try:
-        while (status := server.run(timeout=100)) is not ServerStatus.FINISHED:
-            assert time.monotonic() < deadline, f"study not finished: {server.counts}"
-            if isinstance(status, SimulationData):
-                seen.append(status)
-    finally:
-        push.close()
-        context.term()
-    return seen
 
 
 @pytest.mark.timeout(60)

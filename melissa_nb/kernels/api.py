@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.extrema import extrema_finalize, extrema_merge, extrema_update
 from melissa_nb.kernels.fused import fused_update
+from melissa_nb.kernels.jit import BATCH
 from melissa_nb.kernels.moments import moments_finalize, moments_merge, moments_update
 from melissa_nb.kernels.quantiles import quantiles_finalize, quantiles_update
 from melissa_nb.kernels.sobol import (
@@ -97,6 +98,38 @@ def _simulation_id(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"simulation_id must be an integer, got {value!r}")
     return int(value)
+
+
+def _read_only(value: np.ndarray) -> np.ndarray:
+    """A read-only view: batch kernels are compiled for read-only inputs only, so writable
+    arrays and received frames share one compiled version."""
+    if value.flags.writeable:
+        value = value.view()
+        value.flags.writeable = False
+    return value
+
+
+def _input_rows(name: str, values: object, shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Read-only inputs of ``shape`` from an array (k, *shape) or a sequence of k arrays."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != len(shape) + 1 or values.shape[0] == 0:
+            raise ValueError(f"{name} must have shape (k, {', '.join(map(str, shape))}) with "
+                             f"k >= 1, got {values.shape}")
+        return list(_read_only(_check_input(name, values, (values.shape[0], *shape))))
+    if not isinstance(values, Sequence) or not values:
+        raise TypeError(f"{name} must be a numpy.ndarray or a non-empty sequence of them, "
+                        f"got {values!r}")
+    return [_read_only(_check_input(f"{name}[{i}]", value, shape))
+            for i, value in enumerate(values)]
+
+
+def _padded_batches(rows: list[np.ndarray]) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
+    """(first row, tuple of BATCH arrays) for consecutive chunks of at most BATCH rows; the
+    tuple is padded with an empty read-only array of the rows' dimension."""
+    padding = _read_only(np.zeros((0,) * rows[0].ndim))
+    for first in range(0, len(rows), BATCH):
+        chunk = tuple(rows[first:first + BATCH])
+        yield first, chunk + (padding,) * (BATCH - len(chunk))
 
 
 def _bind_arrays(owner: str, layout: Layout,
@@ -420,9 +453,20 @@ class SobolMartinez(_MergeableStatistic):
 
     def update(self, group: np.ndarray) -> None:
         """Fold one group (parameters + 2, cells) float64: rows Y_A, Y_B, Y_C1..Y_Cp."""
-        group = _check_input("group", group, (self.parameters + 2, self.cells))
-        sobol_update(self.count, *self._state(), group)
-        self._advance(1)
+        shape = (self.parameters + 2, self.cells)
+        self._fold_groups([_read_only(_check_input("group", group, shape))])
+
+    def update_groups(self, groups: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Fold several groups in order, in one pass over the state per ``BATCH`` of them:
+        an array (k, parameters + 2, cells) or a sequence of k (parameters + 2, cells) arrays.
+        The result is exactly that of k calls to ``update``."""
+        self._fold_groups(_input_rows("groups", groups, (self.parameters + 2, self.cells)))
+
+    def _fold_groups(self, rows: list[np.ndarray]) -> None:
+        for first, batch in _padded_batches(rows):
+            size = min(BATCH, len(rows) - first)
+            sobol_update(self.count, *self._state(), batch, size)
+            self._advance(size)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
         sobol_merge(count, *self._state(), other_count, other["shift"], other["mean"],
@@ -543,21 +587,31 @@ class FieldStatistics(_MergeableStatistic):
 
     def update(self, x: np.ndarray, simulation_id: int) -> None:
         """Fold sample ``x`` (cells,) float64 of simulation ``simulation_id`` into every part."""
-        x = self._sample(x)
-        fused_update(self.count, *self._fused_state, x[np.newaxis], _simulation_id(simulation_id))
-        self._advance(1)
+        self._fold_samples([_read_only(self._sample(x))], [_simulation_id(simulation_id)])
 
-    def update_samples(self, samples: np.ndarray, first_simulation_id: int) -> None:
-        """Fold the rows of ``samples`` (k, cells) float64 in order, in one pass over the state.
+    def update_samples(self, samples: np.ndarray | Sequence[np.ndarray],
+                       simulation_ids: Sequence[int] | np.ndarray) -> None:
+        """Fold k samples in order, in one pass over the state per ``BATCH`` of them.
 
-        Row i comes from simulation ``first_simulation_id + i``; the result is exactly that of k
-        calls to ``update`` (e.g. a Sobol group's Y_A and Y_B: ``update_samples(group[:2], id)``).
+        ``samples`` is an array (k, cells) or a sequence of k (cells,) arrays, float64; sample i
+        comes from simulation ``simulation_ids[i]``. The result is exactly that of k calls to
+        ``update`` (e.g. a Sobol group's Y_A and Y_B, or the samples of one timestep received
+        together).
         """
-        rows = (samples.shape[0] if isinstance(samples, np.ndarray) and samples.ndim == 2
-                and samples.shape[0] > 0 else 1)
-        samples = _check_input("samples", samples, (rows, self.cells))
-        fused_update(self.count, *self._fused_state, samples, _simulation_id(first_simulation_id))
-        self._advance(rows)
+        rows = _input_rows("samples", samples, (self.cells,))
+        if isinstance(simulation_ids, np.ndarray):
+            simulation_ids = simulation_ids.tolist()
+        if not isinstance(simulation_ids, Sequence) or len(simulation_ids) != len(rows):
+            raise ValueError(f"simulation_ids must give one id per sample ({len(rows)}), "
+                             f"got {simulation_ids!r}")
+        self._fold_samples(rows, [_simulation_id(value) for value in simulation_ids])
+
+    def _fold_samples(self, rows: list[np.ndarray], simulation_ids: list[int]) -> None:
+        ids = np.array(simulation_ids, dtype=INT)
+        for first, batch in _padded_batches(rows):
+            size = min(BATCH, len(rows) - first)
+            fused_update(self.count, *self._fused_state, batch, size, ids[first:first + size])
+            self._advance(size)
 
     def _fused_arguments(self) -> tuple[np.ndarray, ...]:
         """The state arguments of ``fused_update``, zero-size arrays for the disabled families."""

@@ -25,24 +25,25 @@ def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np
                  maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
                  thresholds: np.ndarray, exceedances: np.ndarray, orders: np.ndarray,
                  quantile: np.ndarray, quantile_low: np.ndarray, quantile_high: np.ndarray,
-                 samples: np.ndarray, first_simulation: int) -> None:
-    """Fold the rows of ``samples`` (k, cells) in order into every enabled family's state.
+                 samples: tuple[np.ndarray, ...], rows: int, simulations: np.ndarray) -> None:
+    """Fold ``samples[0:rows]`` (each (cells,)) in order into every enabled family's state.
 
-    Row i comes from simulation ``first_simulation + i``. ``count`` samples were folded in
-    before; the caller advances the count by k afterwards. Each block folds every row before the
-    next block, so the state is read and written once for k samples (a Sobol group's Y_A and
-    Y_B), and every cell sees exactly the operations of k single-sample passes.
-    ``quantile_low`` and ``quantile_high`` may be ``minimum`` and ``maximum`` (the running range
-    is then the extrema, already updated for the sample when the quantiles read it).
+    ``samples`` has ``BATCH`` entries, those past ``rows`` unused; sample i comes from
+    simulation ``simulations[i]``. ``count`` samples were folded in before; the caller advances
+    the count by ``rows`` afterwards. Each block folds every sample before the next block, so the
+    state is read and written once for all of them (a Sobol group's Y_A and Y_B, the samples of
+    one timestep received together), and every cell sees exactly the operations of single-sample
+    passes in the same order. ``quantile_low`` and ``quantile_high`` may be ``minimum`` and
+    ``maximum`` (the running range is then the extrema, already updated for the sample when the
+    quantiles read it).
     """
     with_moments = central.shape[0] > 0
     with_extrema = minimum.shape[0] > 0
     with_exceedances = thresholds.shape[0] > 0
     with_quantiles = orders.shape[0] > 0
-    rows = samples.shape[0]
-    cells = samples.shape[1]
+    cells = samples[0].shape[0]
     for block in numba.prange(block_count(cells)):
-        # One block of the state stays in cache while every row and every family uses it.
+        # One block of the state stays in cache while every sample and every family uses it.
         start, stop = block_bounds(block, cells)
         for row in range(rows):
             x = samples[row]
@@ -50,7 +51,7 @@ def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np
             if with_moments:
                 fold_moments(seen, x, shift, central, start, stop)
             if with_extrema:
-                fold_extrema(seen, x, first_simulation + row, minimum, maximum, min_simulation,
+                fold_extrema(seen, x, simulations[row], minimum, maximum, min_simulation,
                              max_simulation, start, stop)
             if with_exceedances:
                 fold_exceedances(seen, x, thresholds, exceedances, start, stop)

@@ -38,6 +38,11 @@ CACHE: bool = os.environ.get("MELISSA_NB_NO_CACHE", "") != "1"
 # thread, Sobol p = 5 went from 195 to 155 ms and the fused pass from 100 to 74 ms.
 BLOCK = 2048
 
+# Most samples (or Sobol groups) a batch kernel folds in one pass. Batch kernels take a tuple of
+# exactly BATCH read-only arrays (the ones past the given count are padding), so one compiled
+# version serves every batch size; the object API splits longer batches.
+BATCH = 16
+
 
 def kernel(function: Callable[..., Any]) -> Callable[..., Any]:
     """Compile a family kernel: parallel over blocks of cells, updates arrays in place.

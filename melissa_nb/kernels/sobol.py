@@ -188,12 +188,16 @@ def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
 @kernel
 def sobol_update(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
                  comoment_first: np.ndarray, comoment_total: np.ndarray,
-                 group: np.ndarray) -> None:
-    """Fold one group (p+2, cells) into the state; ``count`` groups were folded in before."""
-    cells = group.shape[1]
+                 groups: tuple[np.ndarray, ...], rows: int) -> None:
+    """Fold ``groups[0:rows]`` (each (p+2, cells)) in order; ``count`` groups were folded in
+    before. ``groups`` has ``BATCH`` entries, those past ``rows`` unused: each block of the
+    state is read and written once for all the groups."""
+    cells = groups[0].shape[1]
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
-        fold_sobol(count, group, shift, mean, m2, comoment_first, comoment_total, start, stop)
+        for row in range(rows):
+            fold_sobol(count + row, groups[row], shift, mean, m2, comoment_first,
+                       comoment_total, start, stop)
 
 
 @kernel

@@ -97,6 +97,7 @@ class ServerConfig:
     launcher_timeout: float = 250.0
     max_cells: int = 1 << 24
     member_buffer_mb: float = 256.0
+    batch_mb: float = 64.0  # received frames held to fold together (see server/batches.py)
     heartbeat: float = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6's value)
     checkpoint_dir: Path | None = None
     target_width: float | None = None
@@ -221,6 +222,7 @@ class ServerConfig:
             self.member_buffer_mb > 0,
             f"--member-buffer-mb must be > 0, got {self.member_buffer_mb}",
         )
+        need(self.batch_mb >= 0, f"--batch-mb must be >= 0, got {self.batch_mb}")
         need(self.heartbeat > 0, f"--heartbeat must be > 0, got {self.heartbeat}")
         if self.target_width is not None:
             need("sobol" in self.operations, "--target-width needs sobol in -o/--operations")

@@ -45,6 +45,7 @@ from melissa_nb.protocol import (
     Timeout,
     sobol_member,
 )
+from melissa_nb.server.batches import FoldBatch
 from melissa_nb.server.checkpoint import Checkpointer, restore_collectively, snapshot_server
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.control import ControlEndpoint
@@ -95,25 +96,21 @@ def rank_logger(rank: int, verbosity: int) -> logging.Logger:
 def warm_kernels(config: ServerConfig) -> None:
     """Compile (or load from cache) every kernel this study uses before accepting data.
 
-    Both the read-only views of received frames and the writable buffers of assembled Sobol
-    members reach the kernels, and Numba specialises on writability: warm both.
+    The batch kernels take read-only inputs whatever the caller passes (one compiled version
+    for received frames and assembled Sobol members alike): one update of each warms them.
     """
     cells = 4
-    rows = config.group_size
-    writable = np.linspace(1.0, 2.0, rows * cells).reshape(rows, cells)
-    read_only = np.frombuffer(writable.tobytes()).reshape(rows, cells)
-    names = statistic_names(config)
-    for sample in (writable, read_only):
-        if config.general_statistics:
-            general = FieldStatistics(cells, **general_settings(config))
-            general.update(sample[0], 0)
-            for name in names:
-                if not name.startswith("sobol_"):
-                    getattr(general, name)
-        if config.sobol:
-            sobol = SobolMartinez(cells, config.parameters, config.confidence)
-            sobol.update(sample)
-            sobol.first_ci, sobol.total_ci  # noqa: B018 - compiles the finalizer
+    sample = np.linspace(1.0, 2.0, config.group_size * cells).reshape(config.group_size, cells)
+    if config.general_statistics:
+        general = FieldStatistics(cells, **general_settings(config))
+        general.update(sample[0], 0)
+        for name in statistic_names(config):
+            if not name.startswith("sobol_"):
+                getattr(general, name)
+    if config.sobol:
+        sobol = SobolMartinez(cells, config.parameters, config.confidence)
+        sobol.update(sample)
+        sobol.first_ci, sobol.total_ci  # noqa: B018 - compiles the finalizer
 
 
 class ServerRank:
@@ -158,6 +155,7 @@ class ServerRank:
             nb_parameters=config.parameters,
         )
         self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
+        self.batch = FoldBatch(config.sobol, int(config.batch_mb * 2**20))
         self.known_jobs: set[int] = set()
         self.requested_info: set[int] = set()
         self.job_parameters: dict[int, tuple[float, ...]] = {}  # JOB values, for user code
@@ -396,18 +394,23 @@ class ServerRank:
 
     def _drain_data(self, now: float) -> None:
         counts = self.progress.counts
-        for burst in range(self.drain):
-            try:
-                frame = self.data.recv(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                counts["last_burst"] = burst
-                return
-            counts["messages"] += 1
-            counts["bytes"] += len(frame)
-            try:
-                self._handle_data(frame.buffer, now)
-            except ProtocolError as error:
-                self.progress.reject(error.reason, str(error), now)
+        try:
+            for burst in range(self.drain):
+                try:
+                    frame = self.data.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    counts["last_burst"] = burst
+                    return
+                counts["messages"] += 1
+                counts["bytes"] += len(frame)
+                try:
+                    self._handle_data(frame.buffer, now)
+                except ProtocolError as error:
+                    self.progress.reject(error.reason, str(error), now)
+                if self.batch.full:
+                    self._fold_batch()
+        finally:
+            self._fold_batch()
 
     def _handle_data(self, buffer: memoryview, now: float) -> None:
         """Validate one data frame, fold it into the statistics, mark its timestep."""
@@ -448,24 +451,25 @@ class ServerRank:
             self._accepted(message)
             if assembled is None:
                 return
-            self._fold(statistics, timestep, assembled, group)
+            self._hold(statistics, timestep, assembled, group)
         else:
-            self._fold(statistics, timestep, values, group)
+            self._hold(statistics, timestep, values, group)
             self._accepted(message)
         self.tracker.add(steps, group, timestep)
 
-    def _fold(
+    def _hold(
         self, statistics: SliceStatistics | None, timestep: int, values: np.ndarray, sample: int
     ) -> None:
-        """Fold a sample (or a whole Sobol group) into the built-in statistics, timed."""
-        if statistics is None:
-            return
+        """Hand a sample (or a whole Sobol group) to the batch of the built-in statistics."""
+        if statistics is not None:
+            self.batch.add(statistics, timestep, values, sample)
+
+    def _fold_batch(self) -> None:
+        """Fold the batch into the statistics, timed."""
+        counts = self.progress.counts
         started = time.perf_counter_ns()
-        if self.config.sobol:
-            statistics.update_group(timestep, values, sample)
-        else:
-            statistics.update_sample(timestep, values[0], sample)
-        self.progress.counts["kernel_ns"] += time.perf_counter_ns() - started
+        counts["kernel_passes"] += self.batch.fold()
+        counts["kernel_ns"] += time.perf_counter_ns() - started
 
     def _accepted(self, message: DataMessage) -> None:
         """Count an accepted message and hand it to the user stages and listeners."""

@@ -33,6 +33,7 @@ COUNTERS = (
     "member_buffer_bytes",
     "bytes",
     "kernel_ns",
+    "kernel_passes",
     "stage_ns",
     "stage_errors",
     "forwarded",

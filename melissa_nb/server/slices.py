@@ -132,22 +132,28 @@ class SliceStatistics:
         if numba.get_num_threads() != self.threads:
             numba.set_num_threads(self.threads)
 
-    def update_sample(self, timestep: int, values: np.ndarray, simulation_id: int) -> None:
-        """Fold one simulation's vector (no Sobol)."""
+    def update_samples(
+        self, timestep: int, samples: list[np.ndarray], simulation_ids: list[int]
+    ) -> None:
+        """Fold simulations' vectors (no Sobol), in order, in one pass over the state."""
         self._use_threads()
-        self.general(timestep).update(values, simulation_id)
+        self.general(timestep).update_samples(samples, simulation_ids)
 
-    def update_group(self, timestep: int, group: np.ndarray, group_id: int) -> None:
-        """Fold one Sobol group (p+2, cells): Sobol state, and Y_A, Y_B into the general ones.
+    def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
+        """Fold Sobol groups (p+2, cells) in order: Sobol state, and every Y_A, Y_B into the
+        general ones, one pass over each state.
 
-        Y_A and Y_B are the two independent samples of the group; their simulation ids are
+        Y_A and Y_B are the two independent samples of a group; their simulation ids are
         group * (p + 2) and group * (p + 2) + 1.
         """
         self._use_threads()
-        self.sobol(timestep).update(group)
+        self.sobol(timestep).update_groups(groups)
         if self.config.general_statistics:
-            first = group_id * self.config.group_size
-            self.general(timestep).update_samples(group[:2], first)
+            size = self.config.group_size
+            self.general(timestep).update_samples(
+                [row for group in groups for row in group[:2]],
+                [group * size + member for group in group_ids for member in (0, 1)],
+            )
 
     def sample_count(self, timestep: int) -> int:
         """Samples folded into one timestep (groups with Sobol on count their Y_A, Y_B)."""
