@@ -248,12 +248,14 @@ class LiveServer:
 
     def wait_counters(self, messages: int, timeout: float = 10.0) -> dict[int, dict[str, int]]:
         """Poll the ranks' progress blocks (refreshed every 0.5 s) until each counted `messages`
-        data frames; returns their counters (messages, accepted, duplicates, rejected)."""
+        data frames; returns their counters (messages, accepted, duplicates, rejected,
+        kernel_passes)."""
         deadline = time.monotonic() + timeout
         while True:
             ranks = read_progress(self.output).ranks
             counters = {rank: {name: int(ranks[rank][name]) for name in
-                               ("messages", "accepted", "duplicates", "rejected")}
+                               ("messages", "accepted", "duplicates", "rejected",
+                                "kernel_passes")}
                         for rank in ranks}
             if len(counters) == self.ranks and all(
                     c["messages"] >= messages for c in counters.values()):
