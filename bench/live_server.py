@@ -144,7 +144,7 @@ def handshake(endpoint: str, simu_id: int = 0, timeout: float = WAIT_S) -> Conne
 
 
 def memory_status(pid: int) -> dict[str, int] | None:
-    """VmHWM, VmRSS and RssShmem of a live process in bytes (None once it is gone)."""
+    """VmHWM, VmRSS, RssFile and RssShmem of a live process in bytes (None once it is gone)."""
     try:
         with open(f"/proc/{pid}/status", encoding="ascii") as status:
             lines = status.read().splitlines()
@@ -153,7 +153,7 @@ def memory_status(pid: int) -> dict[str, int] | None:
     values = {}
     for line in lines:
         key, _, rest = line.partition(":")
-        if key in ("VmHWM", "VmRSS", "RssShmem"):
+        if key in ("VmHWM", "VmRSS", "RssFile", "RssShmem"):
             values[key] = int(rest.split()[0]) * 1024
     return values if "VmHWM" in values else None  # a zombie has no memory lines
 

@@ -2,18 +2,22 @@
 
 Budget of a rank (docs/server.md, "Memory"): its statistic state (the sizes of its shared-memory
 blocks, read from /dev/shm while it runs) plus its documented bounded buffers: RCVHWM (32) data
-frames per connected sender in the ZeroMQ queue, and with Sobol members the member buffer
-(``--member-buffer-mb``, set here to what the study's send order needs). Issue 6's target: peak
-<= 1.1 x budget + 100 MB. Peaks: each rank's VmHWM (/proc/<pid>/status, sampled every 20 ms)
-when every sample is folded in ("ingest") and just before exit (after the netCDF output), and the
-exact peak of the whole process tree from ``wait4`` (for M = 1 that is the rank itself). The
-idle RSS of each rank (after its handshake, before data: interpreter, numpy, Numba, compiled
-kernels, MPI) is reported too, so the growth beyond it can be compared with the budget.
+frames per connected sender in the ZeroMQ queue, the fold batch (``--batch-mb``, default 64 MiB,
+plus one message: received frames held to be folded in one pass), and with Sobol members the
+member buffer (``--member-buffer-mb``, set here to what the study's send order needs). Issue 6's
+target: peak <= 1.1 x budget + 100 MB. Peaks: each rank's VmHWM (/proc/<pid>/status, sampled
+every 20 ms) when every sample is folded in ("ingest") and just before exit (after the netCDF
+output), and the exact peak of the whole process tree from ``wait4`` (for M = 1 that is the rank
+itself). The idle RSS of each rank (after its handshake, before data: interpreter, numpy, Numba,
+compiled kernels, MPI) is reported too, so the growth beyond it can be compared with the budget,
+and so is its file-backed part (shared libraries' code, mostly LLVM's and numpy's: the same
+pages for every rank of a node).
 Results go to ``memory.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import sys
 import tempfile
@@ -31,6 +35,7 @@ from bench.live_server import (
     write_json,
 )
 from bench.timing import machine_info
+from melissa_nb.server.config import ServerConfig
 
 MEMBER_BUFFER_MB = 96  # holds 16 timesteps x 7 members x 1e5 cells (85.4 MiB)
 CASES = (
@@ -47,6 +52,7 @@ QUICK_CASES = (
                                samples=2, parameters=5, members=True, member_buffer_mb=1), 2),
 )
 SENDERS = 1
+BATCH_MB = next(f.default for f in dataclasses.fields(ServerConfig) if f.name == "batch_mb")
 TARGET_RELATIVE = 0.10
 TARGET_ABSOLUTE_BYTES = 100 * 10**6
 
@@ -76,7 +82,7 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
     with LiveServer.launch(study, ranks, workdir) as server:
         reply, _ = server.connect()
         pids = server.rank_pids()
-        idle = [memory_status(pid)["VmRSS"] for pid in pids]
+        idle_status = [memory_status(pid) for pid in pids]
         sampler = PeakSampler(pids)
         senders, gos, results = start_senders(context, study, SENDERS, reply.data_addresses)
         try:
@@ -99,7 +105,9 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
                            f"left {leftovers}:\n{server.text()}")
     queue = RCVHWM * SENDERS * study.frame_bytes
     members = int((study.member_buffer_mb or 0) * 2**20) if study.members else 0
-    budgets = [s + queue + members for s in state]
+    batch = int(BATCH_MB * 2**20) + study.frame_bytes
+    budgets = [s + queue + members + batch for s in state]
+    idle = [status["VmRSS"] for status in idle_status]
     peak = max(max(final), ended.tree_peak_rss_bytes)
     allowed = (1 + TARGET_RELATIVE) * max(budgets) + TARGET_ABSOLUTE_BYTES
     return {
@@ -107,7 +115,9 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
         "cells_per_message": study.cells, "timesteps": study.timesteps,
         "samples": study.samples, "message_bytes": study.frame_bytes,
         "state_bytes": state, "queue_bytes": queue, "member_buffer_bytes": members,
-        "budget_bytes": budgets, "idle_rss_bytes": idle, "peak_at_ingest_bytes": at_ingest,
+        "batch_bytes": batch, "budget_bytes": budgets, "idle_rss_bytes": idle,
+        "idle_rss_file_bytes": [status["RssFile"] for status in idle_status],
+        "peak_at_ingest_bytes": at_ingest,
         "peak_final_bytes": final, "tree_peak_rss_bytes": ended.tree_peak_rss_bytes,
         "peak_bytes": peak, "allowed_bytes": allowed,
         "excess_over_budget_bytes": peak - max(budgets),
@@ -130,8 +140,8 @@ def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict
         "quick": quick,
         "machine": machine_info(),
         "settings": {"senders": SENDERS, "rcvhwm": RCVHWM,
-                     "target": "peak <= 1.1 x (state + RCVHWM x message x senders + member "
-                               "buffer) + 100 MB",
+                     "target": "peak <= 1.1 x (state + RCVHWM x message x senders + fold "
+                               "batch + member buffer) + 100 MB",
                      "measured": "VmHWM of each rank sampled every 20 ms; wait4 ru_maxrss of "
                                  "the process tree at exit"},
         "records": records,
@@ -148,9 +158,10 @@ def print_table(results: Mapping[str, object]) -> None:
     mib = 2**20
     for r in results["records"]:
         print(f"{r['case']} M={r['ranks']}: state {max(r['state_bytes']) / mib:.0f} + queue "
-              f"{r['queue_bytes'] / mib:.0f} + members {r['member_buffer_bytes'] / mib:.0f} = "
-              f"budget {max(r['budget_bytes']) / mib:.0f} MiB; idle "
-              f"{max(r['idle_rss_bytes']) / mib:.0f}, peak at ingest "
+              f"{r['queue_bytes'] / mib:.0f} + batch {r['batch_bytes'] / mib:.0f} + members "
+              f"{r['member_buffer_bytes'] / mib:.0f} = budget {max(r['budget_bytes']) / mib:.0f} "
+              f"MiB; idle {max(r['idle_rss_bytes']) / mib:.0f} (file-backed "
+              f"{max(r['idle_rss_file_bytes']) / mib:.0f}), peak at ingest "
               f"{max(r['peak_at_ingest_bytes']) / mib:.0f}, peak {r['peak_bytes'] / mib:.0f} MiB; "
               f"{r['end_seconds']:.1f} s from the last sample to the exit")
     for target in results["targets"]:

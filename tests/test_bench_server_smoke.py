@@ -27,7 +27,8 @@ INGEST_KEYS = {"statistics", "operations", "cells_per_message", "vectors_per_mes
                "samples_per_pass"}
 MEMORY_KEYS = {"case", "operations", "ranks", "senders", "cells_per_message", "timesteps",
                "samples", "message_bytes", "state_bytes", "queue_bytes", "member_buffer_bytes",
-               "budget_bytes", "idle_rss_bytes", "peak_at_ingest_bytes", "peak_final_bytes",
+               "batch_bytes", "idle_rss_file_bytes", "budget_bytes", "idle_rss_bytes",
+               "peak_at_ingest_bytes", "peak_final_bytes",
                "tree_peak_rss_bytes", "peak_bytes", "allowed_bytes", "excess_over_budget_bytes",
                "growth_over_idle_bytes", "end_seconds"}
 # Doubles per cell and timestep (docs/server.md, "Memory"): moments of order 2 (mean and
@@ -105,11 +106,16 @@ def test_memory_budget_follows_the_documented_sizes(
         assert documented <= state <= documented + HEADER_SLACK_BYTES
     assert r["queue_bytes"] == 32 * r["senders"] * r["message_bytes"]
     assert r["member_buffer_bytes"] == 2**20  # --member-buffer-mb 1
-    assert r["budget_bytes"] == [s + r["queue_bytes"] + r["member_buffer_bytes"]
-                                 for s in r["state_bytes"]]
+    assert r["batch_bytes"] == 64 * 2**20 + r["message_bytes"]  # --batch-mb 64 + one message
+    assert r["budget_bytes"] == [
+        s + r["queue_bytes"] + r["member_buffer_bytes"] + r["batch_bytes"]
+        for s in r["state_bytes"]
+    ]
     for idle, at_ingest, final in zip(r["idle_rss_bytes"], r["peak_at_ingest_bytes"],
                                       r["peak_final_bytes"], strict=True):
         assert 0 < idle <= at_ingest <= final <= r["peak_bytes"]
+    assert all(0 < file <= idle for file, idle in
+               zip(r["idle_rss_file_bytes"], r["idle_rss_bytes"], strict=True))
     assert r["end_seconds"] > 0
     assert r["allowed_bytes"] == pytest.approx(1.1 * max(r["budget_bytes"]) + 100e6)
     (target,) = results["memory"]["targets"]
