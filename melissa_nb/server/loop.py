@@ -10,7 +10,6 @@ in the non-blocking end vote. End: every rank writes its slices of every field i
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -721,32 +720,12 @@ def _install_signal_handlers(on_signal: Callable[[int], None]) -> dict[int, Any]
     return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
-MMAP_THRESHOLD_BYTES = 128 * 1024
-
-
-def return_freed_buffers_at_once() -> None:
-    """Fix glibc's mmap threshold at 128 KiB, so every freed frame or group buffer leaves the
-    process at once.
-
-    By default glibc raises the threshold to the size of each mapped block it frees (up to
-    32 MiB); later buffers of that size then come from the heap, where freed ones stay resident.
-    Sobol members 1e5 cells (bench/memory.py): peak RSS 678 -> 637 MiB. No-op without glibc.
-    """
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        return
-
-
 def start_rank(verbosity: int) -> tuple[World, logging.Logger]:
-    """Prepare this process to be a server rank: OpenMP waits, malloc, MPI world, logger,
-    threads."""
+    """Prepare this process to be a server rank: OpenMP waits, MPI world, logger, threads."""
     # Idle OpenMP workers that spin steal the cores the other ranks and the simulations need:
     # on 2 busy cores a 100-cell FieldStatistics.update took 1.3 ms with spinning workers and
     # 38 us with passive ones (a loop of updates, timed with perf_counter).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return_freed_buffers_at_once()
     world = World()
     log = rank_logger(world.rank, verbosity)
     numba.set_num_threads(min(world.threads_per_rank(), numba.config.NUMBA_NUM_THREADS))
