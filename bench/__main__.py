@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 # Benchmark name -> module with ``main(*, quick: bool, output_dir: Path) -> Path``.
@@ -25,10 +27,19 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [name for name in arguments.benchmarks if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {unknown[0]!r}; choose among {', '.join(BENCHMARKS)}")
-    for name in arguments.benchmarks or list(BENCHMARKS):
-        path = importlib.import_module(BENCHMARKS[name]).main(
-            quick=arguments.quick, output_dir=arguments.output_dir)
-        print(f"{name}: results written to {path}")
+    names = arguments.benchmarks or list(BENCHMARKS)
+    if len(names) > 1:
+        # One fresh interpreter per benchmark: what one leaves behind (the kernels benchmark's
+        # gigabytes in the heap, Numba's threads) must not weigh on the next; a server forked from
+        # a big process even inherits its resident size in wait4's peak.
+        options = ["--output-dir", str(arguments.output_dir)] + (["--quick"] if arguments.quick
+                                                                 else [])
+        for name in names:
+            subprocess.run([sys.executable, "-m", "bench", name, *options], check=True)
+        return
+    path = importlib.import_module(BENCHMARKS[names[0]]).main(
+        quick=arguments.quick, output_dir=arguments.output_dir)
+    print(f"{names[0]}: results written to {path}")
 
 
 if __name__ == "__main__":
