@@ -6,7 +6,9 @@ so both see the same machine load:
 - raw: S senders (`bench.live_server.send_study`) -> M PULL receivers that only receive
   (`receive_raw`): the wire's ceiling for these messages and this topology;
 - melissa_nb: the same senders -> ``melissa-nb server`` of M ranks (plain process for M = 1,
-  ``mpiexec -n M`` otherwise) computing the statistics.
+  ``mpiexec -n M`` otherwise) computing the statistics;
+- unbatched: the same server with ``--batch-mb 0`` (every message folded on arrival): what
+  folding the messages of one timestep together gains.
 
 Each run streams its messages in ROUNDS rounds (the same senders, the same server). The first
 WARMUP_ROUNDS are not timed: the server's state pages are touched for the first time there (a
@@ -77,11 +79,11 @@ class IngestCase:
     ranks: int
     messages: int  # frames each server rank receives (multiple of TIMESTEPS x 2 x ROUNDS)
 
-    def study(self) -> Study:
+    def study(self, batch_mb: float | None = None) -> Study:
         """The server's study: messages / TIMESTEPS samples (groups with Sobol) sent, one more
-        expected (the server stays up until stopped)."""
+        expected (the server stays up until stopped); `batch_mb` sets --batch-mb."""
         return Study(cells=self.cells, timesteps=TIMESTEPS, samples=self.messages // TIMESTEPS,
-                     unsent=1, **STATISTICS[self.statistics])
+                     unsent=1, batch_mb=batch_mb, **STATISTICS[self.statistics])
 
 
 def message_count(frame_bytes: int, quick: bool) -> int:
@@ -144,14 +146,14 @@ def run_raw(case: IngestCase) -> list[dict[str, float]]:
     return rounds
 
 
-def run_melissa(case: IngestCase,
-                workdir: Path) -> tuple[list[dict[str, float]], dict, dict[int, int]]:
+def run_melissa(case: IngestCase, workdir: Path, batch_mb: float | None = None
+                ) -> tuple[list[dict[str, float]], dict, dict[int, int]]:
     """The same senders to a live ``melissa-nb server``: per round, the seconds until every
     sample was folded in; then the ranks' counters and kernel passes. The server is stopped
     (SIGTERM) once they show every message: its output phase is the memory benchmark's
     business."""
     context = multiprocessing.get_context("spawn")
-    study = case.study()
+    study = case.study(batch_mb)
     per_round = study.samples * study.timesteps // ROUNDS
     rounds = []
     with LiveServer.launch(study, case.ranks, workdir) as server:
@@ -192,16 +194,20 @@ def _per_gb(rounds: Sequence[Mapping[str, float]], key: str) -> float:
 
 
 def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
-    """Raw then melissa_nb for one case; the record of ``ingest.json`` (best rounds)."""
+    """Raw, melissa_nb, then melissa_nb with ``--batch-mb 0`` for one case; the record of
+    ``ingest.json`` (best rounds)."""
     load = os.getloadavg()[0]
     raw = run_raw(case)
     melissa, counters, passes = run_melissa(case, workdir)
+    # The same server folding every message on arrival: what the fold batches gain.
+    unbatched, _, _ = run_melissa(case, workdir, batch_mb=0)
     if [r["bytes"] for r in raw] != [r["bytes"] for r in melissa]:
         raise RuntimeError(f"raw rounds moved {raw}, melissa_nb rounds {melissa}")
     study = case.study()
     frames = case.messages // ROUNDS * case.ranks
     best_raw = min(r["seconds"] for r in raw[WARMUP_ROUNDS:])
     best = min(r["seconds"] for r in melissa[WARMUP_ROUNDS:])
+    best_unbatched = min(r["seconds"] for r in unbatched[WARMUP_ROUNDS:])
     round_bytes = raw[0]["bytes"]
     record = {
         "statistics": case.statistics,
@@ -233,9 +239,14 @@ def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
         "raw_receiver_cpu_s_per_gb": _per_gb(raw[WARMUP_ROUNDS:], "receiver_cpu_seconds"),
         "sender_cpu_s_per_gb": _per_gb(melissa[WARMUP_ROUNDS:], "sender_cpu_seconds"),
         "server_cpu_s_per_gb": _per_gb(melissa[WARMUP_ROUNDS:], "server_cpu_seconds"),
+        "unbatched_gbps": round_bytes / best_unbatched / 1e9,
+        "unbatched_gbps_rounds": [r["bytes"] / r["seconds"] / 1e9 for r in unbatched],
+        "unbatched_server_cpu_s_per_gb": _per_gb(unbatched[WARMUP_ROUNDS:],
+                                                 "server_cpu_seconds"),
         "load_1min_before": load,
     }
     record["fraction_of_raw"] = record["processed_gbps"] / record["raw_gbps"]
+    record["batch_gain"] = record["processed_gbps"] / record["unbatched_gbps"]
     return record
 
 
@@ -286,7 +297,8 @@ def print_table(results: Mapping[str, object]) -> None:
 
     table = Table(title="melissa_nb server ingest vs raw pyzmq PUSH -> PULL")
     columns = ("statistics", "cells", "MB/msg", "S", "M", "msgs/rank", "raw GB/s", "raw msg/s",
-               "GB/s", "msg/s", "of raw", "raw CPU s/GB", "CPU s/GB")
+               "GB/s", "msg/s", "of raw", "raw CPU s/GB", "CPU s/GB", "unbatched GB/s",
+               "batch gain")
     for column in columns:
         table.add_column(column, justify="left" if column == "statistics" else "right")
     for r in results["records"]:
@@ -296,7 +308,8 @@ def print_table(results: Mapping[str, object]) -> None:
                       f"{r['raw_messages_per_s']:.0f}", f"{r['processed_gbps']:.2f}",
                       f"{r['processed_messages_per_s']:.0f}", f"{r['fraction_of_raw']:.0%}",
                       f"{r['raw_sender_cpu_s_per_gb'] + r['raw_receiver_cpu_s_per_gb']:.2f}",
-                      f"{r['sender_cpu_s_per_gb'] + r['server_cpu_s_per_gb']:.2f}")
+                      f"{r['sender_cpu_s_per_gb'] + r['server_cpu_s_per_gb']:.2f}",
+                      f"{r['unbatched_gbps']:.2f}", f"{r['batch_gain']:.2f}")
     console = Console(width=max(Console().width, 160))
     console.print(table)
     for target in results["targets"]:

@@ -84,6 +84,7 @@ class Study:
     thresholds: tuple[float, ...] = ()
     quantiles: tuple[float, ...] = ()
     member_buffer_mb: float | None = None
+    batch_mb: float | None = None  # --batch-mb (None: the server's default)
     members: bool = False  # Sobol data sent member by member (one vector per frame)
     # samples the server expects but nobody sends: the study cannot end by itself, so the
     # benchmark reads the live counters and then stops the server
@@ -121,6 +122,8 @@ class Study:
             options += ["-q", ":".join(f"{value:g}" for value in self.quantiles)]
         if self.member_buffer_mb is not None:
             options += ["--member-buffer-mb", f"{self.member_buffer_mb:g}"]
+        if self.batch_mb is not None:
+            options += ["--batch-mb", f"{self.batch_mb:g}"]
         return options
 
 

@@ -24,7 +24,8 @@ INGEST_KEYS = {"statistics", "operations", "cells_per_message", "vectors_per_mes
                "raw_gbps_rounds", "processed_gbps_rounds", "server_counters",
                "load_1min_before", "fraction_of_raw", "raw_sender_cpu_s_per_gb",
                "raw_receiver_cpu_s_per_gb", "sender_cpu_s_per_gb", "server_cpu_s_per_gb",
-               "samples_per_pass"}
+               "samples_per_pass", "unbatched_gbps", "unbatched_gbps_rounds",
+               "unbatched_server_cpu_s_per_gb", "batch_gain"}
 MEMORY_KEYS = {"case", "operations", "ranks", "senders", "cells_per_message", "timesteps",
                "samples", "message_bytes", "state_bytes", "queue_bytes", "member_buffer_bytes",
                "batch_bytes", "idle_rss_file_bytes", "budget_bytes", "idle_rss_bytes",
@@ -73,6 +74,8 @@ def test_ingest_records_are_consistent(quick_run: tuple[str, dict[str, dict]]) -
         for kind in ("raw_sender", "raw_receiver", "sender", "server"):
             assert r[f"{kind}_cpu_s_per_gb"] >= 0
         assert r["fraction_of_raw"] == pytest.approx(r["processed_gbps"] / r["raw_gbps"])
+        assert r["unbatched_gbps"] == max(r["unbatched_gbps_rounds"][r["warmup_rounds"] :])
+        assert r["batch_gain"] == pytest.approx(r["processed_gbps"] / r["unbatched_gbps"])
         assert set(r["samples_per_pass"]) == {str(rank) for rank in range(r["ranks"])}
         assert all(value >= 1 for value in r["samples_per_pass"].values())
         assert r["server_counters"] == {
