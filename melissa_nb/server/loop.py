@@ -413,7 +413,7 @@ class ServerRank:
             self._fold_batch()
 
     def _handle_data(self, buffer: memoryview, now: float) -> None:
-        """Validate one data frame, fold it into the statistics, mark its timestep."""
+        """Validate one data frame, hand it to the fold batch, mark its timestep."""
         message = self.validator.decode(buffer)
         config = self.config
         single_member = config.sobol and message.nb_vectors == 1
