@@ -67,6 +67,9 @@ STATISTICS = {
     "general": {"operations": "mean:variance:min:max:threshold", "thresholds": THRESHOLDS},
     "sobol_p5": {"operations": "sobol", "parameters": SOBOL_PARAMETERS},
 }
+# Pinned cases (S = 1, M = 1): the senders on one CPU, the receiver or the server (one Numba
+# thread) on the other, so the server no longer shares its core with the wire's producer.
+SENDER_CPUS, SERVER_CPUS = (0,), (1,)
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,11 @@ class IngestCase:
     senders: int
     ranks: int
     messages: int  # frames each server rank receives (multiple of TIMESTEPS x 2 x ROUNDS)
+    pinned: bool = False  # senders on SENDER_CPUS, receivers or server on SERVER_CPUS
+
+    def cpus(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+        """(sender CPUs, receiver or server CPUs), None for either where not pinned."""
+        return (SENDER_CPUS, SERVER_CPUS) if self.pinned else (None, None)
 
     def study(self, batch_mb: float | None = None) -> Study:
         """The server's study: messages / TIMESTEPS samples (groups with Sobol) sent, one more
@@ -97,20 +105,24 @@ def message_count(frame_bytes: int, quick: bool) -> int:
 
 
 def ingest_cases(quick: bool) -> list[IngestCase]:
-    """Every case of issue 6 (quick: one small plain case and one small Sobol mpiexec case)."""
+    """Every case of issue 6, then the pinned ones where CPUs 0 and 1 are usable (quick: one
+    small pinned plain case and one small Sobol mpiexec case)."""
+    pinnable = set(SENDER_CPUS + SERVER_CPUS) <= os.sched_getaffinity(0)
     if quick:
-        return [IngestCase("general", QUICK_CELLS[0], 1, 1, QUICK_MESSAGES),
+        return [IngestCase("general", QUICK_CELLS[0], 1, 1, QUICK_MESSAGES, pinned=pinnable),
                 IngestCase("sobol_p5", QUICK_CELLS[0], 2, 2, QUICK_MESSAGES)]
-    cases = []
+    cases, pinned = [], []
     for statistics in STATISTICS:
         for cells in CELLS:
             frame_bytes = Study(cells=cells, timesteps=TIMESTEPS, samples=1,
                                 **STATISTICS[statistics]).frame_bytes
+            messages = message_count(frame_bytes, quick)
             for ranks in RANKS:
                 for senders in SENDERS:
-                    cases.append(IngestCase(statistics, cells, senders, ranks,
-                                            message_count(frame_bytes, quick)))
-    return cases
+                    cases.append(IngestCase(statistics, cells, senders, ranks, messages))
+            if pinnable:
+                pinned.append(IngestCase(statistics, cells, 1, 1, messages, pinned=True))
+    return cases + pinned
 
 
 def run_raw(case: IngestCase) -> list[dict[str, float]]:
@@ -118,8 +130,10 @@ def run_raw(case: IngestCase) -> list[dict[str, float]]:
     context = multiprocessing.get_context("spawn")
     address_queue = context.Queue()
     receipts = context.Queue()
+    sender_cpus, receiver_cpus = case.cpus()
     receivers = [context.Process(target=receive_raw,
-                                 args=(case.messages // ROUNDS, ROUNDS, address_queue, receipts),
+                                 args=(case.messages // ROUNDS, ROUNDS, address_queue, receipts,
+                                       receiver_cpus),
                                  daemon=True)
                  for _ in range(case.ranks)]
     for receiver in receivers:
@@ -128,7 +142,7 @@ def run_raw(case: IngestCase) -> list[dict[str, float]]:
     try:
         addresses = [address_queue.get(timeout=WAIT_S) for _ in receivers]
         senders, gos, results = start_senders(context, case.study(), case.senders, addresses,
-                                              ROUNDS)
+                                              ROUNDS, sender_cpus)
         try:
             for go in gos:
                 go.set()
@@ -156,11 +170,14 @@ def run_melissa(case: IngestCase, workdir: Path, batch_mb: float | None = None
     study = case.study(batch_mb)
     per_round = study.samples * study.timesteps // ROUNDS
     rounds = []
-    with LiveServer.launch(study, case.ranks, workdir) as server:
+    sender_cpus, server_cpus = case.cpus()
+    # A pinned server has one core: one Numba thread.
+    environment = dict(os.environ, NUMBA_NUM_THREADS="1") if case.pinned else None
+    with LiveServer.launch(study, case.ranks, workdir, environment, server_cpus) as server:
         reply, _ = server.connect()
         pids = server.rank_pids()
         senders, gos, results = start_senders(context, study, case.senders,
-                                              reply.data_addresses, ROUNDS)
+                                              reply.data_addresses, ROUNDS, sender_cpus)
         try:
             for number, go in enumerate(gos, start=1):
                 cpu_before = [cpu_seconds(pid) for pid in pids]
@@ -217,6 +234,7 @@ def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
         "message_bytes": study.frame_bytes,
         "senders": case.senders,
         "ranks": case.ranks,
+        "pinned": case.pinned,
         "timesteps": TIMESTEPS,
         "messages_per_rank": case.messages,
         "rounds": ROUNDS,
@@ -253,7 +271,8 @@ def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
 def _targets(records: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
     return [{
         "target": f"{r['statistics']} {r['cells_per_message']} cells S={r['senders']} "
-                  f"M={r['ranks']}: processed >= {TARGET_FRACTION_OF_RAW:.0%} of raw",
+                  f"M={r['ranks']}{' pinned' if r['pinned'] else ''}: processed >= "
+                  f"{TARGET_FRACTION_OF_RAW:.0%} of raw",
         "value": r["fraction_of_raw"],
         "pass": r["fraction_of_raw"] >= TARGET_FRACTION_OF_RAW,
     } for r in records]
@@ -303,7 +322,8 @@ def print_table(results: Mapping[str, object]) -> None:
         table.add_column(column, justify="left" if column == "statistics" else "right")
     for r in results["records"]:
         table.add_row(r["statistics"], f"{r['cells_per_message']:,}",
-                      f"{r['message_bytes'] / 1e6:.2f}", str(r["senders"]), str(r["ranks"]),
+                      f"{r['message_bytes'] / 1e6:.2f}", str(r["senders"]),
+                      f"{r['ranks']}{' pinned' if r['pinned'] else ''}",
                       str(r["messages_per_rank"]), f"{r['raw_gbps']:.2f}",
                       f"{r['raw_messages_per_s']:.0f}", f"{r['processed_gbps']:.2f}",
                       f"{r['processed_messages_per_s']:.0f}", f"{r['fraction_of_raw']:.0%}",

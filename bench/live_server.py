@@ -198,8 +198,9 @@ class LiveServer:
 
     @classmethod
     def launch(cls, study: Study, ranks: int, workdir: Path,
-               environment: dict[str, str] | None = None) -> LiveServer:
-        """Start the server; returns at once (see `connect`)."""
+               environment: dict[str, str] | None = None,
+               cpus: Sequence[int] | None = None) -> LiveServer:
+        """Start the server (on `cpus` only, if given); returns at once (see `connect`)."""
         study_id = f"b{uuid.uuid4().hex[:8]}"
         port = free_port()
         output = workdir / study_id
@@ -215,6 +216,9 @@ class LiveServer:
             launched_at = time.monotonic()
             process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
+        if cpus is not None:
+            # Set while the interpreter starts, before any thread exists: all inherit it.
+            os.sched_setaffinity(process.pid, cpus)
         return cls(process, ranks, study, study_id, port, output, log, launched_at)
 
     def __enter__(self) -> LiveServer:
@@ -396,8 +400,9 @@ def _rounds(items: Sequence[int], rounds: int) -> list[Sequence[int]]:
 
 def send_study(addresses: Sequence[str], cells: int, vectors: int,
                simulations: Sequence[int], timesteps: int, ready: Any, gos: Sequence[Any],
-               results: Any) -> None:
-    """Sender process: stream every (simulation, timestep) of `simulations` to every address.
+               results: Any, cpus: Sequence[int] | None = None) -> None:
+    """Sender process: stream every (simulation, timestep) of `simulations` to every address
+    (on `cpus` only, ZeroMQ's I/O thread included, when given).
 
     Client rank 0 of a communicator of 1: each address (server rank) receives its overlap of
     the global vector of len(addresses) x cells cells. The simulations are sent in len(gos)
@@ -406,6 +411,8 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
     (time.monotonic) and "cpu_seconds" (the process's, ZeroMQ I/O thread included) per round
     into `results`.
     """
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)  # before ZeroMQ starts its thread, which inherits it
     context = zmq.Context()
     sockets = []
     rings = []
@@ -451,10 +458,11 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
 
 
 def start_senders(context: Any, study: Study, senders: int, addresses: Sequence[str],
-                  rounds: int = 1) -> tuple[list[Any], list[Any], Any]:
-    """Spawn `senders` processes sharing the study's ids round robin; wait until each is
-    connected. Returns (processes, one go event per round, results queue): set a round's go
-    event to start it, then collect its times with `sender_times`."""
+                  rounds: int = 1, cpus: Sequence[int] | None = None
+                  ) -> tuple[list[Any], list[Any], Any]:
+    """Spawn `senders` processes sharing the study's ids round robin (on `cpus` if given);
+    wait until each is connected. Returns (processes, one go event per round, results queue):
+    set a round's go event to start it, then collect its times with `sender_times`."""
     gos = [context.Event() for _ in range(rounds)]
     results = context.Queue()
     processes = []
@@ -465,7 +473,7 @@ def start_senders(context: Any, study: Study, senders: int, addresses: Sequence[
             target=send_study,
             args=(list(addresses), study.cells, study.vectors,
                   list(study.simulation_ids[sender::senders]), study.timesteps, ready, gos,
-                  results),
+                  results, cpus),
             daemon=True)
         process.start()
         processes.append(process)
@@ -497,13 +505,16 @@ def join(processes: Sequence[Any]) -> None:
         raise RuntimeError(f"benchmark processes failed with exit codes {failed}")
 
 
-def receive_raw(per_round: int, rounds: int, addresses: Any, results: Any) -> None:
-    """Raw receiver process: bind PULL (RCVHWM 32), put its address, receive `rounds` x
-    `per_round` frames.
+def receive_raw(per_round: int, rounds: int, addresses: Any, results: Any,
+                cpus: Sequence[int] | None = None) -> None:
+    """Raw receiver process (on `cpus` if given): bind PULL (RCVHWM 32), put its address,
+    receive `rounds` x `per_round` frames.
 
     Puts one {"last_receive", "bytes", "cpu_seconds"} per round into `results` (time.monotonic;
     the process's CPU seconds, ZeroMQ I/O thread included, from the round's first frame on).
     """
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
     pull.setsockopt(zmq.RCVHWM, RCVHWM)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ INGEST_KEYS = {"statistics", "operations", "cells_per_message", "vectors_per_mes
                "load_1min_before", "fraction_of_raw", "raw_sender_cpu_s_per_gb",
                "raw_receiver_cpu_s_per_gb", "sender_cpu_s_per_gb", "server_cpu_s_per_gb",
                "samples_per_pass", "unbatched_gbps", "unbatched_gbps_rounds",
-               "unbatched_server_cpu_s_per_gb", "batch_gain"}
+               "unbatched_server_cpu_s_per_gb", "batch_gain", "pinned"}
 MEMORY_KEYS = {"case", "operations", "ranks", "senders", "cells_per_message", "timesteps",
                "samples", "message_bytes", "state_bytes", "queue_bytes", "member_buffer_bytes",
                "batch_bytes", "idle_rss_file_bytes", "budget_bytes", "idle_rss_bytes",
@@ -57,6 +58,8 @@ def test_ingest_records_are_consistent(quick_run: tuple[str, dict[str, dict]]) -
     ingest = results["ingest"]
     records = ingest["records"]
     assert {(r["statistics"], r["ranks"]) for r in records} == {("general", 1), ("sobol_p5", 2)}
+    # the small plain case runs pinned (senders on CPU 0, server on CPU 1) where both exist
+    assert [r["pinned"] for r in records] == [{0, 1} <= os.sched_getaffinity(0), False]
     for r in records:
         assert set(r) == INGEST_KEYS
         assert r["message_bytes"] == 144 + 8 * r["vectors_per_message"] * r["cells_per_message"]
