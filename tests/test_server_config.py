@@ -40,6 +40,8 @@ def make(**settings) -> ServerConfig:
         ({"confidence": 1.5}, "--confidence"),
         ({"study_id": "bad id"}, "--study-id"),
         ({"port_table_width": 8}, "--port-table-width"),
+        ({"member_buffer_mb": 0}, "--member-buffer-mb"),
+        ({"batch_mb": -1}, "--batch-mb must be >= 0"),
         ({"launcher_name": "localhost", "connection_port": 5554}, "--connection-port 5554 is"),
         ({"txt_push_port": 5556}, "must differ"),
     ],
