@@ -123,13 +123,14 @@ def _input_rows(name: str, values: object, shape: tuple[int, ...]) -> list[np.nd
             for i, value in enumerate(values)]
 
 
-def _padded_batches(rows: list[np.ndarray]) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
-    """(first row, tuple of BATCH arrays) for consecutive chunks of at most BATCH rows; the
-    tuple is padded with an empty read-only array of the rows' dimension."""
+def _padded_batches(
+        rows: list[np.ndarray]) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+    """(first row, rows in the chunk, tuple of BATCH arrays) for consecutive chunks of at most
+    BATCH rows; the tuple is padded with an empty read-only array of the rows' dimension."""
     padding = _read_only(np.zeros((0,) * rows[0].ndim))
     for first in range(0, len(rows), BATCH):
         chunk = tuple(rows[first:first + BATCH])
-        yield first, chunk + (padding,) * (BATCH - len(chunk))
+        yield first, len(chunk), chunk + (padding,) * (BATCH - len(chunk))
 
 
 def _bind_arrays(owner: str, layout: Layout,
@@ -463,8 +464,7 @@ class SobolMartinez(_MergeableStatistic):
         self._fold_groups(_input_rows("groups", groups, (self.parameters + 2, self.cells)))
 
     def _fold_groups(self, rows: list[np.ndarray]) -> None:
-        for first, batch in _padded_batches(rows):
-            size = min(BATCH, len(rows) - first)
+        for _, size, batch in _padded_batches(rows):
             sobol_update(self.count, *self._state(), batch, size)
             self._advance(size)
 
@@ -608,8 +608,7 @@ class FieldStatistics(_MergeableStatistic):
 
     def _fold_samples(self, rows: list[np.ndarray], simulation_ids: list[int]) -> None:
         ids = np.array(simulation_ids, dtype=INT)
-        for first, batch in _padded_batches(rows):
-            size = min(BATCH, len(rows) - first)
+        for first, size, batch in _padded_batches(rows):
             fused_update(self.count, *self._fused_state, batch, size, ids[first:first + size])
             self._advance(size)
 
