@@ -12,16 +12,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import zmq
+
+from melissa_nb.errors import ProtocolError
+from melissa_nb.server.requests import receive_request
 
 CONTROL_MAX_MESSAGE = 256
 LINGER_MS = 200
 COMMANDS = ("status", "checkpoint", "stop")
 
 Action = Callable[[], dict[str, Any]]
+Reject = Callable[[str, str, float], None]
 
 
 class ControlEndpoint:
@@ -34,8 +39,10 @@ class ControlEndpoint:
         port: int,
         actions: dict[str, Action],
         log: logging.Logger,
+        reject: Reject,
     ) -> None:
         self.actions = actions
+        self.reject = reject  # counts and logs a refused request (the rank's Progress.reject)
         self.log = log
         self.socket = context.socket(zmq.REP)
         self.socket.setsockopt(zmq.MAXMSGSIZE, CONTROL_MAX_MESSAGE)
@@ -50,8 +57,12 @@ class ControlEndpoint:
     def answer(self) -> None:
         """Read one request and reply (REP: exactly one reply per request, errors included)."""
         try:
-            request = self.socket.recv(zmq.NOBLOCK)
-        except zmq.Again:
+            request = receive_request(self.socket)
+        except ProtocolError as error:
+            self.reject(error.reason, str(error), time.monotonic())
+            self.socket.send(json.dumps({"ok": False, "error": str(error)}).encode())
+            return
+        if request is None:
             return
         command = request.decode("ascii", errors="replace").strip()
         action = self.actions.get(command)

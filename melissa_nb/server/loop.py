@@ -56,6 +56,7 @@ from melissa_nb.server.members import MemberAssembly
 from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.ranks import EndVote, World
+from melissa_nb.server.requests import receive_request
 from melissa_nb.server.slices import SliceStatistics, general_settings, slice_bytes
 from melissa_nb.server.stages import Processing
 from melissa_nb.server.status import progress_report
@@ -247,7 +248,12 @@ class ServerRank:
         }
         try:
             return ControlEndpoint(
-                self.context, self.config.control_bind, self.config.control_port, actions, self.log
+                self.context,
+                self.config.control_bind,
+                self.config.control_port,
+                actions,
+                self.log,
+                self.progress.reject,
             )
         except zmq.ZMQError as error:
             raise ConfigurationError(
@@ -509,8 +515,10 @@ class ServerRank:
     def _answer_connection(self, now: float) -> None:
         """Rank 0: reply to one connection request with the port table (REP: always reply)."""
         assert self.connection is not None
-        request_frame = self.connection.recv()
         try:
+            request_frame = receive_request(self.connection)
+            if request_frame is None:
+                return
             request = ConnectionRequest.decode(request_frame)
             simulation = request.simu_id // self.config.group_size
             if simulation >= self.config.sampling_size:
