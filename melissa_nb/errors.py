@@ -19,6 +19,10 @@ class ProtocolError(MelissaError, ValueError):
         self.reason = reason
 
 
+class SharedMemoryFull(MelissaError, OSError):
+    """A shared-memory block could not be given its pages (/dev/shm full, or no mapping left)."""
+
+
 class CheckpointError(MelissaError):
     """A checkpoint is missing, damaged, of another study or of an incompatible format."""
 

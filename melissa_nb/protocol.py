@@ -23,6 +23,10 @@ PROTOCOL_VERSION = "1.0"
 DEFAULT_ENTRY_WIDTH = 256
 """Bytes per data-address entry of the connection reply (the C client's MPI_MAX_PROCESSOR_NAME)."""
 
+MAX_CLIENT_RANKS = 1 << 17
+"""Most ranks a simulation may have: a handshake above it is refused, and data of a client rank
+at or above it too, since every client rank's data makes a state block on the server."""
+
 FIELD_NAME_WIDTH = 128
 DATA_HEADER = struct.Struct(f"<4i{FIELD_NAME_WIDTH}s")
 DATA_HEADER_SIZE = DATA_HEADER.size  # 144, a multiple of 8 so the payload stays aligned
@@ -166,6 +170,11 @@ class ConnectionRequest:
     def __post_init__(self) -> None:
         _check_int32("client_comm_size", self.client_comm_size, minimum=1)
         _check_int32("simu_id", self.simu_id, minimum=0)
+        if self.client_comm_size > MAX_CLIENT_RANKS:
+            raise ProtocolError(
+                "bad_value",
+                f"client_comm_size = {self.client_comm_size} is more than {MAX_CLIENT_RANKS}",
+            )
 
     def encode(self) -> bytes:
         """The 8-byte request frame."""
@@ -469,7 +478,7 @@ class DataValidator:
         return message
 
     def check(self, message: DataMessage) -> None:
-        """Raise ProtocolError if `message` does not fit the study; remember its vect_size."""
+        """Raise ProtocolError if `message` does not fit the study (see `remember`)."""
         if message.field_name not in self.field_names:
             raise ProtocolError(
                 "unknown_field", f"field {message.field_name!r} is not in {list(self.field_names)}"
@@ -486,19 +495,27 @@ class DataValidator:
             raise ProtocolError(
                 "simu_id_out_of_range", f"simu_id {message.simu_id} not in [0, {ids})"
             )
-        if self.client_comm_size is not None and message.client_rank >= self.client_comm_size:
+        ranks = MAX_CLIENT_RANKS if self.client_comm_size is None else self.client_comm_size
+        if message.client_rank >= ranks:
             raise ProtocolError(
-                "client_rank_out_of_range",
-                f"client_rank {message.client_rank} not in [0, {self.client_comm_size})",
+                "client_rank_out_of_range", f"client_rank {message.client_rank} not in [0, {ranks})"
             )
         key = (message.field_name, message.client_rank)
-        known = self.vect_sizes.setdefault(key, message.vect_size)
+        known = self.vect_sizes.get(key, message.vect_size)
         if known != message.vect_size:
             raise ProtocolError(
                 "vect_size_changed",
                 f"field {key[0]!r} client rank {key[1]} sent "
                 f"vect_size {message.vect_size}, before {known}",
             )
+
+    def remember(self, message: DataMessage) -> None:
+        """Fix the vect_size of the message's (field, client_rank), once its data is kept.
+
+        Only a kept message fixes it: a refused one (no room for its state) must not make the
+        real data of that slice look changed.
+        """
+        self.vect_sizes.setdefault((message.field_name, message.client_rank), message.vect_size)
 
 
 # --- launcher messages (int32 type first) --------------------------------------------------------

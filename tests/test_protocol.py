@@ -15,6 +15,7 @@ from melissa_nb.errors import ProtocolError
 from melissa_nb.protocol import (
     DATA_HEADER_SIZE,
     LAUNCHER_MESSAGES,
+    MAX_CLIENT_RANKS,
     REJECTION_REASONS,
     Alive,
     ConfidenceInterval,
@@ -108,10 +109,17 @@ def same_data(a: DataMessage, b: DataMessage) -> bool:
 
 
 @BOUNDED
-@given(ids.filter(lambda n: n >= 1), ids)
+@given(st.integers(1, MAX_CLIENT_RANKS), ids)
 def test_connection_request_round_trip(size: int, simu_id: int) -> None:
     request = ConnectionRequest(size, simu_id)
     assert ConnectionRequest.decode(request.encode()) == request
+
+
+@pytest.mark.parametrize("size", [MAX_CLIENT_RANKS + 1, 2**31 - 1])
+def test_connection_request_with_implausibly_many_ranks_is_refused(size: int) -> None:
+    with pytest.raises(ProtocolError) as error:
+        ConnectionRequest.decode(struct.pack("<ii", size, 0))
+    assert error.value.reason == "bad_value" and str(MAX_CLIENT_RANKS) in str(error.value)
 
 
 @BOUNDED
@@ -384,6 +392,8 @@ def test_validator_accepts_valid_study_messages() -> None:
     validator = DataValidator(("u", "v"), nb_timesteps=4, nb_samples=3, client_comm_size=2)
     message = validator.decode(DataMessage(3, 2, 1, "v", np.ones(5)).encode())
     assert (message.field_name, message.time_stamp, message.vect_size) == ("v", 3, 5)
+    assert validator.vect_sizes == {}  # a size is fixed only once the server keeps the data
+    validator.remember(message)
     assert validator.vect_sizes == {("v", 1): 5}
 
 
@@ -400,7 +410,7 @@ def test_validator_accepts_valid_study_messages() -> None:
 )
 def test_validator_rejections(message: DataMessage, reason: str) -> None:
     validator = DataValidator(("u", "v"), nb_timesteps=4, nb_samples=3, client_comm_size=2)
-    validator.decode(DataMessage(0, 0, 0, "u", np.ones(5)).encode())
+    validator.remember(validator.decode(DataMessage(0, 0, 0, "u", np.ones(5)).encode()))
     with pytest.raises(ProtocolError) as error:
         validator.decode(message.encode())
     assert error.value.reason == reason
@@ -468,7 +478,7 @@ valid_frames = st.one_of(
     data_messages().map(lambda m: m.encode()),
     launcher_messages.map(lambda m: m.encode()),
     text_requests.map(lambda m: m.encode()),
-    st.builds(ConnectionRequest, ids.filter(bool), ids).map(lambda m: m.encode()),
+    st.builds(ConnectionRequest, st.integers(1, MAX_CLIENT_RANKS), ids).map(lambda m: m.encode()),
     st.builds(ConnectionReply, st.booleans(), small_ids, small_ids, small_ids, addresses).map(
         lambda m: m.encode()
     ),

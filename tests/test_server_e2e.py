@@ -90,7 +90,10 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     """Start `melissa-nb server` (under mpiexec when ranks > 1); kill and check leftovers after."""
     started: list[RunningServer] = []
 
-    def start(*options: str, ranks: int = 1, port: int | None = None) -> RunningServer:
+    def start(
+        *options: str, ranks: int = 1, port: int | None = None, wrapper: tuple[str, ...] = ()
+    ) -> RunningServer:
+        """`wrapper`: a command the server runs under (prlimit, unshare)."""
         study_id = f"t{uuid.uuid4().hex[:8]}"
         output = tmp_path / f"out_{study_id}"
         port = free_port() if port is None else port
@@ -101,6 +104,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         ]  # fmt: skip
         if ranks > 1:
             command = [str(MPIEXEC), "-n", str(ranks), *command]
+        command = [*wrapper, *command]
         log = tmp_path / f"{study_id}.log"
         env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         with log.open("w") as sink:

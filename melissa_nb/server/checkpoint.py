@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import ConfigurationError
+from melissa_nb.errors import ConfigurationError, SharedMemoryFull
 from melissa_nb.partition import block_bounds
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.slices import RECEIVED
@@ -663,7 +663,7 @@ def restore_collectively(server: Any, now: float) -> None:
     problem = None
     try:
         restore_server(server, now)
-    except ConfigurationError as error:
+    except (ConfigurationError, SharedMemoryFull) as error:
         problem = f"rank {server.rank}: {error}"
     problems = [item for item in server.world.allgather(problem) if item]
     if problems:

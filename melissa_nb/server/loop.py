@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import socket as socketlib
 import time
@@ -25,7 +26,7 @@ import numba
 import numpy as np
 import zmq
 
-from melissa_nb.errors import ConfigurationError, ProtocolError
+from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryFull
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.protocol import (
     SIMU_FINISHED,
@@ -194,6 +195,8 @@ class ServerRank:
         try:
             try:
                 self.progress = Progress(self.config.study_id, self.rank, self.log)
+            except SharedMemoryFull as error:
+                raise ConfigurationError(str(error)) from None
             except FileExistsError:
                 raise ConfigurationError(
                     f"--study-id {self.config.study_id}: a server of this study already runs "
@@ -430,9 +433,13 @@ class ServerRank:
         if self.tracker.dropped[group]:
             raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
         field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
-        statistics = (
-            self._slice(field, client_rank, message.vect_size) if config.statistics else None
-        )
+        try:
+            statistics = (
+                self._slice(field, client_rank, message.vect_size) if config.statistics else None
+            )
+        except SharedMemoryFull as error:  # the slice cannot be held: refuse, keep serving
+            raise ProtocolError("no_shared_memory", str(error)) from None
+        self.validator.remember(message)
         steps = self.tracker.learn_slice(
             field, client_rank, message.vect_size, statistics and statistics.received
         )
@@ -737,7 +744,17 @@ def start_rank(verbosity: int) -> tuple[World, logging.Logger]:
     world = World()
     log = rank_logger(world.rank, verbosity)
     numba.set_num_threads(min(world.threads_per_rank(), numba.config.NUMBA_NUM_THREADS))
+    raise_descriptor_limit(log)
     return world, log
+
+
+def raise_descriptor_limit(log: logging.Logger) -> None:
+    """Raise the soft limit of open files to the hard one: each simulation connection and each
+    slice's state block holds a descriptor, and 1,024 (a common default) runs out first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("open files: limit %s (soft limit was %s)", hard, soft)
 
 
 def serve(config: ServerConfig) -> int:

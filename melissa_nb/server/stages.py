@@ -216,10 +216,10 @@ class Processing:
 
     def _run(self, stage: Stage, message: DataMessage, values: np.ndarray) -> None:
         key = (stage.name, message.field_name, message.client_rank)
-        if key not in self._states:
-            self.stage_state(stage, message.field_name, message.client_rank, message.vect_size)
         started = time.perf_counter_ns()
         try:
+            if key not in self._states:  # no room for its block fails the stage, not the server
+                self.stage_state(stage, message.field_name, message.client_rank, message.vect_size)
             stage.function(values, message.time_stamp, message.simu_id, *self._states[key])
         except Exception as error:  # a user stage must never take the server down
             # only text leaves this block: a kept exception would keep the loop's frames alive

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import struct
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import MelissaError
+from melissa_nb.errors import MelissaError, SharedMemoryFull
 
 MAGIC = b"MNBSTAT1"
 ALIGNMENT = 64
 _LENGTH = struct.Struct("<Q")
 _PREAMBLE = len(MAGIC) + _LENGTH.size
 SHM_DIRECTORY = "/dev/shm"
+DESCRIPTOR_DIRECTORY = "/proc/self/fd"
+DESCRIPTOR_RESERVE = 64
 
 ArrayLayout = Mapping[str, tuple[tuple[int, ...], Any]]
 """name -> (shape, dtype) of every array a block holds."""
@@ -85,6 +88,55 @@ def _views(buffer: memoryview, header: Mapping[str, Any], writable: bool) -> dic
     return views
 
 
+def _check_descriptors(name: str, size: int) -> None:
+    """Refuse a block that would leave fewer than DESCRIPTOR_RESERVE descriptors free.
+
+    A mapping holds one descriptor (Python's mmap keeps a duplicate), so a flood of slices could
+    otherwise take the last ones, and the checkpoint, the results and the sockets need some.
+    """
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if limit == resource.RLIM_INFINITY or not os.path.isdir(DESCRIPTOR_DIRECTORY):
+        return
+    used = len(os.listdir(DESCRIPTOR_DIRECTORY))
+    if used + DESCRIPTOR_RESERVE > limit:
+        raise SharedMemoryFull(
+            f"shared memory: block {name} ({size / 2**20:.1f} MiB) refused: {used} of "
+            f"{limit} file descriptors in use and {DESCRIPTOR_RESERVE} kept for files and "
+            "sockets; raise the limit (`ulimit -n`; the server raises its soft limit to the hard "
+            "one at start)"
+        )
+
+
+def _reserve(memory: shared_memory.SharedMemory, size: int) -> None:
+    """Give the block all its pages now, then close its file descriptor.
+
+    tmpfs hands out pages on first touch: without the reservation, a /dev/shm smaller than the
+    state kills the process with SIGBUS on the first write past the free space. The mapping
+    lives without this descriptor (SharedMemory's own, private; its close() skips it once it
+    is -1), which halves the descriptors a block holds: mmap keeps a duplicate of its own.
+    """
+    os.posix_fallocate(memory._fd, 0, size)  # type: ignore[attr-defined]
+    os.close(memory._fd)  # type: ignore[attr-defined]
+    memory._fd = -1  # type: ignore[attr-defined]
+
+
+def shared_memory_free() -> int:
+    """Bytes still free in /dev/shm (0 where there is no such directory)."""
+    if not os.path.isdir(SHM_DIRECTORY):
+        return 0
+    status = os.statvfs(SHM_DIRECTORY)
+    return status.f_bavail * status.f_frsize
+
+
+def _full_message(name: str, size: int, error: OSError) -> str:
+    return (
+        f"shared memory: block {name} needs {size / 2**20:.1f} MiB, {SHM_DIRECTORY} has "
+        f"{shared_memory_free() / 2**20:.1f} MiB free ({error.strerror or error}). Enlarge "
+        f"{SHM_DIRECTORY} (`mount -o remount,size=... {SHM_DIRECTORY}`; in Docker "
+        "`--shm-size`), or spread the cells over more server ranks or nodes"
+    )
+
+
 class StateBlock:
     """One named shared-memory block: `arrays` (numpy views into it) and `metadata`.
 
@@ -106,7 +158,19 @@ class StateBlock:
     ) -> StateBlock:
         """Create block `name` holding zero-filled arrays of `layout`; fails if it exists."""
         header, size = _plan(layout, metadata or {})
-        memory = shared_memory.SharedMemory(name=name, create=True, size=size)
+        _check_descriptors(name, size)
+        try:
+            memory = shared_memory.SharedMemory(name=name, create=True, size=size)
+        except FileExistsError:
+            raise
+        except OSError as error:  # no mapping left (vm.max_map_count), no memory
+            raise SharedMemoryFull(_full_message(name, size, error)) from None
+        try:
+            _reserve(memory, size)
+        except OSError as error:
+            memory.close()
+            memory.unlink()
+            raise SharedMemoryFull(_full_message(name, size, error)) from None
         memory.buf[_PREAMBLE : _PREAMBLE + len(header)] = header
         memory.buf[len(MAGIC) : _PREAMBLE] = _LENGTH.pack(len(header))
         memory.buf[: len(MAGIC)] = MAGIC  # last: readers take the magic as "header complete"
