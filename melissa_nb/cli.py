@@ -122,6 +122,9 @@ def server(
 ) -> None:
     """Run one rank of the statistics server (start M ranks with mpiexec -n M)."""
     options = dict(locals())  # the parsed options, each named after its ServerConfig field
+    from melissa_nb.server.signals import EarlySignals
+
+    early = EarlySignals()  # first, before the slow imports: SIGUSR1 must not kill us
     from melissa_nb.errors import ConfigurationError
 
     try:
@@ -131,7 +134,7 @@ def server(
         raise typer.Exit(2) from None
     from melissa_nb.server.loop import serve
 
-    raise typer.Exit(serve(config))
+    raise typer.Exit(serve(config, early))
 
 
 COLON_LISTS = {

@@ -19,8 +19,9 @@ class ProtocolError(MelissaError, ValueError):
         self.reason = reason
 
 
-class SharedMemoryFull(MelissaError, OSError):
-    """A shared-memory block could not be given its pages (/dev/shm full, or no mapping left)."""
+class SharedMemoryUnavailable(MelissaError, OSError):
+    """A shared-memory block cannot be had: /dev/shm full, no mapping or descriptor left, or
+    its name taken by someone else."""
 
 
 class CheckpointError(MelissaError):

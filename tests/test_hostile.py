@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +151,28 @@ def test_state_larger_than_dev_shm_is_refused_with_the_fix(start_server, rng) ->
     assert results.attributes["rejected_reasons"] == "no_shared_memory=1"
     np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=RTOL)
     np.testing.assert_allclose(results.variables["variance"], values.var(axis=0, ddof=1), rtol=RTOL)
+
+
+def caught_signals(pid: int) -> int:
+    """The mask of signals a process has handlers for (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def test_sigusr1_during_start_up_is_a_checkpoint_request_not_a_death(start_server) -> None:  # noqa: F811
+    """SIGUSR1 before the kernels were compiled used to kill the server (its default action)."""
+    server = start_server("-s", "2", "-t", "1", "-f", "u", "-o", "mean")
+    pid = server.process.pid
+    wait_for(lambda: caught_signals(pid) & (1 << (signal.SIGUSR1 - 1)), "a SIGUSR1 handler")
+    libraries = Path(f"/proc/{pid}/maps").read_text()
+    assert "zmq" not in libraries and "numba" not in libraries  # before the slow imports
+    server.process.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "ready" in server.text(), "the server to start")
+    checkpoint = server.output / "checkpoint" / "checkpoint.r0.nc"
+    wait_for(checkpoint.exists, "the checkpoint SIGUSR1 asked for")
+    assert server.process.poll() is None, server.text()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() == 128 + signal.SIGTERM, server.text()
+    server.assert_clean_exit()

@@ -12,6 +12,7 @@ import uuid
 import numpy as np
 import pytest
 
+from melissa_nb.errors import SharedMemoryUnavailable
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.state import (
     ALIGNMENT,
@@ -114,7 +115,7 @@ def test_attach_to_missing_block_fails(name: str) -> None:
 def test_creating_an_existing_block_fails(name: str) -> None:
     block = StateBlock.create(name, LAYOUT)
     try:
-        with pytest.raises(FileExistsError):
+        with pytest.raises(SharedMemoryUnavailable, match="already exists, created by this user"):
             StateBlock.create(name, LAYOUT)
     finally:
         block.release()

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import ConfigurationError, SharedMemoryFull
+from melissa_nb.errors import ConfigurationError, SharedMemoryUnavailable
 from melissa_nb.partition import block_bounds
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.slices import RECEIVED
@@ -349,6 +349,25 @@ def load_rank_file(directory: Path, rank: int, log: logging.Logger | None = None
     )
 
 
+def restart_directory(config: ServerConfig) -> Path:
+    """Where `-r DIR` finds its checkpoints: DIR itself, else this server's checkpoint directory.
+
+    Melissa's launcher restarts a server with its command line and ` -r . ` appended, in the
+    working directory it ran in, so `.` must find what the same command line wrote (by default
+    under `<output-dir>/checkpoint`).
+    """
+    assert config.restart_dir is not None
+    given = Path(config.restart_dir)  # an existing directory (checked with the options)
+    for directory in (given, config.checkpoint_directory):
+        if any(checkpoint_path(directory, 0, previous).exists() for previous in (False, True)):
+            return directory
+    raise ConfigurationError(
+        f"-r/--restart {given}: no checkpoint there nor in {config.checkpoint_directory}, where "
+        "this command line writes them (the server was stopped before its first checkpoint: "
+        "start it without -r, and every simulation runs again)"
+    )
+
+
 def check_compatible(snapshot: Snapshot, config: ServerConfig, directory: Path) -> None:
     """Refuse a checkpoint of another format version or of a study with other options."""
     version = snapshot.meta.get("format_version")
@@ -625,7 +644,8 @@ def snapshot_server(server: Any) -> Snapshot:
 def restore_server(server: Any, now: float) -> RestoredRank:
     """Load `-r DIR` into a freshly started `ServerRank` (before its loop runs)."""
     config = server.config
-    restored = load_restart(config.restart_dir, config, server.rank, server.world.size, server.log)
+    directory = restart_directory(config)
+    restored = load_restart(directory, config, server.rank, server.world.size, server.log)
     restore_tracker(server.tracker, restored, now)
     server.known_jobs.update(restored.job_ids)
     if restored.client_comm_size:
@@ -650,7 +670,7 @@ def restore_server(server: Any, now: float) -> RestoredRank:
     server.log.warning(
         "restarted from %s (written by %d rank(s)): %d slices, %d simulations finished or "
         "dropped here",
-        config.restart_dir,
+        directory,
         restored.old_ranks,
         len(restored.slices),
         int(np.count_nonzero(server.tracker.finished() | server.tracker.dropped)),
@@ -663,7 +683,7 @@ def restore_collectively(server: Any, now: float) -> None:
     problem = None
     try:
         restore_server(server, now)
-    except (ConfigurationError, SharedMemoryFull) as error:
+    except (ConfigurationError, SharedMemoryUnavailable) as error:
         problem = f"rank {server.rank}: {error}"
     problems = [item for item in server.world.allgather(problem) if item]
     if problems:

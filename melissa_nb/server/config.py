@@ -259,6 +259,11 @@ class ServerConfig:
             )
         if self.launcher_name is not None:
             need(self.launcher_name.strip() != "", "-n/--launchername must not be empty")
+        if self.restart_dir is not None:
+            need(
+                Path(self.restart_dir).is_dir(),
+                f"-r/--restart {self.restart_dir}: no such directory",
+            )
 
     @property
     def sobol(self) -> bool:

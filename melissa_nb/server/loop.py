@@ -14,19 +14,16 @@ import json
 import logging
 import os
 import resource
-import signal
 import socket as socketlib
 import time
 from collections import Counter
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import numba
 import numpy as np
 import zmq
 
-from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryFull
+from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryUnavailable
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.protocol import (
     SIMU_FINISHED,
@@ -48,6 +45,7 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.batches import FoldBatch
 from melissa_nb.server.checkpoint import Checkpointer, restore_collectively, snapshot_server
+from melissa_nb.server.claim import RankClaim, lock_path, reclaim, stale_claims
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.control import ControlEndpoint
 from melissa_nb.server.convergence import Convergence
@@ -58,6 +56,7 @@ from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.ranks import EndVote, World
 from melissa_nb.server.requests import receive_request
+from melissa_nb.server.signals import EarlySignals
 from melissa_nb.server.slices import SliceStatistics, general_settings, slice_bytes
 from melissa_nb.server.stages import Processing
 from melissa_nb.server.status import progress_report
@@ -139,6 +138,7 @@ class ServerRank:
         self.processing: Processing | None = None
         self.drain = DRAIN  # an embedded server takes fewer: its inbox holds what it takes
         self.vote_rounds = 0
+        self.claim: RankClaim | None = None
         self.checkpoints = Checkpointer(config, self.rank, log, now)
         try:
             self._start(now)
@@ -191,17 +191,13 @@ class ServerRank:
         in the gather, so every rank learns of the failure and stops cleanly instead of waiting
         forever for the failed one.
         """
+        self._claim_study()
         problem = None
         try:
             try:
                 self.progress = Progress(self.config.study_id, self.rank, self.log)
-            except SharedMemoryFull as error:
+            except SharedMemoryUnavailable as error:
                 raise ConfigurationError(str(error)) from None
-            except FileExistsError:
-                raise ConfigurationError(
-                    f"--study-id {self.config.study_id}: a server of this study already runs "
-                    "on this node (its shared memory exists)"
-                ) from None
             self.data = self._bind_data()
             self.connection = self._bind_connection() if self.rank == 0 else None
             self.control = self._bind_control() if self.rank == 0 else None
@@ -212,6 +208,41 @@ class ServerRank:
         if problems:
             raise ConfigurationError("; ".join(problems))
         return [address for _, address in outcomes]
+
+    def _claim_study(self) -> None:
+        """Every rank locks its claim on the study (refused if a live server holds one), then
+        removes the blocks that killed servers of the study left on its host.
+
+        Collective, like `_claim_resources`: the removals end before any rank creates a block.
+        """
+        config, world = self.config, self.world
+        problem, stale = None, []
+        try:
+            self.claim = RankClaim.take(
+                lock_path(config.output_dir, self.rank), f"{config.shm_prefix()}r{self.rank}_"
+            )
+            if self.rank == 0:
+                stale = stale_claims(config.output_dir, world.size)
+        except ConfigurationError as error:
+            problem = f"rank {self.rank}: {error}"
+        problems = [problem for problem in world.allgather(problem) if problem]
+        if problems:
+            for claim in stale:
+                claim.release(remove=False)
+            raise ConfigurationError("; ".join(problems))
+        left = [claim.previous for claim in (self.claim, *stale) if claim.previous]
+        removed = sorted(
+            {name for previous in sum(world.allgather(left), []) for name in reclaim(previous)}
+        )
+        for claim in stale:
+            claim.release(remove=True)
+        world.allgather(None)  # nobody creates a block before every removal is done
+        if removed:
+            self.log.warning(
+                "a killed server of this study left %d shared-memory block(s) here: removed (%s)",
+                len(removed),
+                ", ".join(removed),
+            )
 
     # --- sockets ---------------------------------------------------------------------------------
 
@@ -437,7 +468,7 @@ class ServerRank:
             statistics = (
                 self._slice(field, client_rank, message.vect_size) if config.statistics else None
             )
-        except SharedMemoryFull as error:  # the slice cannot be held: refuse, keep serving
+        except SharedMemoryUnavailable as error:  # the slice cannot be held: refuse, keep serving
             raise ProtocolError("no_shared_memory", str(error)) from None
         self.validator.remember(message)
         steps = self.tracker.learn_slice(
@@ -724,15 +755,9 @@ class ServerRank:
                 socket.close()
         self.data = self.connection = None
         self.context.term()
-
-
-def _install_signal_handlers(on_signal: Callable[[int], None]) -> dict[int, Any]:
-    """Turn SIGTERM and SIGINT into a flag the loop checks (a clean shutdown)."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        on_signal(signum)
-
-    return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
+        if self.claim is not None:  # last: the blocks are gone, nothing is left to reclaim
+            self.claim.release(remove=True)
+            self.claim = None
 
 
 def start_rank(verbosity: int) -> tuple[World, logging.Logger]:
@@ -757,34 +782,30 @@ def raise_descriptor_limit(log: logging.Logger) -> None:
     log.info("open files: limit %s (soft limit was %s)", hard, soft)
 
 
-def serve(config: ServerConfig) -> int:
-    """Run this process's rank of the server; returns the process exit code."""
+def serve(config: ServerConfig, early: EarlySignals) -> int:
+    """Run this process's rank of the server; returns the process exit code.
+
+    `early` has caught SIGTERM, SIGINT and SIGUSR1 since the process started (the CLI creates
+    it first thing); the loop stops once its list of stopping signals is not empty.
+    """
     world, log = start_rank(config.verbosity)
-    signals: list[int] = []
-    previous = _install_signal_handlers(signals.append)
+    warm_kernels(config)
     try:
-        warm_kernels(config)
-        try:
-            server = ServerRank(config, world, log, signals)
-        except ConfigurationError as error:
-            log.error("%s", error)
-            return EXIT_BAD_OPTIONS
-        try:
-            return server.run()
-        except Exception:
-            if world.size == 1:
-                raise
-            # A failed rank cannot take part in the end vote: the others would wait forever.
-            log.exception("unexpected error: aborting every rank")
-            server.close()
-            world.comm.Abort(EXIT_ABORTED)
+        server = ServerRank(config, world, log, early.stops)
+    except ConfigurationError as error:
+        log.error("%s", error)
+        return EXIT_BAD_OPTIONS
+    if early.checkpoint_requested:  # SIGUSR1 during start-up: now that there is state
+        server.checkpoints.request()
+    try:
+        return server.run()
+    except Exception:
+        if world.size == 1:
             raise
-        finally:
-            server.close()
+        # A failed rank cannot take part in the end vote: the others would wait forever.
+        log.exception("unexpected error: aborting every rank")
+        server.close()
+        world.comm.Abort(EXIT_ABORTED)
+        raise
     finally:
-        _restore(previous)
-
-
-def _restore(handlers: dict[int, Any]) -> None:
-    for signum, handler in handlers.items():
-        signal.signal(signum, handler)
+        server.close()

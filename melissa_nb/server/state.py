@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import MelissaError, SharedMemoryFull
+from melissa_nb.errors import MelissaError, SharedMemoryUnavailable
 
 MAGIC = b"MNBSTAT1"
 ALIGNMENT = 64
@@ -99,7 +99,7 @@ def _check_descriptors(name: str, size: int) -> None:
         return
     used = len(os.listdir(DESCRIPTOR_DIRECTORY))
     if used + DESCRIPTOR_RESERVE > limit:
-        raise SharedMemoryFull(
+        raise SharedMemoryUnavailable(
             f"shared memory: block {name} ({size / 2**20:.1f} MiB) refused: {used} of "
             f"{limit} file descriptors in use and {DESCRIPTOR_RESERVE} kept for files and "
             "sockets; raise the limit (`ulimit -n`; the server raises its soft limit to the hard "
@@ -126,6 +126,19 @@ def shared_memory_free() -> int:
         return 0
     status = os.statvfs(SHM_DIRECTORY)
     return status.f_bavail * status.f_frsize
+
+
+def _taken_message(name: str) -> str:
+    try:
+        owner = os.stat(os.path.join(SHM_DIRECTORY, name)).st_uid
+    except OSError:
+        owner = -1
+    who = "this user" if owner == os.getuid() else f"user id {owner}"
+    return (
+        f"shared memory: block {name} already exists, created by {who} and not by a server of "
+        "this study (their blocks are reclaimed at start); remove it, or choose another "
+        "--study-id"
+    )
 
 
 def _full_message(name: str, size: int, error: OSError) -> str:
@@ -156,21 +169,25 @@ class StateBlock:
     def create(
         cls, name: str, layout: ArrayLayout, metadata: Mapping[str, Any] | None = None
     ) -> StateBlock:
-        """Create block `name` holding zero-filled arrays of `layout`; fails if it exists."""
+        """Create block `name` holding zero-filled arrays of `layout`, its pages reserved.
+
+        SharedMemoryUnavailable (naming the size, the free space and the fix) if the name is
+        taken or the block cannot be had.
+        """
         header, size = _plan(layout, metadata or {})
         _check_descriptors(name, size)
         try:
             memory = shared_memory.SharedMemory(name=name, create=True, size=size)
         except FileExistsError:
-            raise
+            raise SharedMemoryUnavailable(_taken_message(name)) from None
         except OSError as error:  # no mapping left (vm.max_map_count), no memory
-            raise SharedMemoryFull(_full_message(name, size, error)) from None
+            raise SharedMemoryUnavailable(_full_message(name, size, error)) from None
         try:
             _reserve(memory, size)
         except OSError as error:
             memory.close()
             memory.unlink()
-            raise SharedMemoryFull(_full_message(name, size, error)) from None
+            raise SharedMemoryUnavailable(_full_message(name, size, error)) from None
         memory.buf[_PREAMBLE : _PREAMBLE + len(header)] = header
         memory.buf[len(MAGIC) : _PREAMBLE] = _LENGTH.pack(len(header))
         memory.buf[: len(MAGIC)] = MAGIC  # last: readers take the magic as "header complete"

@@ -47,7 +47,7 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.checkpoint import checkpoint_path, finished_in_checkpoint
 from melissa_nb.server.convergence import CONVERGED
-from melissa_nb.server.state import progress_block_name, reading, unlink_blocks
+from melissa_nb.server.state import progress_block_name, reading
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.launcher import HEARTBEAT_SECONDS, Launcher, LauncherPorts
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
@@ -476,7 +476,6 @@ class StudyRunner:
             except MelissaError as error:
                 raise self.server_failed(f"{what}; its checkpoint is unusable: {error}") from None
         self.restarts += 1
-        unlink_blocks(f"melissa_nb_{self.study_id}_")  # the dead server could not remove them
         again = 0
         for sample in range(self.config.sample_size):
             if sample in self.dropped_samples:
