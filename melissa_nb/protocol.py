@@ -697,6 +697,11 @@ class Alive(LauncherMessage):
     TYPE: ClassVar[int] = 7
 
 
+NON_FINITE = "non_finite"
+"""`ConfidenceInterval.stat_name` of melissa_nb's notice that simulation `int(value)` sent NaN or
+infinite values of `field_name` (sent with a TIMEOUT for it; Melissa's launcher ignores it)."""
+
+
 @dataclass(frozen=True)
 class ConfidenceInterval(LauncherMessage):
     """Server -> launcher: the current confidence-interval width of a statistic of a field."""

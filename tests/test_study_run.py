@@ -145,6 +145,7 @@ import numpy as np
 CELLS, STEPS = 5, 2
 FAILING = int(os.environ.get("FAILING_SIMULATION", "-1"))
 HANGING = int(os.environ.get("HANGING_SIMULATION", "-1"))
+DIVERGING = int(os.environ.get("DIVERGING_SIMULATION", "-1"))
 
 
 def model(a, b):
@@ -160,8 +161,8 @@ if __name__ == "__main__":
     melissa_init("u", CELLS)
     if simu_id == FAILING:
         sys.exit(3)  # connected, then fails before sending: every attempt
-    for values in model(float(sys.argv[1]), float(sys.argv[2])):
-        melissa_send("u", values)
+    for step, values in enumerate(model(float(sys.argv[1]), float(sys.argv[2]))):
+        melissa_send("u", values * np.nan if simu_id == DIVERGING and step == 1 else values)
         if simu_id == HANGING and not os.path.exists("hung"):
             open("hung", "w").close()
             time.sleep(120)  # first attempt only: one step sent, then silence until killed
@@ -246,6 +247,41 @@ def test_failing_member_drops_its_group_and_the_rest_is_exact(
     assert assert_results_equal(results, reference) == set(reference)
     assert results["exceedance_probability"] == pytest.approx(
         results["threshold_exceedance"] / 10)
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_a_diverging_member_is_relaunched_then_dropped_and_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Member C2 of group 1 sends NaN at its second timestep, every attempt: the server refuses
+    it, the runner relaunches it, then drops group 1 and names it in the summary. Its first
+    timestep, whole before the NaN, stays counted; nothing of its second is."""
+    (tmp_path / "sim.py").write_text(LINEAR_SIMULATION)
+    (tmp_path / "study.toml").write_text(LINEAR_STUDY)
+    monkeypatch.setenv("DIVERGING_SIMULATION", str(1 * 4 + 3))
+    completed = run_study(tmp_path / "study.toml")
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    summary = completed.stdout.replace("\n", " ")
+    assert "samples that sent NaN or infinite values" in summary and ": 1 (u)" in summary, summary
+    out = tmp_path / "out"
+    _, rows = read_parameters_csv(out / "parameters.csv")
+    dropped = {spec.simulation_id for spec, status in rows if status == "dropped"}
+    assert dropped == {4, 5, 6, 7}
+    log = (out / "logs" / "simulation_7.log").read_text()
+    assert "--- attempt 1" in log and "--- attempt 2" in log
+
+    module = load_module(tmp_path / "sim.py")
+    finished, outputs = outputs_by_group(out, lambda values: module.model(*values), 4)
+    assert finished == [0, 2, 3, 4, 5]
+    every = sorted([*finished, 1])
+    specs = sorted((spec for spec, _ in rows if spec.group == 1), key=lambda s: s.simulation_id)
+    diverged = np.array([[module.model(*spec.values) for spec in specs]])
+    with_group_1 = np.insert(outputs, 1, diverged, axis=0)
+    results = read_results(out / "u.nc")
+    for t, (groups, values) in enumerate([(every, with_group_1), (finished, outputs)]):
+        reference = batch_reference(groups, values[:, :, t : t + 1], thresholds=(1.0, 2.5))
+        at_t = {name: results[name][t : t + 1] for name in reference}
+        assert assert_results_equal(at_t, reference) == set(reference)
+        assert np.isfinite(results["mean"][t]).all()
 
 
 def test_bad_study_file_exits_with_the_key_named(tmp_path: Path) -> None:

@@ -25,7 +25,9 @@ import zmq
 
 from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryUnavailable
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
+from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.protocol import (
+    NON_FINITE,
     SIMU_FINISHED,
     SIMU_RUNNING,
     Alive,
@@ -108,6 +110,9 @@ def warm_kernels(config: ServerConfig) -> None:
         for name in statistic_names(config):
             if not name.startswith("sobol_"):
                 getattr(general, name)
+    frame_like = sample[0].copy()
+    frame_like.flags.writeable = False  # received frames are read-only views: their version
+    count_non_finite(frame_like)
     if config.sobol:
         sobol = SobolMartinez(cells, config.parameters, config.confidence)
         sobol.update(sample)
@@ -160,6 +165,7 @@ class ServerRank:
         self.batch = FoldBatch(config.sobol, int(config.batch_mb * 2**20))
         self.known_jobs: set[int] = set()
         self.requested_info: set[int] = set()
+        self._non_finite_told: set[int] = set()  # told since their last good message
         self.job_parameters: dict[int, tuple[float, ...]] = {}  # JOB values, for user code
         self.addresses: list[str] = self._claim_resources()
         self.processing = Processing(config, self.rank, self.progress.counts, log)
@@ -477,8 +483,18 @@ class ServerRank:
         self._saw(group, now)
         if steps.has(group, timestep):
             self.progress.counts["duplicates"] += 1
+            self._non_finite_told.discard(group)  # a relaunch re-sends what it had
             return
         values = message.values
+        bad = count_non_finite(values.reshape(-1))
+        if bad:
+            self._failed_simulation(group, field)
+            raise ProtocolError(
+                "non_finite",
+                f"simulation {message.simu_id} field {field!r} timestep {timestep}: "
+                f"{bad} of {values.size} values are NaN or infinite",
+            )
+        self._non_finite_told.discard(group)
         if single_member:
             outcome, assembled = self.members.add(
                 (field, client_rank, group, timestep), member, values[0]
@@ -639,6 +655,23 @@ class ServerRank:
         if self.launcher is not None and self.rank == 0:
             for simulation in finished:
                 self.launcher.send(SimuStatus(simulation, SIMU_FINISHED))
+
+    def _failed_simulation(self, simulation: int, field: str) -> None:
+        """A simulation sent non-finite data: it failed. Without a launcher nobody can run it
+        again, so it is dropped. Else this rank tells the launcher with a TIMEOUT, which
+        Melissa's launcher and melissa_nb's runner answer with a relaunch or a DROP, and
+        CONFIDENCE_INTERVAL ("non_finite", field, id), which tells melissa_nb's runner why
+        (Melissa's launcher ignores statistics it does not know). Once per attempt: a diverging
+        simulation sends NaN at every later timestep, and only a message accepted or re-sent
+        since (a relaunch) makes the next one news."""
+        if self.launcher is None:
+            self._drop(simulation, "sent non-finite data: dropped")
+            return
+        if simulation in self._non_finite_told:
+            return
+        self._non_finite_told.add(simulation)
+        self.launcher.send(Timeout(simulation))
+        self.launcher.send(ConfidenceInterval(NON_FINITE, field, float(simulation)))
 
     def _drop(self, simulation: int, why: str) -> None:
         if self.tracker.dropped[simulation]:

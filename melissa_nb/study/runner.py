@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from melissa_nb.errors import ConfigurationError, MelissaError
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
+    NON_FINITE,
     SIMU_FINISHED,
     ConfidenceInterval,
     Drop,
@@ -101,6 +102,7 @@ class StudyReport:
     retried: int
     elapsed: float
     rejected: dict[str, int] = field(default_factory=dict)
+    non_finite: dict[int, list[str]] = field(default_factory=dict)  # sample -> fields
 
 
 def executable(name: str) -> str:
@@ -206,6 +208,7 @@ class StudyRunner:
         self.task = self.bar.add_task("simulations", total=len(self.simulations), status="")
         self.next_refresh = 0.0
         self.dropped_samples: set[int] = set()
+        self.non_finite: dict[int, set[str]] = {}  # sample -> fields it sent NaN or inf in
         self.next_drops = 0.0
         self.messages = 0
         self.server: Popen[bytes] | None = None
@@ -252,9 +255,22 @@ class StudyRunner:
         elif isinstance(message, ConfidenceInterval):
             if message.stat_name == CONVERGED:
                 self.converge(launcher)
+            elif message.stat_name == NON_FINITE:
+                self.sent_non_finite(int(message.value), message.field_name, launcher)
             else:
                 self.intervals[(message.stat_name, message.field_name)] = message.value
         # ALIVE and SIMU_STATUS "running" need nothing: the runner watches its processes itself.
+
+    def sent_non_finite(self, sample: int, field: str, launcher: Launcher) -> None:
+        """The server refused NaN or infinite values of `field` from a sample: the attempt
+        failed. Its members that run or ran are relaunched, or the sample is dropped once
+        their retries are spent (a Sobol group needs every member's data of a timestep)."""
+        if not 0 <= sample < self.config.sample_size:
+            return
+        self.non_finite.setdefault(sample, set()).add(field)
+        for simulation in self.members(sample):
+            if simulation.status in (Status.RUNNING, Status.EXITED):
+                self.fail(simulation, launcher)
 
     def timed_out(self, sample: int, launcher: Launcher) -> None:
         """The server heard nothing from a sample for too long.
@@ -422,7 +438,8 @@ class StudyRunner:
         return StudyReport(config.output_dir, self.count(Status.FINISHED),
                            [simu_id for simu_id, simulation in self.simulations.items()
                             if simulation.status == Status.DROPPED],
-                           self.retried, time.monotonic() - started, self.rejected)
+                           self.retried, time.monotonic() - started, self.rejected,
+                           {sample: sorted(fields) for sample, fields in self.non_finite.items()})
 
     def server_failed(self, what: str) -> StudyError:
         """An error quoting the end of the server's log."""
@@ -591,6 +608,11 @@ def print_summary(report: StudyReport, console: Console) -> None:
     console.print(f"  {report.output_dir / 'parameters.csv'}", markup=False)
     if report.rejected:
         console.print(f"  malformed messages from the server: {report.rejected}", markup=False)
+    if report.non_finite:
+        samples = ", ".join(f"{sample} ({', '.join(fields)})"
+                            for sample, fields in sorted(report.non_finite.items()))
+        console.print(f"  samples that sent NaN or infinite values (refused; what they sent "
+                      f"before stays counted): {samples}", markup=False)
 
 
 def run_study_file(path: str | Path, show_progress: bool = True) -> int:
