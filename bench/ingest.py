@@ -174,7 +174,7 @@ def run_melissa(case: IngestCase, workdir: Path, batch_mb: float | None = None
     # A pinned server has one core: one Numba thread.
     environment = dict(os.environ, NUMBA_NUM_THREADS="1") if case.pinned else None
     with LiveServer.launch(study, case.ranks, workdir, environment, server_cpus) as server:
-        reply, _ = server.connect()
+        reply = server.announce()
         pids = server.rank_pids()
         senders, gos, results = start_senders(context, study, case.senders,
                                               reply.data_addresses, ROUNDS, sender_cpus)

@@ -237,6 +237,14 @@ class LiveServer:
         reply = handshake(self.endpoint, 0, timeout)
         return reply, time.monotonic() - self.launched_at
 
+    def announce(self, timeout: float = WAIT_S) -> ConnectionReply:
+        """Handshake as every sample of the study, as their simulations would (the server takes
+        data only from simulations whose handshake it answered); the last reply."""
+        group = self.study.parameters + 2 if self.study.parameters else 1
+        for sample in range(self.study.samples):
+            reply = handshake(self.endpoint, sample * group, timeout)
+        return reply
+
     def rank_pids(self, timeout: float = WAIT_S) -> list[int]:
         """Process ids of the ranks, from ``server.json`` (written by rank 0 once all started)."""
         path = self.output / "server.json"

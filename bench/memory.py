@@ -80,7 +80,7 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
     """One study through a live server; its memory record."""
     context = multiprocessing.get_context("spawn")
     with LiveServer.launch(study, ranks, workdir) as server:
-        reply, _ = server.connect()
+        reply = server.announce()
         pids = server.rank_pids()
         idle_status = [memory_status(pid) for pid in pids]
         sampler = PeakSampler(pids)

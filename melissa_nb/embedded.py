@@ -286,6 +286,12 @@ class MelissaServer:
         return self._rank.data_address
 
     @property
+    def connection_address(self) -> str:
+        """Where simulations send their connection request (rank 0's REP socket, port 2003 by
+        default); the server takes data only from simulations whose request it answered."""
+        return f"tcp://{self.config.advertise_host}:{self.config.connection_port}"
+
+    @property
     def control_address(self) -> str | None:
         """Rank 0's control endpoint (`status`, `checkpoint`, `stop`), None on other ranks."""
         control = self._rank.control

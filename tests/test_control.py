@@ -25,8 +25,8 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) ->
         wait_for(description.exists, "server.json")
         address = json.loads(description.read_text())["control_address"]
         assert address.startswith("tcp://127.0.0.1:")
-        reply = sender.handshake(0)
         for simulation in range(2):  # simulation 2 never sends: the study cannot complete
+            reply = sender.handshake(simulation)
             for t in range(2):
                 for rank, piece in enumerate(np.split(values[simulation, t], 2)):
                     sender.send(frame("u", simulation, t, piece), rank)

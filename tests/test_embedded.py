@@ -21,6 +21,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import zmq
+from harness import announce
 
 from melissa_nb import MelissaServer, ServerStatus, SimulationData
 from melissa_nb.errors import ConfigurationError
@@ -130,6 +131,7 @@ def test_python_api_without_statistics_duplicates_dropped_and_stop(tmp_path: Pat
     with server:
         push.connect(server.data_address)
         assert server.run(timeout=0) is ServerStatus.TIMEOUT
+        announce(server, [0])
         for t in range(3):
             send(push, 0, t, np.full(4, 10.0 * t))
         send(push, 0, 1, np.full(4, 10.0))  # a duplicate
@@ -216,8 +218,8 @@ def test_two_embedded_ranks_each_see_their_cells(tmp_path: Path, rng: np.random.
     values = rng.normal(size=(3, 2, 8))
     sender = RawSender(f"tcp://127.0.0.1:{port}")
     try:
-        assert len(sender.handshake(0).data_addresses) == 2
         for s in range(3):
+            assert len(sender.handshake(s).data_addresses) == 2
             for t in range(2):
                 for rank, piece in enumerate(np.split(values[s, t], 2)):
                     sender.send(frame("u", s, t, piece), rank)

@@ -145,6 +145,8 @@ def test_fuzz_every_socket_then_a_valid_study_completes_exactly(tmp_path) -> Non
     started = time.monotonic()
     try:
         reply = sender.handshake(0)
+        for group in range(1, GROUPS):  # every group's member 0 connects, as Melissa's do
+            sender.handshake(group * ROWS)
         oversize.connect(reply.data_addresses[0])
         for f, g, t in valid:
             sender.send(frame(f, g, t, group_values(f, g, t)))

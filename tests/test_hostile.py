@@ -10,14 +10,23 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from harness import WAIT, wait_for
-from test_server_e2e import RTOL, RawSender, frame, start_server  # noqa: F401 (a fixture)
+from harness import MELISSA, WAIT, wait_for
+from test_server_e2e import (  # noqa: F401 (start_server is a fixture)
+    RTOL,
+    FakeLauncher,
+    RawSender,
+    frame,
+    start_server,
+)
 
+from melissa_nb.ports import free_port
+from melissa_nb.protocol import Drop, Job
 from melissa_nb.server.control import control_request
 from melissa_nb.server.output import read_results
 
@@ -176,3 +185,154 @@ def test_sigusr1_during_start_up_is_a_checkpoint_request_not_a_death(start_serve
     server.process.send_signal(signal.SIGTERM)
     assert server.wait() == 128 + signal.SIGTERM, server.text()
     server.assert_clean_exit()
+
+
+@pytest.mark.parametrize("option", ["--output-dir", "--checkpoint-dir"])
+def test_a_directory_the_server_cannot_write_stops_it_at_start(tmp_path, option) -> None:
+    """A checkpoint directory under a regular file used to fail at each checkpoint, and the
+    log claimed a checkpoint on SIGTERM; an output directory there gave a traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    completed = subprocess.run(
+        [str(MELISSA), "server", "-s", "1", "-t", "1", "-f", "u", "--connection-port",
+         str(free_port()), "--data_port", "0", "--output-dir", str(tmp_path / "out"),
+         option, str(blocker / "below")],
+        capture_output=True, text=True, timeout=WAIT,
+    )  # fmt: skip
+    assert completed.returncode == 2, completed.stderr
+    assert f"{option} {blocker / 'below'}: cannot write there (Not a directory)" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_results_go_elsewhere_when_the_output_directory_is_gone(start_server, tmp_path, rng):  # noqa: F811
+    elsewhere = tmp_path / "kept"
+    server = start_server(
+        "-s", "2", "-t", "1", "-f", "u", "-o", "mean", "--checkpoint-dir", str(elsewhere)
+    )  # fmt: skip
+    values = rng.normal(size=(2, 4))
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        sender.send(frame("u", 0, 0, values[0]))
+        wait_for(lambda: control_status(server).get("accepted") == 1, "the first message")
+        server.output.rename(tmp_path / "moved")  # the output directory is gone, a file is there
+        server.output.write_text("not a directory")
+        sender.handshake(1)
+        sender.send(frame("u", 1, 0, values[1]))
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    assert f"the results go to {elsewhere} instead" in server.text()
+    results = read_results(elsewhere / "u.nc")
+    np.testing.assert_allclose(results.variables["mean"][0], values.mean(axis=0), rtol=RTOL)
+
+
+def test_a_study_whose_simulations_all_went_silent_ends_with_an_error(start_server) -> None:  # noqa: F811
+    """No launcher, every simulation dropped before any data: the server used to wait forever.
+    A message above --max-cells is closed by ZeroMQ unseen; the drop now says so."""
+    server = start_server("-s", "2", "-t", "1", "-f", "u", "-w", "1", "--max-cells", "4")
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        sender.handshake(1)
+        sender.send(frame("u", 0, 0, np.ones(10)))  # 10 cells: ZeroMQ closes the connection
+        assert server.wait() == 1, server.text()
+    finally:
+        sender.close()
+    text = server.text()
+    assert "every simulation was dropped before its data reached every rank: no results" in text
+    assert "data connection(s) closed so far" in text and "--max-cells 4" in text, text
+    assert "1 data connection(s) closed" in text or "2 data connection(s) closed" in text, text
+    assert not list(server.output.glob("*.nc"))
+
+
+def test_job_and_drop_messages_outside_the_study_are_refused(start_server, rng) -> None:  # noqa: F811
+    """50k JOBs for unknown ids and 1 MiB job ids used to be kept without bound."""
+    launcher = FakeLauncher(parameters=0)
+    values = rng.normal(size=(1, 3))
+    try:
+        server = start_server("-s", "1", "-t", "1", "-f", "u", "-o", "mean", *launcher.options())
+        launcher.pump(lambda: launcher.requests, "the options request")
+        for simulation in range(1, 51):
+            launcher.publish(Job(simulation, f"job{simulation}", ()))
+        launcher.publish(Job(0, "x" * 300, ()))
+        launcher.publish(Drop(7, "job7"))
+        sender = RawSender(server.endpoint)
+        try:
+            launcher.pump(lambda: "DROP for simulation 7" in server.text(), "the refused DROP")
+            sender.handshake(0)
+            sender.send(frame("u", 0, 0, values[0]))
+            launcher.pump(lambda: server.process.poll() is not None, "the end of the study")
+        finally:
+            sender.close()
+    finally:
+        launcher.close()
+    assert server.wait() == 0, server.text()
+    reasons = read_results(server.output / "u.nc").attributes["rejected_reasons"]
+    assert reasons == "bad_string=1,drop_out_of_range=1,simu_id_out_of_range=50", reasons
+
+
+def test_status_shows_the_data_connections_and_the_open_files_limit(start_server) -> None:  # noqa: F811
+    server = start_server("-s", "1", "-t", "1", "-f", "u", "-o", "mean")
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        wait_for(lambda: control_status(server).get("connections") == 1, "one data connection")
+        assert control_status(server)["open_files_limit"] > 0
+    finally:
+        sender.close()
+    wait_for(lambda: control_status(server).get("disconnections") == 1, "its disconnection")
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() == 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_plausible_messages_before_the_study_change_nothing(start_server, rng, ranks) -> None:  # noqa: F811
+    """Data is taken only from simulations whose handshake rank 0 answered, and a handshake
+    alone fixes no layout. Each of these used to ruin the study that followed: a frame of
+    client rank 5 (the study has 1: never ended), a frame of another size for client rank 0
+    (every real frame refused, a 'complete' 49-cell result), a handshake announcing 2 client
+    ranks (every real client got an empty reply); and a handshake of 2**31 - 1 ranks was taken.
+    A frame of client rank 5 from an announced simulation is discarded once the study's first
+    data tells that its simulations have 1 rank."""
+    server = start_server("-s", "4", "-t", "3", "-f", "u", "-o", "mean:min", ranks=ranks)
+    values = rng.normal(size=(4, 3, 8))
+    stray = RawSender(server.endpoint)
+    sender = RawSender(server.endpoint)
+    try:
+        stray.handshake(3)  # gets the port table; its simulation runs for real later
+        for rank in range(ranks):
+            stray.send(frame("u", 2, 0, np.ones(3), client_rank=5), rank)
+            stray.send(frame("u", 1, 0, np.ones(49)), rank)
+        wait_for(
+            lambda: rejected_everywhere(server, ranks) == 2 * ranks, "the stray frames refused"
+        )
+        for size in (2, 2**31 - 1):
+            answer = multipart_request(server.endpoint, [struct.pack("<ii", size, 0)])
+            assert (answer == [b""]) == (size > 2), (size, answer)
+        for rank in range(ranks):  # simulation 3 is announced now: this reaches the state
+            stray.send(frame("u", 3, 2, np.ones(3), client_rank=5), rank)
+        for simulation in range(4):
+            sender.handshake(simulation)
+            for t in range(3):
+                for rank, piece in enumerate(np.split(values[simulation, t], ranks)):
+                    sender.send(frame("u", simulation, t, piece), rank)
+        assert server.wait() == 0, server.text()
+    finally:
+        stray.close()
+        sender.close()
+    server.assert_clean_exit()
+    results = read_results(server.output / "u.nc")
+    assert results.dimensions["cell"] == 8
+    assert results.attributes["study_complete"] == 1
+    reasons = results.attributes["rejected_reasons"]
+    assert f"no_handshake={2 * ranks}" in reasons and "client_rank_out_of_range" in reasons
+    np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=RTOL)
+    np.testing.assert_array_equal(results.variables["min"], values.min(axis=0))
+
+
+def rejected_everywhere(server, ranks: int) -> int:
+    """Messages refused so far by every rank (the control endpoint reads them all)."""
+    address = json.loads((server.output / "server.json").read_text())["control_address"]
+    counters = control_request(address, "status")["ranks"]
+    return sum(counters.get(str(rank), {}).get("rejected", 0) for rank in range(ranks))

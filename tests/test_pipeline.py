@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
+from harness import announce
 
 from melissa_nb import MelissaServer, ServerStatus
 from melissa_nb.protocol import encode_data_frame
@@ -97,6 +98,7 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
     push.connect(server.data_address)
+    announce(server, range(3))
     for s in range(3):
         for t in range(2):
             push.send(bytes(encode_data_frame(t, s, 0, "u", np.full(5, 10.0 * s + t))))

@@ -693,6 +693,7 @@ def test_full_member_buffer_refuses_new_groups_and_mpich_port_table(start_server
     try:
         reply = sender.handshake(0)
         assert reply.entry_width == 128 and reply.sobol and reply.nb_parameters == 1
+        sender.handshake(3)  # group 1's member 0
         sender.send(frame("u", 0, 0, groups[0, 0]))  # group 0, member 0: opens the buffer
         sender.send(frame("u", 3, 0, groups[1, 0]))  # group 1, member 0: no room, refused
         sender.send(frame("u", 2, 0, groups[0, 2]))

@@ -57,13 +57,14 @@ def test_silent_simulations_are_the_running_unfinished_ones() -> None:
 
 
 def rows_for(layouts: list[list[tuple[int, int, int, int]]], done=True, clients=0) -> np.ndarray:
-    """Summary rows of one simulation: per rank, per field (cells, first, last, clients)."""
+    """Summary rows of one simulation: per rank, per field (cells, first, last, clients), then
+    the done mask and the announced mask (one word each)."""
     rows = []
     for rank, fields in enumerate(layouts):
-        row = [int(done), 0, clients if rank == 0 else 0]
+        row = [int(done), 0, clients if rank == 0 else 0, 0]
         for layout in fields:
             row += list(layout)
-        rows.append(row + [int(done)])
+        rows.append(row + [int(done), 1])
     return np.asarray(rows, dtype=np.int64)
 
 

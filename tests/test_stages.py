@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from harness import WAIT, embedded, serve_until_finished
+from harness import WAIT, announce, embedded, serve_until_finished
 from numba import njit
 
 from melissa_nb.errors import ConfigurationError
@@ -144,6 +144,7 @@ def test_stage_state_is_checkpointed_and_restored(tmp_path: Path, rng: np.random
     push = context.socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
     push.connect(first.data_address)
+    announce(first, [0, 1])
     for frame in frames([0, 1]):
         push.send(frame)
     deadline = time.monotonic() + WAIT

@@ -6,7 +6,9 @@ JSON attribute `meta` (study options, format version, slice layouts, job ids, co
 
 - `slice<k>/<name>`: every state array of slice k (`general.*`, `sobol.*`: timesteps first,
   cells last) and `slice<k>/bits`, its received-timestep bitset (ids, words);
-- `tracker/dropped`, `tracker/started`: simulation statuses (uint8 per id);
+- `tracker/dropped`, `tracker/started`, `tracker/announced`: simulation statuses (uint8 per
+  id; announced: its handshake was answered, so its data is accepted after a restart too; a
+  checkpoint without it takes the started ones);
 - `member<k>/values`, `member<k>/received`: Sobol groups being assembled from single members.
 
 Writing never stalls the receive loop longer than a copy of the state: `snapshot` copies the
@@ -145,6 +147,7 @@ def take_snapshot(
             snapshot.arrays[f"slice{k}/bits"] = steps.bits.copy()
     snapshot.arrays["tracker/dropped"] = tracker.dropped.astype(np.uint8)
     snapshot.arrays["tracker/started"] = tracker.started.astype(np.uint8)
+    snapshot.arrays["tracker/announced"] = tracker.announced.astype(np.uint8)
     member_meta = []
     for k, (key, values, received) in enumerate(members.partials()):
         member_meta.append(list(key))
@@ -298,10 +301,13 @@ class Checkpointer:
         )
         self._thread.start()
 
-    def write_now(self, snapshot: Snapshot) -> None:
-        """Write `snapshot` and wait for it (signal, launcher gone): the last checkpoint."""
+    def write_now(self, snapshot: Snapshot) -> Path | None:
+        """Write `snapshot` and wait for it (signal, launcher gone): the last checkpoint.
+
+        Returns where it went, or None if it failed (logged).
+        """
         self.wait()
-        self._write(snapshot)
+        return self._write(snapshot)
 
     def wait(self) -> None:
         """Wait for the write in flight, if any (before any other netCDF call of this rank)."""
@@ -309,16 +315,25 @@ class Checkpointer:
             self._thread.join()
             self._thread = None
 
-    def _write(self, snapshot: Snapshot) -> None:
+    def _write(self, snapshot: Snapshot) -> Path | None:
         started = time.monotonic()
         try:
             path = write_atomically(self.directory, self.rank, snapshot)
-        except Exception:  # a failed checkpoint must not end the study: the previous one stays
+        except Exception as error:  # a failed checkpoint must not end the study
             self.failures += 1
-            self.log.exception("checkpoint failed (the previous one stays valid)")
-            return
+            kept = [
+                p for p in (False, True) if checkpoint_path(self.directory, self.rank, p).exists()
+            ]
+            self.log.error(
+                "checkpoint failed: %s: %s (%s)",
+                type(error).__name__,
+                error,
+                "the previous one stays valid" if kept else "no earlier checkpoint exists",
+            )
+            return None
         self.written += 1
         self.log.info("checkpoint %s written in %.3f s", path, time.monotonic() - started)
+        return path
 
     def close(self) -> None:
         """Wait for the write in flight and restore the SIGUSR1 handler."""
@@ -405,6 +420,7 @@ class RestoredRank:
     slices: list[RestoredSlice]
     dropped: np.ndarray
     started: np.ndarray
+    announced: np.ndarray
     client_comm_size: int
     job_ids: dict[int, str]
     members: list[tuple[tuple[str, int, int, int], np.ndarray, np.ndarray]]
@@ -467,6 +483,9 @@ def load_restart(
         slices=slices,
         dropped=np.logical_or.reduce([s.arrays["tracker/dropped"] > 0 for s in everyone]),
         started=np.logical_or.reduce([s.arrays["tracker/started"] > 0 for s in everyone]),
+        announced=np.logical_or.reduce(
+            [s.arrays.get("tracker/announced", s.arrays["tracker/started"]) > 0 for s in everyone]
+        ),
         client_comm_size=max(int(s.meta["client_comm_size"]) for s in everyone),
         job_ids=job_ids,
         members=members,
@@ -586,6 +605,7 @@ def restore_tracker(tracker: Tracker, restored: RestoredRank, now: float) -> Non
     """Statuses of the restored rank (the caller restores its slices through learn_slice)."""
     tracker.dropped[:] = restored.dropped
     tracker.started[:] = restored.started
+    tracker.announced[:] = restored.announced
     tracker.last_seen[restored.started] = now  # the timeout counts from the restart
     tracker.job_ids.update(restored.job_ids)
     tracker.client_comm_size = restored.client_comm_size

@@ -1,4 +1,5 @@
-"""A rank's claim on its study: a lock the kernel holds for the live process and drops at death.
+"""A rank's claim on its study: a lock the kernel holds for the live process and drops at death,
+and the directories it will write, checked before anything else.
 
 Each rank holds an exclusive `flock` on `<output>/server.r<rank>.lock` for its whole life. A
 second server of the same study (same output directory) finds the lock taken and refuses to
@@ -14,6 +15,7 @@ is emulated with POSIX locks on Linux; Lustre needs its `flock` mount option).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,6 +25,20 @@ from typing import Any
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.server.state import unlink_blocks
+
+
+def check_writable(directory: Path, option: str) -> None:
+    """Create `directory` if needed and write a file in it; ConfigurationError naming `option`
+    otherwise, so a server never learns at its first checkpoint that it cannot write one."""
+    probe = Path(directory) / f".melissa_nb_probe_{os.getpid()}"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigurationError(
+            f"{option} {directory}: cannot write there ({error.strerror or error})"
+        ) from None
 
 
 def lock_path(output_dir: Path, rank: int) -> Path:
@@ -45,12 +61,12 @@ class RankClaim:
         ConfigurationError naming the live holder if another process holds it, or naming
         `option` if the file cannot be created.
         """
+        check_writable(path.parent, option)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as error:
             raise ConfigurationError(
-                f"{option} {path.parent}: cannot write there ({error})"
+                f"{option} {path.parent}: cannot write there ({error.strerror or error})"
             ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +89,8 @@ class RankClaim:
         if self._descriptor < 0:
             return
         if remove:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # gone with its directory: nothing to remove
+                self.path.unlink()
         os.close(self._descriptor)  # closing the last descriptor releases the flock
         self._descriptor = -1
 

@@ -15,13 +15,16 @@ import logging
 import os
 import resource
 import socket as socketlib
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryUnavailable
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
@@ -47,7 +50,13 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.batches import FoldBatch
 from melissa_nb.server.checkpoint import Checkpointer, restore_collectively, snapshot_server
-from melissa_nb.server.claim import RankClaim, lock_path, reclaim, stale_claims
+from melissa_nb.server.claim import (
+    RankClaim,
+    check_writable,
+    lock_path,
+    reclaim,
+    stale_claims,
+)
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.control import ControlEndpoint
 from melissa_nb.server.convergence import Convergence
@@ -69,6 +78,7 @@ from melissa_nb.server.tracking import (
     Vote,
     summary_width,
 )
+from melissa_nb.server.waiting import ANNOUNCE_VOTES, WaitingFrames
 
 POLL_MS = 100  # every wait of the loop is at most this long: signals and votes stay responsive
 DRAIN = 256  # data frames handled per poll before the other sockets get a turn
@@ -80,6 +90,8 @@ CONNECTION_LINGER_MS = 1000
 EXIT_ABORTED = 1
 EXIT_BAD_OPTIONS = 2
 SERVER_FILE = "server.json"
+MONITORED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED  # data socket events counted
+JOB_ID_MAX = 256  # characters of a JOB's or DROP's job id (a scheduler's ids are far shorter)
 
 
 def rank_logger(rank: int, verbosity: int) -> logging.Logger:
@@ -136,6 +148,7 @@ class ServerRank:
         self.slices: dict[tuple[str, int], SliceStatistics] = {}
         self.progress: Progress | None = None
         self.data: zmq.Socket | None = None
+        self.data_monitor: zmq.Socket | None = None
         self.connection: zmq.Socket | None = None
         self.launcher: LauncherLink | None = None
         self.control: ControlEndpoint | None = None
@@ -163,6 +176,8 @@ class ServerRank:
         )
         self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
         self.batch = FoldBatch(config.sobol, int(config.batch_mb * 2**20))
+        self.waiting = WaitingFrames(int(config.batch_mb * 2**20))
+        self.announced_sizes: dict[int, int] = {}  # rank 0: simulation -> its client ranks
         self.known_jobs: set[int] = set()
         self.requested_info: set[int] = set()
         self._non_finite_told: set[int] = set()  # told since their last good message
@@ -204,6 +219,7 @@ class ServerRank:
                 self.progress = Progress(self.config.study_id, self.rank, self.log)
             except SharedMemoryUnavailable as error:
                 raise ConfigurationError(str(error)) from None
+            self.progress.counts["open_files_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             self.data = self._bind_data()
             self.connection = self._bind_connection() if self.rank == 0 else None
             self.control = self._bind_control() if self.rank == 0 else None
@@ -229,6 +245,7 @@ class ServerRank:
             )
             if self.rank == 0:
                 stale = stale_claims(config.output_dir, world.size)
+            check_writable(config.checkpoint_directory, "--checkpoint-dir")
         except ConfigurationError as error:
             problem = f"rank {self.rank}: {error}"
         problems = [problem for problem in world.allgather(problem) if problem]
@@ -270,6 +287,9 @@ class ServerRank:
         self._bind(data, f"tcp://{host}:{port if port else '*'}", "--data_port/--bind")
         bound_port = int(data.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self.data_address = f"tcp://{self.config.advertise_host}:{bound_port}"
+        # Connections come and go through ZeroMQ unseen; its monitor tells of each, so status
+        # can show them, and a connection ZeroMQ closes (a message above --max-cells) is counted.
+        self.data_monitor = data.get_monitor_socket(MONITORED)
         return data
 
     def _bind_connection(self) -> zmq.Socket:
@@ -340,7 +360,7 @@ class ServerRank:
         return {"ok": True, "directory": str(self.checkpoints.directory)}
 
     def _input_sockets(self) -> list[zmq.Socket]:
-        sockets = [self.data]
+        sockets = [self.data, self.data_monitor]
         if self.connection is not None:
             sockets.append(self.connection)
         if self.control is not None:
@@ -388,8 +408,12 @@ class ServerRank:
             code = self.step(POLL_MS)
             if code is not None:
                 return code
-        self.checkpoints.write_now(snapshot_server(self))
-        self.log.warning("stopped by signal %d: checkpoint written, no results", self.signals[0])
+        written = self.checkpoints.write_now(snapshot_server(self))
+        self.log.warning(
+            "stopped by signal %d: %s, no results",
+            self.signals[0],
+            f"checkpoint written to {written}" if written else "NO checkpoint could be written",
+        )
         return 128 + self.signals[0]
 
     def begin(self) -> None:
@@ -413,6 +437,8 @@ class ServerRank:
         now = time.monotonic()
         if self.data in events:
             self._drain_data(now)
+        if self.data_monitor in events:
+            self._count_connections()
         if self.connection is not None and self.connection in events:
             self._answer_connection(now)
         if self.control is not None and self.control.socket in events:
@@ -430,13 +456,22 @@ class ServerRank:
         vote = Vote.count(
             rows[:, : self.summary_width], len(self.config.field_names), self.config.sampling_size
         )
+        if self.rank != 0:
+            self._learn_from_vote(vote, now)
         if self.convergence.count(rows[:, self.summary_width : -1]):
             self._converged()
         if rows[:, -1].max() > self._checkpoints_voted:
             self._checkpoints_voted = int(rows[:, -1].max())
             self.checkpoints.request()
         self._report_finished(vote.done_everywhere)
-        return self._finish(vote.aborted) if vote.end else None
+        if not vote.end:
+            return None
+        if vote.all_dropped and not vote.layouts_agree:
+            self.log.error(
+                "every simulation was dropped before its data reached every rank: no results"
+            )
+            return self._finish(aborted=True, results=False)
+        return self._finish(vote.aborted)
 
     def _drain_data(self, now: float) -> None:
         counts = self.progress.counts
@@ -455,11 +490,75 @@ class ServerRank:
                     self.progress.reject(error.reason, str(error), now)
                 if self.batch.full:
                     self._fold_batch()
+                if self.waiting.full:  # no more until a vote tells which simulations exist
+                    return
         finally:
             self._fold_batch()
 
-    def _handle_data(self, buffer: memoryview, now: float) -> None:
-        """Validate one data frame, hand it to the fold batch, mark its timestep."""
+    def _confirm_layout(self, simulation: int, client_rank: int) -> None:
+        """Rank 0, first data of an announced simulation: the client communicator size it
+        announced becomes the study's (its data beyond that size is refused)."""
+        size = self.announced_sizes.get(simulation)
+        if size is None:  # announced before a restart: its next handshake will tell
+            return
+        if client_rank >= size:
+            raise ProtocolError(
+                "client_rank_out_of_range",
+                f"client rank {client_rank} of simulation {simulation}, which announced {size}",
+            )
+        self._learn_client_ranks(size)
+        self.log.info("the simulations have %d rank(s) each (from simulation %d)", size, simulation)
+
+    def _learn_client_ranks(self, size: int) -> None:
+        """The study's client communicator size is known: data of client ranks beyond it is
+        refused from now on, and slices of such ranks already made (data of an announced
+        simulation, but not of the study's layout) are discarded, counted as refused."""
+        self._fold_batch()  # it may hold samples of a slice about to go
+        self.tracker.client_comm_size = self.validator.client_comm_size = size
+        for field, client_rank in self.tracker.forget_slices_from(size):
+            statistics = self.slices.pop((field, client_rank), None)
+            self.validator.vect_sizes.pop((field, client_rank), None)
+            if statistics is not None:
+                self.progress.counts["state_bytes"] -= slice_bytes(self.config, statistics.cells)
+                statistics.release()
+            self.progress.reject(
+                "client_rank_out_of_range",
+                f"field {field!r}: the data of client rank {client_rank} is discarded, the "
+                f"simulations have {size} rank(s)",
+                time.monotonic(),
+            )
+
+    def _learn_from_vote(self, vote: Vote, now: float) -> None:
+        """Ranks other than 0: the simulations rank 0 announced, the study's communicator size;
+        then the frames that waited for them."""
+        self.tracker.announced |= vote.announced
+        if vote.client_comm_size and not self.tracker.client_comm_size:
+            self._learn_client_ranks(vote.client_comm_size)
+        for buffer, arrived in self.waiting.take():
+            try:
+                self._handle_data(buffer, now, arrived)
+            except ProtocolError as error:
+                self.progress.reject(error.reason, str(error), now)
+        self._fold_batch()
+
+    def _count_connections(self) -> None:
+        """Read the data socket's monitor: peers connected now, disconnections so far."""
+        counts = self.progress.counts
+        while self.data_monitor.poll(0):
+            event = recv_monitor_message(self.data_monitor)["event"]
+            if event == zmq.EVENT_ACCEPTED:
+                counts["connections"] += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                counts["connections"] -= 1
+                counts["disconnections"] += 1
+
+    def _handle_data(self, buffer: memoryview, now: float, arrived: int | None = None) -> None:
+        """Validate one data frame, hand it to the fold batch, mark its timestep.
+
+        `arrived`: the votes completed when a frame that waited for its simulation's
+        announcement came (else now: `self.vote_rounds`).
+        """
+        arrived = self.vote_rounds if arrived is None else arrived
         message = self.validator.decode(buffer)
         config = self.config
         single_member = config.sobol and message.nb_vectors == 1
@@ -470,6 +569,17 @@ class ServerRank:
         if self.tracker.dropped[group]:
             raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
         field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
+        if not self.tracker.announced[group]:
+            if self.rank != 0 and self.vote_rounds - arrived < ANNOUNCE_VOTES:
+                self.waiting.hold(buffer, arrived)  # rank 0 may have answered it just now
+                return
+            raise ProtocolError(
+                "no_handshake",
+                f"data of simulation {message.simu_id} (client rank {client_rank}) before any "
+                "connection request of it",
+            )
+        if not self.tracker.client_comm_size and self.rank == 0:
+            self._confirm_layout(group, client_rank)
         try:
             statistics = (
                 self._slice(field, client_rank, message.vect_size) if config.statistics else None
@@ -582,19 +692,21 @@ class ServerRank:
                     f"{self.config.sampling_size * self.config.group_size}",
                 )
             if self.tracker.client_comm_size not in (0, request.client_comm_size):
-                # One decomposition for the whole study: another one would change the
-                # completion rule under the simulations already counted (tests/test_fuzz_server).
+                # One decomposition for the whole study, fixed by the first data (a handshake
+                # alone fixes nothing: a stray one must not lock real simulations out); another
+                # would change the completion rule under the simulations already counted.
                 raise ProtocolError(
                     "client_comm_size_changed",
-                    f"simulation {request.simu_id} has {request.client_comm_size} ranks, "
-                    f"earlier ones had {self.tracker.client_comm_size}: all must share one layout",
+                    f"simulation {request.simu_id} has {request.client_comm_size} ranks, the "
+                    f"study's data came from {self.tracker.client_comm_size}: all must share one "
+                    "layout",
                 )
         except ProtocolError as error:
             self.connection.send(b"")
             self.progress.reject(error.reason, str(error), now)
             return
-        self.tracker.client_comm_size = request.client_comm_size
-        self.validator.client_comm_size = request.client_comm_size
+        self.tracker.announced[simulation] = True
+        self.announced_sizes[simulation] = request.client_comm_size
         reply = ConnectionReply(
             self.config.sobol,
             0,
@@ -613,13 +725,31 @@ class ServerRank:
             self.progress.reject(error.reason, str(error), now)
 
         for message in self.launcher.receive(socket, now, reject):
-            if isinstance(message, Job):
+            if not isinstance(message, (Job, Drop)):
+                continue
+            if message.simu_id >= self.config.sampling_size:  # kept, they would grow unbounded
+                kind = "JOB" if isinstance(message, Job) else "DROP"
+                reject(
+                    ProtocolError(
+                        "simu_id_out_of_range" if kind == "JOB" else "drop_out_of_range",
+                        f"{kind} for simulation {message.simu_id}, the study has "
+                        f"{self.config.sampling_size}",
+                    )
+                )
+            elif len(message.job_id) > JOB_ID_MAX:
+                reject(
+                    ProtocolError(
+                        "bad_string",
+                        f"job id of simulation {message.simu_id} is {len(message.job_id)} "
+                        f"characters, more than {JOB_ID_MAX}",
+                    )
+                )
+            elif isinstance(message, Job):
                 self.known_jobs.add(message.simu_id)
                 self.job_parameters[message.simu_id] = message.parameters
                 self.tracker.job_ids[message.simu_id] = message.job_id
-            elif isinstance(message, Drop):
-                if message.simu_id < self.config.sampling_size:
-                    self._drop(message.simu_id, "dropped by the launcher")
+            else:
+                self._drop(message.simu_id, "dropped by the launcher")
 
     def _vote_row(self) -> np.ndarray:
         row = self.tracker.summary(self.aborted)
@@ -656,6 +786,15 @@ class ServerRank:
             for simulation in finished:
                 self.launcher.send(SimuStatus(simulation, SIMU_FINISHED))
 
+    def _silence(self, simulation: int) -> str:
+        """Why a silent simulation is dropped, with what may explain it."""
+        closed = self.progress.counts["disconnections"]
+        return (
+            f"silent for more than {self.config.timeout:g} s: dropped ({closed} data "
+            f"connection(s) closed so far; ZeroMQ closes one whose message exceeds --max-cells "
+            f"{self.config.max_cells} doubles per vector)"
+        )
+
     def _failed_simulation(self, simulation: int, field: str) -> None:
         """A simulation sent non-finite data: it failed. Without a launcher nobody can run it
         again, so it is dropped. Else this rank tells the launcher with a TIMEOUT, which
@@ -684,7 +823,7 @@ class ServerRank:
         """Timeouts, heartbeats, status messages and progress, each at its own pace."""
         if self.launcher is None:
             for simulation in self.tracker.silent(now, self.config.timeout):
-                self._drop(simulation, f"silent for more than {self.config.timeout:g} s: dropped")
+                self._drop(simulation, self._silence(simulation))
         elif self.launcher.gone(now) and not self.aborted:
             self.log.error(
                 "no HELLO from the launcher for %g s: ending the study",
@@ -716,12 +855,16 @@ class ServerRank:
 
     # --- the end ---------------------------------------------------------------------------------
 
-    def _finish(self, aborted: bool) -> int:
-        """Write every field in turn (all ranks), then rank 0 tells the launcher STOP.
+    def _finish(self, aborted: bool, results: bool = True) -> int:
+        """Write every field in turn (all ranks; not if `results` is False: nothing to write),
+        then rank 0 tells the launcher STOP.
 
         An aborted study (launcher gone) is checkpointed first, so it can be restarted.
         """
-        self._periodic(time.monotonic())
+        now = time.monotonic()
+        self._periodic(now)
+        for _, _ in self.waiting.take():  # frames of simulations never announced
+            self.progress.reject("no_handshake", "data of a simulation that never connected", now)
         self.checkpoints.wait()  # no netCDF call may overlap the checkpoint writer's
         if aborted:
             self.checkpoints.write_now(snapshot_server(self))
@@ -745,13 +888,24 @@ class ServerRank:
             "messages_rejected": int(sum(rejections.values())),
             "rejected_reasons": ",".join(f"{key}={n}" for key, n in sorted(rejections.items())),
         }
-        for field in self.config.field_names if self.config.statistics else ():
+        results = results and self.config.statistics
+        directory = self._results_directory() if results else None
+        if directory is None and results:
+            aborted = True
+            written = self.checkpoints.write_now(snapshot_server(self))
+            self.log.error(
+                "the results could not be written anywhere; %s",
+                f"the checkpoint {written} holds everything: restart with -r to write them"
+                if written
+                else "NO checkpoint could be written either",
+            )
+        for field in self.config.field_names if directory is not None else ():
             slices = sorted(
                 (item for item in self.slices.values() if item.field == field),
                 key=lambda item: item.client_rank,
             )
             total = int(sum(self.world.allgather(sum(item.cells for item in slices))))
-            path = write_field(self.world, self.config, field, slices, total, extra)
+            path = write_field(self.world, self.config, field, slices, total, extra, directory)
             if self.rank == 0:
                 self.log.info("wrote %s", path)
         self.world.barrier()
@@ -760,6 +914,33 @@ class ServerRank:
         assert self.processing is not None
         self.processing.finish(aborted)
         return EXIT_ABORTED if aborted else 0
+
+    def _results_directory(self) -> Path | None:
+        """Where the results go (collective): --output-dir if every rank can write there, else
+        the first of the checkpoint directory, `./melissa_nb_results_<study>` and the same in
+        the temporary directory that every rank can write (said in the log); None if none."""
+        config = self.config
+        fallback = f"melissa_nb_results_{config.study_id}"
+        candidates = (
+            config.output_dir,
+            config.checkpoint_directory,
+            Path.cwd() / fallback,
+            Path(tempfile.gettempdir()) / fallback,
+        )
+        problems = []
+        for directory in candidates:
+            try:
+                check_writable(directory, "results in")
+                problem = None
+            except ConfigurationError as error:
+                problem = str(error)
+            if not any(self.world.allgather(problem)):
+                if problems and self.rank == 0:
+                    self.log.error("%s: the results go to %s instead", problems[0], directory)
+                return directory
+            problems.append(problem or "another rank cannot write there")
+        self.log.error("cannot write the results: %s", "; ".join(problems))
+        return None
 
     def close(self) -> None:
         """Close every socket and remove every shared-memory block of this rank (idempotent)."""
@@ -783,6 +964,10 @@ class ServerRank:
         if self.launcher is not None:
             self.launcher.close()
             self.launcher = None
+        if self.data_monitor is not None:
+            self.data.disable_monitor()
+            self.data_monitor.close()
+            self.data_monitor = None
         for socket in (self.data, self.connection):
             if socket is not None:
                 socket.close()

@@ -293,9 +293,14 @@ def write_field(
     slices: Sequence[Any],
     total_cells: int,
     extra_attributes: Mapping[str, Any],
+    directory: Path | None = None,
 ) -> Path:
-    """Write `<output>/<field>.nc` collectively: each rank its own slices, in rank order."""
-    final = config.output_dir / f"{field_name}.nc"
+    """Write `<directory>/<field>.nc` collectively: each rank its own slices, in rank order.
+
+    `directory`: the output directory unless told (the server's fallback when it cannot write
+    there).
+    """
+    final = Path(directory or config.output_dir) / f"{field_name}.nc"
     partial = final.with_name(final.name + ".partial")
     world.wait_turn()
     try:

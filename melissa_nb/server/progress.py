@@ -41,6 +41,9 @@ COUNTERS = (
     "rss_bytes",
     "message_rate",
     "byte_rate",
+    "connections",
+    "disconnections",
+    "open_files_limit",
 )
 LOG_INTERVAL = 10.0  # seconds between two log lines about the same rejection reason
 RATE_WINDOW = 5.0  # seconds the published rates average over

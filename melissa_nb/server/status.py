@@ -176,13 +176,15 @@ def render_progress(progress: StudyProgress) -> Any:
     description = progress.description
     ranks = Table(title=f"study {description['study_id']}: {description['ranks']} rank(s)")
     columns = ("messages", "accepted", "duplicates", "rejected", "running", "finished", "dropped")
-    for column in ("rank", *columns, "rate", "state MiB", "RSS MiB", "kernel s", "updated"):
+    headings = ("rank", *columns, "rate", "links", "state MiB", "RSS MiB", "kernel s", "updated")
+    for column in headings:
         ranks.add_column(column, justify="right")
     for rank, counters in sorted(progress.ranks.items()):
         ranks.add_row(
             str(rank),
             *(str(counters[key]) for key in columns),
             _rate(counters),
+            f"{counters['connections']}/{counters['open_files_limit']}",
             f"{counters['state_bytes'] / 2**20:.1f}",
             f"{counters['rss_bytes'] / 2**20:.0f}",
             f"{counters['kernel_ns'] / 1e9:.2f}",

@@ -106,6 +106,7 @@ class Tracker:
         self.complete_slices = np.zeros(simulations, dtype=np.int32)
         self.dropped = np.zeros(simulations, dtype=bool)
         self.started = np.zeros(simulations, dtype=bool)
+        self.announced = np.zeros(simulations, dtype=bool)  # a handshake was seen (by rank 0)
         self.last_seen = np.zeros(simulations, dtype=np.float64)
         self.reported_finished = np.zeros(simulations, dtype=bool)
         self.job_ids: dict[int, str] = {}
@@ -123,6 +124,18 @@ class Tracker:
             steps = SliceSteps(self.simulations, self.timesteps, vect_size, received)
             self.slices[field][client_rank] = steps
         return steps
+
+    def forget_slices_from(self, client_ranks: int) -> list[tuple[str, int]]:
+        """Forget the slices of client ranks >= `client_ranks` (the study's simulations have
+        fewer: such data was forged or stray); the (field, client rank) pairs forgotten."""
+        forgotten = []
+        for field, slices in self.slices.items():
+            for client_rank in [rank for rank in slices if rank >= client_ranks]:
+                steps = slices.pop(client_rank)
+                self.complete_slices -= (steps.received == self.timesteps).astype(np.int32)
+                steps.release()
+                forgotten.append((field, client_rank))
+        return forgotten
 
     def record(self, field: str, client_rank: int, simulation: int, timestep: int) -> bool:
         """Record one arrival of a learned slice; False for a duplicate."""
@@ -196,18 +209,16 @@ class Tracker:
     def summary(self, abort: bool) -> np.ndarray:
         """This rank's row of the end-of-study vote, int64 (see `Vote`).
 
-        [all done, abort, client comm size, per field (cells, first client, last client,
-        clients), then the finished-or-dropped mask of every simulation, 64 per word].
+        [all done, abort, client comm size, all dropped, per field (cells, first client, last
+        client, clients), then the finished-or-dropped mask of every simulation and the mask of
+        the announced ones (whose handshake rank 0 answered), 64 per word each].
         """
-        row = [int(self.all_done()), int(abort), self.client_comm_size]
+        row = [int(self.all_done()), int(abort), self.client_comm_size, int(self.dropped.all())]
         for field in self.field_names:
             layout = self.layout(field)
             row += [layout.cells, layout.first_client, layout.last_client, layout.clients]
-        done = np.packbits(self.finished() | self.dropped, bitorder="little")
-        mask = np.zeros(8 * (summary_width(len(self.field_names), self.simulations) - len(row)),
-                        dtype=np.uint8)  # fmt: skip
-        mask[: done.size] = done
-        return np.concatenate([np.asarray(row, dtype=np.int64), mask.view(np.int64)])
+        masks = [_mask(self.finished() | self.dropped), _mask(self.announced)]
+        return np.concatenate([np.asarray(row, dtype=np.int64), *masks])
 
     def newly_finished(self, done_everywhere: np.ndarray) -> list[int]:
         """Simulations finished or dropped on every rank not reported before (each once)."""
@@ -216,9 +227,27 @@ class Tracker:
         return np.flatnonzero(fresh).tolist()
 
 
+HEAD = 4
+"""Columns of a summary row before the per-field layouts."""
+
+
+def _mask(flags: np.ndarray) -> np.ndarray:
+    """One bit per simulation, packed into int64 words."""
+    words = np.zeros(8 * -(-flags.size // 64), dtype=np.uint8)
+    packed = np.packbits(flags, bitorder="little")
+    words[: packed.size] = packed
+    return words.view(np.int64)
+
+
+def _unmask(words: np.ndarray, simulations: int) -> np.ndarray:
+    """The flags of `_mask` (rows of words: one flag row per row)."""
+    bits = np.ascontiguousarray(words).view(np.uint8)
+    return np.unpackbits(bits, axis=-1, bitorder="little")[..., :simulations].astype(bool)
+
+
 def summary_width(fields: int, simulations: int) -> int:
     """Length of a `Tracker.summary` row."""
-    return 3 + 4 * fields + -(-simulations // 64)
+    return HEAD + 4 * fields + 2 * -(-simulations // 64)
 
 
 @dataclass(frozen=True)
@@ -235,25 +264,35 @@ class Vote:
     aborted: bool
     layouts_agree: bool
     done_everywhere: np.ndarray
+    all_dropped: bool
+    announced: np.ndarray  # simulations whose handshake rank 0 answered
+    client_comm_size: int  # the study's, once rank 0 has data that confirms it (else 0)
 
     @classmethod
     def count(cls, rows: np.ndarray, fields: int, simulations: int) -> Vote:
         """Evaluate the gathered rows (in rank order)."""
-        head = 3 + 4 * fields
-        masks = np.ascontiguousarray(rows[:, head:]).view(np.uint8)
-        common = np.bitwise_and.reduce(masks, axis=0)
-        done = np.unpackbits(common, bitorder="little")[:simulations]
+        head = HEAD + 4 * fields
+        words = -(-simulations // 64)
+        done = _unmask(rows[:, head : head + words], simulations).all(axis=0)
+        announced = _unmask(rows[:, head + words :], simulations).any(axis=0)
         agree = _layouts_agree(rows, fields)
         aborted = bool(rows[:, 1].any())
-        end = aborted or (bool(rows[:, 0].all()) and agree)
-        return cls(end, aborted, agree, done.astype(bool) & agree)
+        # Every simulation dropped everywhere: nothing more can come, even if the layouts
+        # never formed (no data arrived at all); the loop ends such a study with an error.
+        nothing_to_come = bool(rows[:, 3].all())
+        end = aborted or nothing_to_come or (bool(rows[:, 0].all()) and agree)
+        return cls(
+            end, aborted, agree, done & agree, nothing_to_come, announced, int(rows[:, 2].max())
+        )
 
 
 def _layouts_agree(rows: np.ndarray, fields: int) -> bool:
     ranks = rows.shape[0]
     client_comm_size = int(rows[:, 2].max())
     for field in range(fields):
-        layouts = [FieldLayout(*map(int, row[3 + 4 * field : 7 + 4 * field])) for row in rows]
+        layouts = [
+            FieldLayout(*map(int, row[HEAD + 4 * field : HEAD + 4 + 4 * field])) for row in rows
+        ]
         total = sum(layout.cells for layout in layouts)
         if total == 0:
             return False

@@ -1,0 +1,47 @@
+"""Frames a rank other than 0 holds until it learns that their simulation was announced.
+
+Data is accepted only from simulations whose handshake rank 0 answered: a frame sent before any
+handshake (a stray or forged one) must not teach the server a slice layout, or it can keep the
+study from completing. Only rank 0 sees handshakes; the others learn them from the end votes
+(every 0.2 s), and a real simulation sends to them right after its handshake. A handshake rank
+0 answered before a frame reached another rank is in the rows of the second vote that rank
+completes after the frame at the latest (rank 0 may have posted its row of the first one just
+before answering). So a frame of a simulation not yet announced waits here, zero-copy, for
+`ANNOUNCE_VOTES` votes, and is refused (`no_handshake`) if its simulation is still unknown then:
+only a frame sent less than about two votes (0.4 s) before its simulation's handshake can pass.
+The bytes held are bounded: past the bound the rank stops receiving until a vote frees room
+(ZeroMQ queues the rest, as for any slow rank).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+ANNOUNCE_VOTES = 2
+
+
+class WaitingFrames:
+    """Frames in arrival order, each with the number of votes completed when it came."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = max(limit_bytes, 1)
+        self.bytes = 0
+        self._frames: deque[tuple[memoryview, int]] = deque()
+
+    @property
+    def full(self) -> bool:
+        """True once the held frames reach the bound: receive no more before the next vote."""
+        return self.bytes >= self.limit_bytes
+
+    def hold(self, buffer: memoryview, votes: int) -> None:
+        """Keep a frame that came after `votes` votes (its memoryview keeps the frame alive)."""
+        self._frames.append((buffer, votes))
+        self.bytes += buffer.nbytes
+
+    def take(self) -> list[tuple[memoryview, int]]:
+        """Every held frame, oldest first, and forget them (the caller holds again the ones
+        still waiting)."""
+        frames = list(self._frames)
+        self._frames.clear()
+        self.bytes = 0
+        return frames
