@@ -11,6 +11,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -336,3 +337,54 @@ def rejected_everywhere(server, ranks: int) -> int:
     address = json.loads((server.output / "server.json").read_text())["control_address"]
     counters = control_request(address, "status")["ranks"]
     return sum(counters.get(str(rank), {}).get("rejected", 0) for rank in range(ranks))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a file owned by another user")
+def test_a_shared_memory_name_taken_by_another_user_is_named(tmp_path) -> None:
+    """Block names follow from the study id, which follows from the output path and port:
+    another local user can create one first. The server says whose it is and what to do."""
+    study_id = "squatted"
+    squatter = Path("/dev/shm") / f"melissa_nb_{study_id}_r0_progress"
+    squatter.write_bytes(b"")
+    os.chown(squatter, 65534, 65534)
+    try:
+        completed = subprocess.run(
+            [str(MELISSA), "server", "-s", "1", "-t", "1", "-f", "u", "--connection-port",
+             str(free_port()), "--data_port", "0", "--output-dir", str(tmp_path / "out"),
+             "--study-id", study_id],
+            capture_output=True, text=True, timeout=WAIT,
+        )  # fmt: skip
+    finally:
+        squatter.unlink()
+    assert completed.returncode == 2, completed.stderr
+    assert "already exists, created by user id 65534" in completed.stderr
+    assert "choose another --study-id" in completed.stderr
+
+
+def test_idle_connections_beyond_the_soft_limit_leave_new_clients_served(start_server) -> None:  # noqa: F811
+    """1,094 idle connections at a 1,024 limit pinned a core in ZeroMQ and made new clients wait
+    ~30 s: the server now raises its soft limit at start (here 256 -> 1,024 for 300 peers)."""
+    server = start_server(
+        "-s", "1", "-t", "1", "-f", "u", "-o", "mean", wrapper=("prlimit", "--nofile=256:1024")
+    )  # fmt: skip
+    sender = RawSender(server.endpoint)
+    context = zmq.Context()
+    idle = []
+    try:
+        address = sender.handshake(0).data_addresses[0]
+        for _ in range(300):
+            push = context.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(address)
+            idle.append(push)
+        wait_for(lambda: control_status(server).get("connections") == 301, "301 connections")
+        started = time.monotonic()
+        sender.handshake(0)
+        assert time.monotonic() - started < 10.0  # it was ~30 s
+    finally:
+        for push in idle:
+            push.close()
+        context.term()
+        sender.close()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.wait() == 128 + signal.SIGTERM
