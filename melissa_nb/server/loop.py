@@ -535,6 +535,9 @@ class ServerRank:
         if vote.client_comm_size and not self.tracker.client_comm_size:
             self._learn_client_ranks(vote.client_comm_size)
         for buffer, arrived in self.waiting.take():
+            if self.waiting.pending:  # an earlier frame waits again: keep the arrival order
+                self.waiting.hold(buffer, arrived)
+                continue
             try:
                 self._handle_data(buffer, now, arrived)
             except ProtocolError as error:
@@ -558,7 +561,11 @@ class ServerRank:
         `arrived`: the votes completed when a frame that waited for its simulation's
         announcement came (else now: `self.vote_rounds`).
         """
-        arrived = self.vote_rounds if arrived is None else arrived
+        if arrived is None:
+            arrived = self.vote_rounds
+            if self.waiting.pending:  # behind a frame waiting for its announcement
+                self.waiting.hold(buffer, arrived)
+                return
         message = self.validator.decode(buffer)
         config = self.config
         single_member = config.sobol and message.nb_vectors == 1

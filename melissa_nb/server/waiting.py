@@ -9,8 +9,10 @@ completes after the frame at the latest (rank 0 may have posted its row of the f
 before answering). So a frame of a simulation not yet announced waits here, zero-copy, for
 `ANNOUNCE_VOTES` votes, and is refused (`no_handshake`) if its simulation is still unknown then:
 only a frame sent less than about two votes (0.4 s) before its simulation's handshake can pass.
-The bytes held are bounded: past the bound the rank stops receiving until a vote frees room
-(ZeroMQ queues the rest, as for any slow rank).
+Frames that come while one waits wait behind it, whatever their simulation: a rank folds in
+arrival order (quantiles depend on it, and a restart must fold as the first run did). The bytes
+held are bounded: past the bound the rank stops receiving until a vote frees room (ZeroMQ
+queues the rest, as for any slow rank).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ class WaitingFrames:
         self.limit_bytes = max(limit_bytes, 1)
         self.bytes = 0
         self._frames: deque[tuple[memoryview, int]] = deque()
+
+    @property
+    def pending(self) -> bool:
+        """True while a frame waits (the next ones must queue behind it)."""
+        return bool(self._frames)
 
     @property
     def full(self) -> bool:
