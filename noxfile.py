@@ -24,4 +24,5 @@ def bench(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Static checks with ruff."""
     session.install("ruff")
-    session.run("ruff", "check", "melissa_nb", "tests", "bench", "examples", "noxfile.py")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

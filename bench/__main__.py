@@ -9,20 +9,35 @@ import sys
 from pathlib import Path
 
 # Benchmark name -> module with ``main(*, quick: bool, output_dir: Path) -> Path``.
-BENCHMARKS = {"kernels": "bench.kernels", "ingest": "bench.ingest", "startup": "bench.startup",
-              "memory": "bench.memory"}
+BENCHMARKS = {
+    "kernels": "bench.kernels",
+    "ingest": "bench.ingest",
+    "startup": "bench.startup",
+    "memory": "bench.memory",
+}
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and run each chosen benchmark in turn."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("benchmarks", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run, among {', '.join(BENCHMARKS)} (default: all)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and few repetitions: checks the code, not the speed")
-    parser.add_argument("--output-dir", type=Path, default=RESULTS_DIR,
-                        help=f"where the JSON results go (default: {RESULTS_DIR})")
+    parser.add_argument(
+        "benchmarks",
+        nargs="*",
+        metavar="NAME",
+        help=f"benchmarks to run, among {', '.join(BENCHMARKS)} (default: all)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and few repetitions: checks the code, not the speed",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help=f"where the JSON results go (default: {RESULTS_DIR})",
+    )
     arguments = parser.parse_args(argv)
     unknown = [name for name in arguments.benchmarks if name not in BENCHMARKS]
     if unknown:
@@ -32,13 +47,15 @@ def main(argv: list[str] | None = None) -> None:
         # One fresh interpreter per benchmark: what one leaves behind (the kernels benchmark's
         # gigabytes in the heap, Numba's threads) must not weigh on the next; a server forked from
         # a big process even inherits its resident size in wait4's peak.
-        options = ["--output-dir", str(arguments.output_dir)] + (["--quick"] if arguments.quick
-                                                                 else [])
+        options = ["--output-dir", str(arguments.output_dir)] + (
+            ["--quick"] if arguments.quick else []
+        )
         for name in names:
             subprocess.run([sys.executable, "-m", "bench", name, *options], check=True)
         return
     path = importlib.import_module(BENCHMARKS[names[0]]).main(
-        quick=arguments.quick, output_dir=arguments.output_dir)
+        quick=arguments.quick, output_dir=arguments.output_dir
+    )
     print(f"{names[0]}: results written to {path}")
 
 

@@ -114,8 +114,12 @@ class NumpyExtrema:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The state under melissa_nb's layout names."""
-        return {"min": self.min, "max": self.max, "min_simulation": self.min_simulation,
-                "max_simulation": self.max_simulation}
+        return {
+            "min": self.min,
+            "max": self.max,
+            "min_simulation": self.min_simulation,
+            "max_simulation": self.max_simulation,
+        }
 
 
 class NumpyThresholds:
@@ -148,14 +152,19 @@ class NumpyQuantiles:
     fused pass does when both are on).
     """
 
-    def __init__(self, cells: int, orders: Sequence[float],
-                 shared_range: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        cells: int,
+        orders: Sequence[float],
+        shared_range: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         self.orders = [float(alpha) for alpha in orders]
         self.count = 0
         self.quantile = np.zeros((len(self.orders), cells))
         self.owns_range = shared_range is None
-        self.low, self.high = (np.zeros(cells), np.zeros(cells)) if self.owns_range \
-            else shared_range
+        self.low, self.high = (
+            (np.zeros(cells), np.zeros(cells)) if self.owns_range else shared_range
+        )
         self._scaled_step = np.empty(cells)
         self._correction = np.empty(cells)
         self._mask = np.empty(cells, dtype=bool)
@@ -227,16 +236,27 @@ class NumpySobolMartinez:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The state under melissa_nb's layout names."""
-        return {"shift": self.shift, "mean": self.mean, "m2": self.m2,
-                "comoment_first": self.comoment_first, "comoment_total": self.comoment_total}
+        return {
+            "shift": self.shift,
+            "mean": self.mean,
+            "m2": self.m2,
+            "comoment_first": self.comoment_first,
+            "comoment_total": self.comoment_total,
+        }
 
 
 class NumpyFieldStatistics:
     """The general statistics updated one after the other, each by its numpy baseline; the
     quantiles take the extrema's min and max as their running range when both are on."""
 
-    def __init__(self, cells: int, order: int, extrema: bool, thresholds: Sequence[float],
-                 quantiles: Sequence[float]) -> None:
+    def __init__(
+        self,
+        cells: int,
+        order: int,
+        extrema: bool,
+        thresholds: Sequence[float],
+        quantiles: Sequence[float],
+    ) -> None:
         extrema_part = NumpyExtrema(cells) if extrema else None
         shared_range = (extrema_part.min, extrema_part.max) if extrema_part else None
         self.parts = [
@@ -317,14 +337,14 @@ def iterative_stats_thresholds(cells: int, thresholds: Sequence[float]) -> Itera
     _import_iterative_stats()
     from iterative_stats.iterative_threshold import IterativeThreshold
 
-    return IterativeStatsObjects([
-        IterativeThreshold(cells, min_threshold=t, max_threshold=np.inf)
-        for t in thresholds
-    ])
+    return IterativeStatsObjects(
+        [IterativeThreshold(cells, min_threshold=t, max_threshold=np.inf) for t in thresholds]
+    )
 
 
-def iterative_stats_quantiles(cells: int, orders: Sequence[float],
-                              planned_samples: int = 1000) -> IterativeStatsObjects:
+def iterative_stats_quantiles(
+    cells: int, orders: Sequence[float], planned_samples: int = 1000
+) -> IterativeStatsObjects:
     """One IterativeQuantile per order (each keeps its own running min and max)."""
     _import_iterative_stats()
     from iterative_stats.iterative_quantile import IterativeQuantile
@@ -342,9 +362,9 @@ def iterative_stats_sobol_martinez(cells: int, parameters: int) -> IterativeStat
     return IterativeStatsObjects([IterativeSensitivityMartinez(nb_parms=parameters, dim=cells)])
 
 
-def iterative_stats_field_statistics(cells: int, order: int, extrema: bool,
-                                     thresholds: Sequence[float],
-                                     quantiles: Sequence[float]) -> IterativeStatsObjects:
+def iterative_stats_field_statistics(
+    cells: int, order: int, extrema: bool, thresholds: Sequence[float], quantiles: Sequence[float]
+) -> IterativeStatsObjects:
     """The objects of the general statistics, all incremented with the same vector."""
     parts = [
         *([iterative_stats_moments(cells, order)] if order else []),

@@ -90,8 +90,14 @@ class IngestCase:
     def study(self, batch_mb: float | None = None) -> Study:
         """The server's study: messages / TIMESTEPS samples (groups with Sobol) sent, one more
         expected (the server stays up until stopped); `batch_mb` sets --batch-mb."""
-        return Study(cells=self.cells, timesteps=TIMESTEPS, samples=self.messages // TIMESTEPS,
-                     unsent=1, batch_mb=batch_mb, **STATISTICS[self.statistics])
+        return Study(
+            cells=self.cells,
+            timesteps=TIMESTEPS,
+            samples=self.messages // TIMESTEPS,
+            unsent=1,
+            batch_mb=batch_mb,
+            **STATISTICS[self.statistics],
+        )
 
 
 def message_count(frame_bytes: int, quick: bool) -> int:
@@ -109,13 +115,16 @@ def ingest_cases(quick: bool) -> list[IngestCase]:
     small pinned plain case and one small Sobol mpiexec case)."""
     pinnable = set(SENDER_CPUS + SERVER_CPUS) <= os.sched_getaffinity(0)
     if quick:
-        return [IngestCase("general", QUICK_CELLS[0], 1, 1, QUICK_MESSAGES, pinned=pinnable),
-                IngestCase("sobol_p5", QUICK_CELLS[0], 2, 2, QUICK_MESSAGES)]
+        return [
+            IngestCase("general", QUICK_CELLS[0], 1, 1, QUICK_MESSAGES, pinned=pinnable),
+            IngestCase("sobol_p5", QUICK_CELLS[0], 2, 2, QUICK_MESSAGES),
+        ]
     cases, pinned = [], []
     for statistics in STATISTICS:
         for cells in CELLS:
-            frame_bytes = Study(cells=cells, timesteps=TIMESTEPS, samples=1,
-                                **STATISTICS[statistics]).frame_bytes
+            frame_bytes = Study(
+                cells=cells, timesteps=TIMESTEPS, samples=1, **STATISTICS[statistics]
+            ).frame_bytes
             messages = message_count(frame_bytes, quick)
             for ranks in RANKS:
                 for senders in SENDERS:
@@ -131,28 +140,35 @@ def run_raw(case: IngestCase) -> list[dict[str, float]]:
     address_queue = context.Queue()
     receipts = context.Queue()
     sender_cpus, receiver_cpus = case.cpus()
-    receivers = [context.Process(target=receive_raw,
-                                 args=(case.messages // ROUNDS, ROUNDS, address_queue, receipts,
-                                       receiver_cpus),
-                                 daemon=True)
-                 for _ in range(case.ranks)]
+    receivers = [
+        context.Process(
+            target=receive_raw,
+            args=(case.messages // ROUNDS, ROUNDS, address_queue, receipts, receiver_cpus),
+            daemon=True,
+        )
+        for _ in range(case.ranks)
+    ]
     for receiver in receivers:
         receiver.start()
     rounds = []
     try:
         addresses = [address_queue.get(timeout=WAIT_S) for _ in receivers]
-        senders, gos, results = start_senders(context, case.study(), case.senders, addresses,
-                                              ROUNDS, sender_cpus)
+        senders, gos, results = start_senders(
+            context, case.study(), case.senders, addresses, ROUNDS, sender_cpus
+        )
         try:
             for go in gos:
                 go.set()
                 first_send, _, sender_cpu = sender_times(results, case.senders)
                 received = [receipts.get(timeout=WAIT_S) for _ in receivers]
-                rounds.append({
-                    "seconds": max(r["last_receive"] for r in received) - first_send,
-                    "bytes": sum(r["bytes"] for r in received),
-                    "sender_cpu_seconds": sender_cpu,
-                    "receiver_cpu_seconds": sum(r["cpu_seconds"] for r in received)})
+                rounds.append(
+                    {
+                        "seconds": max(r["last_receive"] for r in received) - first_send,
+                        "bytes": sum(r["bytes"] for r in received),
+                        "sender_cpu_seconds": sender_cpu,
+                        "receiver_cpu_seconds": sum(r["cpu_seconds"] for r in received),
+                    }
+                )
         finally:
             join(senders)
     finally:
@@ -160,8 +176,9 @@ def run_raw(case: IngestCase) -> list[dict[str, float]]:
     return rounds
 
 
-def run_melissa(case: IngestCase, workdir: Path, batch_mb: float | None = None
-                ) -> tuple[list[dict[str, float]], dict, dict[int, int]]:
+def run_melissa(
+    case: IngestCase, workdir: Path, batch_mb: float | None = None
+) -> tuple[list[dict[str, float]], dict, dict[int, int]]:
     """The same senders to a live ``melissa-nb server``: per round, the seconds until every
     sample was folded in; then the ranks' counters and kernel passes. The server is stopped
     (SIGTERM) once they show every message: its output phase is the memory benchmark's
@@ -176,8 +193,9 @@ def run_melissa(case: IngestCase, workdir: Path, batch_mb: float | None = None
     with LiveServer.launch(study, case.ranks, workdir, environment, server_cpus) as server:
         reply = server.announce()
         pids = server.rank_pids()
-        senders, gos, results = start_senders(context, study, case.senders,
-                                              reply.data_addresses, ROUNDS, sender_cpus)
+        senders, gos, results = start_senders(
+            context, study, case.senders, reply.data_addresses, ROUNDS, sender_cpus
+        )
         try:
             for number, go in enumerate(gos, start=1):
                 cpu_before = [cpu_seconds(pid) for pid in pids]
@@ -185,24 +203,35 @@ def run_melissa(case: IngestCase, workdir: Path, batch_mb: float | None = None
                 processed_at = server.wait_folded(per_round * number)
                 cpu_after = [cpu_seconds(pid) for pid in pids]
                 first_send, _, sender_cpu = sender_times(results, case.senders)
-                rounds.append({
-                    "seconds": processed_at - first_send,
-                    "bytes": case.messages // ROUNDS * case.ranks * study.frame_bytes,
-                    "sender_cpu_seconds": sender_cpu,
-                    "server_cpu_seconds": sum(after - before for before, after in
-                                              zip(cpu_before, cpu_after, strict=True))})
+                rounds.append(
+                    {
+                        "seconds": processed_at - first_send,
+                        "bytes": case.messages // ROUNDS * case.ranks * study.frame_bytes,
+                        "sender_cpu_seconds": sender_cpu,
+                        "server_cpu_seconds": sum(
+                            after - before
+                            for before, after in zip(cpu_before, cpu_after, strict=True)
+                        ),
+                    }
+                )
             server.detach()
         finally:
             join(senders)
         counters = server.wait_counters(case.messages)
         server.stop()
         leftovers = server.close()
-    expected = {"messages": case.messages, "accepted": case.messages, "duplicates": 0,
-                "rejected": 0}
+    expected = {
+        "messages": case.messages,
+        "accepted": case.messages,
+        "duplicates": 0,
+        "rejected": 0,
+    }
     passes = {rank: counts.pop("kernel_passes") for rank, counts in counters.items()}
     if leftovers or counters != {rank: expected for rank in range(case.ranks)}:
-        raise RuntimeError(f"server counters {counters} (expected {expected} on every rank), "
-                           f"blocks left {leftovers}:\n{server.text()}")
+        raise RuntimeError(
+            f"server counters {counters} (expected {expected} on every rank), "
+            f"blocks left {leftovers}:\n{server.text()}"
+        )
     return rounds, counters, passes
 
 
@@ -259,8 +288,7 @@ def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
         "server_cpu_s_per_gb": _per_gb(melissa[WARMUP_ROUNDS:], "server_cpu_seconds"),
         "unbatched_gbps": round_bytes / best_unbatched / 1e9,
         "unbatched_gbps_rounds": [r["bytes"] / r["seconds"] / 1e9 for r in unbatched],
-        "unbatched_server_cpu_s_per_gb": _per_gb(unbatched[WARMUP_ROUNDS:],
-                                                 "server_cpu_seconds"),
+        "unbatched_server_cpu_s_per_gb": _per_gb(unbatched[WARMUP_ROUNDS:], "server_cpu_seconds"),
         "load_1min_before": load,
     }
     record["fraction_of_raw"] = record["processed_gbps"] / record["raw_gbps"]
@@ -269,13 +297,16 @@ def measure_case(case: IngestCase, workdir: Path) -> dict[str, object]:
 
 
 def _targets(records: Sequence[Mapping[str, object]]) -> list[dict[str, object]]:
-    return [{
-        "target": f"{r['statistics']} {r['cells_per_message']} cells S={r['senders']} "
-                  f"M={r['ranks']}{' pinned' if r['pinned'] else ''}: processed >= "
-                  f"{TARGET_FRACTION_OF_RAW:.0%} of raw",
-        "value": r["fraction_of_raw"],
-        "pass": r["fraction_of_raw"] >= TARGET_FRACTION_OF_RAW,
-    } for r in records]
+    return [
+        {
+            "target": f"{r['statistics']} {r['cells_per_message']} cells S={r['senders']} "
+            f"M={r['ranks']}{' pinned' if r['pinned'] else ''}: processed >= "
+            f"{TARGET_FRACTION_OF_RAW:.0%} of raw",
+            "value": r["fraction_of_raw"],
+            "pass": r["fraction_of_raw"] >= TARGET_FRACTION_OF_RAW,
+        }
+        for r in records
+    ]
 
 
 def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict[str, object]:
@@ -285,24 +316,28 @@ def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict
         for case in ingest_cases(quick):
             record = measure_case(case, Path(workdir))
             records.append(record)
-            progress(f"{case}: raw {record['raw_gbps']:.2f} GB/s, processed "
-                     f"{record['processed_gbps']:.2f} GB/s ({record['fraction_of_raw']:.0%})")
+            progress(
+                f"{case}: raw {record['raw_gbps']:.2f} GB/s, processed "
+                f"{record['processed_gbps']:.2f} GB/s ({record['fraction_of_raw']:.0%})"
+            )
     return {
         "benchmark": "ingest",
         "quick": quick,
         "machine": machine_info(),
         "settings": {
-            "statistics": {name: dict(settings, thresholds=list(settings.get("thresholds", ())))
-                           for name, settings in STATISTICS.items()},
+            "statistics": {
+                name: dict(settings, thresholds=list(settings.get("thresholds", ())))
+                for name, settings in STATISTICS.items()
+            },
             "timesteps": TIMESTEPS,
             "volume_bytes_per_rank": VOLUME_BYTES,
             "transport": "tcp://127.0.0.1, data_port 0, RCVHWM 32, one PUSH per sender and "
-                         "server rank, senders spawned, 4 prebuilt frames in flight per socket",
+            "server rank, senders spawned, 4 prebuilt frames in flight per socket",
             "rounds": ROUNDS,
             "warmup_rounds": WARMUP_ROUNDS,
             "timing": "best of the rounds after the warm-up ones; time.monotonic from a "
-                      "round's first send to: its last frame received (raw); every sample of "
-                      "the round folded in the shared-memory state (processed)",
+            "round's first send to: its last frame received (raw); every sample of "
+            "the round folded in the shared-memory state (processed)",
         },
         "records": records,
         "targets": _targets(records),
@@ -315,21 +350,43 @@ def print_table(results: Mapping[str, object]) -> None:
     from rich.table import Table
 
     table = Table(title="melissa_nb server ingest vs raw pyzmq PUSH -> PULL")
-    columns = ("statistics", "cells", "MB/msg", "S", "M", "msgs/rank", "raw GB/s", "raw msg/s",
-               "GB/s", "msg/s", "of raw", "raw CPU s/GB", "CPU s/GB", "unbatched GB/s",
-               "batch gain")
+    columns = (
+        "statistics",
+        "cells",
+        "MB/msg",
+        "S",
+        "M",
+        "msgs/rank",
+        "raw GB/s",
+        "raw msg/s",
+        "GB/s",
+        "msg/s",
+        "of raw",
+        "raw CPU s/GB",
+        "CPU s/GB",
+        "unbatched GB/s",
+        "batch gain",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "statistics" else "right")
     for r in results["records"]:
-        table.add_row(r["statistics"], f"{r['cells_per_message']:,}",
-                      f"{r['message_bytes'] / 1e6:.2f}", str(r["senders"]),
-                      f"{r['ranks']}{' pinned' if r['pinned'] else ''}",
-                      str(r["messages_per_rank"]), f"{r['raw_gbps']:.2f}",
-                      f"{r['raw_messages_per_s']:.0f}", f"{r['processed_gbps']:.2f}",
-                      f"{r['processed_messages_per_s']:.0f}", f"{r['fraction_of_raw']:.0%}",
-                      f"{r['raw_sender_cpu_s_per_gb'] + r['raw_receiver_cpu_s_per_gb']:.2f}",
-                      f"{r['sender_cpu_s_per_gb'] + r['server_cpu_s_per_gb']:.2f}",
-                      f"{r['unbatched_gbps']:.2f}", f"{r['batch_gain']:.2f}")
+        table.add_row(
+            r["statistics"],
+            f"{r['cells_per_message']:,}",
+            f"{r['message_bytes'] / 1e6:.2f}",
+            str(r["senders"]),
+            f"{r['ranks']}{' pinned' if r['pinned'] else ''}",
+            str(r["messages_per_rank"]),
+            f"{r['raw_gbps']:.2f}",
+            f"{r['raw_messages_per_s']:.0f}",
+            f"{r['processed_gbps']:.2f}",
+            f"{r['processed_messages_per_s']:.0f}",
+            f"{r['fraction_of_raw']:.0%}",
+            f"{r['raw_sender_cpu_s_per_gb'] + r['raw_receiver_cpu_s_per_gb']:.2f}",
+            f"{r['sender_cpu_s_per_gb'] + r['server_cpu_s_per_gb']:.2f}",
+            f"{r['unbatched_gbps']:.2f}",
+            f"{r['batch_gain']:.2f}",
+        )
     console = Console(width=max(Console().width, 160))
     console.print(table)
     for target in results["targets"]:

@@ -102,7 +102,9 @@ def kernel_cases() -> list[KernelCase]:
     fused = {"order": 4, "extrema": True, "thresholds": THRESHOLDS, "quantiles": QUANTILE_ORDERS}
     return [
         KernelCase(
-            name="moments_order2", statistic="Moments(cells, order=2)", input_rows=1,
+            name="moments_order2",
+            statistic="Moments(cells, order=2)",
+            input_rows=1,
             layout=lambda cells: kernels.Moments.layout(cells, order=2),
             melissa_nb=lambda cells: kernels.Moments(cells, 2),
             numpy=lambda cells: baselines.NumpyMoments(cells, 2),
@@ -110,7 +112,9 @@ def kernel_cases() -> list[KernelCase]:
             iterative_stats_statistic="IterativeVariance",
         ),
         KernelCase(
-            name="moments_order4", statistic="Moments(cells, order=4)", input_rows=1,
+            name="moments_order4",
+            statistic="Moments(cells, order=4)",
+            input_rows=1,
             layout=lambda cells: kernels.Moments.layout(cells, order=4),
             melissa_nb=lambda cells: kernels.Moments(cells, 4),
             numpy=lambda cells: baselines.NumpyMoments(cells, 4),
@@ -118,7 +122,9 @@ def kernel_cases() -> list[KernelCase]:
             iterative_stats_statistic="IterativeMoments(max_order=4)",
         ),
         KernelCase(
-            name="extrema", statistic="Extrema(cells)", input_rows=1,
+            name="extrema",
+            statistic="Extrema(cells)",
+            input_rows=1,
             layout=kernels.Extrema.layout,
             melissa_nb=kernels.Extrema,
             numpy=baselines.NumpyExtrema,
@@ -127,7 +133,8 @@ def kernel_cases() -> list[KernelCase]:
             takes_simulation=True,
         ),
         KernelCase(
-            name="thresholds_2", statistic=f"ThresholdExceedance(cells, {list(THRESHOLDS)})",
+            name="thresholds_2",
+            statistic=f"ThresholdExceedance(cells, {list(THRESHOLDS)})",
             input_rows=1,
             layout=lambda cells: kernels.ThresholdExceedance.layout(cells, THRESHOLDS),
             melissa_nb=lambda cells: kernels.ThresholdExceedance(cells, THRESHOLDS),
@@ -136,13 +143,15 @@ def kernel_cases() -> list[KernelCase]:
             iterative_stats_statistic=f"{len(THRESHOLDS)} x IterativeThreshold",
         ),
         KernelCase(
-            name="quantiles_3", statistic=f"Quantiles(cells, {list(QUANTILE_ORDERS)})",
+            name="quantiles_3",
+            statistic=f"Quantiles(cells, {list(QUANTILE_ORDERS)})",
             input_rows=1,
             layout=lambda cells: kernels.Quantiles.layout(cells, QUANTILE_ORDERS),
             melissa_nb=lambda cells: kernels.Quantiles(cells, QUANTILE_ORDERS),
             numpy=lambda cells: baselines.NumpyQuantiles(cells, QUANTILE_ORDERS),
             iterative_stats=lambda cells: baselines.iterative_stats_quantiles(
-                cells, QUANTILE_ORDERS),
+                cells, QUANTILE_ORDERS
+            ),
             iterative_stats_statistic=f"{len(QUANTILE_ORDERS)} x IterativeQuantile",
         ),
         KernelCase(
@@ -153,21 +162,24 @@ def kernel_cases() -> list[KernelCase]:
             melissa_nb=lambda cells: kernels.SobolMartinez(cells, SOBOL_PARAMETERS),
             numpy=lambda cells: baselines.NumpySobolMartinez(cells, SOBOL_PARAMETERS),
             iterative_stats=lambda cells: baselines.iterative_stats_sobol_martinez(
-                cells, SOBOL_PARAMETERS),
+                cells, SOBOL_PARAMETERS
+            ),
             iterative_stats_statistic="IterativeSensitivityMartinez",
             iterative_stats_max_cells=ITERATIVE_STATS_SOBOL_MAX_CELLS,
         ),
         KernelCase(
-            name="fused", statistic=f"FieldStatistics(cells, {_call_arguments(fused)})",
+            name="fused",
+            statistic=f"FieldStatistics(cells, {_call_arguments(fused)})",
             input_rows=1,
             layout=lambda cells: kernels.FieldStatistics.layout(cells, **fused),
             melissa_nb=lambda cells: kernels.FieldStatistics(cells, **fused),
             numpy=lambda cells: baselines.NumpyFieldStatistics(cells, **fused),
             iterative_stats=lambda cells: baselines.iterative_stats_field_statistics(
-                cells, **fused),
+                cells, **fused
+            ),
             iterative_stats_statistic="IterativeMoments(4), IterativeExtrema, "
-                                      f"{len(THRESHOLDS)} x IterativeThreshold, "
-                                      f"{len(QUANTILE_ORDERS)} x IterativeQuantile",
+            f"{len(THRESHOLDS)} x IterativeThreshold, "
+            f"{len(QUANTILE_ORDERS)} x IterativeQuantile",
             takes_simulation=True,
         ),
     ]
@@ -196,8 +208,10 @@ def numpy_disagreement(case: KernelCase, cells: int = 5003, samples: int = 6) ->
         reference.update(data, simulation)
     expected_names = set(ours.arrays) - {"count"}
     if set(reference.arrays) != expected_names:
-        raise KeyError(f"{case.name}: numpy baseline state {sorted(reference.arrays)} does not "
-                       f"match melissa_nb's {sorted(expected_names)}")
+        raise KeyError(
+            f"{case.name}: numpy baseline state {sorted(reference.arrays)} does not "
+            f"match melissa_nb's {sorted(expected_names)}"
+        )
     worst = 0.0
     for name, expected in reference.arrays.items():
         scale = max(1.0, float(np.max(np.abs(expected))))
@@ -246,13 +260,16 @@ def iterative_stats_note(case: KernelCase, cells: int) -> str | None:
     if not baselines.iterative_stats_installed():
         return "iterative-stats not installed (pip install '.[bench]')"
     if case.iterative_stats_max_cells is not None and cells > case.iterative_stats_max_cells:
-        return (f"iterative-stats timed only at <= {case.iterative_stats_max_cells} cells "
-                "(too slow above)")
+        return (
+            f"iterative-stats timed only at <= {case.iterative_stats_max_cells} cells "
+            "(too slow above)"
+        )
     return None
 
 
-def time_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
-              budget_s: float) -> dict[str, Timing]:
+def time_case(
+    case: KernelCase, cells: int, inputs: Sequence[np.ndarray], budget_s: float
+) -> dict[str, Timing]:
     """melissa_nb, numpy and (where timed) iterative-stats, interleaved on the same inputs."""
     calls = {
         "melissa_nb": steady_state_call(case.melissa_nb_update(case.melissa_nb(cells)), inputs),
@@ -263,8 +280,9 @@ def time_case(case: KernelCase, cells: int, inputs: Sequence[np.ndarray],
     return time_interleaved(calls, budget_s=budget_s)
 
 
-def case_record(case: KernelCase, cells: int,
-                passes: Sequence[Mapping[str, Timing]]) -> dict[str, object]:
+def case_record(
+    case: KernelCase, cells: int, passes: Sequence[Mapping[str, Timing]]
+) -> dict[str, object]:
     """The record of one kernel at one size from its timings in every pass: the best time of
     each implementation over all passes (fractions of triad are added by the caller)."""
     best = {name: min(timings[name].best_s for timings in passes) for name in passes[0]}
@@ -306,14 +324,20 @@ done = time.perf_counter()
 print(json.dumps({"import_s": imported - start, "first_call_s": done - imported,
                   "total_s": done - start}))
 """
-FIRST_CALL = ("import numpy and melissa_nb.kernels, then one FieldStatistics(order=4, extrema, "
-              "1 threshold, 1 quantile).update and one SobolMartinez(p=5).update of 1000 cells")
+FIRST_CALL = (
+    "import numpy and melissa_nb.kernels, then one FieldStatistics(order=4, extrema, "
+    "1 threshold, 1 quantile).update and one SobolMartinez(p=5).update of 1000 cells"
+)
 
 
 def _first_call_in_fresh_process(environment: Mapping[str, str]) -> dict[str, float]:
     completed = subprocess.run(
-        [sys.executable, "-c", _FIRST_CALL_SCRIPT], env=dict(environment), capture_output=True,
-        text=True, timeout=600, check=True,
+        [sys.executable, "-c", _FIRST_CALL_SCRIPT],
+        env=dict(environment),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
     )
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -322,8 +346,7 @@ def measure_import(*, cold: bool, warm_runs: int = 3) -> dict[str, object]:
     """Import plus first calls in fresh processes: best of ``warm_runs`` with the kernels'
     cache already written (one unmeasured run first makes sure it is), and, if ``cold``, one run
     with NUMBA_CACHE_DIR pointing to an empty directory (everything compiles)."""
-    environment = {key: value for key, value in os.environ.items()
-                   if key != "MELISSA_NB_NO_CACHE"}
+    environment = {key: value for key, value in os.environ.items() if key != "MELISSA_NB_NO_CACHE"}
     _first_call_in_fresh_process(environment)
     warm = [_first_call_in_fresh_process(environment) for _ in range(warm_runs)]
     result: dict[str, object] = {
@@ -335,42 +358,57 @@ def measure_import(*, cold: bool, warm_runs: int = 3) -> dict[str, object]:
     if cold:
         with tempfile.TemporaryDirectory(prefix="melissa_nb_bench_cache_") as cache_dir:
             result["cold_cache"] = _first_call_in_fresh_process(
-                {**environment, "NUMBA_CACHE_DIR": cache_dir})
+                {**environment, "NUMBA_CACHE_DIR": cache_dir}
+            )
     return result
 
 
-def _targets(records: Sequence[Mapping[str, object]],
-             import_time: Mapping[str, object]) -> list[dict[str, object]]:
+def _targets(
+    records: Sequence[Mapping[str, object]], import_time: Mapping[str, object]
+) -> list[dict[str, object]]:
     """Each target of issue 2 that this run's sizes can judge, with its value and verdict."""
     targets: list[dict[str, object]] = []
     for record in records:
         if record["cells"] >= TARGET_FRACTION_MIN_CELLS:
-            targets.append({
-                "target": f"{record['name']} at {record['cells']} cells >= "
-                          f"{TARGET_FRACTION_OF_TRIAD:.0%} of triad",
-                "value": record["fraction_of_triad"],
-                "pass": record["fraction_of_triad"] >= TARGET_FRACTION_OF_TRIAD,
-            })
-        if (record["name"] == f"sobol_martinez_p{SOBOL_PARAMETERS}"
-                and record["cells"] == TARGET_SOBOL_CELLS):
+            targets.append(
+                {
+                    "target": f"{record['name']} at {record['cells']} cells >= "
+                    f"{TARGET_FRACTION_OF_TRIAD:.0%} of triad",
+                    "value": record["fraction_of_triad"],
+                    "pass": record["fraction_of_triad"] >= TARGET_FRACTION_OF_TRIAD,
+                }
+            )
+        if (
+            record["name"] == f"sobol_martinez_p{SOBOL_PARAMETERS}"
+            and record["cells"] == TARGET_SOBOL_CELLS
+        ):
             speedup = record["speedup_vs_iterative_stats"]
-            targets.append({
-                "target": f"{record['name']} at {TARGET_SOBOL_CELLS} cells >= "
-                          f"{TARGET_SOBOL_SPEEDUP:g}x faster than iterative-stats",
-                "value": speedup,
-                "pass": speedup is not None and speedup >= TARGET_SOBOL_SPEEDUP,
-            })
+            targets.append(
+                {
+                    "target": f"{record['name']} at {TARGET_SOBOL_CELLS} cells >= "
+                    f"{TARGET_SOBOL_SPEEDUP:g}x faster than iterative-stats",
+                    "value": speedup,
+                    "pass": speedup is not None and speedup >= TARGET_SOBOL_SPEEDUP,
+                }
+            )
     warm = import_time["warm_cache"]
-    targets.append({
-        "target": f"import + first calls, warm cache < {TARGET_IMPORT_FIRST_CALL_S:g} s",
-        "value": warm["total_s"],
-        "pass": warm["total_s"] < TARGET_IMPORT_FIRST_CALL_S,
-    })
+    targets.append(
+        {
+            "target": f"import + first calls, warm cache < {TARGET_IMPORT_FIRST_CALL_S:g} s",
+            "value": warm["total_s"],
+            "pass": warm["total_s"] < TARGET_IMPORT_FIRST_CALL_S,
+        }
+    )
     return targets
 
 
-def run(sizes: Sequence[int] = SIZES, *, quick: bool = False, passes: int = 2,
-        progress: Callable[[str], None] = print) -> dict[str, object]:
+def run(
+    sizes: Sequence[int] = SIZES,
+    *,
+    quick: bool = False,
+    passes: int = 2,
+    progress: Callable[[str], None] = print,
+) -> dict[str, object]:
     """Run the whole kernel benchmark and return the results (what ``kernels.json`` holds).
 
     Every kernel and size is timed in each of ``passes`` passes over all of them, and keeps its
@@ -383,8 +421,10 @@ def run(sizes: Sequence[int] = SIZES, *, quick: bool = False, passes: int = 2,
     disagreement = {case.name: numpy_disagreement(case) for case in cases}
     for name, difference in disagreement.items():
         if not difference <= AGREEMENT_TOLERANCE:
-            raise RuntimeError(f"the numpy baseline of {name} disagrees with melissa_nb by "
-                               f"{difference:.3g} (relative): the speed-up would be meaningless")
+            raise RuntimeError(
+                f"the numpy baseline of {name} disagrees with melissa_nb by "
+                f"{difference:.3g} (relative): the speed-up would be meaningless"
+            )
     triads = [triad_gbps(yardstick_elements)]
     scaled_adds = [scaled_add_gbps(yardstick_elements)]
     progress(f"triad: {triads[-1]:.1f} GB/s, in-place a += s*b: {scaled_adds[-1]:.1f} GB/s")
@@ -398,36 +438,50 @@ def run(sizes: Sequence[int] = SIZES, *, quick: bool = False, passes: int = 2,
                     inputs_by_rows[case.input_rows] = _inputs(rng, case.input_rows, cells)
                 timing = time_case(case, cells, inputs_by_rows[case.input_rows], budget_s)
                 timings.setdefault((case.name, cells), []).append(timing)
-                progress(f"pass {pass_number}: {case.name} at {cells} cells: "
-                         f"{timing['melissa_nb'].best_s * 1e3:.3f} ms")
+                progress(
+                    f"pass {pass_number}: {case.name} at {cells} cells: "
+                    f"{timing['melissa_nb'].best_s * 1e3:.3f} ms"
+                )
             del inputs_by_rows
         triads.append(triad_gbps(yardstick_elements))
         scaled_adds.append(scaled_add_gbps(yardstick_elements))
     # The yardstick is the best of its measurements: fractions are never flattered by a triad
     # slowed down by a busy neighbour.
     triad = max(triads)
-    records = [case_record(case, cells, timings[case.name, cells])
-               for cells in sizes for case in cases]
+    records = [
+        case_record(case, cells, timings[case.name, cells]) for cells in sizes for case in cases
+    ]
     for record in records:
         record["fraction_of_triad"] = record["gbps"] / triad
     import_time = measure_import(cold=not quick)
     # Other processes share the cores: the load before and after says how much.
-    machine = machine_info() | {"load_average_1min_start": load_start,
-                                "load_average_1min_end": os.getloadavg()[0]}
+    machine = machine_info() | {
+        "load_average_1min_start": load_start,
+        "load_average_1min_end": os.getloadavg()[0],
+    }
     return {
         "benchmark": "kernels",
         "quick": quick,
         "machine": machine,
-        "triad": {"gbps": triad, "measurements_gbps": triads,
-                  "scaled_add_gbps": max(scaled_adds), "scaled_add_measurements_gbps": scaled_adds,
-                  "elements": yardstick_elements, "bytes_per_element": BYTES_PER_ELEMENT},
-        "settings": {"thresholds": list(THRESHOLDS), "quantile_orders": list(QUANTILE_ORDERS),
-                     "sobol_parameters": SOBOL_PARAMETERS, "budget_s": budget_s,
-                     "passes": passes,
-                     "timing": "best of >= 3 steady-state updates after 2 warm-up updates, "
-                               "melissa_nb, numpy and iterative-stats interleaved, best over "
-                               "the passes",
-                     "state_accesses": STATE_ACCESSES},
+        "triad": {
+            "gbps": triad,
+            "measurements_gbps": triads,
+            "scaled_add_gbps": max(scaled_adds),
+            "scaled_add_measurements_gbps": scaled_adds,
+            "elements": yardstick_elements,
+            "bytes_per_element": BYTES_PER_ELEMENT,
+        },
+        "settings": {
+            "thresholds": list(THRESHOLDS),
+            "quantile_orders": list(QUANTILE_ORDERS),
+            "sobol_parameters": SOBOL_PARAMETERS,
+            "budget_s": budget_s,
+            "passes": passes,
+            "timing": "best of >= 3 steady-state updates after 2 warm-up updates, "
+            "melissa_nb, numpy and iterative-stats interleaved, best over "
+            "the passes",
+            "state_accesses": STATE_ACCESSES,
+        },
         "numpy_disagreement": disagreement,
         "import_time": import_time,
         "records": records,
@@ -449,16 +503,30 @@ def print_table(results: Mapping[str, object]) -> None:
 
     triad = results["triad"]["gbps"]
     table = Table(title=f"melissa_nb kernels (triad {triad:.1f} GB/s, best of repeated updates)")
-    for column in ("kernel", "cells", "B/cell", "ms", "GB/s", "triad", "numpy ms", "x numpy",
-                   "iter-stats ms", "x iter-stats"):
-        table.add_column(column, justify="left" if column == "kernel" else "right",
-                         no_wrap=True)
+    for column in (
+        "kernel",
+        "cells",
+        "B/cell",
+        "ms",
+        "GB/s",
+        "triad",
+        "numpy ms",
+        "x numpy",
+        "iter-stats ms",
+        "x iter-stats",
+    ):
+        table.add_column(column, justify="left" if column == "kernel" else "right", no_wrap=True)
     for record in results["records"]:
         table.add_row(
-            record["name"], f"{record['cells']:,}", str(record["bytes_per_cell"]),
-            _number(record["ms"], 3), _number(record["gbps"], 1),
-            f"{record['fraction_of_triad']:.0%}", _number(record["numpy_ms"], 3),
-            _number(record["speedup_vs_numpy"], 1), _number(record["iterative_stats_ms"], 2),
+            record["name"],
+            f"{record['cells']:,}",
+            str(record["bytes_per_cell"]),
+            _number(record["ms"], 3),
+            _number(record["gbps"], 1),
+            f"{record['fraction_of_triad']:.0%}",
+            _number(record["numpy_ms"], 3),
+            _number(record["speedup_vs_numpy"], 1),
+            _number(record["iterative_stats_ms"], 2),
             _number(record["speedup_vs_iterative_stats"], 1),
         )
     console = Console()
@@ -469,9 +537,11 @@ def print_table(results: Mapping[str, object]) -> None:
     for cache in ("warm_cache", "cold_cache"):
         run_time = import_time[cache]
         if run_time is not None:
-            console.print(f"{cache.replace('_', ' ')}: import {run_time['import_s']:.3f} s + "
-                          f"first calls {run_time['first_call_s']:.3f} s = "
-                          f"{run_time['total_s']:.3f} s")
+            console.print(
+                f"{cache.replace('_', ' ')}: import {run_time['import_s']:.3f} s + "
+                f"first calls {run_time['first_call_s']:.3f} s = "
+                f"{run_time['total_s']:.3f} s"
+            )
     for target in results["targets"]:
         verdict = "[green]pass[/green]" if target["pass"] else "[red]FAIL[/red]"
         console.print(f"{verdict} {target['target']}: {_number(target['value'], 2)}")
@@ -479,8 +549,12 @@ def print_table(results: Mapping[str, object]) -> None:
 
 def main(*, quick: bool, output_dir: Path) -> Path:
     """Run the benchmark (small sizes if ``quick``), print it, write ``kernels.json``."""
-    results = run(QUICK_SIZES if quick else SIZES, quick=quick, passes=1 if quick else 3,
-                  progress=lambda line: print(line, file=sys.stderr, flush=True))
+    results = run(
+        QUICK_SIZES if quick else SIZES,
+        quick=quick,
+        passes=1 if quick else 3,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     print_table(results)
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "kernels.json"

@@ -112,8 +112,16 @@ class Study:
 
     def options(self) -> list[str]:
         """The server's command-line options for this study."""
-        options = ["-s", str(self.samples + self.unsent), "-t", str(self.timesteps), "-f", FIELD,
-                   "-o", self.operations]
+        options = [
+            "-s",
+            str(self.samples + self.unsent),
+            "-t",
+            str(self.timesteps),
+            "-f",
+            FIELD,
+            "-o",
+            self.operations,
+        ]
         if self.parameters:
             options += ["-p", str(self.parameters)]
         if self.thresholds:
@@ -197,16 +205,33 @@ class LiveServer:
     _blocks: dict[int, Any] = field(default_factory=dict)
 
     @classmethod
-    def launch(cls, study: Study, ranks: int, workdir: Path,
-               environment: dict[str, str] | None = None,
-               cpus: Sequence[int] | None = None) -> LiveServer:
+    def launch(
+        cls,
+        study: Study,
+        ranks: int,
+        workdir: Path,
+        environment: dict[str, str] | None = None,
+        cpus: Sequence[int] | None = None,
+    ) -> LiveServer:
         """Start the server (on `cpus` only, if given); returns at once (see `connect`)."""
         study_id = f"b{uuid.uuid4().hex[:8]}"
         port = free_port()
         output = workdir / study_id
-        command = [str(MELISSA), "server", *study.options(), "--connection-port", str(port),
-                   "--data_port", "0", "--output-dir", str(output), "--study-id", study_id,
-                   "-v", "1"]
+        command = [
+            str(MELISSA),
+            "server",
+            *study.options(),
+            "--connection-port",
+            str(port),
+            "--data_port",
+            "0",
+            "--output-dir",
+            str(output),
+            "--study-id",
+            study_id,
+            "-v",
+            "1",
+        ]
         if ranks > 1:
             command = [str(MPIEXEC), "-n", str(ranks), *command]
         env = dict(os.environ if environment is None else environment)
@@ -214,8 +239,9 @@ class LiveServer:
         log = workdir / f"{study_id}.log"
         with log.open("w") as sink:
             launched_at = time.monotonic()
-            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         if cpus is not None:
             # Set while the interpreter starts, before any thread exists: all inherit it.
             os.sched_setaffinity(process.pid, cpus)
@@ -258,8 +284,11 @@ class LiveServer:
 
     def state_blocks(self) -> list[str]:
         """Names of the live state blocks of this study (progress blocks excluded)."""
-        return [name for name in list_blocks(f"melissa_nb_{self.study_id}_")
-                if not name.endswith("_progress")]
+        return [
+            name
+            for name in list_blocks(f"melissa_nb_{self.study_id}_")
+            if not name.endswith("_progress")
+        ]
 
     def wait_counters(self, messages: int, timeout: float = 10.0) -> dict[int, dict[str, int]]:
         """Poll the ranks' progress blocks (refreshed every 0.5 s) until each counted `messages`
@@ -268,22 +297,31 @@ class LiveServer:
         deadline = time.monotonic() + timeout
         while True:
             ranks = read_progress(self.output).ranks
-            counters = {rank: {name: int(ranks[rank][name]) for name in
-                               ("messages", "accepted", "duplicates", "rejected",
-                                "kernel_passes")}
-                        for rank in ranks}
+            counters = {
+                rank: {
+                    name: int(ranks[rank][name])
+                    for name in ("messages", "accepted", "duplicates", "rejected", "kernel_passes")
+                }
+                for rank in ranks
+            }
             if len(counters) == self.ranks and all(
-                    c["messages"] >= messages for c in counters.values()):
+                c["messages"] >= messages for c in counters.values()
+            ):
                 return counters
             if time.monotonic() > deadline:
-                raise TimeoutError(f"progress counters {counters}, expected {messages} "
-                                   f"messages on each of {self.ranks} ranks")
+                raise TimeoutError(
+                    f"progress counters {counters}, expected {messages} "
+                    f"messages on each of {self.ranks} ranks"
+                )
             time.sleep(0.05)
 
     def state_bytes(self, rank: int) -> int:
         """Bytes of rank's live state blocks (their sizes in /dev/shm)."""
-        return sum(os.stat(Path(SHM_DIRECTORY) / name).st_size for name in self.state_blocks()
-                   if name.startswith(f"melissa_nb_{self.study_id}_r{rank}_"))
+        return sum(
+            os.stat(Path(SHM_DIRECTORY) / name).st_size
+            for name in self.state_blocks()
+            if name.startswith(f"melissa_nb_{self.study_id}_r{rank}_")
+        )
 
     def folded(self, rank: int) -> int | None:
         """Samples (groups with Sobol) folded into rank's state, all timesteps; None before the
@@ -304,8 +342,9 @@ class LiveServer:
             block.release()
         self._blocks.clear()
 
-    def wait_folded(self, expected: int, timeout: float = WAIT_S,
-                    sample: Callable[[], None] | None = None) -> float:
+    def wait_folded(
+        self, expected: int, timeout: float = WAIT_S, sample: Callable[[], None] | None = None
+    ) -> float:
         """Poll until every rank folded `expected` samples; returns when (time.monotonic).
 
         `sample` is called about every 20 ms meanwhile (memory sampling).
@@ -324,14 +363,17 @@ class LiveServer:
                 sample()
                 next_sample = now + 0.02
             if now > deadline:
-                raise TimeoutError(f"ranks {sorted(waiting)} did not fold {expected} samples "
-                                   f"within {timeout:g} s:\n{self.text()}")
+                raise TimeoutError(
+                    f"ranks {sorted(waiting)} did not fold {expected} samples "
+                    f"within {timeout:g} s:\n{self.text()}"
+                )
             self._check_alive("the statistics")
             time.sleep(POLL_S)
         return time.monotonic()
 
-    def wait_exit(self, timeout: float = WAIT_S,
-                  sample: Callable[[], None] | None = None) -> ServerExit:
+    def wait_exit(
+        self, timeout: float = WAIT_S, sample: Callable[[], None] | None = None
+    ) -> ServerExit:
         """Wait for the process (tree) to end; `wait4` gives the peak RSS of the whole tree."""
         deadline = time.monotonic() + timeout
         while self.exit is None:
@@ -340,8 +382,9 @@ class LiveServer:
             if pid:
                 self.process.returncode = os.waitstatus_to_exitcode(status)
                 # ru_maxrss is in KiB on Linux; wait4 includes reaped descendants (the ranks)
-                self.exit = ServerExit(self.process.returncode, now - self.launched_at,
-                                       usage.ru_maxrss * 1024)
+                self.exit = ServerExit(
+                    self.process.returncode, now - self.launched_at, usage.ru_maxrss * 1024
+                )
                 break
             if now > deadline:
                 raise TimeoutError(f"server did not exit within {timeout:g} s:\n{self.text()}")
@@ -361,8 +404,12 @@ class LiveServer:
         found = {}
         for match in _SUMMARY.finditer(self.text()):
             rank, _, messages, accepted, duplicates, rejected = match.groups()
-            found[int(rank)] = {"messages": int(messages), "accepted": int(accepted),
-                                "duplicates": int(duplicates), "rejected": int(rejected)}
+            found[int(rank)] = {
+                "messages": int(messages),
+                "accepted": int(accepted),
+                "duplicates": int(duplicates),
+                "rejected": int(rejected),
+            }
         return found
 
     def text(self) -> str:
@@ -388,8 +435,10 @@ class LiveServer:
 
     def _check_alive(self, waiting_for: str) -> None:
         if self.exit is None and self.process.poll() is not None:
-            raise RuntimeError(f"server exited ({self.process.returncode}) while waiting for "
-                               f"{waiting_for}:\n{self.text()}")
+            raise RuntimeError(
+                f"server exited ({self.process.returncode}) while waiting for "
+                f"{waiting_for}:\n{self.text()}"
+            )
 
 
 # --- sender and raw receiver processes (spawned: module-level functions) -----------------------
@@ -402,13 +451,20 @@ def _payload(vectors: int, cells: int, seed: int) -> np.ndarray:
 
 def _rounds(items: Sequence[int], rounds: int) -> list[Sequence[int]]:
     """`items` cut into `rounds` consecutive, nearly equal parts."""
-    return [items[r * len(items) // rounds:(r + 1) * len(items) // rounds]
-            for r in range(rounds)]
+    return [items[r * len(items) // rounds : (r + 1) * len(items) // rounds] for r in range(rounds)]
 
 
-def send_study(addresses: Sequence[str], cells: int, vectors: int,
-               simulations: Sequence[int], timesteps: int, ready: Any, gos: Sequence[Any],
-               results: Any, cpus: Sequence[int] | None = None) -> None:
+def send_study(
+    addresses: Sequence[str],
+    cells: int,
+    vectors: int,
+    simulations: Sequence[int],
+    timesteps: int,
+    ready: Any,
+    gos: Sequence[Any],
+    results: Any,
+    cpus: Sequence[int] | None = None,
+) -> None:
     """Sender process: stream every (simulation, timestep) of `simulations` to every address
     (on `cpus` only, ZeroMQ's I/O thread included, when given).
 
@@ -433,9 +489,11 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
         socket.setsockopt(zmq.SNDTIMEO, int(WAIT_S * 1000))
         socket.connect(addresses[server_rank])
         sockets.append(socket)
-        piece = values[:, offset:offset + size]
-        frames = [encode_data_frame(0, 0, 0, FIELD, piece if vectors > 1 else piece[0])
-                  for _ in range(SENDER_RING)]
+        piece = values[:, offset : offset + size]
+        frames = [
+            encode_data_frame(0, 0, 0, FIELD, piece if vectors > 1 else piece[0])
+            for _ in range(SENDER_RING)
+        ]
         rings.append([[frame, None] for frame in frames])
     ready.set()
     sent = 0
@@ -450,24 +508,35 @@ def send_study(addresses: Sequence[str], cells: int, vectors: int,
                     slot = ring[sent % SENDER_RING]
                     if slot[1] is not None:
                         slot[1].wait(WAIT_S)  # ZeroMQ still holds this frame: keep it intact
-                    slot[0][:DATA_HEADER_SIZE] = encode_data_header(timestep, simulation, 0,
-                                                                    size, FIELD)
+                    slot[0][:DATA_HEADER_SIZE] = encode_data_header(
+                        timestep, simulation, 0, size, FIELD
+                    )
                     slot[1] = socket.send(slot[0], copy=False, track=True)
                 sent += 1
         for ring in rings:
             for _, tracker in ring:
                 if tracker is not None:
                     tracker.wait(WAIT_S)
-        results.put({"first_send": first_send, "last_sent": time.monotonic(),
-                     "cpu_seconds": time.process_time() - cpu_start})
+        results.put(
+            {
+                "first_send": first_send,
+                "last_sent": time.monotonic(),
+                "cpu_seconds": time.process_time() - cpu_start,
+            }
+        )
     for socket in sockets:
         socket.close()
     context.term()
 
 
-def start_senders(context: Any, study: Study, senders: int, addresses: Sequence[str],
-                  rounds: int = 1, cpus: Sequence[int] | None = None
-                  ) -> tuple[list[Any], list[Any], Any]:
+def start_senders(
+    context: Any,
+    study: Study,
+    senders: int,
+    addresses: Sequence[str],
+    rounds: int = 1,
+    cpus: Sequence[int] | None = None,
+) -> tuple[list[Any], list[Any], Any]:
     """Spawn `senders` processes sharing the study's ids round robin (on `cpus` if given);
     wait until each is connected. Returns (processes, one go event per round, results queue):
     set a round's go event to start it, then collect its times with `sender_times`."""
@@ -479,10 +548,19 @@ def start_senders(context: Any, study: Study, senders: int, addresses: Sequence[
         ready = context.Event()
         process = context.Process(
             target=send_study,
-            args=(list(addresses), study.cells, study.vectors,
-                  list(study.simulation_ids[sender::senders]), study.timesteps, ready, gos,
-                  results, cpus),
-            daemon=True)
+            args=(
+                list(addresses),
+                study.cells,
+                study.vectors,
+                list(study.simulation_ids[sender::senders]),
+                study.timesteps,
+                ready,
+                gos,
+                results,
+                cpus,
+            ),
+            daemon=True,
+        )
         process.start()
         processes.append(process)
         readies.append(ready)
@@ -497,8 +575,11 @@ def sender_times(results: Any, senders: int) -> tuple[float, float, float]:
     """(first send of any sender, last frame released by any sender) in time.monotonic, and
     the senders' CPU seconds together."""
     times = [results.get(timeout=WAIT_S) for _ in range(senders)]
-    return (min(t["first_send"] for t in times), max(t["last_sent"] for t in times),
-            sum(t["cpu_seconds"] for t in times))
+    return (
+        min(t["first_send"] for t in times),
+        max(t["last_sent"] for t in times),
+        sum(t["cpu_seconds"] for t in times),
+    )
 
 
 def join(processes: Sequence[Any]) -> None:
@@ -513,8 +594,9 @@ def join(processes: Sequence[Any]) -> None:
         raise RuntimeError(f"benchmark processes failed with exit codes {failed}")
 
 
-def receive_raw(per_round: int, rounds: int, addresses: Any, results: Any,
-                cpus: Sequence[int] | None = None) -> None:
+def receive_raw(
+    per_round: int, rounds: int, addresses: Any, results: Any, cpus: Sequence[int] | None = None
+) -> None:
     """Raw receiver process (on `cpus` if given): bind PULL (RCVHWM 32), put its address,
     receive `rounds` x `per_round` frames.
 
@@ -543,7 +625,12 @@ def receive_raw(per_round: int, rounds: int, addresses: Any, results: Any,
                 cpu_start = time.process_time()
             size += len(frame)
             received += 1
-        results.put({"last_receive": time.monotonic(), "bytes": size,
-                     "cpu_seconds": time.process_time() - cpu_start})
+        results.put(
+            {
+                "last_receive": time.monotonic(),
+                "bytes": size,
+                "cpu_seconds": time.process_time() - cpu_start,
+            }
+        )
     pull.close()
     context.term()

@@ -39,17 +39,56 @@ from melissa_nb.server.config import ServerConfig
 
 MEMBER_BUFFER_MB = 96  # holds 16 timesteps x 7 members x 1e5 cells (85.4 MiB)
 CASES = (
-    ("general", Study(operations="mean:variance:min:max:threshold", cells=1_000_000,
-                      timesteps=16, samples=4, thresholds=(0.5, 1.5)), 1),
-    ("general", Study(operations="mean:variance:min:max:threshold", cells=1_000_000,
-                      timesteps=16, samples=4, thresholds=(0.5, 1.5)), 2),
-    ("sobol_p5_members", Study(operations="mean:variance:sobol", cells=100_000, timesteps=16,
-                               samples=4, parameters=5, members=True,
-                               member_buffer_mb=MEMBER_BUFFER_MB), 1),
+    (
+        "general",
+        Study(
+            operations="mean:variance:min:max:threshold",
+            cells=1_000_000,
+            timesteps=16,
+            samples=4,
+            thresholds=(0.5, 1.5),
+        ),
+        1,
+    ),
+    (
+        "general",
+        Study(
+            operations="mean:variance:min:max:threshold",
+            cells=1_000_000,
+            timesteps=16,
+            samples=4,
+            thresholds=(0.5, 1.5),
+        ),
+        2,
+    ),
+    (
+        "sobol_p5_members",
+        Study(
+            operations="mean:variance:sobol",
+            cells=100_000,
+            timesteps=16,
+            samples=4,
+            parameters=5,
+            members=True,
+            member_buffer_mb=MEMBER_BUFFER_MB,
+        ),
+        1,
+    ),
 )
 QUICK_CASES = (
-    ("sobol_p5_members", Study(operations="mean:variance:sobol", cells=2_000, timesteps=4,
-                               samples=2, parameters=5, members=True, member_buffer_mb=1), 2),
+    (
+        "sobol_p5_members",
+        Study(
+            operations="mean:variance:sobol",
+            cells=2_000,
+            timesteps=4,
+            samples=2,
+            parameters=5,
+            members=True,
+            member_buffer_mb=1,
+        ),
+        2,
+    ),
 )
 SENDERS = 1
 BATCH_MB = next(f.default for f in dataclasses.fields(ServerConfig) if f.name == "batch_mb")
@@ -101,8 +140,10 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
     messages = study.messages_per_rank
     expected = {"messages": messages, "accepted": messages, "duplicates": 0, "rejected": 0}
     if ended.returncode != 0 or leftovers or summaries != dict.fromkeys(range(ranks), expected):
-        raise RuntimeError(f"server exit code {ended.returncode}, counters {summaries}, blocks "
-                           f"left {leftovers}:\n{server.text()}")
+        raise RuntimeError(
+            f"server exit code {ended.returncode}, counters {summaries}, blocks "
+            f"left {leftovers}:\n{server.text()}"
+        )
     queue = RCVHWM * SENDERS * study.frame_bytes
     members = int((study.member_buffer_mb or 0) * 2**20) if study.members else 0
     batch = int(BATCH_MB * 2**20) + study.frame_bytes
@@ -111,15 +152,26 @@ def measure(name: str, study: Study, ranks: int, workdir: Path) -> dict[str, obj
     peak = max(max(final), ended.tree_peak_rss_bytes)
     allowed = (1 + TARGET_RELATIVE) * max(budgets) + TARGET_ABSOLUTE_BYTES
     return {
-        "case": name, "operations": study.operations, "ranks": ranks, "senders": SENDERS,
-        "cells_per_message": study.cells, "timesteps": study.timesteps,
-        "samples": study.samples, "message_bytes": study.frame_bytes,
-        "state_bytes": state, "queue_bytes": queue, "member_buffer_bytes": members,
-        "batch_bytes": batch, "budget_bytes": budgets, "idle_rss_bytes": idle,
+        "case": name,
+        "operations": study.operations,
+        "ranks": ranks,
+        "senders": SENDERS,
+        "cells_per_message": study.cells,
+        "timesteps": study.timesteps,
+        "samples": study.samples,
+        "message_bytes": study.frame_bytes,
+        "state_bytes": state,
+        "queue_bytes": queue,
+        "member_buffer_bytes": members,
+        "batch_bytes": batch,
+        "budget_bytes": budgets,
+        "idle_rss_bytes": idle,
         "idle_rss_file_bytes": [status["RssFile"] for status in idle_status],
         "peak_at_ingest_bytes": at_ingest,
-        "peak_final_bytes": final, "tree_peak_rss_bytes": ended.tree_peak_rss_bytes,
-        "peak_bytes": peak, "allowed_bytes": allowed,
+        "peak_final_bytes": final,
+        "tree_peak_rss_bytes": ended.tree_peak_rss_bytes,
+        "peak_bytes": peak,
+        "allowed_bytes": allowed,
         "excess_over_budget_bytes": peak - max(budgets),
         "growth_over_idle_bytes": [p - i for p, i in zip(final, idle, strict=True)],
         # from the last sample folded in to the exit: end vote, netCDF output, shutdown
@@ -133,23 +185,31 @@ def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict
     with tempfile.TemporaryDirectory(prefix="melissa_nb_memory_") as workdir:
         for name, study, ranks in QUICK_CASES if quick else CASES:
             records.append(measure(name, study, ranks, Path(workdir)))
-            progress(f"{name}, {ranks} rank(s): peak {records[-1]['peak_bytes'] / 2**20:.0f} "
-                     f"MiB, budget {max(records[-1]['budget_bytes']) / 2**20:.0f} MiB")
+            progress(
+                f"{name}, {ranks} rank(s): peak {records[-1]['peak_bytes'] / 2**20:.0f} "
+                f"MiB, budget {max(records[-1]['budget_bytes']) / 2**20:.0f} MiB"
+            )
     return {
         "benchmark": "memory",
         "quick": quick,
         "machine": machine_info(),
-        "settings": {"senders": SENDERS, "rcvhwm": RCVHWM,
-                     "target": "peak <= 1.1 x (state + RCVHWM x message x senders + fold "
-                               "batch + member buffer) + 100 MB",
-                     "measured": "VmHWM of each rank sampled every 20 ms; wait4 ru_maxrss of "
-                                 "the process tree at exit"},
+        "settings": {
+            "senders": SENDERS,
+            "rcvhwm": RCVHWM,
+            "target": "peak <= 1.1 x (state + RCVHWM x message x senders + fold "
+            "batch + member buffer) + 100 MB",
+            "measured": "VmHWM of each rank sampled every 20 ms; wait4 ru_maxrss of "
+            "the process tree at exit",
+        },
         "records": records,
-        "targets": [{
-            "target": f"{r['case']} M={r['ranks']}: peak RSS <= 1.1 x budget + 100 MB",
-            "value": r["peak_bytes"] / r["allowed_bytes"],
-            "pass": r["peak_bytes"] <= r["allowed_bytes"],
-        } for r in records],
+        "targets": [
+            {
+                "target": f"{r['case']} M={r['ranks']}: peak RSS <= 1.1 x budget + 100 MB",
+                "value": r["peak_bytes"] / r["allowed_bytes"],
+                "pass": r["peak_bytes"] <= r["allowed_bytes"],
+            }
+            for r in records
+        ],
     }
 
 
@@ -157,16 +217,20 @@ def print_table(results: Mapping[str, object]) -> None:
     """Print one line per case (MiB) and the targets."""
     mib = 2**20
     for r in results["records"]:
-        print(f"{r['case']} M={r['ranks']}: state {max(r['state_bytes']) / mib:.0f} + queue "
-              f"{r['queue_bytes'] / mib:.0f} + batch {r['batch_bytes'] / mib:.0f} + members "
-              f"{r['member_buffer_bytes'] / mib:.0f} = budget {max(r['budget_bytes']) / mib:.0f} "
-              f"MiB; idle {max(r['idle_rss_bytes']) / mib:.0f} (file-backed "
-              f"{max(r['idle_rss_file_bytes']) / mib:.0f}), peak at ingest "
-              f"{max(r['peak_at_ingest_bytes']) / mib:.0f}, peak {r['peak_bytes'] / mib:.0f} MiB; "
-              f"{r['end_seconds']:.1f} s from the last sample to the exit")
+        print(
+            f"{r['case']} M={r['ranks']}: state {max(r['state_bytes']) / mib:.0f} + queue "
+            f"{r['queue_bytes'] / mib:.0f} + batch {r['batch_bytes'] / mib:.0f} + members "
+            f"{r['member_buffer_bytes'] / mib:.0f} = budget {max(r['budget_bytes']) / mib:.0f} "
+            f"MiB; idle {max(r['idle_rss_bytes']) / mib:.0f} (file-backed "
+            f"{max(r['idle_rss_file_bytes']) / mib:.0f}), peak at ingest "
+            f"{max(r['peak_at_ingest_bytes']) / mib:.0f}, peak {r['peak_bytes'] / mib:.0f} MiB; "
+            f"{r['end_seconds']:.1f} s from the last sample to the exit"
+        )
     for target in results["targets"]:
-        print(f"{'pass' if target['pass'] else 'FAIL'} {target['target']}: "
-              f"{target['value']:.2f} of allowed")
+        print(
+            f"{'pass' if target['pass'] else 'FAIL'} {target['target']}: "
+            f"{target['value']:.2f} of allowed"
+        )
 
 
 def main(*, quick: bool, output_dir: Path) -> Path:

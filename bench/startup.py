@@ -22,15 +22,22 @@ from pathlib import Path
 from bench.live_server import LiveServer, Study, memory_status, write_json
 from bench.timing import machine_info
 
-STUDY = Study(operations="mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
-              cells=1, timesteps=1, samples=1, parameters=5, thresholds=(0.5, 1.5),
-              quantiles=(0.05, 0.5, 0.95))
+STUDY = Study(
+    operations="mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
+    cells=1,
+    timesteps=1,
+    samples=1,
+    parameters=5,
+    thresholds=(0.5, 1.5),
+    quantiles=(0.05, 0.5, 0.95),
+)
 WARM_RUNS = 3
 TARGET_WARM_S = 2.0
 
 
-def measure_start(ranks: int, workdir: Path, environment: Mapping[str, str] | None = None,
-                  cache: str = "warm") -> dict[str, object]:
+def measure_start(
+    ranks: int, workdir: Path, environment: Mapping[str, str] | None = None, cache: str = "warm"
+) -> dict[str, object]:
     """Launch, handshake, read the ranks' memory, stop (SIGTERM); one record."""
     load = os.getloadavg()[0]
     with LiveServer.launch(STUDY, ranks, workdir, dict(environment or os.environ)) as server:
@@ -40,9 +47,14 @@ def measure_start(ranks: int, workdir: Path, environment: Mapping[str, str] | No
         leftovers = server.close()
     if leftovers:
         raise RuntimeError(f"shared-memory blocks left after SIGTERM: {leftovers}")
-    return {"ranks": ranks, "cache": cache, "seconds": seconds,
-            "idle_rss_bytes": [m["VmRSS"] if m else None for m in memory],
-            "exit_code_after_sigterm": ended.returncode, "load_1min_before": load}
+    return {
+        "ranks": ranks,
+        "cache": cache,
+        "seconds": seconds,
+        "idle_rss_bytes": [m["VmRSS"] if m else None for m in memory],
+        "exit_code_after_sigterm": ended.returncode,
+        "load_1min_before": load,
+    }
 
 
 def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict[str, object]:
@@ -68,13 +80,20 @@ def run(*, quick: bool = False, progress: Callable[[str], None] = print) -> dict
         "benchmark": "startup",
         "quick": quick,
         "machine": machine_info(),
-        "settings": {"options": STUDY.options(),
-                     "timing": "time.monotonic from Popen to the connection reply; warm cache "
-                               "after one untimed launch, cold cache with a fresh "
-                               "NUMBA_CACHE_DIR"},
+        "settings": {
+            "options": STUDY.options(),
+            "timing": "time.monotonic from Popen to the connection reply; warm cache "
+            "after one untimed launch, cold cache with a fresh "
+            "NUMBA_CACHE_DIR",
+        },
         "records": records,
-        "targets": [{"target": f"start-up, warm cache, 1 rank (median) < {TARGET_WARM_S:g} s",
-                     "value": median_warm, "pass": median_warm < TARGET_WARM_S}],
+        "targets": [
+            {
+                "target": f"start-up, warm cache, 1 rank (median) < {TARGET_WARM_S:g} s",
+                "value": median_warm,
+                "pass": median_warm < TARGET_WARM_S,
+            }
+        ],
     }
 
 
@@ -82,8 +101,10 @@ def print_table(results: Mapping[str, object]) -> None:
     """Print the runs and the target."""
     for record in results["records"]:
         rss = ", ".join(f"{value / 2**20:.0f}" for value in record["idle_rss_bytes"] if value)
-        print(f"{record['cache']:>5} cache, {record['ranks']} rank(s): {record['seconds']:.2f} s "
-              f"to the first handshake; idle RSS per rank {rss} MiB")
+        print(
+            f"{record['cache']:>5} cache, {record['ranks']} rank(s): {record['seconds']:.2f} s "
+            f"to the first handshake; idle RSS per rank {rss} MiB"
+        )
     for target in results["targets"]:
         print(f"{'pass' if target['pass'] else 'FAIL'} {target['target']}: {target['value']:.2f}")
 

@@ -73,8 +73,7 @@ def time_interleaved(
         ):
             break
     return {
-        name: Timing(best_s=min(samples), median_s=statistics.median(samples),
-                     repeats=len(samples))
+        name: Timing(best_s=min(samples), median_s=statistics.median(samples), repeats=len(samples))
         for name, samples in times.items()
     }
 

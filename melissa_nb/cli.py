@@ -19,6 +19,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """In-transit sensitivity analysis server (Melissa 0.6 compatible)."""
+
+
 @app.command()
 def version() -> None:
     """Print the melissa_nb version."""

@@ -23,8 +23,13 @@ from rich.table import Table
 from melissa_nb.errors import ConfigurationError
 
 INSTALL_PLOTS = "pip install 'melissa_nb[plots]'"
-COUNT_ATTRIBUTES = ("sampling_size", "samples_per_group", "simulations_dropped", "study_complete",
-                    "server_ranks")
+COUNT_ATTRIBUTES = (
+    "sampling_size",
+    "samples_per_group",
+    "simulations_dropped",
+    "study_complete",
+    "server_ranks",
+)
 """Global attributes of the server's files that the summary shows as counts."""
 SOBOL_INTERVALS = {
     "first": ("sobol_first_ci_low", "sobol_first_ci_high"),
@@ -99,9 +104,11 @@ def load_field(path: str | Path) -> FieldResults:
     with netCDF4.Dataset(path) as dataset:
         dataset.set_auto_mask(False)
         # Statistics only: coordinate variables (named like their dimension) are left out.
-        variables = {name: np.asarray(variable[...]) for name, variable in
-                     dataset.variables.items()
-                     if "time" in variable.dimensions and name not in dataset.dimensions}
+        variables = {
+            name: np.asarray(variable[...])
+            for name, variable in dataset.variables.items()
+            if "time" in variable.dimensions and name not in dataset.dimensions
+        }
         attributes = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
         dimensions = {name: len(dimension) for name, dimension in dataset.dimensions.items()}
     missing = {"time", "cell"} - set(dimensions)
@@ -113,11 +120,13 @@ def load_field(path: str | Path) -> FieldResults:
         parameter_names = tuple(names.split())
     else:
         parameter_names = _names_from_csv(path.parent, nb_parameters) or tuple(
-            f"p{k}" for k in range(1, nb_parameters + 1))
+            f"p{k}" for k in range(1, nb_parameters + 1)
+        )
     grid = attributes.get("grid_shape")
     grid_shape = tuple(int(size) for size in np.atleast_1d(grid)) if grid is not None else None
-    return FieldResults(path, path.stem, variables, dimensions, attributes, parameter_names,
-                        grid_shape)
+    return FieldResults(
+        path, path.stem, variables, dimensions, attributes, parameter_names, grid_shape
+    )
 
 
 def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:
@@ -141,12 +150,14 @@ def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:
 
 def summarize(results: FieldResults) -> FieldSummary:
     """Sample counts, value ranges of every statistic, worst Sobol interval widths."""
-    counts = {key: results.attributes[key] for key in COUNT_ATTRIBUTES
-              if key in results.attributes}
+    counts = {key: results.attributes[key] for key in COUNT_ATTRIBUTES if key in results.attributes}
     if "sample_count" in results.variables:
         samples = results.variables["sample_count"]
-        counts["sample_count"] = (f"{samples.min()}" if samples.min() == samples.max()
-                                  else f"{samples.min()}..{samples.max()}")
+        counts["sample_count"] = (
+            f"{samples.min()}"
+            if samples.min() == samples.max()
+            else f"{samples.min()}..{samples.max()}"
+        )
     ranges = {}
     for name, values in results.variables.items():
         if name == "sample_count":
@@ -154,8 +165,15 @@ def summarize(results: FieldResults) -> FieldSummary:
         finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values.ravel()
         if finite.size:
             ranges[name] = (float(finite.min()), float(finite.max()))
-    return FieldSummary(results.path, results.name, results.timesteps, results.cells, counts,
-                        ranges, worst_widths(results))
+    return FieldSummary(
+        results.path,
+        results.name,
+        results.timesteps,
+        results.cells,
+        counts,
+        ranges,
+        worst_widths(results),
+    )
 
 
 def field_summaries(directory: str | Path) -> list[FieldSummary]:
@@ -165,8 +183,11 @@ def field_summaries(directory: str | Path) -> list[FieldSummary]:
 
 def summary_table(summary: FieldSummary) -> Table:
     """The rich table of one field."""
-    table = Table(title=f"{summary.name}: {summary.timesteps} timesteps x {summary.cells} cells"
-                        f"  ({summary.path})", title_justify="left")
+    table = Table(
+        title=f"{summary.name}: {summary.timesteps} timesteps x {summary.cells} cells"
+        f"  ({summary.path})",
+        title_justify="left",
+    )
     table.add_column("statistic")
     table.add_column("min", justify="right")
     table.add_column("max", justify="right")
@@ -193,13 +214,20 @@ def parse_shape(text: str) -> tuple[int, ...]:
 def _grid(results: FieldResults, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
     grid = shape or results.grid_shape
     if grid is not None and int(np.prod(grid)) != results.cells:
-        raise ConfigurationError(f"grid shape {grid} does not hold the {results.cells} cells of "
-                                 f"{results.path.name}")
+        raise ConfigurationError(
+            f"grid shape {grid} does not hold the {results.cells} cells of {results.path.name}"
+        )
     return grid if grid is not None and len(grid) == 2 else None
 
 
-def _draw(axes, values: np.ndarray, grid: tuple[int, ...] | None, title: str, figure,
-          limits: tuple[float, float] | None = None) -> None:
+def _draw(
+    axes,
+    values: np.ndarray,
+    grid: tuple[int, ...] | None,
+    title: str,
+    figure,
+    limits: tuple[float, float] | None = None,
+) -> None:
     """A map when the grid is 2-D, else a line over the cells."""
     axes.set_title(title, fontsize=9)
     if grid is None:
@@ -215,8 +243,9 @@ def _draw(axes, values: np.ndarray, grid: tuple[int, ...] | None, title: str, fi
     figure.colorbar(image, ax=axes, shrink=0.8)
 
 
-def plot_field(results: FieldResults, timestep: int, cell: int, shape: tuple[int, ...] | None,
-               out_dir: Path) -> list[Path]:
+def plot_field(
+    results: FieldResults, timestep: int, cell: int, shape: tuple[int, ...] | None, out_dir: Path
+) -> list[Path]:
     """Write the PNG plots of one field; returns their paths."""
     import matplotlib
 
@@ -248,12 +277,19 @@ def plot_field(results: FieldResults, timestep: int, cell: int, shape: tuple[int
         figure, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
         for row, order in enumerate(("first", "total")):
             for k, name in enumerate(names):
-                _draw(axes[row, k], variables[f"sobol_{order}"][step, k], grid,
-                      f"{order} {name}, t={step}", figure, limits=(0.0, 1.0))
+                _draw(
+                    axes[row, k],
+                    variables[f"sobol_{order}"][step, k],
+                    grid,
+                    f"{order} {name}, t={step}",
+                    figure,
+                    limits=(0.0, 1.0),
+                )
         written.append(_save(figure, out_dir / f"{results.name}_sobol_t{step}.png", plt))
 
     panels = (["mean"] if "mean" in variables else []) + (
-        ["first", "total"] if results.sobol else [])
+        ["first", "total"] if results.sobol else []
+    )
     if panels:
         figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
         time = np.arange(steps)
@@ -267,10 +303,14 @@ def plot_field(results: FieldResults, timestep: int, cell: int, shape: tuple[int
             else:
                 low_name, high_name = SOBOL_INTERVALS[what]
                 for k, name in enumerate(names):
-                    line, = panel.plot(time, variables[f"sobol_{what}"][:, k, cell], label=name)
-                    panel.fill_between(time, variables[low_name][:, k, cell],
-                                       variables[high_name][:, k, cell], alpha=0.2,
-                                       color=line.get_color())
+                    (line,) = panel.plot(time, variables[f"sobol_{what}"][:, k, cell], label=name)
+                    panel.fill_between(
+                        time,
+                        variables[low_name][:, k, cell],
+                        variables[high_name][:, k, cell],
+                        alpha=0.2,
+                        color=line.get_color(),
+                    )
                 panel.set_ylim(-0.05, 1.05)
             panel.set_title(f"{results.name} {what}, cell {cell}", fontsize=9)
             panel.set_xlabel("timestep")
@@ -286,8 +326,14 @@ def _save(figure, path: Path, plt) -> Path:
     return path
 
 
-def show_results(directory: str, timestep: int = -1, cell: int = 0, shape: str | None = None,
-                 plots: bool = True, plot_dir: str | None = None) -> int:
+def show_results(
+    directory: str,
+    timestep: int = -1,
+    cell: int = 0,
+    shape: str | None = None,
+    plots: bool = True,
+    plot_dir: str | None = None,
+) -> int:
     """`melissa-nb results`: print the tables, write the plots; returns the exit code."""
     console = Console()
     errors = Console(stderr=True, soft_wrap=True)

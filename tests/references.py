@@ -33,8 +33,9 @@ FIELD_REFERENCES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "min_simulation": lambda samples, ids: ids[samples.argmin(axis=0)],
     "max_simulation": lambda samples, ids: ids[samples.argmax(axis=0)],
     "threshold_exceedance": lambda samples, ids: exceedances(samples, THRESHOLDS),
-    "exceedance_probability": lambda samples, ids: exceedances(samples, THRESHOLDS)
-    / samples.shape[0],
+    "exceedance_probability": lambda samples, ids: (
+        exceedances(samples, THRESHOLDS) / samples.shape[0]
+    ),
 }
 
 
@@ -61,12 +62,12 @@ def martinez_batch(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def ishigami(inputs: np.ndarray, a: float = 7.0, b: float = 0.1) -> np.ndarray:
     """The Ishigami function of inputs (..., 3)."""
     x1, x2, x3 = inputs[..., 0], inputs[..., 1], inputs[..., 2]
-    return np.sin(x1) + a * np.sin(x2) ** 2 + b * x3 ** 4 * np.sin(x1)
+    return np.sin(x1) + a * np.sin(x2) ** 2 + b * x3**4 * np.sin(x1)
 
 
 def ishigami_indices(a: float = 7.0, b: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """Closed-form (first, total) indices of Ishigami with inputs U(-pi, pi)."""
-    pi4 = np.pi ** 4
+    pi4 = np.pi**4
     d1 = 0.5 * (1.0 + b * pi4 / 5.0) ** 2
     d2 = a * a / 8.0
     d13 = b * b * pi4 * pi4 * (1.0 / 18.0 - 1.0 / 50.0)
@@ -76,8 +77,9 @@ def ishigami_indices(a: float = 7.0, b: float = 0.1) -> tuple[np.ndarray, np.nda
     return first, total
 
 
-def pick_freeze(function: Callable[[np.ndarray], np.ndarray], draw_a: np.ndarray,
-                draw_b: np.ndarray) -> np.ndarray:
+def pick_freeze(
+    function: Callable[[np.ndarray], np.ndarray], draw_a: np.ndarray, draw_b: np.ndarray
+) -> np.ndarray:
     """Groups (n, p + 2, cells) from input draws A and B of shape (n, cells, p)."""
     p = draw_a.shape[-1]
     rows = [function(draw_a), function(draw_b)]

@@ -69,8 +69,9 @@ def test_a_batch_folds_exactly_as_one_by_one(rng: np.random.Generator, sobol: bo
 
 def state(statistics: SliceStatistics) -> dict[str, np.ndarray]:
     """Copies of a slice's state arrays (its block's views must not outlive it)."""
-    return {name: array.copy() for name, array in statistics.block.arrays.items()
-            if name != "received"}
+    return {
+        name: array.copy() for name, array in statistics.block.arrays.items() if name != "received"
+    }
 
 
 def test_a_batch_is_full_at_its_bound(rng: np.random.Generator) -> None:
@@ -121,7 +122,10 @@ def test_embedded_server_folds_a_backlog_in_few_passes(
     for t in range(timesteps):
         for name, reference in FIELD_REFERENCES.items():
             np.testing.assert_allclose(
-                results.variables[name][t], reference(data[:, t], ids), rtol=1e-12, atol=1e-12,
+                results.variables[name][t],
+                reference(data[:, t], ids),
+                rtol=1e-12,
+                atol=1e-12,
                 err_msg=name,
             )
         quantiles = Quantiles(cells, QUANTILES)  # order matters: the arrival order

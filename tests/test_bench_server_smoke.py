@@ -17,22 +17,66 @@ import pytest
 from melissa_nb.server.state import list_blocks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-INGEST_KEYS = {"statistics", "operations", "cells_per_message", "vectors_per_message",
-               "message_bytes", "senders", "ranks", "timesteps", "messages_per_rank", "rounds",
-               "warmup_rounds", "bytes_per_round", "raw_seconds", "raw_gbps",
-               "raw_messages_per_s",
-               "processed_seconds", "processed_gbps", "processed_messages_per_s",
-               "raw_gbps_rounds", "processed_gbps_rounds", "server_counters",
-               "load_1min_before", "fraction_of_raw", "raw_sender_cpu_s_per_gb",
-               "raw_receiver_cpu_s_per_gb", "sender_cpu_s_per_gb", "server_cpu_s_per_gb",
-               "samples_per_pass", "unbatched_gbps", "unbatched_gbps_rounds",
-               "unbatched_server_cpu_s_per_gb", "batch_gain", "pinned"}
-MEMORY_KEYS = {"case", "operations", "ranks", "senders", "cells_per_message", "timesteps",
-               "samples", "message_bytes", "state_bytes", "queue_bytes", "member_buffer_bytes",
-               "batch_bytes", "idle_rss_file_bytes", "budget_bytes", "idle_rss_bytes",
-               "peak_at_ingest_bytes", "peak_final_bytes",
-               "tree_peak_rss_bytes", "peak_bytes", "allowed_bytes", "excess_over_budget_bytes",
-               "growth_over_idle_bytes", "end_seconds"}
+INGEST_KEYS = {
+    "statistics",
+    "operations",
+    "cells_per_message",
+    "vectors_per_message",
+    "message_bytes",
+    "senders",
+    "ranks",
+    "timesteps",
+    "messages_per_rank",
+    "rounds",
+    "warmup_rounds",
+    "bytes_per_round",
+    "raw_seconds",
+    "raw_gbps",
+    "raw_messages_per_s",
+    "processed_seconds",
+    "processed_gbps",
+    "processed_messages_per_s",
+    "raw_gbps_rounds",
+    "processed_gbps_rounds",
+    "server_counters",
+    "load_1min_before",
+    "fraction_of_raw",
+    "raw_sender_cpu_s_per_gb",
+    "raw_receiver_cpu_s_per_gb",
+    "sender_cpu_s_per_gb",
+    "server_cpu_s_per_gb",
+    "samples_per_pass",
+    "unbatched_gbps",
+    "unbatched_gbps_rounds",
+    "unbatched_server_cpu_s_per_gb",
+    "batch_gain",
+    "pinned",
+}
+MEMORY_KEYS = {
+    "case",
+    "operations",
+    "ranks",
+    "senders",
+    "cells_per_message",
+    "timesteps",
+    "samples",
+    "message_bytes",
+    "state_bytes",
+    "queue_bytes",
+    "member_buffer_bytes",
+    "batch_bytes",
+    "idle_rss_file_bytes",
+    "budget_bytes",
+    "idle_rss_bytes",
+    "peak_at_ingest_bytes",
+    "peak_final_bytes",
+    "tree_peak_rss_bytes",
+    "peak_bytes",
+    "allowed_bytes",
+    "excess_over_budget_bytes",
+    "growth_over_idle_bytes",
+    "end_seconds",
+}
 # Doubles per cell and timestep (docs/server.md, "Memory"): moments of order 2 (mean and
 # variance) 1 + 2, Sobol with p = 5 parameters 4 + 4p.
 MEAN_VARIANCE_SOBOL5_DOUBLES = 3 + 24
@@ -44,13 +88,29 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, 
     before = set(list_blocks("melissa_nb_b"))
     output_dir = tmp_path_factory.mktemp("bench_server")
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "ingest", "startup", "memory", "--quick",
-         "--output-dir", str(output_dir)],
-        cwd=REPOSITORY, capture_output=True, text=True, timeout=280, check=False)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "ingest",
+            "startup",
+            "memory",
+            "--quick",
+            "--output-dir",
+            str(output_dir),
+        ],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
     assert completed.returncode == 0, completed.stderr
     assert set(list_blocks("melissa_nb_b")) <= before, "shared-memory blocks left behind"
-    return completed.stdout, {name: json.loads((output_dir / f"{name}.json").read_text())
-                              for name in ("ingest", "startup", "memory")}
+    return completed.stdout, {
+        name: json.loads((output_dir / f"{name}.json").read_text())
+        for name in ("ingest", "startup", "memory")
+    }
 
 
 def test_ingest_records_are_consistent(quick_run: tuple[str, dict[str, dict]]) -> None:
@@ -82,11 +142,15 @@ def test_ingest_records_are_consistent(quick_run: tuple[str, dict[str, dict]]) -
         assert set(r["samples_per_pass"]) == {str(rank) for rank in range(r["ranks"])}
         assert all(value >= 1 for value in r["samples_per_pass"].values())
         assert r["server_counters"] == {
-            str(rank): {"messages": r["messages_per_rank"], "accepted": r["messages_per_rank"],
-                        "duplicates": 0, "rejected": 0}
-            for rank in range(r["ranks"])}
-    assert [t["pass"] for t in ingest["targets"]] == [
-        r["fraction_of_raw"] >= 0.85 for r in records]
+            str(rank): {
+                "messages": r["messages_per_rank"],
+                "accepted": r["messages_per_rank"],
+                "duplicates": 0,
+                "rejected": 0,
+            }
+            for rank in range(r["ranks"])
+        }
+    assert [t["pass"] for t in ingest["targets"]] == [r["fraction_of_raw"] >= 0.85 for r in records]
 
 
 def test_startup_records(quick_run: tuple[str, dict[str, dict]]) -> None:
@@ -101,8 +165,7 @@ def test_startup_records(quick_run: tuple[str, dict[str, dict]]) -> None:
     assert target["value"] == record["seconds"] and target["pass"] == (record["seconds"] < 2)
 
 
-def test_memory_budget_follows_the_documented_sizes(
-        quick_run: tuple[str, dict[str, dict]]) -> None:
+def test_memory_budget_follows_the_documented_sizes(quick_run: tuple[str, dict[str, dict]]) -> None:
     _, results = quick_run
     (r,) = results["memory"]["records"]
     assert set(r) == MEMORY_KEYS
@@ -114,14 +177,16 @@ def test_memory_budget_follows_the_documented_sizes(
     assert r["member_buffer_bytes"] == 2**20  # --member-buffer-mb 1
     assert r["batch_bytes"] == 64 * 2**20 + r["message_bytes"]  # --batch-mb 64 + one message
     assert r["budget_bytes"] == [
-        s + r["queue_bytes"] + r["member_buffer_bytes"] + r["batch_bytes"]
-        for s in r["state_bytes"]
+        s + r["queue_bytes"] + r["member_buffer_bytes"] + r["batch_bytes"] for s in r["state_bytes"]
     ]
-    for idle, at_ingest, final in zip(r["idle_rss_bytes"], r["peak_at_ingest_bytes"],
-                                      r["peak_final_bytes"], strict=True):
+    for idle, at_ingest, final in zip(
+        r["idle_rss_bytes"], r["peak_at_ingest_bytes"], r["peak_final_bytes"], strict=True
+    ):
         assert 0 < idle <= at_ingest <= final <= r["peak_bytes"]
-    assert all(0 < file <= idle for file, idle in
-               zip(r["idle_rss_file_bytes"], r["idle_rss_bytes"], strict=True))
+    assert all(
+        0 < file <= idle
+        for file, idle in zip(r["idle_rss_file_bytes"], r["idle_rss_bytes"], strict=True)
+    )
     assert r["end_seconds"] > 0
     assert r["allowed_bytes"] == pytest.approx(1.1 * max(r["budget_bytes"]) + 100e6)
     (target,) = results["memory"]["targets"]

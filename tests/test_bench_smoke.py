@@ -37,7 +37,7 @@ BYTES_PER_CELL = {
     "thresholds_2": 8 + 2 * 16,  # x, 2 int64 counts
     "quantiles_3": 8 + 2 * 8 + 3 * 16,  # x, running range (read), 3 estimates
     "sobol_martinez_p5": 7 * 8 + 8 + 24 * 16,  # 7 inputs, shift (read), 4 + 4p state doubles
-    "fused": 8 + (8 + 64) + 16 + 32 + 48,      # x once, each family's state; the quantiles'
+    "fused": 8 + (8 + 64) + 16 + 32 + 48,  # x once, each family's state; the quantiles'
     # running range is the extrema's min and max
 }
 RECORD_KEYS = {

@@ -23,16 +23,19 @@ from melissa_nb.study.sampling import read_parameters_csv
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def small_study(example: str, tmp_path: Path, study: dict, simulation: dict,
-                server: dict | None = None) -> Path:
+def small_study(
+    example: str, tmp_path: Path, study: dict, simulation: dict, server: dict | None = None
+) -> Path:
     """The example's study file with some keys set, written into tmp_path.
 
     The simulation still runs from the example's folder; results go to tmp_path/out.
     """
     text = (EXAMPLES / example / "study.toml").read_text()
-    changes = {"study": {"output_dir": str(tmp_path / "out"), **study},
-               "simulation": {"working_dir": str(EXAMPLES / example), **simulation},
-               "server": server or {}}
+    changes = {
+        "study": {"output_dir": str(tmp_path / "out"), **study},
+        "simulation": {"working_dir": str(EXAMPLES / example), **simulation},
+        "server": server or {},
+    }
     for section, values in changes.items():
         for key, value in values.items():
             text = set_key(text, section, key, _toml(value))
@@ -48,8 +51,9 @@ def set_key(text: str, section: str, key: str, value: str) -> str:
     if header not in lines:
         lines += ["", header]
     start = lines.index(header) + 1
-    end = next((index for index in range(start, len(lines)) if lines[index].startswith("[")),
-               len(lines))
+    end = next(
+        (index for index in range(start, len(lines)) if lines[index].startswith("[")), len(lines)
+    )
     for index in range(start, end):
         if lines[index].split("=")[0].strip() == key:
             lines[index] = f"{key} = {value}"
@@ -73,11 +77,20 @@ def _toml(value: object) -> str:
 def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
     size, steps, dt = 6, 3, 0.01
     study = small_study(
-        "heat", tmp_path,
-        {"sample_size": 4, "timesteps": steps, "grid_shape": [size, size], "thresholds": [150.0],
-         "statistics": ["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold"]},
-        {"command": f"python heat.py --size {size} --steps {steps} --dt {dt} "
-                    "{T0} {T1} {T2} {T3} {T4}", "at_once": 3},
+        "heat",
+        tmp_path,
+        {
+            "sample_size": 4,
+            "timesteps": steps,
+            "grid_shape": [size, size],
+            "thresholds": [150.0],
+            "statistics": ["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold"],
+        },
+        {
+            "command": f"python heat.py --size {size} --steps {steps} --dt {dt} "
+            "{T0} {T1} {T2} {T3} {T4}",
+            "at_once": 3,
+        },
         {"ranks": 2},  # under mpiexec: each rank owns part of the cells
     )
     completed = run_study(study)
@@ -86,8 +99,9 @@ def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
     heat = load_module(EXAMPLES / "heat" / "heat.py")
 
     def model(values: tuple[float, ...]) -> np.ndarray:
-        return np.array([field.ravel() for field in heat.heat(values[0], values[1:], size,
-                                                               steps, dt)])
+        return np.array(
+            [field.ravel() for field in heat.heat(values[0], values[1:], size, steps, dt)]
+        )
 
     finished, outputs = outputs_by_group(out, model, 7)
     assert finished == [0, 1, 2, 3]
@@ -100,7 +114,10 @@ def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
     assert loaded.grid_shape == (size, size)
     assert show_results(str(out), timestep=1, cell=7) == 0
     assert sorted(path.name for path in (out / "plots").iterdir()) == [
-        "temperature_cell7.png", "temperature_moments_t1.png", "temperature_sobol_t1.png"]
+        "temperature_cell7.png",
+        "temperature_moments_t1.png",
+        "temperature_sobol_t1.png",
+    ]
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)
@@ -111,13 +128,20 @@ def test_ishigami_indices_land_within_their_intervals(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr + completed.stdout
     out = tmp_path / "out"
     ishigami = load_module(EXAMPLES / "ishigami" / "ishigami.py")
-    finished, outputs = outputs_by_group(
-        out, lambda values: ishigami.ishigami(*values)[None, :], 5)
+    finished, outputs = outputs_by_group(out, lambda values: ishigami.ishigami(*values)[None, :], 5)
     assert finished == list(range(groups))
     results = read_results(out / "ishigami.nc")
     compared = assert_results_equal(results, batch_reference(finished, outputs))
-    assert compared >= {"mean", "variance", "sobol_first", "sobol_total", "sobol_first_ci_low",
-                        "sobol_first_ci_high", "sobol_total_ci_low", "sobol_total_ci_high"}
+    assert compared >= {
+        "mean",
+        "variance",
+        "sobol_first",
+        "sobol_total",
+        "sobol_first_ci_low",
+        "sobol_first_ci_high",
+        "sobol_total_ci_low",
+        "sobol_total_ci_high",
+    }
     _, rows = read_parameters_csv(out / "parameters.csv")
     assert len(rows) == groups * 5
     for cell, (a, b) in enumerate(ishigami.COEFFICIENTS):
@@ -140,8 +164,9 @@ def test_heat_solver_satisfies_its_implicit_scheme() -> None:
     for field in fields:
         padded = np.pad(field, 1)
         padded[0, :], padded[-1, :], padded[:, 0], padded[:, -1] = walls
-        laplacian = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2]
-                     + padded[1:-1, 2:] - 4 * field) / spacing**2
+        laplacian = (
+            padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:] - 4 * field
+        ) / spacing**2
         np.testing.assert_allclose((field - previous) / dt, laplacian, atol=1e-6)
         previous = field
     # Long enough, every cell relaxes to the walls' common temperature.
@@ -156,5 +181,7 @@ def test_ishigami_closed_form_matches_the_published_indices() -> None:
     np.testing.assert_allclose(total, [0.5576, 0.4424, 0.2437], atol=5e-5)
     # Cell 0 of the field is that classic variant.
     assert ishigami.COEFFICIENTS[0] == (7.0, 0.1)
-    np.testing.assert_allclose(ishigami.ishigami(0.3, -1.2, 2.5)[0],
-                               np.sin(0.3) + 7 * np.sin(-1.2) ** 2 + 0.1 * 2.5**4 * np.sin(0.3))
+    np.testing.assert_allclose(
+        ishigami.ishigami(0.3, -1.2, 2.5)[0],
+        np.sin(0.3) + 7 * np.sin(-1.2) ** 2 + 0.1 * 2.5**4 * np.sin(0.3),
+    )

@@ -34,8 +34,12 @@ OBJECTS: dict[str, tuple[Callable[..., object], tuple[int, ...]]] = {
     "thresholds": (lambda **kw: ThresholdExceedance(CELLS, THRESHOLDS, **kw), (CELLS,)),
     "quantiles": (lambda **kw: Quantiles(CELLS, ORDERS, **kw), (CELLS,)),
     "sobol": (lambda **kw: SobolMartinez(CELLS, 3, 0.9, **kw), (5, CELLS)),
-    "field": (lambda **kw: FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS,
-                                           quantiles=ORDERS, **kw), (CELLS,)),
+    "field": (
+        lambda **kw: FieldStatistics(
+            CELLS, order=4, extrema=True, thresholds=THRESHOLDS, quantiles=ORDERS, **kw
+        ),
+        (CELLS,),
+    ),
 }
 SIMULATION_IDS = (Extrema, FieldStatistics)
 
@@ -49,35 +53,55 @@ def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
 
 def run(python: str, **environment: str) -> str:
     """Run a snippet in a fresh interpreter and return its stdout."""
-    result = subprocess.run([sys.executable, "-c", python], capture_output=True, text=True,
-                            timeout=120, env={**os.environ, **environment}, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", python],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **environment},
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def test_import_pulls_in_no_transport_or_io_module() -> None:
-    output = run("import sys, melissa_nb.kernels; "
-                 "print(sorted(m for m in ('zmq', 'mpi4py', 'netCDF4') if m in sys.modules))")
+    output = run(
+        "import sys, melissa_nb.kernels; "
+        "print(sorted(m for m in ('zmq', 'mpi4py', 'netCDF4') if m in sys.modules))"
+    )
     assert output.strip() == "[]"
 
 
 @pytest.mark.parametrize(("switch", "cache"), [("1", "NullCache"), ("0", "FunctionCache")])
 def test_environment_switches_the_cache(switch: str, cache: str) -> None:
-    output = run("from melissa_nb.kernels.moments import moments_update; "
-                 "print(type(moments_update._cache).__name__)", MELISSA_NB_NO_CACHE=switch)
+    output = run(
+        "from melissa_nb.kernels.moments import moments_update; "
+        "print(type(moments_update._cache).__name__)",
+        MELISSA_NB_NO_CACHE=switch,
+    )
     assert output.strip() == cache
 
 
 def test_two_cold_cache_processes_at_once(tmp_path: object) -> None:
     """Two processes compiling into one empty cache directory at the same time both succeed."""
-    snippet = ("import numpy as np; from melissa_nb.kernels import ThresholdExceedance; "
-               "e = ThresholdExceedance(3, (0.5,)); "
-               "[e.update(np.arange(3.0) * i) for i in range(4)]; "
-               "print(e.threshold_exceedance.tolist())")
+    snippet = (
+        "import numpy as np; from melissa_nb.kernels import ThresholdExceedance; "
+        "e = ThresholdExceedance(3, (0.5,)); "
+        "[e.update(np.arange(3.0) * i) for i in range(4)]; "
+        "print(e.threshold_exceedance.tolist())"
+    )
     environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "MELISSA_NB_NO_CACHE": "0"}
-    processes = [subprocess.Popen([sys.executable, "-c", snippet], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=environment)
-                 for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", snippet],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        for _ in range(2)
+    ]
     outputs = [process.communicate(timeout=180) for process in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
@@ -99,8 +123,7 @@ def test_layout_names_every_array_with_cells_last(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTS))
-def test_caller_arrays_hold_the_state_and_round_trip(rng: np.random.Generator,
-                                                     name: str) -> None:
+def test_caller_arrays_hold_the_state_and_round_trip(rng: np.random.Generator, name: str) -> None:
     """State copied out mid-stream and continued in a new object equals an uninterrupted run;
     the object writes into the caller's arrays (the server's shared memory)."""
     build, shape = OBJECTS[name]
@@ -121,8 +144,7 @@ def test_caller_arrays_hold_the_state_and_round_trip(rng: np.random.Generator,
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTS))
-def test_objects_over_timestep_rows_of_larger_arrays(rng: np.random.Generator,
-                                                      name: str) -> None:
+def test_objects_over_timestep_rows_of_larger_arrays(rng: np.random.Generator, name: str) -> None:
     """As the server does: arrays (T, *shape) per layout name, one object per row t."""
     build, shape = OBJECTS[name]
     layout = {key: (array.shape, array.dtype) for key, array in build().arrays.items()}
@@ -172,8 +194,9 @@ def test_fused_results_match_the_references(rng: np.random.Generator, name: str)
     field = FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS)
     for sample, simulation in zip(samples, ids, strict=True):
         field.update(sample, int(simulation))
-    np.testing.assert_allclose(getattr(field, name), FIELD_REFERENCES[name](samples, ids),
-                               rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        getattr(field, name), FIELD_REFERENCES[name](samples, ids), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_many_blocks_of_cells(rng: np.random.Generator) -> None:
@@ -185,8 +208,9 @@ def test_many_blocks_of_cells(rng: np.random.Generator) -> None:
     for sample, simulation in zip(samples, ids, strict=True):
         field.update(sample, int(simulation))
     for name, reference in FIELD_REFERENCES.items():
-        np.testing.assert_allclose(getattr(field, name), reference(samples, ids), rtol=1e-12,
-                                   atol=1e-14, err_msg=name)
+        np.testing.assert_allclose(
+            getattr(field, name), reference(samples, ids), rtol=1e-12, atol=1e-14, err_msg=name
+        )
     groups = rng.normal(size=(6, 4, cells))
     sobol = SobolMartinez(cells, 2)
     for group in groups:
@@ -199,8 +223,12 @@ def test_many_blocks_of_cells(rng: np.random.Generator) -> None:
 def test_fused_pass_equals_the_separate_families(rng: np.random.Generator) -> None:
     samples = rng.lognormal(size=(30, CELLS))
     field = OBJECTS["field"][0]()
-    parts = [Moments(CELLS, 4), Extrema(CELLS), ThresholdExceedance(CELLS, THRESHOLDS),
-             Quantiles(CELLS, ORDERS)]
+    parts = [
+        Moments(CELLS, 4),
+        Extrema(CELLS),
+        ThresholdExceedance(CELLS, THRESHOLDS),
+        Quantiles(CELLS, ORDERS),
+    ]
     for index, sample in enumerate(samples):
         feed(field, sample, index)
         for part in parts:
@@ -284,8 +312,16 @@ def test_moments_above_the_order_are_refused() -> None:
 
 def test_fresh_field_results_are_nan() -> None:
     field = FieldStatistics(CELLS, order=4, extrema=True, thresholds=(0.0,), quantiles=(0.5,))
-    for name in ("mean", "variance", "skewness", "kurtosis", "min", "max",
-                 "exceedance_probability", "quantile"):
+    for name in (
+        "mean",
+        "variance",
+        "skewness",
+        "kurtosis",
+        "min",
+        "max",
+        "exceedance_probability",
+        "quantile",
+    ):
         assert np.isnan(getattr(field, name)).all(), name
 
 
@@ -323,18 +359,21 @@ def test_bad_simulation_id_is_rejected() -> None:
         Extrema(CELLS).update(np.zeros(CELLS), 1.5)
 
 
-@pytest.mark.parametrize(("build", "message"), [
-    (lambda: Moments(0, 2), "cells must be >= 1, got 0"),
-    (lambda: Moments(CELLS, 5), "order must be in 1..4, got 5"),
-    (lambda: Moments(CELLS, 2.0), "order must be an integer, got 2.0"),
-    (lambda: FieldStatistics(CELLS, order=-1), "order must be in 0..4, got -1"),
-    (lambda: ThresholdExceedance(CELLS, (0.0, float("nan"))), "finite, got nan"),
-    (lambda: ThresholdExceedance(CELLS, ()), "at least one value"),
-    (lambda: Quantiles(CELLS, (0.5, 1.0)), "strictly between 0 and 1, got 1.0"),
-    (lambda: Quantiles(CELLS, "0.5"), "flat sequence of numbers, got '0.5'"),
-    (lambda: SobolMartinez(CELLS, 0), "parameters must be >= 1, got 0"),
-    (lambda: SobolMartinez(CELLS, 2, confidence=95), "strictly between 0 and 1, got 95.0"),
-])
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Moments(0, 2), "cells must be >= 1, got 0"),
+        (lambda: Moments(CELLS, 5), "order must be in 1..4, got 5"),
+        (lambda: Moments(CELLS, 2.0), "order must be an integer, got 2.0"),
+        (lambda: FieldStatistics(CELLS, order=-1), "order must be in 0..4, got -1"),
+        (lambda: ThresholdExceedance(CELLS, (0.0, float("nan"))), "finite, got nan"),
+        (lambda: ThresholdExceedance(CELLS, ()), "at least one value"),
+        (lambda: Quantiles(CELLS, (0.5, 1.0)), "strictly between 0 and 1, got 1.0"),
+        (lambda: Quantiles(CELLS, "0.5"), "flat sequence of numbers, got '0.5'"),
+        (lambda: SobolMartinez(CELLS, 0), "parameters must be >= 1, got 0"),
+        (lambda: SobolMartinez(CELLS, 2, confidence=95), "strictly between 0 and 1, got 95.0"),
+    ],
+)
 def test_bad_settings_are_rejected(build: Callable[[], object], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         build()

@@ -46,9 +46,11 @@ def test_exceedance_is_strict_on_ties() -> None:
     exceedance = ThresholdExceedance(3, thresholds=(0.0, 1.0, 2.0))
     for x in ([0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [2.0, 0.0, 3.0]):
         exceedance.update(np.array(x))
-    expected = [[2, 2, 3],   # > 0
-                [1, 0, 2],   # > 1
-                [0, 0, 1]]   # > 2
+    expected = [
+        [2, 2, 3],  # > 0
+        [1, 0, 2],  # > 1
+        [0, 0, 1],
+    ]  # > 2
     np.testing.assert_array_equal(exceedance.threshold_exceedance, expected)
     np.testing.assert_array_equal(exceedance.exceedance_probability, np.array(expected) / 3)
 
@@ -59,10 +61,10 @@ def test_exceedance_against_batch_counts(rng: np.random.Generator) -> None:
     exceedance = ThresholdExceedance(25, thresholds)
     for x in samples:
         exceedance.update(x)
-    np.testing.assert_array_equal(exceedance.threshold_exceedance,
-                                  exceedances(samples, thresholds))
-    np.testing.assert_allclose(exceedance.exceedance_probability,
-                               exceedances(samples, thresholds) / 200, rtol=1e-15)
+    np.testing.assert_array_equal(exceedance.threshold_exceedance, exceedances(samples, thresholds))
+    np.testing.assert_allclose(
+        exceedance.exceedance_probability, exceedances(samples, thresholds) / 200, rtol=1e-15
+    )
 
 
 def test_fresh_exceedance_probability_is_nan() -> None:

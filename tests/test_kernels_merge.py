@@ -43,17 +43,37 @@ def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
 
 # name: (constructor, sample shape, result properties)
 FAMILIES: dict[str, tuple[Callable[[], object], tuple[int, ...], tuple[str, ...]]] = {
-    "moments": (lambda: Moments(CELLS, 4), (CELLS,),
-                ("mean", "variance", "skewness", "kurtosis")),
-    "extrema": (lambda: Extrema(CELLS), (CELLS,),
-                ("min", "max", "min_simulation", "max_simulation")),
-    "thresholds": (lambda: ThresholdExceedance(CELLS, THRESHOLDS), (CELLS,),
-                   ("threshold_exceedance", "exceedance_probability")),
-    "sobol": (lambda: SobolMartinez(CELLS, PARAMETERS), (PARAMETERS + 2, CELLS),
-              ("first", "total", "first_ci", "total_ci")),
-    "field": (lambda: FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS),
-              (CELLS,), ("mean", "variance", "skewness", "kurtosis", "min", "max",
-                         "min_simulation", "max_simulation", "threshold_exceedance")),
+    "moments": (lambda: Moments(CELLS, 4), (CELLS,), ("mean", "variance", "skewness", "kurtosis")),
+    "extrema": (
+        lambda: Extrema(CELLS),
+        (CELLS,),
+        ("min", "max", "min_simulation", "max_simulation"),
+    ),
+    "thresholds": (
+        lambda: ThresholdExceedance(CELLS, THRESHOLDS),
+        (CELLS,),
+        ("threshold_exceedance", "exceedance_probability"),
+    ),
+    "sobol": (
+        lambda: SobolMartinez(CELLS, PARAMETERS),
+        (PARAMETERS + 2, CELLS),
+        ("first", "total", "first_ci", "total_ci"),
+    ),
+    "field": (
+        lambda: FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS),
+        (CELLS,),
+        (
+            "mean",
+            "variance",
+            "skewness",
+            "kurtosis",
+            "min",
+            "max",
+            "min_simulation",
+            "max_simulation",
+            "threshold_exceedance",
+        ),
+    ),
 }
 
 
@@ -75,18 +95,23 @@ def assert_same_results(merged: object, whole: object, names: tuple[str, ...]) -
             np.testing.assert_array_equal(actual, expected, err_msg=name)
         else:
             scale = np.nanmax(np.abs(expected), initial=1.0)
-            np.testing.assert_allclose(actual, expected, rtol=1e-9, atol=1e-9 * scale,
-                                       equal_nan=True, err_msg=name)
+            np.testing.assert_allclose(
+                actual, expected, rtol=1e-9, atol=1e-9 * scale, equal_nan=True, err_msg=name
+            )
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(0, 12), seed=st.integers(0, 2**32 - 1),
-       kind=st.sampled_from(["continuous", "ties", "offset"]),
-       cuts=st.lists(st.integers(0, 12), max_size=5), data=st.data())
-def test_any_partition_and_merge_tree_equals_one_stream(family: str, n: int, seed: int,
-                                                        kind: str, cuts: list[int],
-                                                        data: st.DataObject) -> None:
+@given(
+    n=st.integers(0, 12),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["continuous", "ties", "offset"]),
+    cuts=st.lists(st.integers(0, 12), max_size=5),
+    data=st.data(),
+)
+def test_any_partition_and_merge_tree_equals_one_stream(
+    family: str, n: int, seed: int, kind: str, cuts: list[int], data: st.DataObject
+) -> None:
     build, shape, names = FAMILIES[family]
     samples = draw_samples(seed, kind, n, shape)
     ids = np.arange(100, 100 + n)

@@ -28,10 +28,12 @@ def test_offset_sweep(rng: np.random.Generator, offset: float) -> None:
     moments = stream(samples)
     np.testing.assert_allclose(moments.mean, offset + exact.mean(axis=0), rtol=1e-15, atol=1e-13)
     np.testing.assert_allclose(moments.variance, exact.var(axis=0, ddof=1), rtol=1e-12)
-    np.testing.assert_allclose(moments.skewness, scipy.stats.skew(exact, bias=False),
-                               rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(moments.kurtosis, scipy.stats.kurtosis(exact, bias=False),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        moments.skewness, scipy.stats.skew(exact, bias=False), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        moments.kurtosis, scipy.stats.kurtosis(exact, bias=False), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -39,11 +41,10 @@ def test_offset_sweep(rng: np.random.Generator, offset: float) -> None:
 def test_scipy_conventions(rng: np.random.Generator, bias: bool, fisher: bool) -> None:
     samples = rng.lognormal(size=(200, 30))
     moments = stream(samples, bias=bias, fisher=fisher)
-    np.testing.assert_allclose(moments.skewness, scipy.stats.skew(samples, bias=bias),
-                               rtol=1e-12)
-    np.testing.assert_allclose(moments.kurtosis,
-                               scipy.stats.kurtosis(samples, fisher=fisher, bias=bias),
-                               rtol=1e-12)
+    np.testing.assert_allclose(moments.skewness, scipy.stats.skew(samples, bias=bias), rtol=1e-12)
+    np.testing.assert_allclose(
+        moments.kurtosis, scipy.stats.kurtosis(samples, fisher=fisher, bias=bias), rtol=1e-12
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
@@ -65,27 +66,30 @@ def test_small_counts_follow_the_nan_policy(rng: np.random.Generator, n: int) ->
     expected_variance = samples.var(axis=0, ddof=1) if n > 1 else np.full(6, np.nan)
     np.testing.assert_allclose(unbiased.variance, expected_variance, rtol=1e-13)
     if n >= 2:
-        np.testing.assert_allclose(biased.skewness, scipy.stats.skew(samples, bias=True),
-                                   rtol=1e-10, atol=1e-12)
-        np.testing.assert_allclose(biased.kurtosis, scipy.stats.kurtosis(samples, bias=True),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            biased.skewness, scipy.stats.skew(samples, bias=True), rtol=1e-10, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            biased.kurtosis, scipy.stats.kurtosis(samples, bias=True), rtol=1e-10
+        )
     else:
         assert np.isnan(biased.skewness).all() and np.isnan(biased.kurtosis).all()
     if n >= 3:
-        np.testing.assert_allclose(unbiased.skewness, scipy.stats.skew(samples, bias=False),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            unbiased.skewness, scipy.stats.skew(samples, bias=False), rtol=1e-10
+        )
     else:
         assert np.isnan(unbiased.skewness).all()
     if n >= 4:
-        np.testing.assert_allclose(unbiased.kurtosis, scipy.stats.kurtosis(samples, bias=False),
-                                   rtol=1e-10)
+        np.testing.assert_allclose(
+            unbiased.kurtosis, scipy.stats.kurtosis(samples, bias=False), rtol=1e-10
+        )
     else:
         assert np.isnan(unbiased.kurtosis).all()
 
 
 @pytest.mark.parametrize("value", [0.0, -3.5, 1e12, 0.1])
-def test_constant_cells_have_exactly_zero_variance(rng: np.random.Generator,
-                                                   value: float) -> None:
+def test_constant_cells_have_exactly_zero_variance(rng: np.random.Generator, value: float) -> None:
     samples = np.full((20, 4), value)
     samples[:, 3] = rng.normal(size=20)  # one varying cell beside the constant ones
     moments = stream(samples)

@@ -24,9 +24,14 @@ DISTRIBUTIONS = {
     # name: (sampler, d_mean, d_max, d_value)
     "normal": (lambda rng, shape: rng.normal(size=shape), 0.02, 0.08, 0.3),
     "uniform": (lambda rng, shape: rng.uniform(size=shape), 0.02, 0.08, 0.15),
-    "bimodal": (lambda rng, shape: np.where(rng.random(shape) < 0.5,
-                                            rng.normal(-3.0, 1.0, shape),
-                                            rng.normal(3.0, 1.0, shape)), 0.02, 0.08, 0.3),
+    "bimodal": (
+        lambda rng, shape: np.where(
+            rng.random(shape) < 0.5, rng.normal(-3.0, 1.0, shape), rng.normal(3.0, 1.0, shape)
+        ),
+        0.02,
+        0.08,
+        0.3,
+    ),
     "lognormal": (lambda rng, shape: rng.lognormal(size=shape), 0.05, 0.25, 2.5),
 }
 

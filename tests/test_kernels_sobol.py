@@ -22,8 +22,9 @@ def stream(groups: np.ndarray, confidence: float = 0.95) -> SobolMartinez:
     return sobol
 
 
-def linear_groups(rng: np.random.Generator, n: int, cells: int,
-                  coefficients: np.ndarray) -> np.ndarray:
+def linear_groups(
+    rng: np.random.Generator, n: int, cells: int, coefficients: np.ndarray
+) -> np.ndarray:
     """Groups of Y = sum c_k X_k with X_k ~ N(0, 1) independent, per cell."""
     p = len(coefficients)
     draw_a = rng.normal(size=(n, cells, p))
@@ -47,13 +48,16 @@ def test_ishigami_indices(rng: np.random.Generator) -> None:
     for estimate, truth in ((sobol.first, first), (sobol.total, total)):
         standard_error = estimate.std(axis=1, ddof=1) / np.sqrt(cells)
         assert (np.abs(estimate.mean(axis=1) - truth) < 4 * standard_error + 2e-3).all(), (
-            estimate.mean(axis=1), truth, standard_error)
+            estimate.mean(axis=1),
+            truth,
+            standard_error,
+        )
 
 
 def test_linear_model_indices(rng: np.random.Generator) -> None:
     """S_k = ST_k = c_k^2 / sum c_j^2 for unit-variance inputs; within the Fisher intervals."""
     coefficients = np.array([1.0, 2.0, 0.5, 0.0])
-    truth = coefficients ** 2 / np.sum(coefficients ** 2)
+    truth = coefficients**2 / np.sum(coefficients**2)
     sobol = stream(linear_groups(rng, 300, 100, coefficients))
     for estimate, (low, high) in ((sobol.first, sobol.first_ci), (sobol.total, sobol.total_ci)):
         standard_error = estimate.std(axis=1, ddof=1) / np.sqrt(100)
@@ -83,7 +87,7 @@ def test_fisher_interval_coverage(rng: np.random.Generator, confidence: float) -
     Fisher's z is accurate; tolerance 0.025 is 5 binomial standard errors at 0.95.
     """
     coefficients = np.array([1.0, 1.5, 0.5])
-    truth = coefficients ** 2 / np.sum(coefficients ** 2)
+    truth = coefficients**2 / np.sum(coefficients**2)
     sobol = stream(linear_groups(rng, 40, 4000, coefficients), confidence)
     for low, high in (sobol.first_ci, sobol.total_ci):
         coverage = ((low <= truth[:, None]) & (truth[:, None] <= high)).mean(axis=1)
@@ -96,10 +100,14 @@ def test_interval_formulas(rng: np.random.Generator) -> None:
     sobol = stream(groups, 0.9)
     h = scipy.stats.norm.ppf(0.95) / np.sqrt(12 - 3)
     first, rho = sobol.first, 1.0 - sobol.total
-    np.testing.assert_allclose(sobol.first_ci, (np.tanh(np.arctanh(first) - h),
-                                                np.tanh(np.arctanh(first) + h)), rtol=1e-13)
-    np.testing.assert_allclose(sobol.total_ci, (1 - np.tanh(np.arctanh(rho) + h),
-                                                1 - np.tanh(np.arctanh(rho) - h)), rtol=1e-13)
+    np.testing.assert_allclose(
+        sobol.first_ci, (np.tanh(np.arctanh(first) - h), np.tanh(np.arctanh(first) + h)), rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        sobol.total_ci,
+        (1 - np.tanh(np.arctanh(rho) + h), 1 - np.tanh(np.arctanh(rho) - h)),
+        rtol=1e-13,
+    )
     widths = sobol.worst_width()
     np.testing.assert_allclose(widths[0], np.max(sobol.first_ci[1] - sobol.first_ci[0], axis=1))
     np.testing.assert_allclose(widths[1], np.max(sobol.total_ci[1] - sobol.total_ci[0], axis=1))
@@ -107,8 +115,9 @@ def test_interval_formulas(rng: np.random.Generator) -> None:
 
 @pytest.mark.parametrize("probability", [1e-10, 0.025, 0.5, 0.95, 0.975, 0.999999])
 def test_normal_quantile(probability: float) -> None:
-    assert normal_quantile(probability) == pytest.approx(scipy.stats.norm.ppf(probability),
-                                                         rel=1e-13, abs=1e-14)
+    assert normal_quantile(probability) == pytest.approx(
+        scipy.stats.norm.ppf(probability), rel=1e-13, abs=1e-14
+    )
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4])
@@ -124,13 +133,14 @@ def test_small_counts_follow_the_nan_policy(rng: np.random.Generator, n: int) ->
 
 def test_constant_cells_are_nan_and_ignored_by_worst_width(rng: np.random.Generator) -> None:
     groups = rng.normal(size=(30, 4, 3))
-    groups[:, :, 0] = 2.5      # a constant cell: every index NaN
-    groups[:, 2, 1] = -1.0     # C1 constant in cell 1: only parameter 1 is NaN there
+    groups[:, :, 0] = 2.5  # a constant cell: every index NaN
+    groups[:, 2, 1] = -1.0  # C1 constant in cell 1: only parameter 1 is NaN there
     sobol = stream(groups)
     assert np.isnan(sobol.first[:, 0]).all() and np.isnan(sobol.total[:, 0]).all()
     assert np.isnan(sobol.first[0, 1]) and np.isfinite(sobol.first[1, 1])
     first_width, total_width = sobol.worst_width()
     first_low, first_high = sobol.first_ci
-    np.testing.assert_array_equal(first_width, [(first_high - first_low)[0, 2],
-                                                np.max((first_high - first_low)[1, 1:])])
+    np.testing.assert_array_equal(
+        first_width, [(first_high - first_low)[0, 2], np.max((first_high - first_low)[1, 1:])]
+    )
     assert np.isfinite(total_width).all()

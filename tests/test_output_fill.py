@@ -50,8 +50,19 @@ def test_results_at_once_equal_the_properties(rng) -> None:
     field = FieldStatistics(50, order=4, extrema=True, thresholds=(0.5,), quantiles=(0.3,))
     for simulation, sample in enumerate(rng.lognormal(size=(6, 50))):
         field.update(sample, simulation)
-    names = ["kurtosis", "min_simulation", "mean", "quantile", "max", "exceedance_probability",
-             "variance", "min", "max_simulation", "skewness", "threshold_exceedance"]
+    names = [
+        "kurtosis",
+        "min_simulation",
+        "mean",
+        "quantile",
+        "max",
+        "exceedance_probability",
+        "variance",
+        "min",
+        "max_simulation",
+        "skewness",
+        "threshold_exceedance",
+    ]
     results = field.results(names)
     assert list(results) == names
     for name in names:
@@ -64,9 +75,14 @@ def test_sobol_results_at_once_equal_the_properties(rng) -> None:
         sobol.update(group)
     results = sobol.results()
     (first_low, first_high), (total_low, total_high) = sobol.first_ci, sobol.total_ci
-    expected = {"first": sobol.first, "total": sobol.total, "first_ci_low": first_low,
-                "first_ci_high": first_high, "total_ci_low": total_low,
-                "total_ci_high": total_high}
+    expected = {
+        "first": sobol.first,
+        "total": sobol.total,
+        "first_ci_low": first_low,
+        "first_ci_high": first_high,
+        "total_ci_low": total_low,
+        "total_ci_high": total_high,
+    }
     assert list(results) == list(expected)
     for name, values in expected.items():
         np.testing.assert_array_equal(results[name], values, name)

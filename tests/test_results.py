@@ -55,12 +55,17 @@ def test_summary_ranges_and_worst_widths(tmp_path: Path) -> None:
     assert summary.counts == {"sampling_size": 6, "sample_count": "10..12"}
     assert "time" not in summary.ranges and "sample_count" not in summary.ranges
     assert summary.ranges["mean"] == (arrays["mean"].min(), arrays["mean"].max())
-    assert summary.ranges["sobol_first"] == (np.nanmin(arrays["sobol_first"]),
-                                             np.nanmax(arrays["sobol_first"]))
+    assert summary.ranges["sobol_first"] == (
+        np.nanmin(arrays["sobol_first"]),
+        np.nanmax(arrays["sobol_first"]),
+    )
     for k, name in enumerate(("alpha", "beta")):
-        expected = [np.nanmax(arrays[f"sobol_{order}_ci_high"][:, k]
-                              - arrays[f"sobol_{order}_ci_low"][:, k])
-                    for order in ("first", "total")]
+        expected = [
+            np.nanmax(
+                arrays[f"sobol_{order}_ci_high"][:, k] - arrays[f"sobol_{order}_ci_low"][:, k]
+            )
+            for order in ("first", "total")
+        ]
         assert summary.worst_width[name] == pytest.approx(expected, rel=1e-12)
 
 
@@ -87,10 +92,12 @@ def test_cli_line_plots_without_grid_and_bad_options(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "v: 3 timesteps x 6 cells" in result.output
     assert (tmp_path / "png" / "v_moments_t2.png").exists()
-    for options, message in [(["--shape", "4x4"], "does not hold the 6 cells"),
-                             (["--shape", "ax3"], "--shape 'ax3'"),
-                             (["--timestep", "3"], "--timestep 3"),
-                             (["--cell", "6"], "--cell 6")]:
+    for options, message in [
+        (["--shape", "4x4"], "does not hold the 6 cells"),
+        (["--shape", "ax3"], "--shape 'ax3'"),
+        (["--timestep", "3"], "--timestep 3"),
+        (["--cell", "6"], "--cell 6"),
+    ]:
         result = runner.invoke(app, ["results", str(tmp_path), *options])
         assert result.exit_code == 2 and message in result.output, (options, result.output)
     result = runner.invoke(app, ["results", str(tmp_path / "missing")])
@@ -98,8 +105,8 @@ def test_cli_line_plots_without_grid_and_bad_options(tmp_path: Path) -> None:
 
 
 def test_without_matplotlib_the_command_says_how_to_install(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     write_result(tmp_path / "u.nc", np.random.default_rng(4), [2, 3])
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` fail
     assert show_results(str(tmp_path)) == 1

@@ -119,3 +119,14 @@ def test_cli_help_lists_melissa_spellings() -> None:
         "--launchername",
     ):
         assert spelling in result.stdout, spelling
+
+
+@pytest.mark.parametrize("arguments", [["--version"], ["version"]])
+def test_version_as_an_option_and_a_command(arguments: list[str]) -> None:
+    from melissa_nb import __version__
+
+    completed = subprocess.run(
+        [str(MELISSA), *arguments], capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == __version__

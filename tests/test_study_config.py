@@ -46,9 +46,34 @@ c = { distribution = "loguniform", low = 0.01, high = 10 }
 
 
 def write(tmp_path: Path, text: str) -> Path:
+    """The study file, beside the programs its commands name (`sim.py`, an executable `sim`)."""
     path = tmp_path / "study.toml"
     path.write_text(text)
+    (tmp_path / "sim.py").write_text("")
+    (tmp_path / "sim").write_text("#!/bin/sh\n")
+    (tmp_path / "sim").chmod(0o755)
     return path
+
+
+@pytest.mark.parametrize(
+    ("command", "remove", "message"),
+    [
+        ("python sim.py --a {a} --b={b}", "sim.py", "a Python script that exists in"),
+        ("./sim {a}", "sim", "a program on PATH or executable in"),
+        ("no-such-program-here {a}", None, "a program on PATH or executable in"),
+    ],
+)
+def test_a_simulation_program_that_cannot_run_is_named_before_anything_starts(
+    tmp_path: Path, command: str, remove: str | None, message: str
+) -> None:
+    """It used to start the server and fail every simulation (a 120-line traceback for a
+    missing program)."""
+    path = write(tmp_path, replaced('"python sim.py --a {a} --b={b}"', f'"{command}"'))
+    if remove is not None:
+        (tmp_path / remove).unlink()
+    with pytest.raises(ConfigurationError) as error:
+        load_study(path)
+    assert str(error.value).startswith("[simulation] command: expected " + message), error.value
 
 
 def replaced(old: str, new: str) -> str:
@@ -64,19 +89,27 @@ def test_valid_study_loads_every_setting(tmp_path: Path) -> None:
     assert [p.distribution for p in config.parameters] == ["uniform", "normal", "loguniform"]
     assert config.parameters[1].arguments == (1.5, 0.5)
     assert (config.sample_size, config.sampling, config.seed, config.sobol) == (
-        8, "latin_hypercube", 3, True)
+        8,
+        "latin_hypercube",
+        3,
+        True,
+    )
     assert config.group_size == 5 and config.simulation_count == 40
     assert config.fields == ("u", "v") and config.timesteps == 4
     assert config.operations == ("mean", "variance", "threshold", "quantile", "sobol")
     assert config.thresholds == (0.5, -1.0) and config.quantiles == (0.1, 0.9)
     assert config.grid_shape == (2, 3)
     assert (config.at_once, config.simulation_timeout, config.retries) == (3, 20.0, 1)
-    assert (config.server_ranks, config.server_threads, config.checkpoint_interval) == (
-        2, 3, 60.0)
+    assert (config.server_ranks, config.server_threads, config.checkpoint_interval) == (2, 3, 60.0)
     assert config.working_dir == tmp_path.resolve()
     # "python" is the interpreter running the study; values are exact (repr) text.
     assert config.command_for({"a": 0.1, "b": 2.0, "c": 1.0}) == [
-        sys.executable, "sim.py", "--a", "0.1", "--b=2.0"]
+        sys.executable,
+        "sim.py",
+        "--a",
+        "0.1",
+        "--b=2.0",
+    ]
 
 
 def test_defaults_fill_optional_keys(tmp_path: Path) -> None:
@@ -108,7 +141,7 @@ x = { distribution = "uniform", low = 0, high = 1 }
         ("timesteps = 4\n", "", "[study] timesteps is missing"),
         ("sobol = true", "sobol = 1", "[study] sobol"),
         ('fields = ["u", "v"]', 'fields = ["u:v"]', "[study] fields"),
-        ('fields = ["u", "v"]', 'fields = []', "[study] fields"),
+        ('fields = ["u", "v"]', "fields = []", "[study] fields"),
         ('"quantile"]', '"quantile", "median"]', "[study] statistics"),
         ('"quantile"]', '"quantile", "sobol"]', "[study] statistics"),
         ("thresholds = [0.5, -1]", "thresholds = []", "[study] thresholds"),
@@ -116,10 +149,16 @@ x = { distribution = "uniform", low = 0, high = 1 }
         ("quantiles = [0.1, 0.9]", "quantiles = [0.1, 0.1]", "[study] quantiles"),
         ("grid_shape = [2, 3]", "grid_shape = [2, 0]", "[study] grid_shape"),
         ("seed = 3", "seed = 3\nsead = 4", "[study] unknown key 'sead'"),
-        ('command = "python sim.py --a {a} --b={b}"', 'command = "sim {a} {d}"',
-         "unknown placeholder {d}"),
-        ('command = "python sim.py --a {a} --b={b}"', 'command = "sim \'{a}"',
-         "[simulation] command"),
+        (
+            'command = "python sim.py --a {a} --b={b}"',
+            'command = "sim {a} {d}"',
+            "unknown placeholder {d}",
+        ),
+        (
+            'command = "python sim.py --a {a} --b={b}"',
+            'command = "sim \'{a}"',
+            "[simulation] command",
+        ),
         ("at_once = 3", "at_once = 0", "[simulation] at_once"),
         ("timeout = 20", "timeout = -1", "[simulation] timeout"),
         ("timeout = 20", "timeout = 0", "[simulation] timeout"),
@@ -167,22 +206,47 @@ def test_examples_are_valid_studies() -> None:
 
 
 TOML_VALUES = st.recursive(
-    st.none().map(lambda _: "") | st.booleans() | st.integers(-5, 50)
-    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    st.none().map(lambda _: "")
+    | st.booleans()
+    | st.integers(-5, 50)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(section=st.sampled_from(["study", "simulation", "server", "parameters"]),
-       key=st.sampled_from(["sample_size", "timesteps", "fields", "statistics", "thresholds",
-                            "quantiles", "grid_shape", "command", "at_once", "timeout", "ranks",
-                            "confidence", "a", "sobol", "sampling", "seed", "other"]),
-       value=TOML_VALUES)
+@given(
+    section=st.sampled_from(["study", "simulation", "server", "parameters"]),
+    key=st.sampled_from(
+        [
+            "sample_size",
+            "timesteps",
+            "fields",
+            "statistics",
+            "thresholds",
+            "quantiles",
+            "grid_shape",
+            "command",
+            "at_once",
+            "timeout",
+            "ranks",
+            "confidence",
+            "a",
+            "sobol",
+            "sampling",
+            "seed",
+            "other",
+        ]
+    ),
+    value=TOML_VALUES,
+)
 def test_any_value_anywhere_gives_a_configuration_error_or_a_study(
-        tmp_path_factory: pytest.TempPathFactory, section: str, key: str, value: object) -> None:
+    tmp_path_factory: pytest.TempPathFactory, section: str, key: str, value: object
+) -> None:
     data = tomllib.loads(VALID)
     data[section][key] = value
     path = tmp_path_factory.getbasetemp() / "study.toml"

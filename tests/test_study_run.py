@@ -34,8 +34,9 @@ def run_study(study: Path, timeout: float = STUDY_SECONDS) -> subprocess.Complet
     """
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     command = [MELISSA_NB, "run", str(study), "--no-progress"]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=environment) as runner:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    ) as runner:
         try:
             stdout, stderr = runner.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -52,8 +53,9 @@ def read_results(path: Path) -> dict[str, np.ndarray]:
         return {name: np.asarray(variable[...]) for name, variable in dataset.variables.items()}
 
 
-def outputs_by_group(output_dir: Path, model: Callable[[tuple[float, ...]], np.ndarray],
-                     group_size: int) -> tuple[list[int], np.ndarray]:
+def outputs_by_group(
+    output_dir: Path, model: Callable[[tuple[float, ...]], np.ndarray], group_size: int
+) -> tuple[list[int], np.ndarray]:
     """Re-run `model` in-process for every member of every finished sample of parameters.csv.
 
     Returns the finished sample ids and the outputs, shape (samples, group_size, T, cells).
@@ -62,15 +64,22 @@ def outputs_by_group(output_dir: Path, model: Callable[[tuple[float, ...]], np.n
     groups: dict[int, list] = {}
     for spec, status in rows:
         groups.setdefault(spec.group, []).append((spec, status))
-    finished = sorted(group for group, members in groups.items()
-                      if all(status == "finished" for _, status in members))
+    finished = sorted(
+        group
+        for group, members in groups.items()
+        if all(status == "finished" for _, status in members)
+    )
     outputs = np.array([[model(spec.values) for spec, _ in groups[group]] for group in finished])
     assert outputs.shape[1] == group_size
     return finished, outputs
 
 
-def batch_reference(finished: list[int], outputs: np.ndarray, thresholds: tuple[float, ...] = (),
-                    confidence: float = 0.95) -> dict[str, np.ndarray]:
+def batch_reference(
+    finished: list[int],
+    outputs: np.ndarray,
+    thresholds: tuple[float, ...] = (),
+    confidence: float = 0.95,
+) -> dict[str, np.ndarray]:
     """Two-pass numpy/scipy statistics over the samples (Y_A and Y_B with Sobol), and the
     Martinez indices with their Fisher-z intervals from np.corrcoef over whole groups."""
     group_size = outputs.shape[1]
@@ -91,7 +100,8 @@ def batch_reference(finished: list[int], outputs: np.ndarray, thresholds: tuple[
     }
     if thresholds:
         reference["threshold_exceedance"] = np.stack(
-            [(flat > value).sum(axis=0) for value in thresholds], axis=1)
+            [(flat > value).sum(axis=0) for value in thresholds], axis=1
+        )
     if sobol:
         count = outputs.shape[0]
         half = stats.norm.ppf(0.5 + confidence / 2) / np.sqrt(count - 3)
@@ -116,8 +126,9 @@ def batch_reference(finished: list[int], outputs: np.ndarray, thresholds: tuple[
     return reference
 
 
-def assert_results_equal(results: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-                         rtol: float = 1e-9) -> set[str]:
+def assert_results_equal(
+    results: dict[str, np.ndarray], reference: dict[str, np.ndarray], rtol: float = 1e-9
+) -> set[str]:
     """Every reference statistic the file holds equals it (integers exactly); returns their
     names, so that a test can say which it expects."""
     compared = set(reference) & set(results)
@@ -128,8 +139,7 @@ def assert_results_equal(results: dict[str, np.ndarray], reference: dict[str, np
             np.testing.assert_array_equal(actual, expected, err_msg=name)
         else:
             scale = np.nanmax(np.abs(expected)) or 1.0
-            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale,
-                                       err_msg=name)
+            np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale, err_msg=name)
     return compared
 
 
@@ -207,7 +217,8 @@ def load_module(path: Path):
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)
 def test_failing_member_drops_its_group_and_the_rest_is_exact(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Member C1 of group 2 always fails: group 2 is dropped after its retry. Member B of
     group 4 hangs after its first step on its first attempt: it is killed at the timeout and
     relaunched, re-sending a step the server already has, which must not count twice."""
@@ -225,9 +236,14 @@ def test_failing_member_drops_its_group_and_the_rest_is_exact(
     _, rows = read_parameters_csv(out / "parameters.csv")
     statuses = {spec.simulation_id: status for spec, status in rows}
     assert {simu_id for simu_id, status in statuses.items() if status == "dropped"} == {
-        8, 9, 10, 11}
-    assert all(status == "finished" for simu_id, status in statuses.items()
-               if not 8 <= simu_id < 12)
+        8,
+        9,
+        10,
+        11,
+    }
+    assert all(
+        status == "finished" for simu_id, status in statuses.items() if not 8 <= simu_id < 12
+    )
     log = (out / "logs" / f"simulation_{failing}.log").read_text()
     assert "--- attempt 1" in log and "--- attempt 2" in log
     log = (out / "logs" / "simulation_17.log").read_text()
@@ -245,13 +261,13 @@ def test_failing_member_drops_its_group_and_the_rest_is_exact(
     results = read_results(out / "u.nc")
     reference = batch_reference(finished, outputs, thresholds=(1.0, 2.5))
     assert assert_results_equal(results, reference) == set(reference)
-    assert results["exceedance_probability"] == pytest.approx(
-        results["threshold_exceedance"] / 10)
+    assert results["exceedance_probability"] == pytest.approx(results["threshold_exceedance"] / 10)
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)
 def test_a_diverging_member_is_relaunched_then_dropped_and_named(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Member C2 of group 1 sends NaN at its second timestep, every attempt: the server refuses
     it, the runner relaunches it, then drops group 1 and names it in the summary. Its first
     timestep, whole before the NaN, stays counted; nothing of its second is."""
@@ -293,7 +309,7 @@ def test_bad_study_file_exits_with_the_key_named(tmp_path: Path) -> None:
 
 # --- Ctrl-C ---------------------------------------------------------------------------------------
 
-SLEEPING_SIMULATION = '''
+SLEEPING_SIMULATION = """
 import sys
 import time
 
@@ -303,19 +319,29 @@ from melissa_nb.client import melissa_init, melissa_send
 melissa_init("u", 4)
 melissa_send("u", np.full(4, float(sys.argv[1])))
 time.sleep(120)  # never finishes: the study is interrupted
-'''
+"""
 
 
 @pytest.mark.timeout(120)
-def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path, stop) -> None:
+    """Ctrl-C, or the terminal closing (SIGHUP: it used to kill the runner without a word and
+    leave the server and its shared memory behind)."""
     (tmp_path / "sim.py").write_text(SLEEPING_SIMULATION)
-    study = LINEAR_STUDY.replace("sobol = true", "sobol = false").replace(
-        "timesteps = 2", "timesteps = 3").replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
+    study = (
+        LINEAR_STUDY.replace("sobol = true", "sobol = false")
+        .replace("timesteps = 2", "timesteps = 3")
+        .replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
+    )
     (tmp_path / "study.toml").write_text(study)
     environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    runner = subprocess.Popen([MELISSA_NB, "run", str(tmp_path / "study.toml"), "--no-progress"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=environment)
+    runner = subprocess.Popen(
+        [MELISSA_NB, "run", str(tmp_path / "study.toml"), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
     try:
         parent = psutil.Process(runner.pid)
 
@@ -329,10 +355,10 @@ def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path) 
             return children if len(simulations) == 3 and blocks else []
 
         children = wait_for(under_way, "the study to get going", timeout=60)
-        runner.send_signal(signal.SIGINT)
+        runner.send_signal(stop)
         _, stderr = runner.communicate(timeout=60)
-        assert runner.returncode == 130, stderr
-        assert "interrupted" in stderr
+        assert runner.returncode == 128 + stop, stderr
+        assert f"interrupted: stopped by {stop.name}" in stderr
         _, alive = psutil.wait_procs(children, timeout=10)
         assert alive == [] and processes_in(tmp_path) == []
         assert [name for name in os.listdir("/dev/shm") if f"_{runner.pid}_" in name] == []
@@ -359,8 +385,11 @@ def processes_in(directory: Path) -> list[psutil.Process]:
 @pytest.mark.timeout(120)
 def test_study_timeout_stops_everything(tmp_path: Path) -> None:
     (tmp_path / "sim.py").write_text(SLEEPING_SIMULATION)
-    study = LINEAR_STUDY.replace("sobol = true", "sobol = false").replace(
-        "timeout = 100", "timeout = 5").replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
+    study = (
+        LINEAR_STUDY.replace("sobol = true", "sobol = false")
+        .replace("timeout = 100", "timeout = 5")
+        .replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
+    )
     (tmp_path / "study.toml").write_text(study)
     completed = run_study(tmp_path / "study.toml", timeout=90)
     assert completed.returncode == 1, completed.stderr

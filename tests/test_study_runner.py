@@ -27,7 +27,7 @@ thresholds = [-1.5, 2.0]
 quantiles = [0.05, 0.95]
 timesteps = 7
 [simulation]
-command = "sim {x} {y}"
+command = "./sim {x} {y}"
 timeout = 12
 [server]
 ranks = 3
@@ -40,22 +40,39 @@ y = { distribution = "uniform", low = 0, high = 1 }
 """
 
 
-def test_server_options_parse_into_the_study_settings(tmp_path: Path) -> None:
+def write_study(tmp_path: Path) -> None:
+    """The study file and the (never run) executable its command names."""
     (tmp_path / "study.toml").write_text(STUDY)
+    (tmp_path / "sim").write_text("#!/bin/sh\n")
+    (tmp_path / "sim").chmod(0o755)
+
+
+def test_server_options_parse_into_the_study_settings(tmp_path: Path) -> None:
+    write_study(tmp_path)
     config = load_study(tmp_path / "study.toml")
-    arguments = server_arguments(config, LauncherPorts(push=5001, pull=5002, req=5003), 6000,
-                                 "options_42")
+    arguments = server_arguments(
+        config, LauncherPorts(push=5001, pull=5002, req=5003), 6000, "options_42"
+    )
     command = typer.main.get_command(app).commands["server"]
     values = command.make_context("server", list(arguments)).params
     assert (values["parameters"], values["sampling_size"], values["timesteps"]) == (2, 8, 7)
     assert parse_colon_list(values["operations"], "-o") == (
-        "mean", "min", "max", "threshold", "quantile", "sobol")
+        "mean",
+        "min",
+        "max",
+        "threshold",
+        "quantile",
+        "sobol",
+    )
     assert parse_colon_list(values["thresholds"], "-e", float) == (-1.5, 2.0)
     assert parse_colon_list(values["quantiles"], "-q", float) == (0.05, 0.95)
     assert parse_colon_list(values["field_names"], "-f") == ("u", "v")
     assert values["launcher_name"] == "127.0.0.1"
     assert (values["txt_push_port"], values["txt_pull_port"], values["txt_req_port"]) == (
-        5001, 5002, 5003)
+        5001,
+        5002,
+        5003,
+    )
     assert (values["connection_port"], values["data_port"]) == (6000, 0)
     assert (values["timeout"], values["check_interval"], values["verbosity"]) == (12.0, 45.0, 2)
     assert values["confidence"] == 0.9 and values["study_id"] == "options_42"
@@ -64,12 +81,19 @@ def test_server_options_parse_into_the_study_settings(tmp_path: Path) -> None:
 
 
 def test_several_ranks_run_under_the_interpreters_mpiexec(tmp_path: Path) -> None:
-    (tmp_path / "study.toml").write_text(STUDY)
+    write_study(tmp_path)
     config = load_study(tmp_path / "study.toml")
     command = server_command(config, ["-s", "8"])
     bin_dir = Path(sys.executable).parent
-    assert command == [str(bin_dir / "mpiexec"), "-n", "3", str(bin_dir / "melissa-nb"),
-                       "server", "-s", "8"]
+    assert command == [
+        str(bin_dir / "mpiexec"),
+        "-n",
+        "3",
+        str(bin_dir / "melissa-nb"),
+        "server",
+        "-s",
+        "8",
+    ]
 
 
 DROPPING_SIMULATION = """
@@ -85,8 +109,9 @@ def test_a_member_halted_with_its_dropped_group_is_not_retried(tmp_path: Path) -
     for a failure of its own and relaunched (CI once saw it relaunched and reported finished)."""
     (tmp_path / "sim.py").write_text(DROPPING_SIMULATION)
     (tmp_path / "study.toml").write_text(
-        STUDY.replace('command = "sim {x} {y}"', 'command = "python sim.py {x} {y}"\nretries = 1')
-        .replace("[study]\n", f'[study]\noutput_dir = "{tmp_path / "out"}"\n')
+        STUDY.replace(
+            'command = "./sim {x} {y}"', 'command = "python sim.py {x} {y}"\nretries = 1'
+        ).replace("[study]\n", f'[study]\noutput_dir = "{tmp_path / "out"}"\n')
     )
     runner = StudyRunner(load_study(tmp_path / "study.toml"), show_progress=False)
     runner.log_dir.mkdir(parents=True)

@@ -25,7 +25,7 @@ seed = 11
 fields = ["f"]
 timesteps = 1
 [simulation]
-command = "sim {{u}} {{n}} {{g}}"
+command = "./sim {{u}} {{n}} {{g}}"
 [parameters]
 u = {{ distribution = "uniform", low = -2, high = 3 }}
 n = {{ distribution = "normal", mean = 10, std = 2 }}
@@ -36,6 +36,8 @@ g = {{ distribution = "loguniform", low = 0.001, high = 1000 }}
 def study(tmp_path: Path, size: int, sampling: str, sobol: bool):
     path = tmp_path / "study.toml"
     path.write_text(STUDY.format(size=size, sampling=sampling, sobol=str(sobol).lower()))
+    (tmp_path / "sim").write_text("#!/bin/sh\n")  # the program the command names (never run)
+    (tmp_path / "sim").chmod(0o755)
     return load_study(path)
 
 

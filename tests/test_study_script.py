@@ -38,16 +38,25 @@ def test_study_runs_the_seed_loop_script_which_sees_every_message_once(tmp_path:
     timesteps, cells = 10, 8
     seen = [line.split(",") for line in (out / "seen_r0.csv").read_text().splitlines()]
     seen_keys = sorted((int(simulation), field, int(step)) for simulation, field, step in seen)
-    assert seen_keys == [(spec.simulation_id, "heat1", step)
-                         for spec, _ in rows for step in range(timesteps)]
+    assert seen_keys == [
+        (spec.simulation_id, "heat1", step) for spec, _ in rows for step in range(timesteps)
+    ]
 
     simulation = load_simulation(tmp_path / "simulation.py")
-    fields = np.array([[simulation.field(spec.simulation_id, step, cells, list(spec.values))
-                        for step in range(timesteps)] for spec, _ in rows])
+    fields = np.array(
+        [
+            [
+                simulation.field(spec.simulation_id, step, cells, list(spec.values))
+                for step in range(timesteps)
+            ]
+            for spec, _ in rows
+        ]
+    )
     results = read_results(out / "heat1.nc")
     np.testing.assert_allclose(results["mean"], fields.mean(axis=0), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(results["variance"], fields.var(axis=0, ddof=1), rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        results["variance"], fields.var(axis=0, ddof=1), rtol=1e-10, atol=1e-12
+    )
 
 
 def load_simulation(path: Path):

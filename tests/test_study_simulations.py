@@ -26,8 +26,11 @@ time.sleep(60)
 def test_stop_kills_the_whole_family(tmp_path: Path) -> None:
     log = tmp_path / "stubborn.log"
     process = start_process([sys.executable, "-c", STUBBORN], tmp_path, log, {})
-    wait_for(lambda: "started" in log.read_text() and descendants(process.pid),
-             "the stubborn family to start", timeout=30)
+    wait_for(
+        lambda: "started" in log.read_text() and descendants(process.pid),
+        "the stubborn family to start",
+        timeout=30,
+    )
     family = descendants(process.pid)
     begun = time.monotonic()
     assert stop_process(process, grace=0.5) == -signal.SIGKILL
@@ -36,7 +39,8 @@ def test_stop_kills_the_whole_family(tmp_path: Path) -> None:
 
 
 def test_stop_of_an_exited_child_returns_its_code(tmp_path: Path) -> None:
-    process = start_process([sys.executable, "-c", "raise SystemExit(7)"], tmp_path,
-                            tmp_path / "log", {})
+    process = start_process(
+        [sys.executable, "-c", "raise SystemExit(7)"], tmp_path, tmp_path / "log", {}
+    )
     process.wait(30)
     assert stop_process(process) == 7

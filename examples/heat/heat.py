@@ -39,8 +39,13 @@ def sine_basis(size: int) -> tuple[np.ndarray, np.ndarray]:
     return vectors, values
 
 
-def heat(initial: float, walls: tuple[float, float, float, float], size: int = 100,
-         steps: int = 100, dt: float = 1e-3):
+def heat(
+    initial: float,
+    walls: tuple[float, float, float, float],
+    size: int = 100,
+    steps: int = 100,
+    dt: float = 1e-3,
+):
     """Yield the temperature field (size x size, row 0 next to the top wall) after each step."""
     top, bottom, left, right = walls
     vectors, values = sine_basis(size)

@@ -23,8 +23,11 @@ def main(directory: Path) -> None:
     """Print one line per cell, order and parameter."""
     with netCDF4.Dataset(directory / "ishigami.nc") as dataset:
         dataset.set_auto_mask(False)
-        values = {name: np.asarray(dataset[name][0]) for name in dataset.variables
-                  if name.startswith("sobol_")}
+        values = {
+            name: np.asarray(dataset[name][0])
+            for name in dataset.variables
+            if name.startswith("sobol_")
+        }
         groups = int(dataset["sample_count"][0]) // 2
     print(f"{groups} groups; estimate [interval] exact")
     for cell, (a, b) in enumerate(COEFFICIENTS):
@@ -35,8 +38,10 @@ def main(directory: Path) -> None:
             for k, name in enumerate(PARAMETERS):
                 low = values[f"sobol_{order}_ci_low"][k, cell]
                 high = values[f"sobol_{order}_ci_high"][k, cell]
-                cells.append(f"{name} {values[f'sobol_{order}'][k, cell]:6.3f} "
-                             f"[{low:6.3f}, {high:6.3f}] {exact[order][k]:.3f}")
+                cells.append(
+                    f"{name} {values[f'sobol_{order}'][k, cell]:6.3f} "
+                    f"[{low:6.3f}, {high:6.3f}] {exact[order][k]:.3f}"
+                )
             print(f"  {order:5}  " + "   ".join(cells))
 
 

@@ -49,11 +49,11 @@ FLOAT = np.dtype(np.float64)
 INT = np.dtype(np.int64)
 MOMENT_NAMES = ("mean", "variance", "skewness", "kurtosis")
 EXTREMA_NAMES = ("min", "max", "min_simulation", "max_simulation")
-SOBOL_RESULTS = ("first", "total", "first_ci_low", "first_ci_high", "total_ci_low",
-                 "total_ci_high")
+SOBOL_RESULTS = ("first", "total", "first_ci_low", "first_ci_high", "total_ci_low", "total_ci_high")
 
 
 # -- validation -------------------------------------------------------------------------------
+
 
 def _integer(name: str, value: object, minimum: int, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -89,8 +89,9 @@ def _check_input(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray
     if value.shape != shape:
         raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
     if not value.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous, got a strided view "
-                         f"(strides {value.strides})")
+        raise ValueError(
+            f"{name} must be C-contiguous, got a strided view (strides {value.strides})"
+        )
     return value
 
 
@@ -113,50 +114,56 @@ def _input_rows(name: str, values: object, shape: tuple[int, ...]) -> list[np.nd
     """Read-only inputs of ``shape`` from an array (k, *shape) or a sequence of k arrays."""
     if isinstance(values, np.ndarray):
         if values.ndim != len(shape) + 1 or values.shape[0] == 0:
-            raise ValueError(f"{name} must have shape (k, {', '.join(map(str, shape))}) with "
-                             f"k >= 1, got {values.shape}")
+            raise ValueError(
+                f"{name} must have shape (k, {', '.join(map(str, shape))}) with "
+                f"k >= 1, got {values.shape}"
+            )
         return list(_read_only(_check_input(name, values, (values.shape[0], *shape))))
     if not isinstance(values, Sequence) or not values:
-        raise TypeError(f"{name} must be a numpy.ndarray or a non-empty sequence of them, "
-                        f"got {values!r}")
-    return [_read_only(_check_input(f"{name}[{i}]", value, shape))
-            for i, value in enumerate(values)]
+        raise TypeError(
+            f"{name} must be a numpy.ndarray or a non-empty sequence of them, got {values!r}"
+        )
+    return [
+        _read_only(_check_input(f"{name}[{i}]", value, shape)) for i, value in enumerate(values)
+    ]
 
 
-def _padded_batches(
-        rows: list[np.ndarray]) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
+def _padded_batches(rows: list[np.ndarray]) -> Iterator[tuple[int, int, tuple[np.ndarray, ...]]]:
     """(first row, rows in the chunk, tuple of BATCH arrays) for consecutive chunks of at most
     BATCH rows; the tuple is padded with an empty read-only array of the rows' dimension."""
     padding = _read_only(np.zeros((0,) * rows[0].ndim))
     for first in range(0, len(rows), BATCH):
-        chunk = tuple(rows[first:first + BATCH])
+        chunk = tuple(rows[first : first + BATCH])
         yield first, len(chunk), chunk + (padding,) * (BATCH - len(chunk))
 
 
-def _bind_arrays(owner: str, layout: Layout,
-                 arrays: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+def _bind_arrays(
+    owner: str, layout: Layout, arrays: Mapping[str, np.ndarray] | None
+) -> dict[str, np.ndarray]:
     """Zeroed arrays of the layout, or the caller's arrays once checked against it."""
     if arrays is None:
         return {name: np.zeros(shape, dtype) for name, (shape, dtype) in layout.items()}
     if not isinstance(arrays, Mapping):
-        raise TypeError(f"{owner} arrays must be a mapping of name to array, "
-                        f"got {type(arrays).__name__}")
+        raise TypeError(
+            f"{owner} arrays must be a mapping of name to array, got {type(arrays).__name__}"
+        )
     missing = sorted(set(layout) - set(arrays))
     unexpected = sorted(set(arrays) - set(layout))
     if missing or unexpected:
-        raise ValueError(f"{owner} arrays do not match its layout: missing {missing}, "
-                         f"unexpected {unexpected}")
+        raise ValueError(
+            f"{owner} arrays do not match its layout: missing {missing}, unexpected {unexpected}"
+        )
     bound = {}
     for name, (shape, dtype) in layout.items():
         array = arrays[name]
         if not isinstance(array, np.ndarray):
-            raise TypeError(f"{owner} array {name!r} must be a numpy.ndarray, "
-                            f"got {type(array).__name__}")
+            raise TypeError(
+                f"{owner} array {name!r} must be a numpy.ndarray, got {type(array).__name__}"
+            )
         if array.dtype != dtype:
             raise TypeError(f"{owner} array {name!r} must have dtype {dtype}, got {array.dtype}")
         if array.shape != shape:
-            raise ValueError(f"{owner} array {name!r} must have shape {shape}, "
-                             f"got {array.shape}")
+            raise ValueError(f"{owner} array {name!r} must have shape {shape}, got {array.shape}")
         if not array.flags.c_contiguous:
             raise ValueError(f"{owner} array {name!r} must be C-contiguous")
         if not array.flags.writeable:
@@ -171,15 +178,18 @@ def _count_layout() -> Layout:
 
 # -- base classes -----------------------------------------------------------------------------
 
+
 class _Statistic:
     """State arrays named by a layout, the shared sample count, and input checks."""
 
-    def __init__(self, cells: int, settings: dict[str, object],
-                 arrays: Mapping[str, np.ndarray] | None) -> None:
+    def __init__(
+        self, cells: int, settings: dict[str, object], arrays: Mapping[str, np.ndarray] | None
+    ) -> None:
         self.cells = _integer("cells", cells, 1)
         self._settings = settings
         self.arrays: dict[str, np.ndarray] = _bind_arrays(
-            type(self).__name__, self.layout(self.cells, **settings), arrays)
+            type(self).__name__, self.layout(self.cells, **settings), arrays
+        )
 
     @staticmethod
     def layout(cells: int) -> Layout:  # pragma: no cover - every subclass defines its own
@@ -214,8 +224,11 @@ class _MergeableStatistic(_Statistic):
             raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
         if other.cells != self.cells or other._settings != self._settings:
             raise ValueError(f"cannot merge {other!r} into {self!r}: cells or settings differ")
-        source = ({name: array.copy() for name, array in other.arrays.items()}
-                  if other is self else other.arrays)
+        source = (
+            {name: array.copy() for name, array in other.arrays.items()}
+            if other is self
+            else other.arrays
+        )
         other_count = int(source["count"][0])
         self._merge_state(self.count, source, other_count)
         self._advance(other_count)
@@ -226,6 +239,7 @@ class _MergeableStatistic(_Statistic):
 
 # -- the general statistics -------------------------------------------------------------------
 
+
 class Moments(_MergeableStatistic):
     """Mean, variance, skewness and kurtosis per cell up to ``order`` (1..4).
 
@@ -235,8 +249,15 @@ class Moments(_MergeableStatistic):
     constant cell); see ``melissa_nb.kernels.moments``.
     """
 
-    def __init__(self, cells: int, order: int = 2, *, bias: bool = False, fisher: bool = True,
-                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        cells: int,
+        order: int = 2,
+        *,
+        bias: bool = False,
+        fisher: bool = True,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         super().__init__(cells, {"order": _integer("order", order, 1, 4)}, arrays)
         self.order: int = self._settings["order"]
         self.bias = bool(bias)
@@ -245,8 +266,7 @@ class Moments(_MergeableStatistic):
     @staticmethod
     def layout(cells: int, order: int = 2) -> Layout:
         """``shift`` (cells,), ``central`` (order, cells), ``count``."""
-        return {"shift": ((cells,), FLOAT), "central": ((order, cells), FLOAT),
-                **_count_layout()}
+        return {"shift": ((cells,), FLOAT), "central": ((order, cells), FLOAT), **_count_layout()}
 
     def update(self, x: np.ndarray) -> None:
         """Fold one sample ``x`` (cells,) float64."""
@@ -254,21 +274,29 @@ class Moments(_MergeableStatistic):
         self._advance(1)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
-        moments_merge(count, self.arrays["shift"], self.arrays["central"], other_count,
-                      other["shift"], other["central"])
+        moments_merge(
+            count,
+            self.arrays["shift"],
+            self.arrays["central"],
+            other_count,
+            other["shift"],
+            other["central"],
+        )
 
     def _finalized(self, name: str) -> np.ndarray:
         row = MOMENT_NAMES.index(name)
         if row >= self.order:
-            raise ConfigurationError(f"{name} needs order >= {row + 1}, this {self!r} has "
-                                     f"order {self.order}")
+            raise ConfigurationError(
+                f"{name} needs order >= {row + 1}, this {self!r} has order {self.order}"
+            )
         return self._finalize_all()[row]
 
     def _finalize_all(self) -> np.ndarray:
         """Every moment up to ``order``, (order, cells): rows as in MOMENT_NAMES."""
         out = np.empty((self.order, self.cells))
-        moments_finalize(self.count, self.arrays["shift"], self.arrays["central"], self.bias,
-                         self.fisher, out)
+        moments_finalize(
+            self.count, self.arrays["shift"], self.arrays["central"], self.bias, self.fisher, out
+        )
         return out
 
     @property
@@ -301,13 +329,18 @@ class Extrema(_MergeableStatistic):
     @staticmethod
     def layout(cells: int) -> Layout:
         """``min``, ``max`` (cells,) float64, ``min_simulation``, ``max_simulation`` int64."""
-        return {"min": ((cells,), FLOAT), "max": ((cells,), FLOAT),
-                "min_simulation": ((cells,), INT), "max_simulation": ((cells,), INT),
-                **_count_layout()}
+        return {
+            "min": ((cells,), FLOAT),
+            "max": ((cells,), FLOAT),
+            "min_simulation": ((cells,), INT),
+            "max_simulation": ((cells,), INT),
+            **_count_layout(),
+        }
 
     def _state(self) -> tuple[np.ndarray, ...]:
-        return tuple(self.arrays[name]
-                     for name in ("min", "max", "min_simulation", "max_simulation"))
+        return tuple(
+            self.arrays[name] for name in ("min", "max", "min_simulation", "max_simulation")
+        )
 
     def update(self, x: np.ndarray, simulation_id: int) -> None:
         """Fold sample ``x`` (cells,) float64 produced by simulation ``simulation_id``."""
@@ -315,8 +348,15 @@ class Extrema(_MergeableStatistic):
         self._advance(1)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
-        extrema_merge(count, *self._state(), other_count, other["min"], other["max"],
-                      other["min_simulation"], other["max_simulation"])
+        extrema_merge(
+            count,
+            *self._state(),
+            other_count,
+            other["min"],
+            other["max"],
+            other["min_simulation"],
+            other["max_simulation"],
+        )
 
     def _finalized(self) -> tuple[np.ndarray, np.ndarray]:
         values = np.empty((2, self.cells))
@@ -348,8 +388,13 @@ class Extrema(_MergeableStatistic):
 class ThresholdExceedance(_MergeableStatistic):
     """Per cell and threshold t, the count of samples with x > t (strict) and count/n."""
 
-    def __init__(self, cells: int, thresholds: Sequence[float], *,
-                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        cells: int,
+        thresholds: Sequence[float],
+        *,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         levels = _levels("thresholds", thresholds, open_unit=False)
         if not levels:
             raise ConfigurationError("thresholds must hold at least one value, got ()")
@@ -363,8 +408,7 @@ class ThresholdExceedance(_MergeableStatistic):
 
     def update(self, x: np.ndarray) -> None:
         """Fold one sample ``x`` (cells,) float64."""
-        thresholds_update(self.count, self.thresholds, self.arrays["exceedances"],
-                          self._sample(x))
+        thresholds_update(self.count, self.thresholds, self.arrays["exceedances"], self._sample(x))
         self._advance(1)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
@@ -392,8 +436,9 @@ class Quantiles(_Statistic):
     accuracy are described in ``melissa_nb.kernels.quantiles``.
     """
 
-    def __init__(self, cells: int, orders: Sequence[float], *,
-                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self, cells: int, orders: Sequence[float], *, arrays: Mapping[str, np.ndarray] | None = None
+    ) -> None:
         levels = _levels("orders", orders, open_unit=True)
         if not levels:
             raise ConfigurationError("orders must hold at least one value, got ()")
@@ -403,15 +448,23 @@ class Quantiles(_Statistic):
     @staticmethod
     def layout(cells: int, orders: Sequence[float] = ()) -> Layout:
         """``quantile`` (orders, cells), ``quantile_low``, ``quantile_high`` (cells,), count."""
-        return {"quantile": ((len(orders), cells), FLOAT),
-                "quantile_low": ((cells,), FLOAT), "quantile_high": ((cells,), FLOAT),
-                **_count_layout()}
+        return {
+            "quantile": ((len(orders), cells), FLOAT),
+            "quantile_low": ((cells,), FLOAT),
+            "quantile_high": ((cells,), FLOAT),
+            **_count_layout(),
+        }
 
     def update(self, x: np.ndarray) -> None:
         """Fold one sample ``x`` (cells,) float64."""
-        quantiles_update(self.count, self.orders, self.arrays["quantile"],
-                         self.arrays["quantile_low"], self.arrays["quantile_high"],
-                         self._sample(x))
+        quantiles_update(
+            self.count,
+            self.orders,
+            self.arrays["quantile"],
+            self.arrays["quantile_low"],
+            self.arrays["quantile_high"],
+            self._sample(x),
+        )
         self._advance(1)
 
     @property
@@ -424,6 +477,7 @@ class Quantiles(_Statistic):
 
 # -- Sobol indices ----------------------------------------------------------------------------
 
+
 class SobolMartinez(_MergeableStatistic):
     """First and total Sobol indices per cell from pick-freeze groups (iterative Martinez).
 
@@ -432,8 +486,14 @@ class SobolMartinez(_MergeableStatistic):
     ``confidence``) are NaN with fewer than 4 groups.
     """
 
-    def __init__(self, cells: int, parameters: int, confidence: float = 0.95, *,
-                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        cells: int,
+        parameters: int,
+        confidence: float = 0.95,
+        *,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         super().__init__(cells, {"parameters": _integer("parameters", parameters, 1)}, arrays)
         self.parameters: int = self._settings["parameters"]
         self.confidence = _levels("confidence", [confidence], open_unit=True)[0]
@@ -443,14 +503,20 @@ class SobolMartinez(_MergeableStatistic):
         """``shift`` (cells,), ``mean``, ``m2`` (p+2, cells), ``comoment_first``,
         ``comoment_total`` (p, cells), ``count``."""
         rows = parameters + 2
-        return {"shift": ((cells,), FLOAT), "mean": ((rows, cells), FLOAT),
-                "m2": ((rows, cells), FLOAT),
-                "comoment_first": ((parameters, cells), FLOAT),
-                "comoment_total": ((parameters, cells), FLOAT), **_count_layout()}
+        return {
+            "shift": ((cells,), FLOAT),
+            "mean": ((rows, cells), FLOAT),
+            "m2": ((rows, cells), FLOAT),
+            "comoment_first": ((parameters, cells), FLOAT),
+            "comoment_total": ((parameters, cells), FLOAT),
+            **_count_layout(),
+        }
 
     def _state(self) -> tuple[np.ndarray, ...]:
-        return tuple(self.arrays[name]
-                     for name in ("shift", "mean", "m2", "comoment_first", "comoment_total"))
+        return tuple(
+            self.arrays[name]
+            for name in ("shift", "mean", "m2", "comoment_first", "comoment_total")
+        )
 
     def update(self, group: np.ndarray) -> None:
         """Fold one group (parameters + 2, cells) float64: rows Y_A, Y_B, Y_C1..Y_Cp."""
@@ -469,16 +535,33 @@ class SobolMartinez(_MergeableStatistic):
             self._advance(size)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
-        sobol_merge(count, *self._state(), other_count, other["shift"], other["mean"],
-                    other["m2"], other["comoment_first"], other["comoment_total"])
+        sobol_merge(
+            count,
+            *self._state(),
+            other_count,
+            other["shift"],
+            other["mean"],
+            other["m2"],
+            other["comoment_first"],
+            other["comoment_total"],
+        )
 
     def _finalized(self) -> np.ndarray:
         count = self.count
-        half_width = (normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
-                      if count >= 4 else math.nan)
+        half_width = (
+            normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
+            if count >= 4
+            else math.nan
+        )
         out = np.empty((6, self.parameters, self.cells))
-        sobol_finalize(count, self.arrays["m2"], self.arrays["comoment_first"],
-                       self.arrays["comoment_total"], half_width, out)
+        sobol_finalize(
+            count,
+            self.arrays["m2"],
+            self.arrays["comoment_first"],
+            self.arrays["comoment_total"],
+            half_width,
+            out,
+        )
         return out
 
     def results(self) -> dict[str, np.ndarray]:
@@ -528,6 +611,7 @@ def _widest(widths: np.ndarray) -> np.ndarray:
 
 # -- the fused general statistics --------------------------------------------------------------
 
+
 class FieldStatistics(_MergeableStatistic):
     """Every enabled general statistic of one field, updated in one pass over each sample.
 
@@ -538,13 +622,24 @@ class FieldStatistics(_MergeableStatistic):
     ``merge`` raises ConfigurationError when quantiles are on (no exact merge exists).
     """
 
-    def __init__(self, cells: int, order: int = 2, extrema: bool = True,
-                 thresholds: Sequence[float] = (), quantiles: Sequence[float] = (), *,
-                 bias: bool = False, fisher: bool = True,
-                 arrays: Mapping[str, np.ndarray] | None = None) -> None:
-        settings = {"order": _integer("order", order, 0, 4), "extrema": bool(extrema),
-                    "thresholds": _levels("thresholds", thresholds, open_unit=False),
-                    "quantiles": _levels("quantiles", quantiles, open_unit=True)}
+    def __init__(
+        self,
+        cells: int,
+        order: int = 2,
+        extrema: bool = True,
+        thresholds: Sequence[float] = (),
+        quantiles: Sequence[float] = (),
+        *,
+        bias: bool = False,
+        fisher: bool = True,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        settings = {
+            "order": _integer("order", order, 0, 4),
+            "extrema": bool(extrema),
+            "thresholds": _levels("thresholds", thresholds, open_unit=False),
+            "quantiles": _levels("quantiles", quantiles, open_unit=True),
+        }
         super().__init__(cells, settings, arrays)
         subset = self.arrays
         if extrema and settings["quantiles"]:
@@ -554,22 +649,46 @@ class FieldStatistics(_MergeableStatistic):
         def part(names: Layout) -> dict[str, np.ndarray]:
             return {name: subset[name] for name in names if name != "count"} | count
 
-        self.moments = (Moments(cells, settings["order"], bias=bias, fisher=fisher,
-                                arrays=part(Moments.layout(cells, settings["order"])))
-                        if settings["order"] else None)
+        self.moments = (
+            Moments(
+                cells,
+                settings["order"],
+                bias=bias,
+                fisher=fisher,
+                arrays=part(Moments.layout(cells, settings["order"])),
+            )
+            if settings["order"]
+            else None
+        )
         self.extrema = Extrema(cells, arrays=part(Extrema.layout(cells))) if extrema else None
-        self.exceedance = (ThresholdExceedance(
-            cells, settings["thresholds"],
-            arrays=part(ThresholdExceedance.layout(cells, settings["thresholds"])))
-            if settings["thresholds"] else None)
-        self.quantiles = (Quantiles(cells, settings["quantiles"],
-                                    arrays=part(Quantiles.layout(cells, settings["quantiles"])))
-                          if settings["quantiles"] else None)
+        self.exceedance = (
+            ThresholdExceedance(
+                cells,
+                settings["thresholds"],
+                arrays=part(ThresholdExceedance.layout(cells, settings["thresholds"])),
+            )
+            if settings["thresholds"]
+            else None
+        )
+        self.quantiles = (
+            Quantiles(
+                cells,
+                settings["quantiles"],
+                arrays=part(Quantiles.layout(cells, settings["quantiles"])),
+            )
+            if settings["quantiles"]
+            else None
+        )
         self._fused_state = self._fused_arguments()
 
     @staticmethod
-    def layout(cells: int, order: int = 2, extrema: bool = True,
-               thresholds: Sequence[float] = (), quantiles: Sequence[float] = ()) -> Layout:
+    def layout(
+        cells: int,
+        order: int = 2,
+        extrema: bool = True,
+        thresholds: Sequence[float] = (),
+        quantiles: Sequence[float] = (),
+    ) -> Layout:
         """The union of the enabled families' layouts, one ``count``."""
         layout: Layout = {}
         if order:
@@ -589,8 +708,9 @@ class FieldStatistics(_MergeableStatistic):
         """Fold sample ``x`` (cells,) float64 of simulation ``simulation_id`` into every part."""
         self._fold_samples([_read_only(self._sample(x))], [_simulation_id(simulation_id)])
 
-    def update_samples(self, samples: np.ndarray | Sequence[np.ndarray],
-                       simulation_ids: Sequence[int] | np.ndarray) -> None:
+    def update_samples(
+        self, samples: np.ndarray | Sequence[np.ndarray], simulation_ids: Sequence[int] | np.ndarray
+    ) -> None:
         """Fold k samples in order, in one pass over the state per ``BATCH`` of them.
 
         ``samples`` is an array (k, cells) or a sequence of k (cells,) arrays, float64; sample i
@@ -602,31 +722,36 @@ class FieldStatistics(_MergeableStatistic):
         if isinstance(simulation_ids, np.ndarray):
             simulation_ids = simulation_ids.tolist()
         if not isinstance(simulation_ids, Sequence) or len(simulation_ids) != len(rows):
-            raise ValueError(f"simulation_ids must give one id per sample ({len(rows)}), "
-                             f"got {simulation_ids!r}")
+            raise ValueError(
+                f"simulation_ids must give one id per sample ({len(rows)}), got {simulation_ids!r}"
+            )
         self._fold_samples(rows, [_simulation_id(value) for value in simulation_ids])
 
     def _fold_samples(self, rows: list[np.ndarray], simulation_ids: list[int]) -> None:
         ids = np.array(simulation_ids, dtype=INT)
         for first, size, batch in _padded_batches(rows):
-            fused_update(self.count, *self._fused_state, batch, size, ids[first:first + size])
+            fused_update(self.count, *self._fused_state, batch, size, ids[first : first + size])
             self._advance(size)
 
     def _fused_arguments(self) -> tuple[np.ndarray, ...]:
         """The state arguments of ``fused_update``, zero-size arrays for the disabled families."""
-        def state(part: _Statistic | None, names: tuple[str, ...],
-                  empty: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+
+        def state(
+            part: _Statistic | None, names: tuple[str, ...], empty: tuple[np.ndarray, ...]
+        ) -> tuple[np.ndarray, ...]:
             return tuple(part.arrays[name] for name in names) if part else empty
 
         flat, table, ids = np.zeros(0), np.zeros((0, 0)), np.zeros(0, INT)
         moments = state(self.moments, ("shift", "central"), (flat, table))
-        extrema = state(self.extrema, ("min", "max", "min_simulation", "max_simulation"),
-                        (flat, flat, ids, ids))
+        extrema = state(
+            self.extrema, ("min", "max", "min_simulation", "max_simulation"), (flat, flat, ids, ids)
+        )
         thresholds = self.exceedance.thresholds if self.exceedance else flat
         exceedances = state(self.exceedance, ("exceedances",), (np.zeros((0, 0), INT),))
         orders = self.quantiles.orders if self.quantiles else flat
-        quantiles = state(self.quantiles, ("quantile", "quantile_low", "quantile_high"),
-                          (table, flat, flat))
+        quantiles = state(
+            self.quantiles, ("quantile", "quantile_low", "quantile_high"), (table, flat, flat)
+        )
         return (*moments, *extrema, thresholds, *exceedances, orders, *quantiles)
 
     def merge(self, other: FieldStatistics) -> None:
@@ -634,7 +759,8 @@ class FieldStatistics(_MergeableStatistic):
         if self.quantiles is not None:
             raise ConfigurationError(
                 f"cannot merge FieldStatistics with quantiles {self._settings['quantiles']}: "
-                "Robbins-Monro estimates have no exact merge")
+                "Robbins-Monro estimates have no exact merge"
+            )
         super().merge(other)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
@@ -649,7 +775,7 @@ class FieldStatistics(_MergeableStatistic):
         for name in names:
             if name in computed:
                 continue
-            if self.moments is not None and name in MOMENT_NAMES[:self.moments.order]:
+            if self.moments is not None and name in MOMENT_NAMES[: self.moments.order]:
                 table = self.moments._finalize_all()
                 computed |= dict(zip(MOMENT_NAMES, table, strict=False))
             elif self.extrema is not None and name in EXTREMA_NAMES:

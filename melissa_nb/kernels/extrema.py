@@ -24,9 +24,17 @@ SCAN_CHUNK = np.uint64(8)
 
 
 @formula
-def fold_extrema(count: int, x: np.ndarray, simulation: int, minimum: np.ndarray,
-                 maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
-                 start: int, stop: int) -> None:
+def fold_extrema(
+    count: int,
+    x: np.ndarray,
+    simulation: int,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+    min_simulation: np.ndarray,
+    max_simulation: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Fold one sample into cells ``start:stop``; ``count`` samples were folded in before."""
     for chunk_start in range(start, stop, SCAN_CHUNK):
         chunk_stop = min(chunk_start + SCAN_CHUNK, stop)
@@ -46,11 +54,20 @@ def fold_extrema(count: int, x: np.ndarray, simulation: int, minimum: np.ndarray
 
 
 @formula
-def merge_extrema(count: int, minimum: np.ndarray, maximum: np.ndarray,
-                  min_simulation: np.ndarray, max_simulation: np.ndarray, other_count: int,
-                  other_minimum: np.ndarray, other_maximum: np.ndarray,
-                  other_min_simulation: np.ndarray, other_max_simulation: np.ndarray,
-                  start: int, stop: int) -> None:
+def merge_extrema(
+    count: int,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+    min_simulation: np.ndarray,
+    max_simulation: np.ndarray,
+    other_count: int,
+    other_minimum: np.ndarray,
+    other_maximum: np.ndarray,
+    other_min_simulation: np.ndarray,
+    other_max_simulation: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Merge another partial state of cells ``start:stop`` (this one counts as earlier)."""
     if other_count == 0:
         return
@@ -64,35 +81,67 @@ def merge_extrema(count: int, minimum: np.ndarray, maximum: np.ndarray,
 
 
 @kernel
-def extrema_update(count: int, minimum: np.ndarray, maximum: np.ndarray,
-                   min_simulation: np.ndarray, max_simulation: np.ndarray, x: np.ndarray,
-                   simulation: int) -> None:
+def extrema_update(
+    count: int,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+    min_simulation: np.ndarray,
+    max_simulation: np.ndarray,
+    x: np.ndarray,
+    simulation: int,
+) -> None:
     """Fold sample ``x`` (cells,) of simulation ``simulation``; ``count`` samples before."""
     cells = x.shape[0]
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
-        fold_extrema(count, x, simulation, minimum, maximum, min_simulation, max_simulation,
-                     start, stop)
+        fold_extrema(
+            count, x, simulation, minimum, maximum, min_simulation, max_simulation, start, stop
+        )
 
 
 @kernel
-def extrema_merge(count: int, minimum: np.ndarray, maximum: np.ndarray,
-                  min_simulation: np.ndarray, max_simulation: np.ndarray, other_count: int,
-                  other_minimum: np.ndarray, other_maximum: np.ndarray,
-                  other_min_simulation: np.ndarray, other_max_simulation: np.ndarray) -> None:
+def extrema_merge(
+    count: int,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+    min_simulation: np.ndarray,
+    max_simulation: np.ndarray,
+    other_count: int,
+    other_minimum: np.ndarray,
+    other_maximum: np.ndarray,
+    other_min_simulation: np.ndarray,
+    other_max_simulation: np.ndarray,
+) -> None:
     """Merge another partial state into this one."""
     cells = minimum.shape[0]
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
-        merge_extrema(count, minimum, maximum, min_simulation, max_simulation, other_count,
-                      other_minimum, other_maximum, other_min_simulation,
-                      other_max_simulation, start, stop)
+        merge_extrema(
+            count,
+            minimum,
+            maximum,
+            min_simulation,
+            max_simulation,
+            other_count,
+            other_minimum,
+            other_maximum,
+            other_min_simulation,
+            other_max_simulation,
+            start,
+            stop,
+        )
 
 
 @kernel
-def extrema_finalize(count: int, minimum: np.ndarray, maximum: np.ndarray,
-                     min_simulation: np.ndarray, max_simulation: np.ndarray,
-                     out_values: np.ndarray, out_simulations: np.ndarray) -> None:
+def extrema_finalize(
+    count: int,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+    min_simulation: np.ndarray,
+    max_simulation: np.ndarray,
+    out_values: np.ndarray,
+    out_simulations: np.ndarray,
+) -> None:
     """Write min, max into ``out_values`` (2, cells) and their ids into ``out_simulations``."""
     for cell in numba.prange(minimum.shape[0]):
         if count == 0:

@@ -21,11 +21,24 @@ from melissa_nb.kernels.thresholds import fold_exceedances
 
 
 @kernel
-def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np.ndarray,
-                 maximum: np.ndarray, min_simulation: np.ndarray, max_simulation: np.ndarray,
-                 thresholds: np.ndarray, exceedances: np.ndarray, orders: np.ndarray,
-                 quantile: np.ndarray, quantile_low: np.ndarray, quantile_high: np.ndarray,
-                 samples: tuple[np.ndarray, ...], rows: int, simulations: np.ndarray) -> None:
+def fused_update(
+    count: int,
+    shift: np.ndarray,
+    central: np.ndarray,
+    minimum: np.ndarray,
+    maximum: np.ndarray,
+    min_simulation: np.ndarray,
+    max_simulation: np.ndarray,
+    thresholds: np.ndarray,
+    exceedances: np.ndarray,
+    orders: np.ndarray,
+    quantile: np.ndarray,
+    quantile_low: np.ndarray,
+    quantile_high: np.ndarray,
+    samples: tuple[np.ndarray, ...],
+    rows: int,
+    simulations: np.ndarray,
+) -> None:
     """Fold ``samples[0:rows]`` (each (cells,)) in order into every enabled family's state.
 
     ``samples`` has ``BATCH`` entries, those past ``rows`` unused; sample i comes from
@@ -51,10 +64,28 @@ def fused_update(count: int, shift: np.ndarray, central: np.ndarray, minimum: np
             if with_moments:
                 fold_moments(seen, x, shift, central, start, stop)
             if with_extrema:
-                fold_extrema(seen, x, simulations[row], minimum, maximum, min_simulation,
-                             max_simulation, start, stop)
+                fold_extrema(
+                    seen,
+                    x,
+                    simulations[row],
+                    minimum,
+                    maximum,
+                    min_simulation,
+                    max_simulation,
+                    start,
+                    stop,
+                )
             if with_exceedances:
                 fold_exceedances(seen, x, thresholds, exceedances, start, stop)
             if with_quantiles:
-                fold_quantiles(seen, robbins_monro_step(seen), x, orders, quantile,
-                               quantile_low, quantile_high, start, stop)
+                fold_quantiles(
+                    seen,
+                    robbins_monro_step(seen),
+                    x,
+                    orders,
+                    quantile,
+                    quantile_low,
+                    quantile_high,
+                    start,
+                    stop,
+                )

@@ -31,8 +31,9 @@ from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
 @formula
-def fold_moments(count: int, x: np.ndarray, shift: np.ndarray, central: np.ndarray,
-                 start: int, stop: int) -> None:
+def fold_moments(
+    count: int, x: np.ndarray, shift: np.ndarray, central: np.ndarray, start: int, stop: int
+) -> None:
     """Fold one sample into cells ``start:stop``; ``count`` samples were folded in before.
 
     Pebay's updates, M4 before M3 before M2 before the mean, since each uses the old lower ones.
@@ -52,9 +53,11 @@ def fold_moments(count: int, x: np.ndarray, shift: np.ndarray, central: np.ndarr
         delta_n = delta * inverse_n
         term = delta * delta_n * (n - 1.0)
         if order >= 4:
-            central[3, cell] += (term * delta_n * delta_n * (n * n - 3.0 * n + 3.0)
-                                 + 6.0 * delta_n * delta_n * central[1, cell]
-                                 - 4.0 * delta_n * central[2, cell])
+            central[3, cell] += (
+                term * delta_n * delta_n * (n * n - 3.0 * n + 3.0)
+                + 6.0 * delta_n * delta_n * central[1, cell]
+                - 4.0 * delta_n * central[2, cell]
+            )
         if order >= 3:
             central[2, cell] += term * delta_n * (n - 2.0) - 3.0 * delta_n * central[1, cell]
         if order >= 2:
@@ -63,9 +66,16 @@ def fold_moments(count: int, x: np.ndarray, shift: np.ndarray, central: np.ndarr
 
 
 @formula
-def merge_moments(count: int, shift: np.ndarray, central: np.ndarray, other_count: int,
-                  other_shift: np.ndarray, other_central: np.ndarray, start: int,
-                  stop: int) -> None:
+def merge_moments(
+    count: int,
+    shift: np.ndarray,
+    central: np.ndarray,
+    other_count: int,
+    other_shift: np.ndarray,
+    other_central: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Merge another partial state of cells ``start:stop`` into this one (Pebay, pairwise)."""
     order = central.shape[0]
     if other_count == 0:
@@ -89,25 +99,36 @@ def merge_moments(count: int, shift: np.ndarray, central: np.ndarray, other_coun
             m2_b = other_central[1, cell]
             m3_a = central[2, cell]
             m3_b = other_central[2, cell]
-            central[3, cell] += (other_central[3, cell]
-                                 + d ** 4 * n_a * n_b * (n_a * n_a - n_a * n_b + n_b * n_b)
-                                 / n ** 3
-                                 + 6.0 * d * d * (n_a * n_a * m2_b + n_b * n_b * m2_a) / (n * n)
-                                 + 4.0 * d * (n_a * m3_b - n_b * m3_a) / n)
+            central[3, cell] += (
+                other_central[3, cell]
+                + d**4 * n_a * n_b * (n_a * n_a - n_a * n_b + n_b * n_b) / n**3
+                + 6.0 * d * d * (n_a * n_a * m2_b + n_b * n_b * m2_a) / (n * n)
+                + 4.0 * d * (n_a * m3_b - n_b * m3_a) / n
+            )
         if order >= 3:
             m2_a = central[1, cell]
             m2_b = other_central[1, cell]
-            central[2, cell] += (other_central[2, cell]
-                                 + d ** 3 * n_a * n_b * (n_a - n_b) / (n * n)
-                                 + 3.0 * d * (n_a * m2_b - n_b * m2_a) / n)
+            central[2, cell] += (
+                other_central[2, cell]
+                + d**3 * n_a * n_b * (n_a - n_b) / (n * n)
+                + 3.0 * d * (n_a * m2_b - n_b * m2_a) / n
+            )
         if order >= 2:
             central[1, cell] += other_central[1, cell] + d * d * n_a * n_b / n
         central[0, cell] += d * n_b / n
 
 
 @formula
-def finalize_moments(count: int, shift: np.ndarray, central: np.ndarray, bias: bool,
-                     fisher: bool, out: np.ndarray, start: int, stop: int) -> None:
+def finalize_moments(
+    count: int,
+    shift: np.ndarray,
+    central: np.ndarray,
+    bias: bool,
+    fisher: bool,
+    out: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Write mean, variance, skewness, kurtosis (as many as ``out`` has rows) of ``start:stop``."""
     rows = out.shape[0]
     n = float(count)
@@ -122,7 +143,7 @@ def finalize_moments(count: int, shift: np.ndarray, central: np.ndarray, bias: b
             continue
         defined = count > 0 and m2 > 0.0
         if defined and (bias or count > 2):
-            skew = math.sqrt(n) * central[2, cell] / m2 ** 1.5
+            skew = math.sqrt(n) * central[2, cell] / m2**1.5
             if not bias:
                 skew *= math.sqrt(n * (n - 1.0)) / (n - 2.0)
             out[2, cell] = skew
@@ -151,19 +172,25 @@ def moments_update(count: int, shift: np.ndarray, central: np.ndarray, x: np.nda
 
 
 @kernel
-def moments_merge(count: int, shift: np.ndarray, central: np.ndarray, other_count: int,
-                  other_shift: np.ndarray, other_central: np.ndarray) -> None:
+def moments_merge(
+    count: int,
+    shift: np.ndarray,
+    central: np.ndarray,
+    other_count: int,
+    other_shift: np.ndarray,
+    other_central: np.ndarray,
+) -> None:
     """Merge another partial state (any shift, any count including 0) into this one."""
     cells = shift.shape[0]
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
-        merge_moments(count, shift, central, other_count, other_shift, other_central, start,
-                      stop)
+        merge_moments(count, shift, central, other_count, other_shift, other_central, start, stop)
 
 
 @kernel
-def moments_finalize(count: int, shift: np.ndarray, central: np.ndarray, bias: bool,
-                     fisher: bool, out: np.ndarray) -> None:
+def moments_finalize(
+    count: int, shift: np.ndarray, central: np.ndarray, bias: bool, fisher: bool, out: np.ndarray
+) -> None:
     """Write the finalized moments into ``out`` (order, cells): mean, variance, skew, kurtosis."""
     cells = shift.shape[0]
     for block in numba.prange(block_count(cells)):

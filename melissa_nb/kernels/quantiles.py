@@ -39,9 +39,17 @@ def robbins_monro_step(count: int) -> float:
 
 
 @formula
-def fold_quantiles(count: int, step: float, x: np.ndarray, orders: np.ndarray,
-                   quantile: np.ndarray, low: np.ndarray, high: np.ndarray, start: int,
-                   stop: int) -> None:
+def fold_quantiles(
+    count: int,
+    step: float,
+    x: np.ndarray,
+    orders: np.ndarray,
+    quantile: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Fold one sample of cells ``start:stop`` into every order.
 
     ``step`` is ``robbins_monro_step(count)``; ``count`` samples were folded in before.
@@ -68,8 +76,14 @@ def fold_quantiles(count: int, step: float, x: np.ndarray, orders: np.ndarray,
 
 
 @kernel
-def quantiles_update(count: int, orders: np.ndarray, quantile: np.ndarray, low: np.ndarray,
-                     high: np.ndarray, x: np.ndarray) -> None:
+def quantiles_update(
+    count: int,
+    orders: np.ndarray,
+    quantile: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    x: np.ndarray,
+) -> None:
     """Fold sample ``x`` (cells,) into the estimates of every order; ``count`` samples before."""
     step = robbins_monro_step(count)
     cells = x.shape[0]

@@ -52,9 +52,17 @@ def normal_quantile(probability: float) -> float:
 
 
 @formula
-def fold_sobol(count: int, group: np.ndarray, shift: np.ndarray, mean: np.ndarray,
-               m2: np.ndarray, comoment_first: np.ndarray, comoment_total: np.ndarray,
-               start: int, stop: int) -> None:
+def fold_sobol(
+    count: int,
+    group: np.ndarray,
+    shift: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    comoment_first: np.ndarray,
+    comoment_total: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Fold one group into cells ``start:stop``; ``count`` groups were folded in before.
 
     Rows C_k first, while the means of A and B are still the old ones the comoments need.
@@ -95,11 +103,22 @@ def fold_sobol(count: int, group: np.ndarray, shift: np.ndarray, mean: np.ndarra
 
 
 @formula
-def merge_sobol(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
-                comoment_first: np.ndarray, comoment_total: np.ndarray, other_count: int,
-                other_shift: np.ndarray, other_mean: np.ndarray, other_m2: np.ndarray,
-                other_comoment_first: np.ndarray, other_comoment_total: np.ndarray,
-                start: int, stop: int) -> None:
+def merge_sobol(
+    count: int,
+    shift: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    comoment_first: np.ndarray,
+    comoment_total: np.ndarray,
+    other_count: int,
+    other_shift: np.ndarray,
+    other_mean: np.ndarray,
+    other_m2: np.ndarray,
+    other_comoment_first: np.ndarray,
+    other_comoment_total: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Merge another partial state of cells ``start:stop`` into this one (Chan et al.).
 
     Comoments first, then M2, then means: each uses the old means.
@@ -159,9 +178,16 @@ def fisher_z(value: float) -> float:
 
 
 @formula
-def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
-                   comoment_total: np.ndarray, half_width: float, out: np.ndarray,
-                   start: int, stop: int) -> None:
+def finalize_sobol(
+    count: int,
+    m2: np.ndarray,
+    comoment_first: np.ndarray,
+    comoment_total: np.ndarray,
+    half_width: float,
+    out: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Write S, ST and their intervals of cells ``start:stop`` into ``out`` (6, p, cells).
 
     Rows of ``out``: first, total, first low, first high, total low, total high.
@@ -186,9 +212,16 @@ def finalize_sobol(count: int, m2: np.ndarray, comoment_first: np.ndarray,
 
 
 @kernel
-def sobol_update(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
-                 comoment_first: np.ndarray, comoment_total: np.ndarray,
-                 groups: tuple[np.ndarray, ...], rows: int) -> None:
+def sobol_update(
+    count: int,
+    shift: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    comoment_first: np.ndarray,
+    comoment_total: np.ndarray,
+    groups: tuple[np.ndarray, ...],
+    rows: int,
+) -> None:
     """Fold ``groups[0:rows]`` (each (p+2, cells)) in order; ``count`` groups were folded in
     before. ``groups`` has ``BATCH`` entries, those past ``rows`` unused: each block of the
     state is read and written once for all the groups."""
@@ -196,27 +229,65 @@ def sobol_update(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
         for row in range(rows):
-            fold_sobol(count + row, groups[row], shift, mean, m2, comoment_first,
-                       comoment_total, start, stop)
+            fold_sobol(
+                count + row,
+                groups[row],
+                shift,
+                mean,
+                m2,
+                comoment_first,
+                comoment_total,
+                start,
+                stop,
+            )
 
 
 @kernel
-def sobol_merge(count: int, shift: np.ndarray, mean: np.ndarray, m2: np.ndarray,
-                comoment_first: np.ndarray, comoment_total: np.ndarray, other_count: int,
-                other_shift: np.ndarray, other_mean: np.ndarray, other_m2: np.ndarray,
-                other_comoment_first: np.ndarray, other_comoment_total: np.ndarray) -> None:
+def sobol_merge(
+    count: int,
+    shift: np.ndarray,
+    mean: np.ndarray,
+    m2: np.ndarray,
+    comoment_first: np.ndarray,
+    comoment_total: np.ndarray,
+    other_count: int,
+    other_shift: np.ndarray,
+    other_mean: np.ndarray,
+    other_m2: np.ndarray,
+    other_comoment_first: np.ndarray,
+    other_comoment_total: np.ndarray,
+) -> None:
     """Merge another partial state into this one."""
     cells = mean.shape[1]
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
-        merge_sobol(count, shift, mean, m2, comoment_first, comoment_total, other_count,
-                    other_shift, other_mean, other_m2, other_comoment_first,
-                    other_comoment_total, start, stop)
+        merge_sobol(
+            count,
+            shift,
+            mean,
+            m2,
+            comoment_first,
+            comoment_total,
+            other_count,
+            other_shift,
+            other_mean,
+            other_m2,
+            other_comoment_first,
+            other_comoment_total,
+            start,
+            stop,
+        )
 
 
 @kernel
-def sobol_finalize(count: int, m2: np.ndarray, comoment_first: np.ndarray,
-                   comoment_total: np.ndarray, half_width: float, out: np.ndarray) -> None:
+def sobol_finalize(
+    count: int,
+    m2: np.ndarray,
+    comoment_first: np.ndarray,
+    comoment_total: np.ndarray,
+    half_width: float,
+    out: np.ndarray,
+) -> None:
     """Write S, ST and their Fisher-z intervals into ``out`` (6, p, cells); see finalize_sobol."""
     cells = m2.shape[1]
     for block in numba.prange(block_count(cells)):

@@ -17,8 +17,14 @@ from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 
 @formula
-def fold_exceedances(count: int, x: np.ndarray, thresholds: np.ndarray,
-                     exceedances: np.ndarray, start: int, stop: int) -> None:
+def fold_exceedances(
+    count: int,
+    x: np.ndarray,
+    thresholds: np.ndarray,
+    exceedances: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Count one sample of cells ``start:stop`` against every threshold; ``count`` before."""
     for row in range(thresholds.shape[0]):
         threshold = thresholds[row]
@@ -31,8 +37,14 @@ def fold_exceedances(count: int, x: np.ndarray, thresholds: np.ndarray,
 
 
 @formula
-def merge_exceedances(count: int, exceedances: np.ndarray, other_count: int,
-                      other_exceedances: np.ndarray, start: int, stop: int) -> None:
+def merge_exceedances(
+    count: int,
+    exceedances: np.ndarray,
+    other_count: int,
+    other_exceedances: np.ndarray,
+    start: int,
+    stop: int,
+) -> None:
     """Add another partial state of cells ``start:stop`` to this one."""
     if other_count == 0:
         return
@@ -45,8 +57,9 @@ def merge_exceedances(count: int, exceedances: np.ndarray, other_count: int,
 
 
 @kernel
-def thresholds_update(count: int, thresholds: np.ndarray, exceedances: np.ndarray,
-                      x: np.ndarray) -> None:
+def thresholds_update(
+    count: int, thresholds: np.ndarray, exceedances: np.ndarray, x: np.ndarray
+) -> None:
     """Fold sample ``x`` (cells,) against every threshold; ``count`` samples before."""
     cells = x.shape[0]
     for block in numba.prange(block_count(cells)):
@@ -55,8 +68,9 @@ def thresholds_update(count: int, thresholds: np.ndarray, exceedances: np.ndarra
 
 
 @kernel
-def thresholds_merge(count: int, exceedances: np.ndarray, other_count: int,
-                     other_exceedances: np.ndarray) -> None:
+def thresholds_merge(
+    count: int, exceedances: np.ndarray, other_count: int, other_exceedances: np.ndarray
+) -> None:
     """Merge another partial state into this one."""
     cells = exceedances.shape[1]
     for block in numba.prange(block_count(cells)):

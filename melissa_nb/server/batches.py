@@ -34,8 +34,9 @@ class FoldBatch:
         """True once the held data reached the bound: fold before taking more."""
         return self.bytes >= self.limit_bytes
 
-    def add(self, statistics: SliceStatistics, timestep: int, values: np.ndarray,
-            sample: int) -> None:
+    def add(
+        self, statistics: SliceStatistics, timestep: int, values: np.ndarray, sample: int
+    ) -> None:
         """Hold one message's vectors (1, cells), or a whole Sobol group (p + 2, cells), of
         simulation (or group) `sample`."""
         vectors, samples = self._pending.setdefault((statistics, timestep), ([], []))

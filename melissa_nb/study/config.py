@@ -8,8 +8,10 @@ key (`[section] key`) and saying what is expected. docs/study.md documents the f
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
+import shutil
 import string
 import sys
 from dataclasses import dataclass
@@ -32,8 +34,16 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "normal": ("mean", "std"),
 }
 SAMPLINGS = ("monte_carlo", "latin_hypercube", "sobol")
-GENERAL_STATISTICS = ("mean", "variance", "skewness", "kurtosis", "min", "max", "threshold",
-                      "quantile")
+GENERAL_STATISTICS = (
+    "mean",
+    "variance",
+    "skewness",
+    "kurtosis",
+    "min",
+    "max",
+    "threshold",
+    "quantile",
+)
 PYTHON_WORDS = ("python", "python3")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,127}")
 
@@ -151,13 +161,18 @@ class _Table:
             raise self.fail(key, f"an integer >= {minimum}", value)
         return value
 
-    def number(self, key: str, default: Any = None, minimum: float = -math.inf,
-               exclusive: bool = False) -> float:
+    def number(
+        self, key: str, default: Any = None, minimum: float = -math.inf, exclusive: bool = False
+    ) -> float:
         """A finite number (int or float) above `minimum` (strictly when `exclusive`)."""
         value = self.get(key, default)
-        if (isinstance(value, bool) or not isinstance(value, (int, float))
-                or not math.isfinite(value) or value < minimum
-                or (exclusive and value == minimum)):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < minimum
+            or (exclusive and value == minimum)
+        ):
             bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
             expected = "a finite number" + ("" if minimum == -math.inf else f" {bound}")
             raise self.fail(key, expected, value)
@@ -167,8 +182,9 @@ class _Table:
         """A non-empty string, one of `choices` when given."""
         value = self.get(key, default)
         if not isinstance(value, str) or not value or (choices and value not in choices):
-            raise self.fail(key, f"one of {list(choices)}" if choices else "a non-empty string",
-                            value)
+            raise self.fail(
+                key, f"one of {list(choices)}" if choices else "a non-empty string", value
+            )
         return value
 
     def boolean(self, key: str, default: Any = None) -> bool:
@@ -193,8 +209,9 @@ class _Table:
         """Reject keys nobody read: typos must not be silently ignored."""
         unknown = sorted(set(self.data) - self.read)
         if unknown:
-            raise ConfigurationError(f"[{self.section}] unknown key {unknown[0]!r}; allowed keys: "
-                                     f"{sorted(self.read)}")
+            raise ConfigurationError(
+                f"[{self.section}] unknown key {unknown[0]!r}; allowed keys: {sorted(self.read)}"
+            )
 
 
 _REQUIRED = object()
@@ -207,8 +224,10 @@ def _read_parameters(table: _Table) -> tuple[Parameter, ...]:
     parameters = []
     for name, spec in raw.items():
         if not name.isidentifier():
-            raise ConfigurationError(f"[parameters] {name!r}: a parameter name must be an "
-                                     "identifier (letters, digits, underscores)")
+            raise ConfigurationError(
+                f"[parameters] {name!r}: a parameter name must be an "
+                "identifier (letters, digits, underscores)"
+            )
         entry = _Table(spec, f"parameters.{name}")
         distribution = entry.text("distribution", _REQUIRED, tuple(DISTRIBUTIONS))
         first, second = (entry.number(key, _REQUIRED) for key in DISTRIBUTIONS[distribution])
@@ -233,27 +252,56 @@ def _read_command(table: _Table, names: tuple[str, ...]) -> tuple[str, ...]:
         try:
             placeholders = [name for _, name, _, _ in string.Formatter().parse(word) if name]
         except ValueError as error:
-            raise table.fail("command", f"valid {{name}} placeholders ({error})", command) \
-                from None
+            raise table.fail("command", f"valid {{name}} placeholders ({error})", command) from None
         for placeholder in placeholders:
             if placeholder not in names:
-                raise table.fail("command", f"placeholders among the parameters {list(names)}; "
-                                 f"unknown placeholder {{{placeholder}}}", command)
+                raise table.fail(
+                    "command",
+                    f"placeholders among the parameters {list(names)}; "
+                    f"unknown placeholder {{{placeholder}}}",
+                    command,
+                )
     # "python" means the interpreter running the study, not whatever is first on PATH.
     if words and words[0] in PYTHON_WORDS:
         words[0] = sys.executable
     return tuple(words)
 
 
+def _check_program(table: _Table, words: tuple[str, ...], working_dir: Path) -> None:
+    """The simulation's program runs, before anything starts: an executable on PATH or in the
+    working directory, and for `python script.py` the script too (else every simulation fails
+    and the study only shows "failed" counts)."""
+    if not words:
+        raise table.fail("command", "a program to run", "")
+    program = words[0]
+    if "/" in program:
+        found = (working_dir / program).is_file() and os.access(working_dir / program, os.X_OK)
+    else:
+        found = shutil.which(program) is not None
+    if not found:
+        raise table.fail("command", f"a program on PATH or executable in {working_dir}", program)
+    script = words[1] if len(words) > 1 else ""
+    if program == sys.executable and script.endswith(".py") and "{" not in script:
+        if not (working_dir / script).is_file():
+            raise table.fail("command", f"a Python script that exists in {working_dir}", script)
+
+
 def _read_list(table: _Table, key: str, default: list[Any], kind: str) -> list[Any]:
     values = table.array(key, default)
     for value in values:
-        wrong = (not isinstance(value, str) or not value) if kind == "text" else (
-            isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value))
+        wrong = (
+            (not isinstance(value, str) or not value)
+            if kind == "text"
+            else (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            )
+        )
         if wrong:
-            raise table.fail(key, f"an array of {'strings' if kind == 'text' else 'numbers'}",
-                             values)
+            raise table.fail(
+                key, f"an array of {'strings' if kind == 'text' else 'numbers'}", values
+            )
     if len(set(values)) != len(values):
         raise table.fail(key, "an array without duplicates", values)
     return values
@@ -274,27 +322,39 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     statistics = _read_list(study, "statistics", ["mean", "variance"], "text")
     for statistic in statistics:
         if statistic not in GENERAL_STATISTICS:
-            raise study.fail("statistics", f"names among {list(GENERAL_STATISTICS)} (Sobol "
-                             "indices are switched on by `sobol = true`)", statistic)
+            raise study.fail(
+                "statistics",
+                f"names among {list(GENERAL_STATISTICS)} (Sobol "
+                "indices are switched on by `sobol = true`)",
+                statistic,
+            )
     thresholds = _read_list(study, "thresholds", [], "number")
     quantiles = _read_list(study, "quantiles", [], "number")
     if ("threshold" in statistics) != bool(thresholds):
-        raise study.fail("thresholds", "a non-empty array exactly when statistics lists "
-                         "'threshold'", thresholds)
+        raise study.fail(
+            "thresholds", "a non-empty array exactly when statistics lists 'threshold'", thresholds
+        )
     if ("quantile" in statistics) != bool(quantiles):
-        raise study.fail("quantiles", "a non-empty array exactly when statistics lists "
-                         "'quantile'", quantiles)
+        raise study.fail(
+            "quantiles", "a non-empty array exactly when statistics lists 'quantile'", quantiles
+        )
     if any(not 0 < order < 1 for order in quantiles):
         raise study.fail("quantiles", "orders strictly between 0 and 1", quantiles)
     if not statistics and not sobol:
         raise study.fail("statistics", "at least one statistic (or sobol = true)", statistics)
     fields = _read_list(study, "fields", _REQUIRED, "text")
     if not fields or any(not _FIELD_NAME.fullmatch(field) for field in fields):
-        raise study.fail("fields", "at least one field name, each of 1..127 letters, digits, "
-                         "'_', '-' or '.'", fields)
+        raise study.fail(
+            "fields",
+            "at least one field name, each of 1..127 letters, digits, '_', '-' or '.'",
+            fields,
+        )
     grid = study.get("grid_shape", None)
-    if grid is not None and (not isinstance(grid, list) or not 1 <= len(grid) <= 2 or any(
-            isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in grid)):
+    if grid is not None and (
+        not isinstance(grid, list)
+        or not 1 <= len(grid) <= 2
+        or any(isinstance(size, bool) or not isinstance(size, int) or size < 1 for size in grid)
+    ):
         raise study.fail("grid_shape", "an array of one or two positive integers", grid)
 
     config = StudyConfig(
@@ -320,32 +380,45 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         retries=simulation.integer("retries", 2, minimum=0),
         server_ranks=server.integer("ranks", 1, minimum=1),
         server_threads=server.integer("threads", 1, minimum=1),
-        checkpoint_interval=server.number("checkpoint_interval", 300.0, minimum=0,
-                                          exclusive=True),
+        checkpoint_interval=server.number("checkpoint_interval", 300.0, minimum=0, exclusive=True),
         confidence=server.number("confidence", 0.95, minimum=0, exclusive=True),
         verbosity=server.integer("verbosity", 1, minimum=0),
         server_restarts=server.integer("restarts", 2, minimum=0),
         heartbeat=server.number("heartbeat", 20.0, minimum=0, exclusive=True),
-        target_width=(study.number("target_width", minimum=0, exclusive=True)
-                      if study.get("target_width", None) is not None else None),
-        server_script=((base / server.text("script")).resolve()
-                       if server.get("script", None) is not None else None),
+        target_width=(
+            study.number("target_width", minimum=0, exclusive=True)
+            if study.get("target_width", None) is not None
+            else None
+        ),
+        server_script=(
+            (base / server.text("script")).resolve()
+            if server.get("script", None) is not None
+            else None
+        ),
     )
     if config.target_width is not None and not sobol:
-        raise study.fail("target_width", "no target without sobol = true (it is a Sobol "
-                         "interval width)", config.target_width)
+        raise study.fail(
+            "target_width",
+            "no target without sobol = true (it is a Sobol interval width)",
+            config.target_width,
+        )
     if config.confidence >= 1:
         raise server.fail("confidence", "a level strictly between 0 and 1", config.confidence)
     if sobol and config.sample_size < 4:
-        raise study.fail("sample_size", "at least 4 groups with sobol = true (Fisher-z "
-                         "intervals need n >= 4)", config.sample_size)
+        raise study.fail(
+            "sample_size",
+            "at least 4 groups with sobol = true (Fisher-z intervals need n >= 4)",
+            config.sample_size,
+        )
     if not config.working_dir.is_dir():
         raise simulation.fail("working_dir", "an existing directory", str(config.working_dir))
     if config.server_script is not None and not config.server_script.is_file():
-        raise server.fail("script", "an existing file (relative to the study file)",
-                          str(config.server_script))
+        raise server.fail(
+            "script", "an existing file (relative to the study file)", str(config.server_script)
+        )
     for table in (study, simulation, server):
         table.finish()
+    _check_program(simulation, config.command, config.working_dir)
     return config
 
 
@@ -353,8 +426,9 @@ def load_study(path: str | Path) -> StudyConfig:
     """Read and validate the study file at `path` (relative paths inside are from its folder)."""
     path = Path(path).resolve()
     if tomllib is None:
-        raise ConfigurationError("reading a study file needs Python >= 3.11 (tomllib) or the "
-                                 "tomli package")
+        raise ConfigurationError(
+            "reading a study file needs Python >= 3.11 (tomllib) or the tomli package"
+        )
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)

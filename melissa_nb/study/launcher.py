@@ -58,8 +58,14 @@ class Launcher:
     simulation (the request is then answered with a DROP, so the server stops waiting for it).
     """
 
-    def __init__(self, context: zmq.Context, job_of: Callable[[int], Job | None], options: str,
-                 host: str = "127.0.0.1", heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        job_of: Callable[[int], Job | None],
+        options: str,
+        host: str = "127.0.0.1",
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
         self.job_of = job_of
         self.options = options
         self.heartbeat = heartbeat
@@ -68,9 +74,11 @@ class Launcher:
         self._publisher = context.socket(zmq.PUB)
         self._puller = context.socket(zmq.PULL)
         self._replier = context.socket(zmq.REP)
-        self.ports = LauncherPorts(push=_bind(self._puller, host),
-                                   pull=_bind(self._publisher, host),
-                                   req=_bind(self._replier, host))
+        self.ports = LauncherPorts(
+            push=_bind(self._puller, host),
+            pull=_bind(self._publisher, host),
+            req=_bind(self._replier, host),
+        )
         self._poller = zmq.Poller()
         self._poller.register(self._puller, zmq.POLLIN)
         self._poller.register(self._replier, zmq.POLLIN)

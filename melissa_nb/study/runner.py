@@ -64,12 +64,19 @@ LAUNCHER_TIMEOUT_SECONDS = 60.0
 """The server's --launcher-timeout: 12 missed HELLOs (Melissa 0.6 waits about 250 s)."""
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class StudyError(MelissaError):
     """The study could not complete: the server failed, or a deadline passed."""
 
 
 class StudyInterrupted(MelissaError):
-    """SIGINT or SIGTERM: the runner stopped everything and gives up."""
+    """SIGINT, SIGTERM or SIGHUP: the runner stopped everything and gives up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 class Status(enum.Enum):
@@ -116,31 +123,51 @@ def executable(name: str) -> str:
     return found
 
 
-def server_arguments(config: StudyConfig, ports: LauncherPorts, connection_port: int,
-                     study_id: str) -> list[str]:
+def server_arguments(
+    config: StudyConfig, ports: LauncherPorts, connection_port: int, study_id: str
+) -> list[str]:
     """The `melissa-nb server` options for this study (Melissa 0.6 names where they exist)."""
     colon = ":".join
     arguments = [
-        "-p", str(len(config.parameters)),
-        "-s", str(config.sample_size),
-        "-t", str(config.timesteps),
-        "-o", colon(config.operations),
-        "-f", colon(config.fields),
-        "-n", "127.0.0.1",
-        "-w", f"{config.simulation_timeout:g}",
-        "-c", f"{config.checkpoint_interval:g}",
-        "-v", str(config.verbosity),
-        "--txt_push_port", str(ports.push),
-        "--txt_pull_port", str(ports.pull),
-        "--txt_req_port", str(ports.req),
-        "--data_port", "0",
-        "--connection-port", str(connection_port),
-        "--bind", "127.0.0.1",
-        "--advertise", "127.0.0.1",
-        "--output-dir", str(config.output_dir),
-        "--study-id", study_id,
+        "-p",
+        str(len(config.parameters)),
+        "-s",
+        str(config.sample_size),
+        "-t",
+        str(config.timesteps),
+        "-o",
+        colon(config.operations),
+        "-f",
+        colon(config.fields),
+        "-n",
+        "127.0.0.1",
+        "-w",
+        f"{config.simulation_timeout:g}",
+        "-c",
+        f"{config.checkpoint_interval:g}",
+        "-v",
+        str(config.verbosity),
+        "--txt_push_port",
+        str(ports.push),
+        "--txt_pull_port",
+        str(ports.pull),
+        "--txt_req_port",
+        str(ports.req),
+        "--data_port",
+        "0",
+        "--connection-port",
+        str(connection_port),
+        "--bind",
+        "127.0.0.1",
+        "--advertise",
+        "127.0.0.1",
+        "--output-dir",
+        str(config.output_dir),
+        "--study-id",
+        study_id,
         # The runner says HELLO every few seconds: if it dies, the server gives up soon.
-        "--launcher-timeout", f"{LAUNCHER_TIMEOUT_SECONDS:g}",
+        "--launcher-timeout",
+        f"{LAUNCHER_TIMEOUT_SECONDS:g}",
     ]
     # "--name=value": a negative threshold must not look like an option.
     if config.thresholds:
@@ -169,8 +196,9 @@ def server_command(config: StudyConfig, arguments: list[str]) -> list[str]:
 
 @contextmanager
 def stop_signals(handler: Callable[[int, FrameType | None], None] | int) -> Iterator[None]:
-    """SIGINT and SIGTERM go to `handler` (or are ignored: signal.SIG_IGN) inside the block."""
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """SIGINT, SIGTERM and SIGHUP (the terminal closed) go to `handler` (or are ignored:
+    signal.SIG_IGN) inside the block."""
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -179,15 +207,16 @@ def stop_signals(handler: Callable[[int, FrameType | None], None] | int) -> Iter
 
 
 def interrupt(signum: int, frame: FrameType | None) -> None:
-    """The study's SIGINT/SIGTERM handler: unwind to the cleanup."""
-    raise StudyInterrupted(f"stopped by {signal.Signals(signum).name}")
+    """The study's SIGINT/SIGTERM/SIGHUP handler: unwind to the cleanup."""
+    raise StudyInterrupted(signum)
 
 
 class StudyRunner:
     """Runs one study; `run()` returns a StudyReport or raises StudyError/StudyInterrupted."""
 
-    def __init__(self, config: StudyConfig, console: Console | None = None,
-                 show_progress: bool = True) -> None:
+    def __init__(
+        self, config: StudyConfig, console: Console | None = None, show_progress: bool = True
+    ) -> None:
         self.config = config
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
@@ -201,10 +230,15 @@ class StudyRunner:
         self.intervals: dict[tuple[str, str], float] = {}  # (statistic, field) -> worst width
         self.log_dir = config.output_dir / "logs"
         self.server_log = config.output_dir / "server.log"
-        self.bar = Progress(TextColumn("[bold]simulations done"), BarColumn(),
-                            MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                            TimeElapsedColumn(), console=self.console,
-                            disable=not show_progress)
+        self.bar = Progress(
+            TextColumn("[bold]simulations done"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            disable=not show_progress,
+        )
         self.task = self.bar.add_task("simulations", total=len(self.simulations), status="")
         self.next_refresh = 0.0
         self.dropped_samples: set[int] = set()
@@ -300,8 +334,13 @@ class StudyRunner:
             "MELISSA_SERVER_PORT": str(connection_port),
         }
         self.active[simulation.spec.simulation_id] = SimulationRun(
-            simulation.spec, simulation.attempts, self.config.command_for(values),
-            self.config.working_dir, self.log_dir, environment)
+            simulation.spec,
+            simulation.attempts,
+            self.config.command_for(values),
+            self.config.working_dir,
+            self.log_dir,
+            environment,
+        )
         simulation.status = Status.RUNNING
 
     def halt(self, simulation: Simulation) -> None:
@@ -338,13 +377,21 @@ class StudyRunner:
         if self.converged:
             return
         self.converged = True
-        unstarted = [sample for sample in range(self.config.sample_size)
-                     if all(member.status == Status.PENDING and member.attempts == 0
-                            for member in self.members(sample))]
+        unstarted = [
+            sample
+            for sample in range(self.config.sample_size)
+            if all(
+                member.status == Status.PENDING and member.attempts == 0
+                for member in self.members(sample)
+            )
+        ]
         for sample in unstarted:
             self.drop(sample, launcher)
-        self.console.print(f"target interval width {self.config.target_width:g} reached: "
-                           f"{len(unstarted)} samples not launched", markup=False)
+        self.console.print(
+            f"target interval width {self.config.target_width:g} reached: "
+            f"{len(unstarted)} samples not launched",
+            markup=False,
+        )
 
     def repeat_drops(self, launcher: Launcher) -> None:
         """Publish every DROP again now and then: PUB/SUB gives no delivery guarantee, and a
@@ -401,17 +448,18 @@ class StudyRunner:
             with stop_signals(interrupt):
                 connection_port = free_port()
                 launcher = Launcher(context, self.job_of, options="")
-                arguments = server_arguments(config, launcher.ports, connection_port,
-                                             self.study_id)
+                arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)
                 self.server = self.start_server(arguments)
                 deadline = started + config.study_timeout
-                self.wait_for_server(launcher, self.server, min(deadline, started
-                                                                + SERVER_START_SECONDS))
+                self.wait_for_server(
+                    launcher, self.server, min(deadline, started + SERVER_START_SECONDS)
+                )
                 with self.bar:
                     self.drive(launcher, arguments, connection_port, deadline)
-                    self.wait_for_exit(launcher, self.server,
-                                       time.monotonic() + SERVER_EXIT_SECONDS)
+                    self.wait_for_exit(
+                        launcher, self.server, time.monotonic() + SERVER_EXIT_SECONDS
+                    )
                     # STOP and a clean exit: every sample not dropped is complete on the
                     # server, including those whose last SIMU_STATUS it had no time to send.
                     for simulation in self.simulations.values():
@@ -430,16 +478,28 @@ class StudyRunner:
                     self.rejected = dict(launcher.rejected)
                     launcher.close()
                 context.term()
-                write_parameters_csv(config.output_dir / "parameters.csv",
-                                     config.parameter_names,
-                                     (simulation.spec for simulation in self.simulations.values()),
-                                     {simu_id: simulation.status.value
-                                      for simu_id, simulation in self.simulations.items()})
-        return StudyReport(config.output_dir, self.count(Status.FINISHED),
-                           [simu_id for simu_id, simulation in self.simulations.items()
-                            if simulation.status == Status.DROPPED],
-                           self.retried, time.monotonic() - started, self.rejected,
-                           {sample: sorted(fields) for sample, fields in self.non_finite.items()})
+                write_parameters_csv(
+                    config.output_dir / "parameters.csv",
+                    config.parameter_names,
+                    (simulation.spec for simulation in self.simulations.values()),
+                    {
+                        simu_id: simulation.status.value
+                        for simu_id, simulation in self.simulations.items()
+                    },
+                )
+        return StudyReport(
+            config.output_dir,
+            self.count(Status.FINISHED),
+            [
+                simu_id
+                for simu_id, simulation in self.simulations.items()
+                if simulation.status == Status.DROPPED
+            ],
+            self.retried,
+            time.monotonic() - started,
+            self.rejected,
+            {sample: sorted(fields) for sample, fields in self.non_finite.items()},
+        )
 
     def server_failed(self, what: str) -> StudyError:
         """An error quoting the end of the server's log."""
@@ -453,8 +513,9 @@ class StudyRunner:
         """Wait for a SERVER message from every rank."""
         while len(self.server_ranks) < self.config.server_ranks:
             if server.poll() is not None:
-                raise self.server_failed(f"the server exited with code {server.returncode} "
-                                         "during start-up")
+                raise self.server_failed(
+                    f"the server exited with code {server.returncode} during start-up"
+                )
             if time.monotonic() > deadline:
                 raise self.server_failed("the server did not start in time")
             for message in launcher.service(POLL_SECONDS * 5):
@@ -464,9 +525,12 @@ class StudyRunner:
         """Start the server (its output appended to server.log)."""
         # Simulations share the cores: numba's worker threads would spin against them
         # (measured: 1 thread per rank needs a quarter of the server CPU time of 2).
-        return start_process(server_command(self.config, arguments), self.config.working_dir,
-                             self.server_log,
-                             {"NUMBA_NUM_THREADS": str(self.config.server_threads)})
+        return start_process(
+            server_command(self.config, arguments),
+            self.config.working_dir,
+            self.server_log,
+            {"NUMBA_NUM_THREADS": str(self.config.server_threads)},
+        )
 
     def restart_server(self, launcher: Launcher, arguments: list[str], deadline: float) -> None:
         """The server died before STOP: restart it from its last checkpoint and run again
@@ -488,8 +552,14 @@ class StudyRunner:
         done = [False] * self.config.sample_size
         if restart:
             try:
-                done = list(finished_in_checkpoint(checkpoints, self.config.fields,
-                                                   self.config.timesteps, self.config.sample_size))
+                done = list(
+                    finished_in_checkpoint(
+                        checkpoints,
+                        self.config.fields,
+                        self.config.timesteps,
+                        self.config.sample_size,
+                    )
+                )
             except MelissaError as error:
                 raise self.server_failed(f"{what}; its checkpoint is unusable: {error}") from None
         self.restarts += 1
@@ -507,21 +577,25 @@ class StudyRunner:
                     self.queue.appendleft(simulation.spec.simulation_id)
                     again += 1
         source = f"from {checkpoints}" if restart else "afresh (no checkpoint yet)"
-        self.console.print(f"{what}: restart {self.restarts} {source}, {again} simulations run "
-                           "again", markup=False)
+        self.console.print(
+            f"{what}: restart {self.restarts} {source}, {again} simulations run again", markup=False
+        )
         self.server_ranks.clear()
         self.server = self.start_server([*arguments, *restart])
-        self.wait_for_server(launcher, self.server,
-                             min(deadline, time.monotonic() + SERVER_START_SECONDS))
+        self.wait_for_server(
+            launcher, self.server, min(deadline, time.monotonic() + SERVER_START_SECONDS)
+        )
         self.next_drops = 0.0  # DROPs after the checkpoint: tell the new server at once
 
-    def drive(self, launcher: Launcher, arguments: list[str], connection_port: int,
-              deadline: float) -> None:
+    def drive(
+        self, launcher: Launcher, arguments: list[str], connection_port: int, deadline: float
+    ) -> None:
         """The main loop: answer the server, keep `at_once` simulations running, until STOP."""
         while not self.stopped:
             if time.monotonic() > deadline:
-                raise StudyError(f"the study did not finish within its timeout "
-                                 f"({self.config.study_timeout:g} s)")
+                raise StudyError(
+                    f"the study did not finish within its timeout ({self.config.study_timeout:g} s)"
+                )
             assert self.server is not None
             if self.server.poll() is not None:
                 self.restart_server(launcher, arguments, deadline)
@@ -566,14 +640,17 @@ class StudyRunner:
         self.next_refresh = now + PROGRESS_SECONDS
         self.messages = self.received() or self.messages
         failures = sum(simulation.failures for simulation in self.simulations.values())
-        line = (f"running {len(self.active)} · failed {failures} · retried {self.retried} · "
-                f"dropped {self.count(Status.DROPPED)} · received {self.messages:,} messages")
+        line = (
+            f"running {len(self.active)} · failed {failures} · retried {self.retried} · "
+            f"dropped {self.count(Status.DROPPED)} · received {self.messages:,} messages"
+        )
         for statistic in ("sobol_first", "sobol_total"):
             widths = [value for (name, _), value in self.intervals.items() if name == statistic]
             if widths:
                 line += f" · {statistic} CI width {max(widths):.3g}"
-        self.bar.update(self.task, completed=self.count(Status.FINISHED, Status.DROPPED),
-                        status=line)
+        self.bar.update(
+            self.task, completed=self.count(Status.FINISHED, Status.DROPPED), status=line
+        )
 
 
 def annotate_results(config: StudyConfig) -> None:
@@ -594,25 +671,33 @@ def print_summary(report: StudyReport, console: Console) -> None:
     """Where the results are, what was dropped, the worst Sobol interval widths, the time."""
     from melissa_nb.results import field_summaries
 
-    console.print(f"[bold]study finished[/] in {report.elapsed:.1f} s: {report.finished} "
-                  f"simulations confirmed, {report.retried} retried, {len(report.dropped)} "
-                  "dropped" + (f" ({', '.join(map(str, report.dropped[:20]))})"
-                               if report.dropped else ""))
+    console.print(
+        f"[bold]study finished[/] in {report.elapsed:.1f} s: {report.finished} "
+        f"simulations confirmed, {report.retried} retried, {len(report.dropped)} "
+        "dropped" + (f" ({', '.join(map(str, report.dropped[:20]))})" if report.dropped else "")
+    )
     for summary in field_summaries(report.output_dir):
         line = f"  {summary.path}"
         if summary.worst_width:
-            widths = ", ".join(f"{name} {first:.3g}/{total:.3g}" for name, (first, total) in
-                               summary.worst_width.items())
+            widths = ", ".join(
+                f"{name} {first:.3g}/{total:.3g}"
+                for name, (first, total) in summary.worst_width.items()
+            )
             line += f"\n    worst Sobol interval width (first/total): {widths}"
         console.print(line, markup=False)
     console.print(f"  {report.output_dir / 'parameters.csv'}", markup=False)
     if report.rejected:
         console.print(f"  malformed messages from the server: {report.rejected}", markup=False)
     if report.non_finite:
-        samples = ", ".join(f"{sample} ({', '.join(fields)})"
-                            for sample, fields in sorted(report.non_finite.items()))
-        console.print(f"  samples that sent NaN or infinite values (refused; what they sent "
-                      f"before stays counted): {samples}", markup=False)
+        samples = ", ".join(
+            f"{sample} ({', '.join(fields)})"
+            for sample, fields in sorted(report.non_finite.items())
+        )
+        console.print(
+            f"  samples that sent NaN or infinite values (refused; what they sent "
+            f"before stays counted): {samples}",
+            markup=False,
+        )
 
 
 def run_study_file(path: str | Path, show_progress: bool = True) -> int:
@@ -625,7 +710,7 @@ def run_study_file(path: str | Path, show_progress: bool = True) -> int:
         report = StudyRunner(config, console, show_progress).run()
     except StudyInterrupted as error:
         console.print(f"[red]interrupted[/]: {escape(str(error))}; every process was stopped")
-        return 130
+        return 128 + error.signum
     except MelissaError as error:
         console.print(f"[red]error[/]: {escape(str(error))}")
         return 2 if isinstance(error, ConfigurationError) else 1

@@ -62,8 +62,12 @@ def distribution(parameter: Parameter) -> stats.rv_continuous:
 
 def to_parameters(unit: np.ndarray, parameters: tuple[Parameter, ...]) -> np.ndarray:
     """Map unit points (columns in parameter order) through each parameter's quantile function."""
-    return np.column_stack([distribution(parameter).ppf(unit[:, column])
-                            for column, parameter in enumerate(parameters)])
+    return np.column_stack(
+        [
+            distribution(parameter).ppf(unit[:, column])
+            for column, parameter in enumerate(parameters)
+        ]
+    )
 
 
 def sobol_roles(nb_parameters: int) -> tuple[str, ...]:
@@ -90,18 +94,27 @@ def design(config: StudyConfig) -> list[SimulationSpec]:
     unit = unit_sample(config.sampling, config.sample_size, width, config.seed)
     if not config.sobol:
         values = to_parameters(unit, config.parameters)
-        return [SimulationSpec(row, row, "sample", tuple(values[row].tolist()))
-                for row in range(config.sample_size)]
-    groups = pick_freeze(to_parameters(unit[:, :nb_parameters], config.parameters),
-                         to_parameters(unit[:, nb_parameters:], config.parameters))
+        return [
+            SimulationSpec(row, row, "sample", tuple(values[row].tolist()))
+            for row in range(config.sample_size)
+        ]
+    groups = pick_freeze(
+        to_parameters(unit[:, :nb_parameters], config.parameters),
+        to_parameters(unit[:, nb_parameters:], config.parameters),
+    )
     roles = sobol_roles(nb_parameters)
-    return [SimulationSpec(group * (nb_parameters + 2) + member, group, role,
-                           tuple(groups[group, member].tolist()))
-            for group in range(config.sample_size) for member, role in enumerate(roles)]
+    return [
+        SimulationSpec(
+            group * (nb_parameters + 2) + member, group, role, tuple(groups[group, member].tolist())
+        )
+        for group in range(config.sample_size)
+        for member, role in enumerate(roles)
+    ]
 
 
-def write_parameters_csv(path: Path, names: tuple[str, ...], specs: Iterable[SimulationSpec],
-                         statuses: dict[int, str]) -> None:
+def write_parameters_csv(
+    path: Path, names: tuple[str, ...], specs: Iterable[SimulationSpec], statuses: dict[int, str]
+) -> None:
     """parameters.csv: simulation_id, group, role, status, then one column per parameter.
 
     Values are written with `repr` (exact round trip), the same text the command received.
@@ -110,9 +123,15 @@ def write_parameters_csv(path: Path, names: tuple[str, ...], specs: Iterable[Sim
         writer = csv.writer(handle)
         writer.writerow(["simulation_id", "group", "role", "status", *names])
         for spec in specs:
-            writer.writerow([spec.simulation_id, spec.group, spec.role,
-                             statuses.get(spec.simulation_id, "not_run"),
-                             *(repr(value) for value in spec.values)])
+            writer.writerow(
+                [
+                    spec.simulation_id,
+                    spec.group,
+                    spec.role,
+                    statuses.get(spec.simulation_id, "not_run"),
+                    *(repr(value) for value in spec.values),
+                ]
+            )
 
 
 def read_parameters_csv(path: Path) -> tuple[tuple[str, ...], list[tuple[SimulationSpec, str]]]:
@@ -121,7 +140,13 @@ def read_parameters_csv(path: Path) -> tuple[tuple[str, ...], list[tuple[Simulat
         reader = csv.reader(handle)
         header = next(reader)
         names = tuple(header[4:])
-        rows = [(SimulationSpec(int(row[0]), int(row[1]), row[2],
-                                tuple(float(value) for value in row[4:])), row[3])
-                for row in reader]
+        rows = [
+            (
+                SimulationSpec(
+                    int(row[0]), int(row[1]), row[2], tuple(float(value) for value in row[4:])
+                ),
+                row[3],
+            )
+            for row in reader
+        ]
     return names, rows

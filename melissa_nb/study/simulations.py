@@ -19,17 +19,25 @@ from melissa_nb.study.sampling import SimulationSpec
 STOP_GRACE_SECONDS = 5.0
 
 
-def start_process(argv: Sequence[str], cwd: Path, log_path: Path,
-                  environment: Mapping[str, str]) -> subprocess.Popen[bytes]:
+def start_process(
+    argv: Sequence[str], cwd: Path, log_path: Path, environment: Mapping[str, str]
+) -> subprocess.Popen[bytes]:
     """Start `argv` in a new session, stdout and stderr appended to `log_path`."""
     with open(log_path, "ab") as log:
-        return subprocess.Popen(list(argv), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env={**os.environ, **environment},
-                                start_new_session=True)
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **environment},
+            start_new_session=True,
+        )
 
 
-def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
-                 grace: float = STOP_GRACE_SECONDS) -> int:
+def stop_process(
+    process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS
+) -> int:
     """Stop a child and everything it started; return its exit code.
 
     `sig` goes to the child's process group; after up to `grace` s, SIGKILL goes to the group
@@ -40,8 +48,7 @@ def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM,
     if process.poll() is None:
         _signal_group(process, sig)
         deadline = time.monotonic() + grace
-        while (process.poll() is None or any(map(alive, family))) and (
-                time.monotonic() < deadline):
+        while (process.poll() is None or any(map(alive, family))) and (time.monotonic() < deadline):
             time.sleep(0.02)
     _signal_group(process, signal.SIGKILL)
     for pid in family:
@@ -93,8 +100,15 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
 class SimulationRun:
     """One attempt at one simulation: the process, when it started, where its output goes."""
 
-    def __init__(self, spec: SimulationSpec, attempt: int, argv: Sequence[str], cwd: Path,
-                 log_dir: Path, environment: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        spec: SimulationSpec,
+        attempt: int,
+        argv: Sequence[str],
+        cwd: Path,
+        log_dir: Path,
+        environment: Mapping[str, str],
+    ) -> None:
         self.spec = spec
         self.attempt = attempt
         self.log_path = log_dir / f"simulation_{spec.simulation_id}.log"
