@@ -742,3 +742,30 @@ def test_random_garbage_is_counted_and_the_study_still_completes(start_server, r
     assert results.attributes["messages_rejected"] == len(garbage)
     np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=RTOL)
     np.testing.assert_array_equal(results.variables["min"], values.min(axis=0))
+
+
+def test_status_of_an_ended_study_reads_its_result_files(start_server, rng) -> None:
+    """`melissa-nb status` once the server is gone: the final state from the files (exit 0);
+    a server stopped before writing any: says so (exit 1)."""
+    server = start_server("-s", "1", "-t", "1", "-f", "u:v", "-o", "mean")
+    sender = RawSender(server.endpoint)
+    try:
+        sender.handshake(0)
+        sender.send(frame("u", 0, 0, rng.normal(size=3)))
+        sender.send(frame("v", 0, 0, rng.normal(size=2)))
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+    shown = subprocess.run(
+        [str(MELISSA), "status", str(server.output)], capture_output=True, text=True, timeout=WAIT
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "finished (no live server)" in shown.stdout and "u.nc" in shown.stdout, shown.stdout
+    stopped = start_server("-s", "1", "-t", "1", "-f", "u", "-o", "mean")
+    wait_for((stopped.output / "server.json").exists, "the second server")
+    stopped.process.send_signal(signal.SIGTERM)
+    assert stopped.wait() == 128 + signal.SIGTERM
+    shown = subprocess.run(
+        [str(MELISSA), "status", str(stopped.output)], capture_output=True, text=True, timeout=WAIT
+    )
+    assert shown.returncode == 1 and "no live server and no results" in shown.stdout, shown.stdout

@@ -218,10 +218,48 @@ def render_progress(progress: StudyProgress) -> Any:
     return Group(ranks, fields)
 
 
-def show_status(output_dir: str | Path, watch: float = 0.0) -> int:
-    """Print the progress tables, refreshed live for `watch` seconds (0: once).
+def show_final_state(description: dict[str, Any], output_dir: Path, console: Any) -> int:
+    """No live server: what its result files say (0), or that it stopped without any (1)."""
+    from rich.table import Table
 
-    Exit code 1 when no server runs for this directory (or it ended while watched).
+    from melissa_nb.server.output import NetCDFStore
+
+    table = Table(title=f"study {description['study_id']}: finished (no live server)")
+    for column in ("file", "complete", "cells", "dropped", "duplicates", "rejected", "reasons"):
+        table.add_column(column, justify="right")
+    found = 0
+    for field in description.get("fields", []):
+        path = output_dir / f"{field}.nc"
+        if not path.is_file():
+            continue
+        with NetCDFStore(path) as store:
+            attributes, cells = store.attributes(), store.dimensions().get("cell", 0)
+        found += 1
+        table.add_row(
+            str(path),
+            "yes" if attributes.get("study_complete") else "NO (partial)",
+            str(cells),
+            str(attributes.get("simulations_dropped", "?")),
+            str(attributes.get("messages_duplicate", "?")),
+            str(attributes.get("messages_rejected", "?")),
+            str(attributes.get("rejected_reasons", "")) or "-",
+        )
+    if not found:
+        console.print(
+            f"study {description['study_id']}: no live server and no results in {output_dir} "
+            "(stopped before writing them; its checkpoint, if any, is under checkpoint/)"
+        )
+        return 1
+    console.print(table)
+    return 0
+
+
+def show_status(output_dir: str | Path, watch: float = 0.0) -> int:
+    """Print the progress tables, refreshed live for `watch` seconds (0: once); once the
+    server has ended, what its result files say.
+
+    Exit code 1 when no server runs for this directory and it left no results (or it ended
+    while watched).
     """
     from rich.console import Console
     from rich.live import Live
@@ -234,11 +272,7 @@ def show_status(output_dir: str | Path, watch: float = 0.0) -> int:
         console.print(f"no {SERVER_FILE} in {output_dir}: no server was started there")
         return 1
     if not progress.ranks:
-        console.print(
-            f"study {progress.description['study_id']}: no live server (finished or stopped); "
-            f"results are in {output_dir}"
-        )
-        return 1
+        return show_final_state(progress.description, Path(output_dir), console)
     if watch <= 0:
         console.print(render_progress(progress))
         return 0
