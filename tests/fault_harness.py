@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from harness import BIN, MELISSA, MPIEXEC, WAIT
+from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 
 from melissa_nb.client import Client
 from melissa_nb.ports import free_port
@@ -47,6 +48,7 @@ class ServerProcess:
     port: int
     log: Path
     ranks: int
+    launched_at: float = field(default_factory=time.time)  # server.json must be newer
 
     @property
     def endpoint(self) -> str:
@@ -72,6 +74,18 @@ class ServerProcess:
         except (FileNotFoundError, ValueError):  # not written yet, or a block being created
             return []
         return [progress.ranks.get(r, {}).get("accepted", -1) for r in range(self.ranks)]
+
+    def messages(self) -> list[int]:
+        """Data frames received so far by each rank ([] while not every rank's is readable, or
+        server.json is a killed server's: its blocks stay until the new one reclaims them)."""
+        try:
+            progress = read_progress(self.output)
+        except (FileNotFoundError, ValueError):
+            return []
+        if progress.description["started_at"] < self.launched_at:
+            return []
+        counts = [progress.ranks.get(r, {}).get("messages") for r in range(self.ranks)]
+        return [] if None in counts else counts
 
     def checkpointed(self, rank: int = 0) -> int:
         """Messages the newest checkpoint of `rank` had accepted (-1: none readable yet)."""
@@ -140,15 +154,30 @@ def group_values(field_name: str, group: int, t: int, cells: int) -> np.ndarray:
     return generator.normal(5.0, 1.0 + 0.1 * np.arange(cells), size=(ROWS, cells))
 
 
-def send_groups(endpoint: str, groups: Iterable[int], steps: int = TIMESTEPS) -> None:
-    """Each group's master sends its first `steps` timesteps of every field (then finalizes)."""
+def send_groups(server: ServerProcess, groups: Iterable[int], steps: int = TIMESTEPS) -> None:
+    """Each group's master sends its first `steps` timesteps of every field (then finalizes),
+    and the next group starts once every rank has counted those frames: ZeroMQ fair-queues the
+    frames of different connections, so two groups could interleave at a rank, and quantiles
+    (Robbins-Monro) depend on the fold order the tests compare across runs."""
+    before = wait_for(server.messages, "the server's counters")
     for group in groups:
-        with Client(simu_id=group * ROWS, server=endpoint, connect_timeout=WAIT) as client:
+        with Client(simu_id=group * ROWS, server=server.endpoint, connect_timeout=WAIT) as client:
             for name, cells in FIELDS.items():
                 client.init_field(name, cells)
             for t in range(steps):
                 for name, cells in FIELDS.items():
                     client.send(name, group_values(name, group, t, cells))
+        before = [count + steps * len(FIELDS) for count in before]
+        wait_for(lambda before=before: counted(server, before), f"group {group}'s frames")
+
+
+def counted(server: ServerProcess, expected: list[int]) -> bool:
+    """True once every rank has received at least its `expected` number of frames, or the
+    server has ended (the last frames completed the study)."""
+    if server.process.poll() is not None:
+        return True
+    now = server.messages()
+    return len(now) == len(expected) and all(n >= m for n, m in zip(now, expected, strict=True))
 
 
 def assert_same_results(got: Path, expected: Path, rtol: float = 1e-12) -> None:

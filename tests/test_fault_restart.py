@@ -45,7 +45,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
     started = Servers(tmp_path_factory.mktemp("reference"))
     try:
         server = started.start(sampling_size=GROUPS)
-        send_groups(server.endpoint, range(GROUPS))
+        send_groups(server, range(GROUPS))
         assert server.wait() == 0, server.text()
         yield server
     finally:
@@ -62,14 +62,14 @@ def test_sigkill_then_restart_completes_with_the_uninterrupted_results(
     servers, reference, ranks
 ) -> None:
     first = servers.start(sampling_size=GROUPS, check_interval=0.2, ranks=ranks)
-    send_groups(first.endpoint, range(3))
+    send_groups(first, range(3))
     accepted(first, 3 * MESSAGES_PER_GROUP)
     for rank in range(ranks):
         wait_for(
             lambda rank=rank: first.checkpointed(rank) == 3 * MESSAGES_PER_GROUP,
             f"a checkpoint of 3 groups on rank {rank}",
         )
-    send_groups(first.endpoint, [3], steps=2)  # a simulation killed half way, with the server
+    send_groups(first, [3], steps=2)  # a simulation killed half way, with the server
     accepted(first, 3 * MESSAGES_PER_GROUP + 4)
     last_rank = json.loads((first.output / "server.json").read_text())["pids"][-1]
     os.kill(last_rank, signal.SIGKILL)  # one rank dies; mpiexec takes the others down
@@ -77,7 +77,7 @@ def test_sigkill_then_restart_completes_with_the_uninterrupted_results(
     first.kill()  # whatever is left, and the blocks the dead ranks could not remove
 
     second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS, ranks=ranks)
-    send_groups(second.endpoint, range(GROUPS))  # every simulation runs again from the start
+    send_groups(second, range(GROUPS))  # every simulation runs again from the start
     assert second.wait() == 0, second.text()
     assert "restarted from" in second.text()
     assert_same_results(second.output, reference.output)
@@ -89,9 +89,9 @@ def test_sigkill_then_restart_completes_with_the_uninterrupted_results(
 @pytest.mark.timeout(120)
 def test_damaged_checkpoints_fall_back_or_are_refused_clearly(servers, reference, tmp_path) -> None:
     first = servers.start(sampling_size=GROUPS, check_interval=0.2)
-    send_groups(first.endpoint, range(2))
+    send_groups(first, range(2))
     wait_for(lambda: first.checkpointed() == 2 * MESSAGES_PER_GROUP, "a checkpoint of 2 groups")
-    send_groups(first.endpoint, [2])
+    send_groups(first, [2])
     wait_for(lambda: first.checkpointed() == 3 * MESSAGES_PER_GROUP, "a checkpoint of 3 groups")
     first.kill()
     newest = checkpoint_path(first.checkpoints, 0)
@@ -112,7 +112,7 @@ def test_damaged_checkpoints_fall_back_or_are_refused_clearly(servers, reference
 
     newest.write_bytes(newest.read_bytes()[:-100])  # truncated newest: the previous one serves
     second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS)
-    send_groups(second.endpoint, range(GROUPS))
+    send_groups(second, range(GROUPS))
     assert second.wait() == 0, second.text()
     assert "using the previous checkpoint" in second.text()
     assert_same_results(second.output, reference.output)
@@ -122,8 +122,8 @@ def test_damaged_checkpoints_fall_back_or_are_refused_clearly(servers, reference
 @pytest.mark.parametrize(("old_ranks", "new_ranks"), [(1, 2), (2, 1)])
 def test_restart_on_another_number_of_ranks(servers, reference, old_ranks, new_ranks) -> None:
     first = servers.start(sampling_size=GROUPS, ranks=old_ranks)
-    send_groups(first.endpoint, range(3))
-    send_groups(first.endpoint, [3], steps=1)
+    send_groups(first, range(3))
+    send_groups(first, [3], steps=1)
     accepted(first, 3 * MESSAGES_PER_GROUP + 2)
     first.process.send_signal(signal.SIGTERM)  # every rank checkpoints on its way out
     first.wait()
@@ -132,7 +132,7 @@ def test_restart_on_another_number_of_ranks(servers, reference, old_ranks, new_r
     assert no_blocks(first)
 
     second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS, ranks=new_ranks)
-    send_groups(second.endpoint, range(GROUPS))
+    send_groups(second, range(GROUPS))
     assert second.wait() == 0, second.text()
     assert f"written by {old_ranks} rank(s)" in second.text()
     assert_same_results(second.output, reference.output)

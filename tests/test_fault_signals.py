@@ -39,14 +39,14 @@ def test_sigusr1_and_a_vanished_launcher_checkpoint_then_the_study_resumes(serve
             "--launcher-timeout", "1.5", *launcher.options(), sampling_size=GROUPS
         )
         launcher.pump(lambda: first.accepted() == [0], "the server to start")
-        send_groups(first.endpoint, range(2))
+        send_groups(first, range(2))
         launcher.pump(lambda: first.accepted() == [2 * MESSAGES_PER_GROUP], "2 groups accepted")
         assert not checkpoint_path(first.checkpoints, 0).exists()  # -c is 300 s here
         first.process.send_signal(signal.SIGUSR1)
         launcher.pump(
             lambda: first.checkpointed() == 2 * MESSAGES_PER_GROUP, "the SIGUSR1 checkpoint"
         )
-        send_groups(first.endpoint, [2])
+        send_groups(first, [2])
         launcher.pump(lambda: first.accepted() == [3 * MESSAGES_PER_GROUP], "3 groups accepted")
     finally:
         launcher.close()  # no more HELLO: the launcher is gone
@@ -57,10 +57,10 @@ def test_sigusr1_and_a_vanished_launcher_checkpoint_then_the_study_resumes(serve
     assert no_blocks(first)
 
     second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS)
-    send_groups(second.endpoint, range(3, GROUPS))  # only what had not arrived
+    send_groups(second, range(3, GROUPS))  # only what had not arrived
     assert second.wait() == 0, second.text()
     reference = servers.start(sampling_size=GROUPS)
-    send_groups(reference.endpoint, range(GROUPS))
+    send_groups(reference, range(GROUPS))
     assert reference.wait() == 0, reference.text()
     assert_same_results(second.output, reference.output)
     wait_for(lambda: no_blocks(second), "the blocks to go")

@@ -300,6 +300,21 @@ def test_a_diverging_member_is_relaunched_then_dropped_and_named(
         assert np.isfinite(results["mean"][t]).all()
 
 
+def test_a_study_whose_every_sample_fails_ends_at_once_with_the_simulations_words(
+    tmp_path: Path,
+) -> None:
+    """Every simulation fails before sending: the study used to show failed counts until its
+    timeout; it now ends as soon as every sample is dropped and quotes a simulation's log."""
+    (tmp_path / "sim.py").write_text(
+        "import sys\nprint(\"no field named 'temperature'\", file=sys.stderr)\nsys.exit(3)\n"
+    )
+    (tmp_path / "study.toml").write_text(LINEAR_STUDY.replace("timeout = 100", "timeout = 600"))
+    completed = run_study(tmp_path / "study.toml")  # fails past 120 s: the study's is 600 s
+    assert completed.returncode == 1, completed.stderr
+    assert "every sample was dropped after its retries: no results" in completed.stderr
+    assert "no field named 'temperature'" in completed.stderr
+
+
 def test_bad_study_file_exits_with_the_key_named(tmp_path: Path) -> None:
     (tmp_path / "study.toml").write_text(LINEAR_STUDY.replace("at_once = 3", "at_once = 0"))
     completed = run_study(tmp_path / "study.toml", timeout=60)

@@ -617,7 +617,19 @@ class StudyRunner:
             for message in launcher.service(POLL_SECONDS * 5):
                 self.handle(message, launcher)
         if server.returncode != 0:
+            if all(simulation.status == Status.DROPPED for simulation in self.simulations.values()):
+                raise StudyError(self.all_dropped())
             raise self.server_failed(f"the server exited with code {server.returncode}")
+
+    def all_dropped(self) -> str:
+        """Why a study whose every sample was dropped has no results: the end of the log of
+        the simulation that failed last (its own words: a missing file, a wrong field name)."""
+        why = "every sample was dropped after its retries: no results"
+        logs = sorted(self.log_dir.glob("simulation_*.log"), key=lambda path: path.stat().st_mtime)
+        if not logs:
+            return why
+        tail = "\n".join(logs[-1].read_text(errors="replace").splitlines()[-10:])
+        return f"{why}; {logs[-1]} (the last to fail) ends with:\n{tail}"
 
     def received(self) -> int | None:
         """Data messages the server ranks accepted so far, from their progress blocks (None
