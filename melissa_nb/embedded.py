@@ -35,8 +35,9 @@ from melissa_nb.errors import ConfigurationError
 from melissa_nb.protocol import DataMessage, sobol_member
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.forward import RESULT
-from melissa_nb.server.loop import POLL_MS, ServerRank, start_rank, warm_kernels
+from melissa_nb.server.loop import POLL_MS, ServerRank
 from melissa_nb.server.stages import Stage, read_only_view
+from melissa_nb.server.startup import start_rank, warm_kernels
 
 MELISSA4PY_NAMES = {
     "nb_time_steps": "timesteps",
@@ -228,7 +229,7 @@ class MelissaServer:
         try:
             deadline = time.monotonic() + timeout
             while self._exit_code is None:
-                if time.monotonic() >= deadline or not self._rank.tracker.all_done():
+                if time.monotonic() >= deadline or not self._rank.ingest.tracker.all_done():
                     self._rank.request_stop()
                 self._exit_code = self._rank.step(POLL_MS)
             self._processing.release_finish()
@@ -294,7 +295,7 @@ class MelissaServer:
     @property
     def control_address(self) -> str | None:
         """Rank 0's control endpoint (`status`, `checkpoint`, `stop`), None on other ranks."""
-        control = self._rank.control
+        control = self._rank.sockets.control
         return None if control is None else control.address
 
     @property

@@ -24,8 +24,8 @@ class SharedMemoryUnavailable(MelissaError, OSError):
     its name taken by someone else."""
 
 
-class CheckpointError(MelissaError):
-    """A checkpoint is missing, damaged, of another study or of an incompatible format."""
+class CheckpointDamaged(MelissaError):
+    """A checkpoint file is missing, truncated or fails its checksum (its `.prev` is tried)."""
 
 
 class ServerUnreachableError(MelissaError, TimeoutError):

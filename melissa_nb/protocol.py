@@ -509,13 +509,13 @@ class DataValidator:
                 f"vect_size {message.vect_size}, before {known}",
             )
 
-    def remember(self, message: DataMessage) -> None:
-        """Fix the vect_size of the message's (field, client_rank), once its data is kept.
+    def remember(self, field_name: str, client_rank: int, vect_size: int) -> None:
+        """Fix the vect_size of (field, client_rank), once its data is kept.
 
         Only a kept message fixes it: a refused one (no room for its state) must not make the
         real data of that slice look changed.
         """
-        self.vect_sizes.setdefault((message.field_name, message.client_rank), message.vect_size)
+        self.vect_sizes.setdefault((field_name, client_rank), vect_size)
 
 
 # --- launcher messages (int32 type first) --------------------------------------------------------

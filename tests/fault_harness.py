@@ -21,8 +21,9 @@ import numpy as np
 from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 
 from melissa_nb.client import Client
+from melissa_nb.errors import CheckpointDamaged
 from melissa_nb.ports import free_port
-from melissa_nb.server.checkpoint import CheckpointDamaged, checkpoint_path, read_file
+from melissa_nb.server.checkpoint.files import checkpoint_path, read_file
 from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks, unlink_blocks
 from melissa_nb.server.status import read_progress

@@ -13,20 +13,20 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from melissa_nb.errors import ConfigurationError
+from melissa_nb.errors import CheckpointDamaged, ConfigurationError
 from melissa_nb.partition import block_bounds
-from melissa_nb.server.checkpoint import (
-    CheckpointDamaged,
-    Snapshot,
+from melissa_nb.server.checkpoint.files import (
     checkpoint_path,
-    finished_in_checkpoint,
     load_rank_file,
-    load_restart,
     read_file,
-    received_counts,
-    take_snapshot,
     write_atomically,
 )
+from melissa_nb.server.checkpoint.restart import (
+    finished_in_checkpoint,
+    load_restart,
+    received_counts,
+)
+from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.members import MemberAssembly
 from melissa_nb.server.slices import SliceStatistics
@@ -281,7 +281,7 @@ def test_an_interrupted_write_leaves_the_previous_file(tmp_path: Path, rng, fed)
 def test_checkpointer_timing_requests_sigusr1_and_failed_writes(tmp_path: Path, rng, fed) -> None:
     import signal
 
-    from melissa_nb.server.checkpoint import Checkpointer
+    from melissa_nb.server.checkpoint.writer import Checkpointer
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

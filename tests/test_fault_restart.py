@@ -25,7 +25,7 @@ from fault_harness import (
 )
 from harness import wait_for
 
-from melissa_nb.server.checkpoint import checkpoint_path
+from melissa_nb.server.checkpoint.files import checkpoint_path
 from melissa_nb.server.output import read_results
 
 GROUPS = 6

@@ -17,7 +17,7 @@ from fault_harness import (
 from harness import wait_for
 from test_server_e2e import FakeLauncher
 
-from melissa_nb.server.checkpoint import checkpoint_path
+from melissa_nb.server.checkpoint.files import checkpoint_path
 from melissa_nb.server.output import read_results
 
 GROUPS = 5

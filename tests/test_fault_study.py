@@ -28,7 +28,8 @@ from test_study_run import (
     run_study,
 )
 
-from melissa_nb.server.checkpoint import CheckpointDamaged, checkpoint_path, read_file
+from melissa_nb.errors import CheckpointDamaged
+from melissa_nb.server.checkpoint.files import checkpoint_path, read_file
 from melissa_nb.server.status import read_progress
 from melissa_nb.study.sampling import read_parameters_csv
 
@@ -217,7 +218,7 @@ def test_the_study_stops_launching_once_the_target_width_is_reached(tmp_path: Pa
 def test_study_keys_of_fault_tolerance(tmp_path: Path) -> None:
     from melissa_nb.errors import ConfigurationError
     from melissa_nb.study.config import load_study
-    from melissa_nb.study.launcher import LauncherPorts
+    from melissa_nb.study.launcher_sockets import LauncherPorts
     from melissa_nb.study.runner import server_arguments
 
     path = write_study(

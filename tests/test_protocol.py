@@ -393,7 +393,7 @@ def test_validator_accepts_valid_study_messages() -> None:
     message = validator.decode(DataMessage(3, 2, 1, "v", np.ones(5)).encode())
     assert (message.field_name, message.time_stamp, message.vect_size) == ("v", 3, 5)
     assert validator.vect_sizes == {}  # a size is fixed only once the server keeps the data
-    validator.remember(message)
+    validator.remember(message.field_name, message.client_rank, message.vect_size)
     assert validator.vect_sizes == {("v", 1): 5}
 
 
@@ -410,7 +410,8 @@ def test_validator_accepts_valid_study_messages() -> None:
 )
 def test_validator_rejections(message: DataMessage, reason: str) -> None:
     validator = DataValidator(("u", "v"), nb_timesteps=4, nb_samples=3, client_comm_size=2)
-    validator.remember(validator.decode(DataMessage(0, 0, 0, "u", np.ones(5)).encode()))
+    kept = validator.decode(DataMessage(0, 0, 0, "u", np.ones(5)).encode())
+    validator.remember(kept.field_name, kept.client_rank, kept.vect_size)
     with pytest.raises(ProtocolError) as error:
         validator.decode(message.encode())
     assert error.value.reason == reason

@@ -49,7 +49,7 @@ from melissa_nb.protocol import (
     encode_data_frame,
 )
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.launcher import LauncherLink
+from melissa_nb.server.launcher_link import LauncherLink
 from melissa_nb.server.output import read_results
 from melissa_nb.server.progress import LogThrottle
 from melissa_nb.server.state import list_blocks

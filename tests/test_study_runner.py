@@ -13,7 +13,7 @@ from melissa_nb.cli import app
 from melissa_nb.ports import free_port
 from melissa_nb.server.config import parse_colon_list
 from melissa_nb.study.config import load_study
-from melissa_nb.study.launcher import Launcher, LauncherPorts
+from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
 from melissa_nb.study.runner import Status, StudyRunner, server_arguments, server_command
 
 STUDY = """

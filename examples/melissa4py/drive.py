@@ -22,7 +22,7 @@ import numpy as np
 import zmq
 
 from melissa_nb.protocol import Job, Server, Stop
-from melissa_nb.study.launcher import Launcher
+from melissa_nb.study.launcher_sockets import Launcher
 
 HERE = Path(__file__).resolve().parent
 WAIT = 120.0  # seconds the whole study may take

@@ -17,7 +17,9 @@ opens it in append mode and writes the hyperslab of its own cells; the last rank
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,8 +29,11 @@ from typing import Any
 import numpy as np
 
 from melissa_nb import __version__
+from melissa_nb.errors import ConfigurationError
 from melissa_nb.partition import block_bounds
+from melissa_nb.server.claim import check_writable
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
+from melissa_nb.server.ranks import World
 
 QUANTILE_DIMENSION = "quantile_order"
 SOBOL_VARIABLES = (
@@ -287,7 +292,7 @@ def write_rank_slices(
 
 
 def write_field(
-    world: Any,
+    world: World,
     config: ServerConfig,
     field_name: str,
     slices: Sequence[Any],
@@ -327,6 +332,33 @@ def write_field(
     finally:
         world.pass_turn()
     return final
+
+
+def results_directory(config: ServerConfig, world: World, log: logging.Logger) -> Path | None:
+    """Where the results go (collective): --output-dir if every rank can write there, else
+    the first of the checkpoint directory, `./melissa_nb_results_<study>` and the same in
+    the temporary directory that every rank can write (said in the log); None if none."""
+    fallback = f"melissa_nb_results_{config.study_id}"
+    candidates = (
+        config.output_dir,
+        config.checkpoint_directory,
+        Path.cwd() / fallback,
+        Path(tempfile.gettempdir()) / fallback,
+    )
+    problems = []
+    for directory in candidates:
+        try:
+            check_writable(directory, "results in")
+            problem = None
+        except ConfigurationError as error:
+            problem = str(error)
+        if not any(world.allgather(problem)):
+            if problems and world.rank == 0:
+                log.error("%s: the results go to %s instead", problems[0], directory)
+            return directory
+        problems.append(problem or "another rank cannot write there")
+    log.error("cannot write the results: %s", "; ".join(problems))
+    return None
 
 
 def _write_coordinates(store: NetCDFStore, config: ServerConfig, total_cells: int) -> None:

@@ -46,11 +46,12 @@ from melissa_nb.protocol import (
     Stop,
     Timeout,
 )
-from melissa_nb.server.checkpoint import checkpoint_path, finished_in_checkpoint
+from melissa_nb.server.checkpoint.files import checkpoint_path
+from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
 from melissa_nb.server.convergence import CONVERGED
 from melissa_nb.server.state import progress_block_name, reading
 from melissa_nb.study.config import StudyConfig
-from melissa_nb.study.launcher import HEARTBEAT_SECONDS, Launcher, LauncherPorts
+from melissa_nb.study.launcher_sockets import HEARTBEAT_SECONDS, Launcher, LauncherPorts
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
 from melissa_nb.study.simulations import SimulationRun, start_process, stop_process
 

@@ -20,7 +20,7 @@ from melissa_nb.protocol import (
     Timeout,
     decode_launcher_message,
 )
-from melissa_nb.study.launcher import Launcher
+from melissa_nb.study.launcher_sockets import Launcher
 
 JOBS = {3: Job(3, "study.3.1", (1.5, -2.0))}
 

@@ -1,0 +1,118 @@
+"""The checkpoint file of one rank: netCDF4, written atomically, read back and verified."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from melissa_nb.errors import CheckpointDamaged, ConfigurationError
+from melissa_nb.server.checkpoint.snapshot import Snapshot
+
+
+def checkpoint_path(directory: Path, rank: int, previous: bool = False) -> Path:
+    """The newest (or previous) checkpoint file of `rank` in `directory`."""
+    return Path(directory) / f"checkpoint.r{rank}{'.prev' if previous else ''}.nc"
+
+
+def write_file(path: Path, snapshot: Snapshot) -> None:
+    """Write `snapshot` to `path` (not atomic by itself: see `write_atomically`)."""
+    import netCDF4
+
+    dataset = netCDF4.Dataset(path, "w", format="NETCDF4")
+    try:
+        empty = {}
+        for name, array in snapshot.arrays.items():
+            if array.size == 0:  # netCDF reads a size-0 dimension as unlimited
+                empty[name] = [list(array.shape), array.dtype.str]
+                continue
+            group_name, variable = name.split("/", 1)
+            group = dataset.groups.get(group_name) or dataset.createGroup(group_name)
+            dimensions = []
+            for axis, size in enumerate(array.shape):
+                dimensions.append(f"{variable}.d{axis}")
+                group.createDimension(dimensions[-1], size)
+            group.createVariable(variable, array.dtype, dimensions)[...] = array
+        dataset.setncattr("meta", json.dumps(snapshot.meta))
+        dataset.setncattr("empty", json.dumps(empty))
+        dataset.setncattr("sha256", snapshot.digest())
+    finally:
+        dataset.close()
+
+
+def read_file(path: Path) -> Snapshot:
+    """Read a checkpoint file; CheckpointDamaged if it is unreadable or fails its checksum."""
+    import netCDF4
+
+    if not path.is_file():
+        raise CheckpointDamaged(f"{path}: missing")
+    try:
+        dataset = netCDF4.Dataset(path, "r")
+    except OSError as error:
+        raise CheckpointDamaged(f"{path}: unreadable ({error})") from None
+    try:
+        attributes = dataset.ncattrs()
+        if not {"meta", "sha256", "empty"} <= set(attributes):
+            raise CheckpointDamaged(f"{path}: not a melissa_nb checkpoint (attributes missing)")
+        snapshot = Snapshot(json.loads(dataset.getncattr("meta")))
+        for group_name, group in dataset.groups.items():
+            for variable_name, variable in group.variables.items():
+                variable.set_auto_maskandscale(False)
+                snapshot.arrays[f"{group_name}/{variable_name}"] = np.asarray(variable[...])
+        for name, (shape, dtype) in json.loads(dataset.getncattr("empty")).items():
+            snapshot.arrays[name] = np.zeros(shape, dtype=dtype)
+        expected = dataset.getncattr("sha256")
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointDamaged(f"{path}: unreadable ({error})") from None
+    finally:
+        dataset.close()
+    if snapshot.digest() != expected:
+        raise CheckpointDamaged(f"{path}: checksum mismatch (damaged file)")
+    return snapshot
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_atomically(directory: Path, rank: int, snapshot: Snapshot) -> Path:
+    """Temporary file, fsync, newest -> .prev, temporary -> newest, fsync of the directory.
+
+    At every instant either the newest or the previous file is complete and valid.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    newest = checkpoint_path(directory, rank)
+    temporary = newest.with_name(newest.name + ".tmp")
+    write_file(temporary, snapshot)
+    _fsync(temporary)
+    if newest.exists():
+        os.replace(newest, checkpoint_path(directory, rank, previous=True))
+    os.replace(temporary, newest)
+    _fsync(directory)
+    return newest
+
+
+def load_rank_file(directory: Path, rank: int, log: logging.Logger | None = None) -> Snapshot:
+    """The newest valid checkpoint of old rank `rank`: the newest file, else the previous one."""
+    problems = []
+    for previous in (False, True):
+        path = checkpoint_path(directory, rank, previous)
+        try:
+            snapshot = read_file(path)
+        except CheckpointDamaged as error:
+            problems.append(str(error))
+            continue
+        if previous and log is not None:
+            log.warning("using the previous checkpoint %s: %s", path, problems[0])
+        return snapshot
+    raise ConfigurationError(
+        f"-r/--restart {directory}: no valid checkpoint of rank {rank} ({'; '.join(problems)})"
+    )

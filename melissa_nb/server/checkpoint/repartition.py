@@ -1,0 +1,120 @@
+"""Old ranks' slices cut for a new number of ranks.
+
+Every state array has cells last (`count`, per timestep, excepted), so a new rank cuts the cells
+the partition gives it out of the old slices: exact for every statistic, quantiles included,
+since nothing is merged. This needs the old ranks to have learned the whole layout and to agree
+on the timesteps received of every slice they share between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from melissa_nb.errors import ConfigurationError
+from melissa_nb.partition import block_bounds
+from melissa_nb.server.checkpoint.snapshot import Snapshot
+from melissa_nb.server.config import ServerConfig
+
+
+@dataclass
+class RestoredSlice:
+    """One slice a new rank starts with: its cells, state arrays and received bitset."""
+
+    field: str
+    client_rank: int
+    cells: int
+    arrays: dict[str, np.ndarray]
+    bits: np.ndarray
+
+
+def _per_cell(name: str) -> bool:
+    """Every state array has cells last except the per-timestep sample counts."""
+    return name.rsplit(".", 1)[-1] != "count"
+
+
+@dataclass
+class _Piece:
+    start: int  # first global cell
+    cells: int
+    arrays: dict[str, np.ndarray]
+    bits: np.ndarray
+    old_rank: int
+
+    @property
+    def end(self) -> int:
+        """One past its last global cell."""
+        return self.start + self.cells
+
+
+def repartition(
+    snapshots: list[Snapshot], config: ServerConfig, rank: int, ranks: int, directory: Path
+) -> list[RestoredSlice]:
+    """The slices new rank `rank` of `ranks` holds, cut out of every old rank's slices."""
+    old_ranks = len(snapshots)
+    restored = []
+    for field_name in config.field_names:
+        per_rank = [
+            [(k, item) for k, item in enumerate(s.meta["slices"]) if item["field"] == field_name]
+            for s in snapshots
+        ]
+        total = sum(item["cells"] for items in per_rank for _, item in items)
+        if total == 0:
+            continue  # nothing of this field arrived before the checkpoint
+        pieces: dict[int, list[_Piece]] = {}
+        for old_rank, (snapshot, items) in enumerate(zip(snapshots, per_rank, strict=True)):
+            start, end = block_bounds(total, old_ranks, old_rank)
+            clients = [item["client_rank"] for _, item in items]
+            held = sum(item["cells"] for _, item in items)
+            contiguous = not clients or clients == list(range(clients[0], clients[-1] + 1))
+            if held != end - start or not contiguous:
+                raise ConfigurationError(
+                    f"-r/--restart {directory}: cannot restart on {ranks} ranks: old rank "
+                    f"{old_rank} had learned only part of field {field_name!r} ({held} of "
+                    f"{end - start} cells); restart with {old_ranks} ranks"
+                )
+            for k, item in items:
+                pieces.setdefault(item["client_rank"], []).append(
+                    _Piece(
+                        start + item["rank_offset"],
+                        item["cells"],
+                        snapshot.slice_arrays(k),
+                        snapshot.arrays[f"slice{k}/bits"],
+                        old_rank,
+                    )
+                )
+        low, high = block_bounds(total, ranks, rank)
+        for client_rank in sorted(pieces):
+            client_pieces = sorted(pieces[client_rank], key=lambda piece: piece.start)
+            first = max(low, client_pieces[0].start)
+            last = min(high, client_pieces[-1].end)
+            if last <= first:
+                continue
+            used = [p for p in client_pieces if p.start < last and p.end > first]
+            for piece in used[1:]:
+                if not np.array_equal(piece.bits, used[0].bits):
+                    raise ConfigurationError(
+                        f"-r/--restart {directory}: cannot restart on {ranks} ranks: old ranks "
+                        f"{used[0].old_rank} and {piece.old_rank} had received different "
+                        f"timesteps of field {field_name!r} client rank {client_rank}; restart "
+                        f"with {old_ranks} ranks"
+                    )
+            arrays = {}
+            for name, array in used[0].arrays.items():
+                if not _per_cell(name):
+                    arrays[name] = array.copy()
+                    continue
+                arrays[name] = np.concatenate(
+                    [p.arrays[name][..., _local(p, first, last)] for p in used], axis=-1
+                )
+            restored.append(
+                RestoredSlice(field_name, client_rank, last - first, arrays, used[0].bits.copy())
+            )
+    return restored
+
+
+def _local(piece: _Piece, first: int, last: int) -> slice:
+    """The cells of global range [first, last) inside `piece`, as a slice of its arrays."""
+    return slice(max(first, piece.start) - piece.start, min(last, piece.end) - piece.start)

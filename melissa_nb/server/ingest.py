@@ -1,0 +1,382 @@
+"""The receive path of one rank, top to bottom: frame -> checks -> tracking -> Sobol assembly ->
+batch -> kernels. `Ingest` owns the rank's state (slices, tracker, member buffers) and the
+per-session protocol facts (who shook hands, the study's client layout); it is the one object
+checkpoints snapshot and restore.
+
+A data frame, in `handle`: decoded and checked against the study (`DataValidator`); refused if
+its simulation was dropped or never shook hands (ranks other than 0 hold it in `WaitingFrames`
+for two votes first: only rank 0 sees handshakes); its (field, client rank) slice found or made
+in shared memory; a timestep that arrived before is a duplicate; non-finite values refuse it;
+a lone Sobol member waits in `MemberAssembly` for its group; the sample (or whole group) joins
+the `FoldBatch`, folded by the kernels at the end of the burst (`fold`); the timestep is marked
+received. Socket handling, the launcher and the end vote stay with the loop, which hears of
+first sightings and failures through two callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+import zmq
+
+from melissa_nb.errors import ProtocolError, SharedMemoryUnavailable
+from melissa_nb.kernels.finite import count_non_finite
+from melissa_nb.protocol import ConnectionRequest, DataMessage, DataValidator, sobol_member
+from melissa_nb.server.batches import FoldBatch
+from melissa_nb.server.checkpoint.restart import RestoredRank, restore_steps, restore_tracker
+from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.members import MemberAssembly
+from melissa_nb.server.progress import Progress
+from melissa_nb.server.slices import SliceStatistics, slice_bytes
+from melissa_nb.server.stages import STAGE_PREFIX, Processing
+from melissa_nb.server.tracking import SliceSteps, Tracker, Vote
+from melissa_nb.server.waiting import ANNOUNCE_VOTES, WaitingFrames
+
+
+class Ingest:
+    """A rank's statistics state and the path of every data frame into it."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        rank: int,
+        threads: int,
+        progress: Progress,
+        processing: Processing,
+        log: logging.Logger,
+        first_seen: Callable[[int], None],
+        non_finite: Callable[[int, str], None],
+    ) -> None:
+        """`first_seen(simulation)`: its first sign of life on this rank; `non_finite(simulation,
+        field)`: it sent NaN or infinity (once per attempt: until it sends a good or re-sent
+        message again)."""
+        self.config = config
+        self.rank = rank
+        self.threads = threads
+        self.progress = progress
+        self.processing = processing
+        self.log = log
+        self.first_seen = first_seen
+        self.non_finite = non_finite
+        self.tracker = Tracker(config.field_names, config.timesteps, config.sampling_size)
+        self.validator = DataValidator(
+            config.field_names,
+            config.timesteps,
+            config.sampling_size,
+            sobol=config.sobol,
+            nb_parameters=config.parameters,
+        )
+        self.slices: dict[tuple[str, int], SliceStatistics] = {}
+        self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
+        self.batch = FoldBatch(config.sobol, int(config.batch_mb * 2**20))
+        self.waiting = WaitingFrames(int(config.batch_mb * 2**20))
+        self.announced_sizes: dict[int, int] = {}  # rank 0: simulation -> its client ranks
+        self.vote_rounds = 0  # votes completed: how long a waiting frame has waited
+        self._non_finite_told: set[int] = set()  # told since their last good message
+
+    # --- frames -----------------------------------------------------------------------------------
+
+    def drain(self, socket: zmq.Socket, limit: int, now: float) -> None:
+        """Handle up to `limit` frames waiting on `socket`, then fold what they brought."""
+        counts = self.progress.counts
+        try:
+            for burst in range(limit):
+                try:
+                    frame = socket.recv(zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    counts["last_burst"] = burst
+                    return
+                counts["messages"] += 1
+                counts["bytes"] += len(frame)
+                try:
+                    self.handle(frame.buffer, now)
+                except ProtocolError as error:
+                    self.progress.reject(error.reason, str(error), now)
+                if self.batch.full:
+                    self.fold()
+                if self.waiting.full:  # no more until a vote tells which simulations exist
+                    return
+        finally:
+            self.fold()
+
+    def handle(self, buffer: memoryview, now: float, arrived: int | None = None) -> None:
+        """Validate one data frame, hand it to the fold batch, mark its timestep.
+
+        `arrived`: the votes completed when a frame that waited for its simulation's
+        announcement came (else now: `self.vote_rounds`).
+        """
+        if arrived is None:
+            arrived = self.vote_rounds
+            if self.waiting.pending:  # behind a frame waiting for its announcement
+                self.waiting.hold(buffer, arrived)
+                return
+        message = self.validator.decode(buffer)
+        config = self.config
+        single_member = config.sobol and message.nb_vectors == 1
+        if single_member:
+            group, member = sobol_member(message.simu_id, config.parameters)
+        else:
+            group, member = message.simu_id, 0
+        if self.tracker.dropped[group]:
+            raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
+        field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
+        if not self.tracker.announced[group]:
+            if self.rank != 0 and self.vote_rounds - arrived < ANNOUNCE_VOTES:
+                self.waiting.hold(buffer, arrived)  # rank 0 may have answered it just now
+                return
+            raise ProtocolError(
+                "no_handshake",
+                f"data of simulation {message.simu_id} (client rank {client_rank}) before any "
+                "connection request of it",
+            )
+        if not self.tracker.client_comm_size and self.rank == 0:
+            self._confirm_layout(group, client_rank)
+        try:
+            statistics = self._slice(field, client_rank, message.vect_size)
+        except SharedMemoryUnavailable as error:  # the slice cannot be held: refuse, keep serving
+            raise ProtocolError("no_shared_memory", str(error)) from None
+        steps = self._learn_slice(
+            field, client_rank, message.vect_size, statistics and statistics.received
+        )
+        self.touch(group, now)
+        if steps.has(group, timestep):
+            self.progress.counts["duplicates"] += 1
+            self._non_finite_told.discard(group)  # a relaunch re-sends what it had
+            return
+        values = message.values
+        bad = count_non_finite(values.reshape(-1))
+        if bad:
+            if group not in self._non_finite_told:
+                self._non_finite_told.add(group)
+                self.non_finite(group, field)
+            raise ProtocolError(
+                "non_finite",
+                f"simulation {message.simu_id} field {field!r} timestep {timestep}: "
+                f"{bad} of {values.size} values are NaN or infinite",
+            )
+        self._non_finite_told.discard(group)
+        if single_member:
+            outcome, assembled = self.members.add(
+                (field, client_rank, group, timestep), member, values[0]
+            )
+            if outcome == MemberAssembly.DUPLICATE:
+                self.progress.counts["duplicates"] += 1
+                return
+            if outcome == MemberAssembly.FULL:
+                raise ProtocolError(
+                    "member_buffer_full",
+                    f"no room for member {member} of group {group} "
+                    f"(--member-buffer-mb {config.member_buffer_mb:g})",
+                )
+            self._accepted(message)
+            if assembled is None:
+                return
+            self._hold(statistics, timestep, assembled, group)
+        else:
+            self._hold(statistics, timestep, values, group)
+            self._accepted(message)
+        self.tracker.add(steps, group, timestep)
+
+    def _hold(
+        self, statistics: SliceStatistics | None, timestep: int, values: np.ndarray, sample: int
+    ) -> None:
+        """Hand a sample (or a whole Sobol group) to the batch of the built-in statistics."""
+        if statistics is not None:
+            self.batch.add(statistics, timestep, values, sample)
+
+    def fold(self) -> None:
+        """Fold the batch into the statistics, timed."""
+        counts = self.progress.counts
+        started = time.perf_counter_ns()
+        counts["kernel_passes"] += self.batch.fold()
+        counts["kernel_ns"] += time.perf_counter_ns() - started
+
+    def _accepted(self, message: DataMessage) -> None:
+        """Count an accepted message and hand it to the user stages and listeners."""
+        self.progress.counts["accepted"] += 1
+        self.processing.accept(message)
+
+    def touch(self, simulation: int, now: float) -> None:
+        """A sign of life from a simulation (handshake or data)."""
+        first = not self.tracker.started[simulation]
+        self.tracker.touch(simulation, now)
+        if first:
+            self.first_seen(simulation)
+
+    # --- slices -----------------------------------------------------------------------------------
+
+    def _slice(self, field: str, client_rank: int, cells: int) -> SliceStatistics | None:
+        """The statistics of (field, client_rank), made on its first data (None: the server
+        computes no built-in statistics)."""
+        if not self.config.statistics:
+            return None
+        statistics = self.slices.get((field, client_rank))
+        if statistics is None:
+            statistics = SliceStatistics(
+                self.config, self.rank, field, client_rank, cells, self.threads
+            )
+            self.slices[(field, client_rank)] = statistics
+            self.progress.counts["state_bytes"] += slice_bytes(self.config, cells)
+            self.log.info(
+                "field %s: client rank %d sends %d cells here (%.1f MiB of state)",
+                field,
+                client_rank,
+                cells,
+                slice_bytes(self.config, cells) / 2**20,
+            )
+        return statistics
+
+    def _learn_slice(
+        self, field: str, client_rank: int, cells: int, received: np.ndarray | None
+    ) -> SliceSteps:
+        """The one place a slice's size is fixed: for the checks of the next messages and for
+        the tracker's layout."""
+        self.validator.remember(field, client_rank, cells)
+        return self.tracker.learn_slice(field, client_rank, cells, received)
+
+    def _set_client_comm_size(self, size: int) -> None:
+        """The one place the study's client communicator size is fixed (0: not known)."""
+        self.tracker.client_comm_size = size
+        self.validator.client_comm_size = size or None
+
+    # --- the study's client layout ----------------------------------------------------------------
+
+    def announce(self, request: ConnectionRequest, now: float) -> int:
+        """Rank 0: record a handshake; returns its simulation (or Sobol group).
+
+        Raises ProtocolError for a simulation outside the study or a layout other than the
+        study's.
+        """
+        simulation = request.simu_id // self.config.group_size
+        if simulation >= self.config.sampling_size:
+            raise ProtocolError(
+                "simu_id_out_of_range",
+                f"connection from simulation {request.simu_id}, study has "
+                f"{self.config.sampling_size * self.config.group_size}",
+            )
+        if self.tracker.client_comm_size not in (0, request.client_comm_size):
+            # One decomposition for the whole study, fixed by the first data (a handshake alone
+            # fixes nothing: a stray one must not lock real simulations out); another would
+            # change the completion rule under the simulations already counted.
+            raise ProtocolError(
+                "client_comm_size_changed",
+                f"simulation {request.simu_id} has {request.client_comm_size} ranks, the "
+                f"study's data came from {self.tracker.client_comm_size}: all must share one "
+                "layout",
+            )
+        self.tracker.announced[simulation] = True
+        self.announced_sizes[simulation] = request.client_comm_size
+        self.touch(simulation, now)
+        return simulation
+
+    def _confirm_layout(self, simulation: int, client_rank: int) -> None:
+        """Rank 0, first data of an announced simulation: the client communicator size it
+        announced becomes the study's (its data beyond that size is refused)."""
+        size = self.announced_sizes.get(simulation)
+        if size is None:  # announced before a restart: its next handshake will tell
+            return
+        if client_rank >= size:
+            raise ProtocolError(
+                "client_rank_out_of_range",
+                f"client rank {client_rank} of simulation {simulation}, which announced {size}",
+            )
+        self._learn_client_ranks(size)
+        self.log.info("the simulations have %d rank(s) each (from simulation %d)", size, simulation)
+
+    def _learn_client_ranks(self, size: int) -> None:
+        """The study's client communicator size is known: data of client ranks beyond it is
+        refused from now on, and slices of such ranks already made (data of an announced
+        simulation, but not of the study's layout) are discarded, counted as refused."""
+        self.fold()  # it may hold samples of a slice about to go
+        self._set_client_comm_size(size)
+        for field, client_rank in self.tracker.forget_slices_from(size):
+            statistics = self.slices.pop((field, client_rank), None)
+            self.validator.vect_sizes.pop((field, client_rank), None)
+            if statistics is not None:
+                self.progress.counts["state_bytes"] -= slice_bytes(self.config, statistics.cells)
+                statistics.release()
+            self.progress.reject(
+                "client_rank_out_of_range",
+                f"field {field!r}: the data of client rank {client_rank} is discarded, the "
+                f"simulations have {size} rank(s)",
+                time.monotonic(),
+            )
+
+    def vote_counted(self, vote: Vote, now: float) -> None:
+        """An end vote completed. Ranks other than 0 learn from it the simulations rank 0
+        announced and the study's communicator size; then the frames that waited for them."""
+        self.vote_rounds += 1
+        if self.rank == 0:
+            return
+        self.tracker.announced |= vote.announced
+        if vote.client_comm_size and not self.tracker.client_comm_size:
+            self._learn_client_ranks(vote.client_comm_size)
+        for buffer, arrived in self.waiting.take():
+            if self.waiting.pending:  # an earlier frame waits again: keep the arrival order
+                self.waiting.hold(buffer, arrived)
+                continue
+            try:
+                self.handle(buffer, now, arrived)
+            except ProtocolError as error:
+                self.progress.reject(error.reason, str(error), now)
+        self.fold()
+
+    def refuse_waiting(self, now: float) -> None:
+        """The study ends: frames still waiting belong to simulations that never connected."""
+        for _, _ in self.waiting.take():
+            self.progress.reject("no_handshake", "data of a simulation that never connected", now)
+
+    def drop(self, simulation: int, why: str) -> None:
+        """Give a simulation up (logged once): its data is refused from now on."""
+        if self.tracker.dropped[simulation]:
+            return
+        self.tracker.drop(simulation)
+        self.members.discard_group(simulation)
+        self.log.warning("simulation %d %s", simulation, why)
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def snapshot(self, ranks: int) -> Snapshot:
+        """A copy of everything a restart needs (slices, tracker, member buffers, counters)."""
+        return take_snapshot(
+            self.config,
+            self.rank,
+            ranks,
+            self.slices,
+            self.tracker,
+            self.members,
+            self.progress.counts,
+            self.processing.state_blocks(),
+        )
+
+    def restore(self, restored: RestoredRank, now: float) -> None:
+        """Take back what the old ranks' checkpoints give this rank (before any data)."""
+        restore_tracker(self.tracker, restored, now)
+        self._set_client_comm_size(restored.client_comm_size)
+        for item in restored.slices:
+            stage_arrays = {n: a for n, a in item.arrays.items() if n.startswith(STAGE_PREFIX)}
+            self.processing.restore_state(item.field, item.client_rank, stage_arrays)
+            statistics = self._slice(item.field, item.client_rank, item.cells)
+            if statistics is not None:
+                for name, array in item.arrays.items():
+                    if name not in stage_arrays:
+                        statistics.block.arrays[name][...] = array
+            steps = self._learn_slice(
+                item.field, item.client_rank, item.cells, statistics and statistics.received
+            )
+            restore_steps(steps, self.tracker, item.bits)
+        for key, values, received in restored.members:
+            self.members.restore(key, values, received)
+        for name, value in restored.counts.items():
+            self.progress.counts[name] += value
+
+    def release(self) -> None:
+        """Remove every shared-memory block of the state (idempotent)."""
+        self.tracker.release()  # its received counts are views of the slice blocks
+        for statistics in self.slices.values():
+            statistics.release()
+        self.slices.clear()
