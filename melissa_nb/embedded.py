@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.forward_protocol import RESULT
 from melissa_nb.protocol import DataMessage, sobol_member
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.forward import RESULT
 from melissa_nb.server.loop import POLL_MS, ServerRank
 from melissa_nb.server.stages import Stage, read_only_view
 from melissa_nb.server.startup import start_rank, warm_kernels

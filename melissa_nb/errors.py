@@ -11,10 +11,45 @@ class ConfigurationError(MelissaError, ValueError):
     """A setting (CLI option, study file key, constructor argument) is missing or invalid."""
 
 
+REJECTION_REASONS = (
+    # decoding (melissa_nb.protocol, the pipeline codec)
+    "short_frame",
+    "bad_size",
+    "bad_value",
+    "bad_version",
+    "unterminated_field",
+    "unterminated_string",
+    "bad_string",
+    "unknown_type",
+    "bad_request",
+    "multipart_request",
+    # the study's settings (DataValidator)
+    "unknown_field",
+    "timestep_out_of_range",
+    "simu_id_out_of_range",
+    "client_rank_out_of_range",
+    "vect_size_changed",
+    # what came before (the server's ingest and launcher link)
+    "no_handshake",
+    "client_comm_size_changed",
+    "dropped_simulation",
+    "drop_out_of_range",
+    "unexpected_launcher_message",
+    "non_finite",
+    "member_buffer_full",
+    "no_shared_memory",
+)
+"""Every reason a message is refused for, counted by the server; docs/protocol.md has the table
+saying what each means (a test checks the two agree)."""
+
+
 class ProtocolError(MelissaError, ValueError):
-    """A message does not follow the wire protocol; `reason` is a short key used for counting."""
+    """A message does not follow the wire protocol; `reason` (one of REJECTION_REASONS) is the
+    short key it is counted under."""
 
     def __init__(self, reason: str, message: str) -> None:
+        if reason not in REJECTION_REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}: add it to REJECTION_REASONS")
         super().__init__(f"{reason}: {message}")
         self.reason = reason
 

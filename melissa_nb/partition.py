@@ -7,7 +7,7 @@ both compute it, so it lives here, once.
 from __future__ import annotations
 
 
-def block_bounds(total_cells: int, ranks: int, rank: int) -> tuple[int, int]:
+def rank_cells(total_cells: int, ranks: int, rank: int) -> tuple[int, int]:
     """First and one-past-last global cell owned by server `rank` of `ranks`."""
     if ranks < 1:
         raise ValueError(f"number of server ranks must be >= 1, got {ranks}")
@@ -31,7 +31,7 @@ def overlaps(
     local_end = local_start + local_size
     pieces = []
     for rank in range(ranks):
-        start, end = block_bounds(total_cells, ranks, rank)
+        start, end = rank_cells(total_cells, ranks, rank)
         lo, hi = max(start, local_start), min(end, local_end)
         if hi > lo:
             pieces.append((rank, lo - local_start, hi - lo))

@@ -2,8 +2,9 @@
 
 This module knows nothing of sockets or statistics: it turns frames into validated messages and
 back. Every decoding failure raises `ProtocolError(reason, message)` with a short `reason` key
-(listed in `REJECTION_REASONS`) that the server counts. `docs/protocol.md` is the authoritative
-description of the format; integers are int32 little-endian, reals float64 little-endian.
+(one of `melissa_nb.errors.REJECTION_REASONS`) that the server counts. `docs/protocol.md` is the
+authoritative description of the format; integers are int32 little-endian, reals float64
+little-endian.
 """
 
 from __future__ import annotations
@@ -37,23 +38,6 @@ _INT32 = struct.Struct("<i")
 _FLOAT64 = struct.Struct("<d")
 _CONNECTION_REQUEST = struct.Struct("<2i")
 _CONNECTION_REPLY_HEADER = struct.Struct("<5i")
-
-REJECTION_REASONS = (
-    "short_frame",
-    "bad_size",
-    "bad_value",
-    "unterminated_field",
-    "unterminated_string",
-    "bad_string",
-    "unknown_type",
-    "bad_request",
-    "unknown_field",
-    "timestep_out_of_range",
-    "simu_id_out_of_range",
-    "client_rank_out_of_range",
-    "vect_size_changed",
-)
-"""Every `ProtocolError.reason` this module raises, so a server can pre-create its counters."""
 
 
 # --- shared checks and readers ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.netcdf import NetCDFStore
 
 INSTALL_PLOTS = "pip install 'melissa_nb[plots]'"
 COUNT_ATTRIBUTES = (
@@ -98,19 +99,16 @@ def _names_from_csv(directory: Path, count: int) -> tuple[str, ...] | None:
 
 def load_field(path: str | Path) -> FieldResults:
     """Read one result file entirely (results are small next to the data that made them)."""
-    import netCDF4
-
     path = Path(path)
-    with netCDF4.Dataset(path) as dataset:
-        dataset.set_auto_mask(False)
+    with NetCDFStore(path) as store:
+        dimensions = store.dimensions()
         # Statistics only: coordinate variables (named like their dimension) are left out.
         variables = {
-            name: np.asarray(variable[...])
-            for name, variable in dataset.variables.items()
-            if "time" in variable.dimensions and name not in dataset.dimensions
+            name: store.read(name)
+            for name in store.names()
+            if "time" in store.variable_dimensions(name) and name not in dimensions
         }
-        attributes = {name: dataset.getncattr(name) for name in dataset.ncattrs()}
-        dimensions = {name: len(dimension) for name, dimension in dataset.dimensions.items()}
+        attributes = store.attributes()
     missing = {"time", "cell"} - set(dimensions)
     if missing:
         raise ConfigurationError(f"{path} is not a melissa_nb result: no dimension {missing}")

@@ -22,9 +22,9 @@ from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 
 from melissa_nb.client import Client
 from melissa_nb.errors import CheckpointDamaged
+from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.server.checkpoint.files import checkpoint_path, read_file
-from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks, unlink_blocks
 from melissa_nb.server.status import read_progress
 
@@ -33,10 +33,19 @@ ROWS = PARAMETERS + 2
 TIMESTEPS = 3
 FIELDS = {"u": 11, "v": 4}
 OPTIONS = (
-    "-p", str(PARAMETERS), "-t", str(TIMESTEPS), "-f", ":".join(FIELDS),
-    "-o", "mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
-    "-e", "4.5:5:5.5", "-q", "0.1:0.5:0.9",
-)  # fmt: skip
+    "-p",
+    str(PARAMETERS),
+    "-t",
+    str(TIMESTEPS),
+    "-f",
+    ":".join(FIELDS),
+    "-o",
+    "mean:variance:skewness:kurtosis:min:max:threshold:quantile:sobol",
+    "-e",
+    "4.5:5:5.5",
+    "-q",
+    "0.1:0.5:0.9",
+)
 
 
 @dataclass
@@ -122,10 +131,25 @@ class Servers:
         output = self.directory / f"out_{study_id}" if output is None else output
         port = free_port()
         command = [
-            str(MELISSA), "server", *OPTIONS, "-s", str(sampling_size), *options,
-            "-c", str(check_interval), "--connection-port", str(port), "--data_port", "0",
-            "--output-dir", str(output), "--study-id", study_id, "-v", "1",
-        ]  # fmt: skip
+            str(MELISSA),
+            "server",
+            *OPTIONS,
+            "-s",
+            str(sampling_size),
+            *options,
+            "-c",
+            str(check_interval),
+            "--connection-port",
+            str(port),
+            "--data_port",
+            "0",
+            "--output-dir",
+            str(output),
+            "--study-id",
+            study_id,
+            "-v",
+            "1",
+        ]
         if ranks > 1:
             command = [str(MPIEXEC), "-n", str(ranks), *command]
         log = self.directory / f"{study_id}.log"

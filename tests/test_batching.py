@@ -13,10 +13,10 @@ from references import FIELD_REFERENCES, THRESHOLDS
 
 from melissa_nb.kernels import Quantiles
 from melissa_nb.kernels.jit import BATCH
+from melissa_nb.netcdf import read_results
 from melissa_nb.protocol import encode_data_frame
 from melissa_nb.server.batches import FoldBatch
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.output import read_results
 from melissa_nb.server.slices import SliceStatistics
 
 GENERAL = ("mean", "variance", "skewness", "kurtosis", "min", "max", "threshold", "quantile")

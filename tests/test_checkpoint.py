@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from melissa_nb.errors import CheckpointDamaged, ConfigurationError
-from melissa_nb.partition import block_bounds
+from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.files import (
     checkpoint_path,
     load_rank_file,
@@ -214,7 +214,7 @@ def test_repartition_cuts_exact_cell_ranges(tmp_path: Path, rng, fed, new_ranks:
     config = study()
     total = 9
     layouts = [{0: 4, 1: 0}, {1: 4}]  # old rank 0: client 0 (4) + first cell of client 1
-    layouts[0][1] = block_bounds(total, 2, 0)[1] - 4
+    layouts[0][1] = rank_cells(total, 2, 0)[1] - 4
     old = [FedRank(config, r, layouts[r]) for r in range(2)]
     fed.extend(old)
     for rank in old:
@@ -222,7 +222,7 @@ def test_repartition_cuts_exact_cell_ranges(tmp_path: Path, rng, fed, new_ranks:
         write_atomically(tmp_path, rank.rank, rank.snapshot(2))
     restored = [load_restart(tmp_path, config, r, new_ranks).slices for r in range(new_ranks)]
     for r, slices in enumerate(restored):
-        low, high = block_bounds(total, new_ranks, r)
+        low, high = rank_cells(total, new_ranks, r)
         assert sum(item.cells for item in slices if item.field == "u") == high - low
     for field in config.field_names:
         for name in ("general.central", "general.quantile", "sobol.comoment_total", "sobol.count"):
@@ -359,7 +359,7 @@ def test_repartition_of_any_layout_equals_the_global_state(
                 restored_field(restored, "u", name), whole_field(old, "u", name), err_msg=name
             )
         for r, slices in enumerate(restored):
-            low, high = block_bounds(total, new_ranks, r)
+            low, high = rank_cells(total, new_ranks, r)
             assert sum(item.cells for item in slices) == high - low
     finally:
         for rank in old:

@@ -10,8 +10,8 @@ import pytest
 from harness import MELISSA, wait_for
 from test_server_e2e import RawSender, frame, start_server  # noqa: F401 (a fixture)
 
+from melissa_nb.netcdf import read_results
 from melissa_nb.server.control import control_request
-from melissa_nb.server.output import read_results
 
 
 @pytest.mark.timeout(120)
@@ -45,8 +45,10 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) ->
         assert {(item["field"], item["rank"]) for item in report["slices"]} == {("u", 0), ("u", 1)}
         live = subprocess.run(
             [str(MELISSA), "status", str(server.output), "--watch", "1"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert live.returncode == 0, live.stderr
         assert "accepted" in live.stdout and report["description"]["study_id"] in live.stdout
         # From another node the blocks are out of sight: status asks the control endpoint.

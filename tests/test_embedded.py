@@ -25,9 +25,9 @@ from harness import announce
 
 from melissa_nb import MelissaServer, ServerStatus, SimulationData
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Job, encode_data_frame
-from melissa_nb.server.output import read_results
 from melissa_nb.server.state import list_blocks
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "melissa4py"
@@ -167,9 +167,23 @@ def test_settings_are_checked_and_named() -> None:
 def test_from_arguments_reads_the_server_command_line(tmp_path: Path) -> None:
     study_id = f"e{uuid.uuid4().hex[:8]}"
     arguments = [
-        "-s", "2", "-t", "3", "-f", "u:v", "-o", "mean:max", "--connection-port", str(free_port()),
-        "--data_port", "0", "--output-dir", str(tmp_path), "--study-id", study_id,
-    ]  # fmt: skip
+        "-s",
+        "2",
+        "-t",
+        "3",
+        "-f",
+        "u:v",
+        "-o",
+        "mean:max",
+        "--connection-port",
+        str(free_port()),
+        "--data_port",
+        "0",
+        "--output-dir",
+        str(tmp_path),
+        "--study-id",
+        study_id,
+    ]
     server = MelissaServer.from_arguments(arguments, statistics=False)
     try:
         config = server.config
@@ -210,11 +224,32 @@ def test_two_embedded_ranks_each_see_their_cells(tmp_path: Path, rng: np.random.
     log = tmp_path / "server.log"
     with log.open("w") as sink:
         process = subprocess.Popen(
-            [str(MPIEXEC), "-n", "2", sys.executable, str(script), "-s", "3", "-t", "2",
-             "-f", "u", "-o", "mean", "--connection-port", str(port), "--data_port", "0",
-             "--output-dir", str(output), "--study-id", study_id],
-            stdout=sink, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                str(MPIEXEC),
+                "-n",
+                "2",
+                sys.executable,
+                str(script),
+                "-s",
+                "3",
+                "-t",
+                "2",
+                "-f",
+                "u",
+                "-o",
+                "mean",
+                "--connection-port",
+                str(port),
+                "--data_port",
+                "0",
+                "--output-dir",
+                str(output),
+                "--study-id",
+                study_id,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     values = rng.normal(size=(3, 2, 8))
     sender = RawSender(f"tcp://127.0.0.1:{port}")
     try:

@@ -13,11 +13,11 @@ from test_server_e2e import FakeLauncher, sobol_reference
 
 from melissa_nb.client import Client
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Alive, ConfidenceInterval, Drop, Stop
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.convergence import CONVERGED
-from melissa_nb.server.output import read_results
 from melissa_nb.server.state import unlink_blocks
 from melissa_nb.server.status import read_progress
 
@@ -48,9 +48,13 @@ def test_target_width_needs_sobol() -> None:
         ServerConfig(sampling_size=2, timesteps=1, field_names=("u",), target_width=0.1)
     with pytest.raises(ConfigurationError, match="--target-width must be > 0, got -1"):
         ServerConfig(
-            sampling_size=2, timesteps=1, field_names=("u",), parameters=1,
-            operations=("sobol",), target_width=-1.0,
-        )  # fmt: skip
+            sampling_size=2,
+            timesteps=1,
+            field_names=("u",),
+            parameters=1,
+            operations=("sobol",),
+            target_width=-1.0,
+        )
 
 
 @pytest.mark.timeout(120)
@@ -65,12 +69,35 @@ def test_converged_is_told_once_every_rank_is_below_the_target(tmp_path, rng) ->
     study_id = f"cv{os.getpid()}"
     port = free_port()
     command = [
-        str(MPIEXEC), "-n", "2", str(MELISSA), "server", "-p", str(PARAMETERS),
-        "-s", str(GROUPS), "-t", "1", "-f", "u", "-o", "mean:sobol",
-        "--target-width", repr(target), "--heartbeat", "0.2",
-        "--connection-port", str(port), "--data_port", "0", "--output-dir", str(tmp_path / "out"),
-        "--study-id", study_id, *launcher.options(),
-    ]  # fmt: skip
+        str(MPIEXEC),
+        "-n",
+        "2",
+        str(MELISSA),
+        "server",
+        "-p",
+        str(PARAMETERS),
+        "-s",
+        str(GROUPS),
+        "-t",
+        "1",
+        "-f",
+        "u",
+        "-o",
+        "mean:sobol",
+        "--target-width",
+        repr(target),
+        "--heartbeat",
+        "0.2",
+        "--connection-port",
+        str(port),
+        "--data_port",
+        "0",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--study-id",
+        study_id,
+        *launcher.options(),
+    ]
     log = tmp_path / "server.log"
     with log.open("w") as sink:
         server = subprocess.Popen(
@@ -93,9 +120,10 @@ def test_converged_is_told_once_every_rank_is_below_the_target(tmp_path, rng) ->
 
     def converged() -> list[ConfidenceInterval]:
         return [
-            m for m in launcher.received
+            m
+            for m in launcher.received
             if isinstance(m, ConfidenceInterval) and m.stat_name == CONVERGED
-        ]  # fmt: skip
+        ]
 
     try:
         launcher.pump(lambda: Alive() in launcher.received, "ALIVE")

@@ -35,9 +35,18 @@ def command_line(ranks: int, port: int) -> list[str]:
     """The server's command line as a launcher writes it: the default output directory
     (`results`, in the working directory) and study id."""
     command = [
-        str(MELISSA), "server", *OPTIONS, "-s", str(GROUPS),
-        "--connection-port", str(port), "--data_port", "0", "-v", "1",
-    ]  # fmt: skip
+        str(MELISSA),
+        "server",
+        *OPTIONS,
+        "-s",
+        str(GROUPS),
+        "--connection-port",
+        str(port),
+        "--data_port",
+        "0",
+        "-v",
+        "1",
+    ]
     return [str(MPIEXEC), "-n", str(ranks), *command] if ranks > 1 else command
 
 
@@ -47,9 +56,13 @@ def launch(workdir: Path, ranks: int, port: int, *extra: str, log: str = "server
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     with (workdir / f"{log}.log").open("w") as sink:
         process = subprocess.Popen(
-            [*command_line(ranks, port), *extra], cwd=workdir, stdout=sink,
-            stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            [*command_line(ranks, port), *extra],
+            cwd=workdir,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     output = workdir / "results"
     return ServerProcess(
         process, output, derived_study_id(output, port), port, workdir / f"{log}.log", ranks
@@ -135,17 +148,23 @@ def test_a_live_server_still_refuses_a_second_one_and_r_names_a_missing_director
     try:
         wait_for(lambda: server.accepted() == [0], "the first server's progress")
         second = subprocess.run(
-            command_line(1, port), cwd=tmp_path / "live", capture_output=True, text=True,
+            command_line(1, port),
+            cwd=tmp_path / "live",
+            capture_output=True,
+            text=True,
             timeout=WAIT,
-        )  # fmt: skip
+        )
         assert second.returncode == 2, second.stderr
         assert "a server of this study already runs" in second.stderr
         assert f"pid {server.process.pid}" in second.stderr
         assert server.process.poll() is None
         missing = subprocess.run(
-            [*command_line(1, port), "-r", "nowhere"], cwd=tmp_path, capture_output=True,
-            text=True, timeout=WAIT,
-        )  # fmt: skip
+            [*command_line(1, port), "-r", "nowhere"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
         assert missing.returncode == 2
         assert "-r/--restart nowhere: no such directory" in missing.stderr
     finally:

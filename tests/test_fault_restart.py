@@ -25,8 +25,8 @@ from fault_harness import (
 )
 from harness import wait_for
 
+from melissa_nb.netcdf import read_results
 from melissa_nb.server.checkpoint.files import checkpoint_path
-from melissa_nb.server.output import read_results
 
 GROUPS = 6
 MESSAGES_PER_GROUP = 2 * TIMESTEPS  # two fields

@@ -17,8 +17,8 @@ from fault_harness import (
 from harness import wait_for
 from test_server_e2e import FakeLauncher
 
+from melissa_nb.netcdf import read_results
 from melissa_nb.server.checkpoint.files import checkpoint_path
-from melissa_nb.server.output import read_results
 
 GROUPS = 5
 MESSAGES_PER_GROUP = 2 * TIMESTEPS

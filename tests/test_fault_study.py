@@ -153,8 +153,11 @@ def test_sigkilled_server_restarts_from_its_checkpoint_and_the_study_completes(
     }
     runner = subprocess.Popen(
         [MELISSA_NB, "run", str(study), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
     try:
 
         def accepted() -> int:

@@ -30,9 +30,9 @@ import zmq
 from harness import MELISSA, WAIT
 from test_server_e2e import FakeLauncher, RawSender, frame, sobol_reference
 
+from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Drop, Hello, Job, Options, TextRequest
-from melissa_nb.server.output import read_results
 from melissa_nb.server.startup import CONNECTION_MAX_MESSAGE
 from melissa_nb.server.state import unlink_blocks
 from melissa_nb.server.status import read_progress
@@ -91,12 +91,34 @@ def test_fuzz_every_socket_then_a_valid_study_completes_exactly(tmp_path) -> Non
     port = free_port()
     output = tmp_path / "out"
     command = [
-        str(MELISSA), "server", "-p", str(PARAMETERS), "-s", str(GROUPS), "-t", str(TIMESTEPS),
-        "-f", "u:v", "-o", "mean:variance:min:max:sobol", "--max-cells", str(MAX_CELLS),
-        "--member-buffer-mb", "0.01", "-w", "300", "--connection-port", str(port),
-        "--data_port", "0", "--output-dir", str(output), "--study-id", study_id,
+        str(MELISSA),
+        "server",
+        "-p",
+        str(PARAMETERS),
+        "-s",
+        str(GROUPS),
+        "-t",
+        str(TIMESTEPS),
+        "-f",
+        "u:v",
+        "-o",
+        "mean:variance:min:max:sobol",
+        "--max-cells",
+        str(MAX_CELLS),
+        "--member-buffer-mb",
+        "0.01",
+        "-w",
+        "300",
+        "--connection-port",
+        str(port),
+        "--data_port",
+        "0",
+        "--output-dir",
+        str(output),
+        "--study-id",
+        study_id,
         *launcher.options(),
-    ]  # fmt: skip
+    ]
     log = tmp_path / "server.log"
     with log.open("w") as sink:
         server = subprocess.Popen(
@@ -139,9 +161,12 @@ def test_fuzz_every_socket_then_a_valid_study_completes_exactly(tmp_path) -> Non
     oversize.setsockopt(zmq.LINGER, 0)
     held_back = ("v", GROUPS - 1, TIMESTEPS - 1)
     valid = [
-        (f, g, t) for g in range(GROUPS) for t in range(TIMESTEPS) for f in CELLS
+        (f, g, t)
+        for g in range(GROUPS)
+        for t in range(TIMESTEPS)
+        for f in CELLS
         if (f, g, t) != held_back
-    ]  # fmt: skip
+    ]
     started = time.monotonic()
     try:
         reply = sender.handshake(0)
@@ -153,8 +178,12 @@ def test_fuzz_every_socket_then_a_valid_study_completes_exactly(tmp_path) -> Non
         pump_until(lambda: progress().get("accepted") == len(valid), "the valid frames")
 
         bases = [frame("u", g, t, group_values("u", g, t)) for g in range(GROUPS) for t in (0, 1)]
-        bases += [frame("u", g * ROWS + m, t, group_values("u", g, t)[m])  # single members
-                  for g in range(GROUPS) for m in range(ROWS) for t in (0, 1)]  # fmt: skip
+        bases += [
+            frame("u", g * ROWS + m, t, group_values("u", g, t)[m])  # single members
+            for g in range(GROUPS)
+            for m in range(ROWS)
+            for t in (0, 1)
+        ]
         for index in range(DATA_FUZZ):
             sender.send(mutate(draw, draw.choice(bases)))
             if index % 500 == 0:
@@ -225,8 +254,9 @@ def test_fuzz_every_socket_then_a_valid_study_completes_exactly(tmp_path) -> Non
     assert replies["fuzzed"] >= 1 + GROUPS // 2, "the REQ socket got fuzzed replies"
 
     for f, cells in CELLS.items():
-        values = np.array([[group_values(f, g, t) for g in range(GROUPS)]
-                           for t in range(TIMESTEPS)])  # (time, group, row, cell)  # fmt: skip
+        values = np.array(
+            [[group_values(f, g, t) for g in range(GROUPS)] for t in range(TIMESTEPS)]
+        )  # (time, group, row, cell)
         results = read_results(output / f"{f}.nc")
         samples = values[:, :, :2, :].reshape(TIMESTEPS, 2 * GROUPS, cells)
         np.testing.assert_allclose(results.variables["mean"], samples.mean(axis=1), rtol=1e-12)

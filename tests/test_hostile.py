@@ -26,10 +26,10 @@ from test_server_e2e import (  # noqa: F401 (start_server is a fixture)
     start_server,
 )
 
+from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Drop, Job
 from melissa_nb.server.control import control_request
-from melissa_nb.server.output import read_results
 
 
 def multipart_request(address: str, parts: list[bytes]) -> list[bytes]:
@@ -81,9 +81,16 @@ def test_a_frame_per_new_client_rank_cannot_take_every_descriptor(
     status and the checkpoint. (A 256 limit here keeps the checkpoint of every slice short.)"""
     frames = 400
     server = start_server(
-        "-s", "2", "-t", "1", "-f", "u", "-o", "mean",
+        "-s",
+        "2",
+        "-t",
+        "1",
+        "-f",
+        "u",
+        "-o",
+        "mean",
         wrapper=("prlimit", f"--nofile=256:{hard_limit}"),
-    )  # fmt: skip
+    )
     sender = RawSender(server.endpoint)
     try:
         sender.handshake(0, comm_size=frames)
@@ -195,11 +202,28 @@ def test_a_directory_the_server_cannot_write_stops_it_at_start(tmp_path, option)
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")
     completed = subprocess.run(
-        [str(MELISSA), "server", "-s", "1", "-t", "1", "-f", "u", "--connection-port",
-         str(free_port()), "--data_port", "0", "--output-dir", str(tmp_path / "out"),
-         option, str(blocker / "below")],
-        capture_output=True, text=True, timeout=WAIT,
-    )  # fmt: skip
+        [
+            str(MELISSA),
+            "server",
+            "-s",
+            "1",
+            "-t",
+            "1",
+            "-f",
+            "u",
+            "--connection-port",
+            str(free_port()),
+            "--data_port",
+            "0",
+            "--output-dir",
+            str(tmp_path / "out"),
+            option,
+            str(blocker / "below"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert completed.returncode == 2, completed.stderr
     assert f"{option} {blocker / 'below'}: cannot write there (Not a directory)" in completed.stderr
     assert "Traceback" not in completed.stderr
@@ -209,7 +233,7 @@ def test_results_go_elsewhere_when_the_output_directory_is_gone(start_server, tm
     elsewhere = tmp_path / "kept"
     server = start_server(
         "-s", "2", "-t", "1", "-f", "u", "-o", "mean", "--checkpoint-dir", str(elsewhere)
-    )  # fmt: skip
+    )
     values = rng.normal(size=(2, 4))
     sender = RawSender(server.endpoint)
     try:
@@ -349,11 +373,28 @@ def test_a_shared_memory_name_taken_by_another_user_is_named(tmp_path) -> None:
     os.chown(squatter, 65534, 65534)
     try:
         completed = subprocess.run(
-            [str(MELISSA), "server", "-s", "1", "-t", "1", "-f", "u", "--connection-port",
-             str(free_port()), "--data_port", "0", "--output-dir", str(tmp_path / "out"),
-             "--study-id", study_id],
-            capture_output=True, text=True, timeout=WAIT,
-        )  # fmt: skip
+            [
+                str(MELISSA),
+                "server",
+                "-s",
+                "1",
+                "-t",
+                "1",
+                "-f",
+                "u",
+                "--connection-port",
+                str(free_port()),
+                "--data_port",
+                "0",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--study-id",
+                study_id,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
     finally:
         squatter.unlink()
     assert completed.returncode == 2, completed.stderr
@@ -366,7 +407,7 @@ def test_idle_connections_beyond_the_soft_limit_leave_new_clients_served(start_s
     ~30 s: the server now raises its soft limit at start (here 256 -> 1,024 for 300 peers)."""
     server = start_server(
         "-s", "1", "-t", "1", "-f", "u", "-o", "mean", wrapper=("prlimit", "--nofile=256:1024")
-    )  # fmt: skip
+    )
     sender = RawSender(server.endpoint)
     context = zmq.Context()
     idle = []

@@ -16,8 +16,8 @@ from test_server_e2e import (  # noqa: F401 (start_server is a fixture)
 )
 
 from melissa_nb.kernels.finite import count_non_finite
+from melissa_nb.netcdf import read_results
 from melissa_nb.protocol import NON_FINITE, ConfidenceInterval, Timeout
-from melissa_nb.server.output import read_results
 
 SAMPLES, TIMESTEPS, CELLS, PARAMETERS = 8, 3, 8, 2
 BAD = {  # sample -> (timestep, cells, value): first, middle and last timestep; one or two ranks
@@ -66,9 +66,18 @@ def test_non_finite_messages_are_refused_and_the_rest_is_exact(
     rows = PARAMETERS + 2 if sobol else 1
     operations = "mean:variance:min:max" + (":sobol" if sobol else "")
     server = start_server(
-        "-p", str(PARAMETERS), "-s", str(SAMPLES), "-t", str(TIMESTEPS), "-f", "u",
-        "-o", operations, ranks=ranks,
-    )  # fmt: skip
+        "-p",
+        str(PARAMETERS),
+        "-s",
+        str(SAMPLES),
+        "-t",
+        str(TIMESTEPS),
+        "-f",
+        "u",
+        "-o",
+        operations,
+        ranks=ranks,
+    )
     values = study_values(rows)
     sender = RawSender(server.endpoint)
     try:
@@ -102,9 +111,12 @@ def test_non_finite_messages_are_refused_and_the_rest_is_exact(
                 groups = values[mask[:, t, cell], t, :, cell : cell + 1]
                 for name, expected in sobol_reference(groups, 0.95).items():
                     np.testing.assert_allclose(
-                        results.variables[name][t][:, cell], expected[:, 0], rtol=1e-10,
-                        atol=1e-13, err_msg=name,
-                    )  # fmt: skip
+                        results.variables[name][t][:, cell],
+                        expected[:, 0],
+                        rtol=1e-10,
+                        atol=1e-13,
+                        err_msg=name,
+                    )
     for name, variable in results.variables.items():
         if variable.dtype.kind == "f" and not name.startswith("sobol"):
             assert np.isfinite(variable).all(), name

@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 from references import FIELD_REFERENCES, martinez_batch
 
+from melissa_nb.netcdf import NetCDFStore, Variable, read_results
 from melissa_nb.server.config import OPERATIONS, ServerConfig
-from melissa_nb.server.output import (
-    NetCDFStore,
-    Variable,
-    read_results,
-    statistic_names,
-    write_field,
-)
+from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.ranks import World
 from melissa_nb.server.slices import SliceStatistics
 
@@ -27,10 +22,12 @@ def test_store_round_trip(tmp_path: Path) -> None:
     with NetCDFStore(path, "w") as store:
         store.define(
             {"time": 3, "cell": 4},
-            [Variable("a", ("time", "cell"), "f8", {"long_name": "a thing"}),
-             Variable("n", ("cell",), "i8")],
+            [
+                Variable("a", ("time", "cell"), "f8", {"long_name": "a thing"}),
+                Variable("n", ("cell",), "i8"),
+            ],
             {"Conventions": "CF-1.8", "level": 0.5},
-        )  # fmt: skip
+        )
         store.write("a", (slice(0, 2), slice(1, 4)), values[:2, 1:])
         store.write("n", (slice(None),), np.array([1, 2, 3, 4]))
     results = read_results(path)
@@ -45,6 +42,30 @@ def test_store_round_trip(tmp_path: Path) -> None:
             "long_name": "a thing",
             "_FillValue": pytest.approx(np.nan, nan_ok=True),
         }
+
+
+def test_store_round_trips_arrays_in_groups_and_attributes(tmp_path: Path) -> None:
+    """Named arrays of any dtype and rank (a checkpoint's content) come back as written."""
+    path = tmp_path / "arrays.nc"
+    arrays = {
+        "slice0/general.mean": np.arange(24.0).reshape(2, 3, 4),
+        "slice0/bits": np.array([[1, 2**63 + 5]], dtype="<u8"),
+        "tracker/dropped": np.array([0, 1, 1], dtype=np.uint8),
+        "member0/values": np.full((1, 5), -0.0),
+    }
+    with NetCDFStore(path, "w") as store:
+        for name, array in arrays.items():
+            store.write_array(name, array)
+        store.set_attributes({"meta": '{"a": 1}', "count": 3})
+    with NetCDFStore(path, "a") as store:
+        store.set_attributes({"count": 4})
+    with NetCDFStore(path) as store:
+        read = store.read_arrays()
+        assert store.attributes() == {"meta": '{"a": 1}', "count": 4}
+    assert sorted(read) == sorted(arrays)
+    for name, array in arrays.items():
+        assert read[name].dtype == array.dtype and read[name].shape == array.shape
+        np.testing.assert_array_equal(read[name], array)
 
 
 @pytest.fixture
@@ -83,8 +104,13 @@ def test_rank_slices_are_written_in_global_order(config: ServerConfig, rng) -> N
     assert path == config.output_dir / "u.nc"
     assert not list(config.output_dir.glob("*.partial"))
     results = read_results(path)
-    assert results.dimensions == {"time": 2, "cell": 7, "threshold": 3, "quantile_order": 2,
-                                  "parameter": 2}  # fmt: skip
+    assert results.dimensions == {
+        "time": 2,
+        "cell": 7,
+        "threshold": 3,
+        "quantile_order": 2,
+        "parameter": 2,
+    }
     assert set(statistic_names(config)) < set(results.variables)
     np.testing.assert_array_equal(results.variables["cell"], np.arange(7))
     np.testing.assert_array_equal(results.variables["parameter"], [0, 1])

@@ -9,8 +9,9 @@ import netCDF4
 import numpy as np
 
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
+from melissa_nb.netcdf import read_results
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.output import read_results, statistic_names, write_field
+from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.ranks import World
 from melissa_nb.server.slices import SliceStatistics
 

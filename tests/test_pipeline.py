@@ -22,8 +22,9 @@ import zmq
 from harness import announce
 
 from melissa_nb import MelissaServer, ServerStatus
+from melissa_nb.forward_protocol import RESULT, Forwarded
 from melissa_nb.protocol import encode_data_frame
-from melissa_nb.server.forward import RESULT, Consumer, Forwarded
+from melissa_nb.server.forward import Consumer
 from melissa_nb.server.state import list_blocks
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -43,11 +44,24 @@ def field_function():
 def test_two_rank_server_feeds_the_regression_consumer(tmp_path: Path) -> None:
     simulations, timesteps, cells = 6, 4, 10
     run = subprocess.run(
-        [sys.executable, str(EXAMPLES / "pipeline" / "run.py"), "--ranks", "2",
-         "--simulations", str(simulations), "--timesteps", str(timesteps),
-         "--cells", str(cells), "--workdir", str(tmp_path)],
-        capture_output=True, text=True, timeout=140,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(EXAMPLES / "pipeline" / "run.py"),
+            "--ranks",
+            "2",
+            "--simulations",
+            str(simulations),
+            "--timesteps",
+            str(timesteps),
+            "--cells",
+            str(cells),
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
     logs = {path.name: path.read_text() for path in tmp_path.glob("*.log")}
     assert run.returncode == 0, (run.stdout, logs)
     table = np.loadtxt(tmp_path / "parameters.csv", delimiter=",", ndmin=2)
@@ -76,10 +90,19 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     def consume() -> None:
         try:
             results.extend(
-                Forwarded(m.kind, m.rank, m.ranks, m.simulation_id, m.client_rank, m.timestep,
-                          m.sequence, m.name, m.values.copy())
+                Forwarded(
+                    m.kind,
+                    m.rank,
+                    m.ranks,
+                    m.simulation_id,
+                    m.client_rank,
+                    m.timestep,
+                    m.sequence,
+                    m.name,
+                    m.values.copy(),
+                )
                 for m in consumer.messages(timeout=WAIT)
-            )  # fmt: skip
+            )
         except BaseException as error:
             failure.append(error)
 
@@ -90,11 +113,18 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     garbage.connect(consumer.data_address)
     garbage.send(b"not a forward header")  # counted and dropped by the consumer
     server = MelissaServer(
-        sampling_size=3, timesteps=2, field_names=("u",), statistics=False,
-        forward_to=consumer.data_address, forward_ack=consumer.ack_address, forward_data=False,
-        connection_port=free_port(), data_port=0, output_dir=tmp_path,
+        sampling_size=3,
+        timesteps=2,
+        field_names=("u",),
+        statistics=False,
+        forward_to=consumer.data_address,
+        forward_ack=consumer.ack_address,
+        forward_data=False,
+        connection_port=free_port(),
+        data_port=0,
+        output_dir=tmp_path,
         study_id=f"p{uuid.uuid4().hex[:8]}",
-    )  # fmt: skip
+    )
     push = zmq.Context.instance().socket(zmq.PUSH)
     push.setsockopt(zmq.LINGER, 1000)
     push.connect(server.data_address)

@@ -4,19 +4,20 @@ and garbage or mutated frames that must never raise anything but ProtocolError."
 from __future__ import annotations
 
 import math
+import re
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from melissa_nb.errors import ProtocolError
+from melissa_nb.errors import REJECTION_REASONS, ProtocolError
 from melissa_nb.protocol import (
     DATA_HEADER_SIZE,
     LAUNCHER_MESSAGES,
     MAX_CLIENT_RANKS,
-    REJECTION_REASONS,
     Alive,
     ConfidenceInterval,
     ConnectionReply,
@@ -508,3 +509,17 @@ def test_mutated_valid_frames_only_raise_protocol_error(frame: bytes, data: st.D
 def test_nan_parameters_survive_bit_exact() -> None:
     frame = Job(0, "", (math.nan, -math.inf)).encode()
     assert Job.decode(frame).encode() == frame
+
+
+def test_docs_protocol_table_lists_every_rejection_reason() -> None:
+    """docs/protocol.md's rejection table and REJECTION_REASONS name the same reasons."""
+    text = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
+    section = text.split("## Validation and rejection reasons", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
+    assert sorted(documented) == sorted(REJECTION_REASONS)
+    assert len(documented) == len(set(documented))
+
+
+def test_an_unlisted_rejection_reason_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="REJECTION_REASONS"):
+        ProtocolError("no_such_reason", "detail")

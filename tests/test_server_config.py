@@ -104,8 +104,11 @@ def test_cli_rejects_bad_combinations_with_exit_code_2() -> None:
 def test_cli_help_lists_melissa_spellings() -> None:
     result = subprocess.run(
         [str(MELISSA), "server", "--help"],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, COLUMNS="200"),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, COLUMNS="200"),
+    )
     assert result.returncode == 0
     for spelling in (
         "--samplingsize",

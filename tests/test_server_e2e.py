@@ -30,6 +30,7 @@ from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
 
 from melissa_nb.kernels import Quantiles
+from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     Alive,
@@ -50,7 +51,6 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.launcher_link import LauncherLink
-from melissa_nb.server.output import read_results
 from melissa_nb.server.progress import LogThrottle
 from melissa_nb.server.state import list_blocks
 from melissa_nb.server.status import read_progress
@@ -98,10 +98,20 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
         output = tmp_path / f"out_{study_id}"
         port = free_port() if port is None else port
         command = [
-            str(MELISSA), "server", *options,
-            "--connection-port", str(port), "--data_port", "0",
-            "--output-dir", str(output), "--study-id", study_id, "-v", "1",
-        ]  # fmt: skip
+            str(MELISSA),
+            "server",
+            *options,
+            "--connection-port",
+            str(port),
+            "--data_port",
+            "0",
+            "--output-dir",
+            str(output),
+            "--study-id",
+            study_id,
+            "-v",
+            "1",
+        ]
         if ranks > 1:
             command = [str(MPIEXEC), "-n", str(ranks), *command]
         command = [*wrapper, *command]
@@ -183,9 +193,17 @@ def check_field(results, samples: np.ndarray, ids: np.ndarray, names: list[str])
 
 
 GENERAL = [
-    "mean", "variance", "skewness", "kurtosis", "min", "max", "min_simulation",
-    "max_simulation", "threshold_exceedance", "exceedance_probability",
-]  # fmt: skip
+    "mean",
+    "variance",
+    "skewness",
+    "kurtosis",
+    "min",
+    "max",
+    "min_simulation",
+    "max_simulation",
+    "threshold_exceedance",
+    "exceedance_probability",
+]
 
 
 def test_one_rank_every_general_statistic_out_of_order_duplicates_and_garbage(
@@ -195,10 +213,19 @@ def test_one_rank_every_general_statistic_out_of_order_duplicates_and_garbage(
     simulations, timesteps = 6, 3
     quantiles = (0.1, 0.5, 0.9)
     server = start_server(
-        "-s", str(simulations), "-t", str(timesteps), "-f", "u:v",
-        "-o", "mean:variance:skewness:kurtosis:min:max:threshold:quantile",
-        "-e", ":".join(map(str, THRESHOLDS)), "-q", ":".join(map(str, quantiles)),
-    )  # fmt: skip
+        "-s",
+        str(simulations),
+        "-t",
+        str(timesteps),
+        "-f",
+        "u:v",
+        "-o",
+        "mean:variance:skewness:kurtosis:min:max:threshold:quantile",
+        "-e",
+        ":".join(map(str, THRESHOLDS)),
+        "-q",
+        ":".join(map(str, quantiles)),
+    )
     data = {f: rng.normal(2.0, 1.5, size=(simulations, timesteps, n)) for f, n in fields.items()}
     items = [(f, s, t) for f in fields for s in range(simulations) for t in range(timesteps)]
     order = [items[i] for i in rng.permutation(len(items))]
@@ -233,17 +260,17 @@ def test_one_rank_every_general_statistic_out_of_order_duplicates_and_garbage(
     ids = np.arange(simulations)
     for f, cells in fields.items():
         results = read_results(server.output / f"{f}.nc")
-        assert results.dimensions == {"time": 3, "cell": cells, "threshold": 3,
-                                      "quantile_order": 3}  # fmt: skip
+        assert results.dimensions == {"time": 3, "cell": cells, "threshold": 3, "quantile_order": 3}
         samples = data[f].transpose(1, 0, 2)  # (time, simulation, cell)
         check_field(results, samples, ids, GENERAL)
         np.testing.assert_array_equal(results.variables["sample_count"], [simulations] * 3)
         np.testing.assert_array_equal(results.variables["threshold"], THRESHOLDS)
         np.testing.assert_array_equal(results.variables["quantile_order"], quantiles)
         arrival = [
-            (s, t) for (g, s, t) in dict.fromkeys(i for i in stream if isinstance(i, tuple))
+            (s, t)
+            for (g, s, t) in dict.fromkeys(i for i in stream if isinstance(i, tuple))
             if g == f
-        ]  # fmt: skip
+        ]
         for t in range(timesteps):
             reference = Quantiles(cells, quantiles)
             for s, step in arrival:
@@ -325,32 +352,64 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
     rows = parameters + 2
     fields = {"u": (5, 8), "v": (3, 3)}
     server = start_server(
-        "-p", str(parameters), "-s", str(groups), "-t", str(timesteps), "-f", "u:v",
-        "-o", "mean:variance:min:max:sobol", ranks=2,
-    )  # fmt: skip
+        "-p",
+        str(parameters),
+        "-s",
+        str(groups),
+        "-t",
+        str(timesteps),
+        "-f",
+        "u:v",
+        "-o",
+        "mean:variance:min:max:sobol",
+        ranks=2,
+    )
     script = tmp_path / "sobol_client.py"
     script.write_text(textwrap.dedent(SOBOL_CLIENT))
     client = subprocess.run(
-        [str(MPIEXEC), "-n", "2", sys.executable, str(script), server.endpoint,
-         str(parameters), str(whole), str(members), str(timesteps)],
-        capture_output=True, text=True, timeout=WAIT,
-    )  # fmt: skip
+        [
+            str(MPIEXEC),
+            "-n",
+            "2",
+            sys.executable,
+            str(script),
+            server.endpoint,
+            str(parameters),
+            str(whole),
+            str(members),
+            str(timesteps),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
     assert client.returncode == 0, client.stderr
     assert server.wait() == 0, server.text()
     for index, (f, sizes) in enumerate(fields.items()):
         cells = sum(sizes)
-        values = np.array([
-            [[np.random.default_rng([index, g, m, t]).normal(size=cells) for m in range(rows)]
-             for g in range(groups)]
-            for t in range(timesteps)
-        ])  # (time, group, member, cell)  # fmt: skip
+        values = np.array(
+            [
+                [
+                    [
+                        np.random.default_rng([index, g, m, t]).normal(size=cells)
+                        for m in range(rows)
+                    ]
+                    for g in range(groups)
+                ]
+                for t in range(timesteps)
+            ]
+        )  # (time, group, member, cell)
         results = read_results(server.output / f"{f}.nc")
         assert results.dimensions == {"time": timesteps, "cell": cells, "parameter": parameters}
         assert results.attributes["server_ranks"] == 2
         general = values[:, :, :2, :].reshape(timesteps, 2 * groups, cells)
         ids = (np.arange(groups)[:, None] * rows + np.arange(2)[None, :]).reshape(-1)
-        check_field(results, general, ids, ["mean", "variance", "min", "max",
-                                            "min_simulation", "max_simulation"])  # fmt: skip
+        check_field(
+            results,
+            general,
+            ids,
+            ["mean", "variance", "min", "max", "min_simulation", "max_simulation"],
+        )
         np.testing.assert_array_equal(results.variables["sample_count"], [2 * groups] * timesteps)
         for t in range(timesteps):
             for name, expected in sobol_reference(values[t], 0.95).items():
@@ -388,9 +447,11 @@ def test_status_shows_live_progress_and_sigterm_cleans_up(start_server, rng) -> 
         assert piece.mean_range == pytest.approx((values[1].min(), values[1].max()), rel=RTOL)
         assert progress.ranks[0]["running"] == 1
         status = subprocess.run(
-            [str(MELISSA), "status", str(server.output)], capture_output=True, text=True,
+            [str(MELISSA), "status", str(server.output)],
+            capture_output=True,
+            text=True,
             timeout=WAIT,
-        )  # fmt: skip
+        )
         assert status.returncode == 0, status.stderr
         assert server.study_id in status.stdout
         server.process.send_signal(signal.SIGTERM)
@@ -482,7 +543,7 @@ def test_launcher_conversation_from_server_to_stop(start_server, rng) -> None:
     launcher = FakeLauncher(parameters=2)
     server = start_server(
         "-s", "2", "-t", "2", "-f", "u", "-o", "mean", "-p", "2", *launcher.options()
-    )  # fmt: skip
+    )
     values = rng.normal(size=(2, 3))
     sender = RawSender(server.endpoint)
     try:
@@ -509,9 +570,14 @@ def test_launcher_conversation_from_server_to_stop(start_server, rng) -> None:
 def test_launcher_queue_full_is_logged_once_per_interval_with_a_count(caplog) -> None:
     """A launcher that takes no message: the unsent ones are counted, not logged one by one."""
     config = ServerConfig(
-        sampling_size=1, timesteps=1, field_names=("u",), launcher_name="127.0.0.1",
-        txt_push_port=free_port(), txt_pull_port=free_port(), txt_req_port=free_port(),
-    )  # fmt: skip
+        sampling_size=1,
+        timesteps=1,
+        field_names=("u",),
+        launcher_name="127.0.0.1",
+        txt_push_port=free_port(),
+        txt_pull_port=free_port(),
+        txt_req_port=free_port(),
+    )
     context = zmq.Context()
     link = LauncherLink(context, config, 0.0, logging.getLogger("melissa_nb.test.launcher"))
     try:
@@ -536,9 +602,18 @@ def test_log_throttle_counts_what_it_did_not_log() -> None:
 def test_silent_launcher_aborts_the_study_with_partial_results(start_server, rng) -> None:
     launcher = FakeLauncher(parameters=0)
     server = start_server(
-        "-s", "2", "-t", "1", "-f", "u", "-o", "mean", "--launcher-timeout", "1",
+        "-s",
+        "2",
+        "-t",
+        "1",
+        "-f",
+        "u",
+        "-o",
+        "mean",
+        "--launcher-timeout",
+        "1",
         *launcher.options(),
-    )  # fmt: skip
+    )
     values = rng.normal(size=3)
     sender = RawSender(server.endpoint)
     try:
@@ -566,7 +641,7 @@ def test_two_ranks_wait_for_every_client_rank_before_ending(start_server, rng) -
     client_sizes, simulations, timesteps = (5, 8), 2, 2
     server = start_server(
         "-s", str(simulations), "-t", str(timesteps), "-f", "u", "-o", "mean:max", ranks=2
-    )  # fmt: skip
+    )
     values = rng.normal(size=(simulations, timesteps, sum(client_sizes)))
     sender = RawSender(server.endpoint)
 
@@ -607,9 +682,22 @@ def test_heartbeats_timeouts_and_sobol_interval_widths_reach_the_launcher(
 ) -> None:
     launcher = FakeLauncher(parameters=1)
     server = start_server(
-        "-p", "1", "-s", "5", "-t", "1", "-f", "u", "-o", "sobol", "-w", "1",
-        "--heartbeat", "0.3", *launcher.options(),
-    )  # fmt: skip
+        "-p",
+        "1",
+        "-s",
+        "5",
+        "-t",
+        "1",
+        "-f",
+        "u",
+        "-o",
+        "sobol",
+        "-w",
+        "1",
+        "--heartbeat",
+        "0.3",
+        *launcher.options(),
+    )
     groups = rng.normal(size=(4, 3, 6))
     sender = RawSender(server.endpoint)
     try:
@@ -648,10 +736,18 @@ def test_two_ranks_single_rank_clients_several_fields(start_server, rng) -> None
     fields = {"u": 9, "v": 4}
     simulations, timesteps = 4, 2
     server = start_server(
-        "-s", str(simulations), "-t", str(timesteps), "-f", "u:v",
-        "-o", "mean:variance:skewness:kurtosis:min:max:threshold",
-        "-e", ":".join(map(str, THRESHOLDS)), ranks=2,
-    )  # fmt: skip
+        "-s",
+        str(simulations),
+        "-t",
+        str(timesteps),
+        "-f",
+        "u:v",
+        "-o",
+        "mean:variance:skewness:kurtosis:min:max:threshold",
+        "-e",
+        ":".join(map(str, THRESHOLDS)),
+        ranks=2,
+    )
     data = {f: rng.normal(0.5, 1.0, size=(simulations, timesteps, n)) for f, n in fields.items()}
     for simu_id in range(simulations):
         with Client(simu_id=simu_id, server=server.endpoint, connect_timeout=WAIT) as client:
@@ -685,9 +781,21 @@ def test_connection_port_in_use_fails_cleanly(start_server) -> None:
 def test_full_member_buffer_refuses_new_groups_and_mpich_port_table(start_server, rng) -> None:
     # p = 1: a group has 3 members; one buffer of 4 cells is 96 bytes, the bound allows one.
     server = start_server(
-        "-p", "1", "-s", "2", "-t", "1", "-f", "u", "-o", "mean:sobol",
-        "--member-buffer-mb", str(150 / 2**20), "--port-table-width", "128",
-    )  # fmt: skip
+        "-p",
+        "1",
+        "-s",
+        "2",
+        "-t",
+        "1",
+        "-f",
+        "u",
+        "-o",
+        "mean:sobol",
+        "--member-buffer-mb",
+        str(150 / 2**20),
+        "--port-table-width",
+        "128",
+    )
     groups = rng.normal(size=(2, 3, 4))
     sender = RawSender(server.endpoint)
     try:

@@ -12,15 +12,13 @@ from melissa_nb.server.tracking import SliceSteps, Tracker, Vote, summary_width
 def test_bitset_marks_each_step_once_across_word_boundaries() -> None:
     steps = SliceSteps(ids=3, timesteps=130, vect_size=4)
     for t in (0, 63, 64, 129):
-        assert steps.mark(2, t)
-        assert not steps.mark(2, t)
+        assert not steps.has(2, t)
+        assert not steps.add(2, t), "4 of 130 timesteps do not complete it"
         assert steps.has(2, t)
     assert not steps.has(1, 63) and not steps.has(2, 65)
     assert steps.received.tolist() == [0, 0, 4]
-    assert not steps.complete(2)
-    for t in range(130):
-        steps.mark(1, t)
-    assert steps.complete(1) and steps.received[1] == 130
+    completed = [steps.add(1, t) for t in range(130)]
+    assert completed == [False] * 129 + [True] and steps.received[1] == 130
 
 
 def test_finished_needs_every_field_and_every_learned_slice() -> None:

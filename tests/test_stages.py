@@ -93,16 +93,17 @@ def test_a_failing_stage_is_counted_and_the_study_completes(tmp_path: Path) -> N
     try:
         server.add_stage(failing_stage)
         frames = [
-            bytes(encode_data_frame(t, s, 0, "u", np.full(3, float(s)))) for s in range(3)
+            bytes(encode_data_frame(t, s, 0, "u", np.full(3, float(s))))
+            for s in range(3)
             for t in range(2)
-        ]  # fmt: skip
+        ]
         seen = serve_until_finished(server, frames)
         assert len(seen) == 6  # run() still hands over the messages the stage failed on
         assert server.counts["stage_errors"] == 2
     finally:
         code = server.stop()
     assert code == 0
-    from melissa_nb.server.output import read_results
+    from melissa_nb.netcdf import read_results
 
     np.testing.assert_array_equal(read_results(tmp_path / "u.nc").variables["mean"], 1.0)
 
@@ -133,9 +134,10 @@ def test_stage_state_is_checkpointed_and_restored(tmp_path: Path, rng: np.random
 
     def frames(ids):
         return [
-            bytes(encode_data_frame(t, s, 0, "u", samples[s, t])) for s in ids
+            bytes(encode_data_frame(t, s, 0, "u", samples[s, t]))
+            for s in ids
             for t in range(timesteps)
-        ]  # fmt: skip
+        ]
 
     settings = dict(sampling_size=simulations, timesteps=timesteps, field_names=("u",))
     first = embedded(tmp_path / "first", **settings)

@@ -159,8 +159,10 @@ def test_read_progress_skips_blocks_still_being_created(tmp_path, name: str) -> 
     prefix = f"{name}_"
     (tmp_path / SERVER_FILE).write_text(json.dumps({"shm_prefix": prefix}))
     progress = Progress(name[len("melissa_nb_") :], 0, logging.getLogger("test"))
-    half_made = [os.path.join(SHM_DIRECTORY, f"{prefix}r1_progress"),
-                 os.path.join(SHM_DIRECTORY, f"{prefix}r0_u_c0")]  # fmt: skip
+    half_made = [
+        os.path.join(SHM_DIRECTORY, f"{prefix}r1_progress"),
+        os.path.join(SHM_DIRECTORY, f"{prefix}r0_u_c0"),
+    ]
     try:
         progress.publish(accepted=3)
         for path in half_made:

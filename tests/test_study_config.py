@@ -94,7 +94,7 @@ def test_valid_study_loads_every_setting(tmp_path: Path) -> None:
         3,
         True,
     )
-    assert config.group_size == 5 and config.simulation_count == 40
+    assert config.group_size == 5 and config.sample_size * config.group_size == 40
     assert config.fields == ("u", "v") and config.timesteps == 4
     assert config.operations == ("mean", "variance", "threshold", "quantile", "sobol")
     assert config.thresholds == (0.5, -1.0) and config.quantiles == (0.1, 0.9)

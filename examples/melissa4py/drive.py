@@ -85,9 +85,14 @@ class LauncherThread(threading.Thread):
             MELISSA_SERVER_PORT=str(self.connection_port),
         )
         command = [
-            sys.executable, str(HERE / "simulation.py"), "--timesteps", str(self.timesteps),
-            "--cells", str(self.cells), *(repr(value) for value in job.parameters),
-        ]  # fmt: skip
+            sys.executable,
+            str(HERE / "simulation.py"),
+            "--timesteps",
+            str(self.timesteps),
+            "--cells",
+            str(self.cells),
+            *(repr(value) for value in job.parameters),
+        ]
         return subprocess.Popen(command, env=environment)
 
 
@@ -103,12 +108,26 @@ def main() -> int:
     study = LauncherThread(jobs, 2003, args.timesteps, args.cells)
     study.start()
     study.ready.wait(WAIT)
-    server = subprocess.Popen([
-        sys.executable, str(HERE / "server.py"), "--timesteps", str(args.timesteps),
-        "--sample_size", str(args.sample_size), "--nb_parameters_simulation", "2",
-        "--txt_pull_port", str(study.ports.pull), "--txt_push_port", str(study.ports.push),
-        "--txt_req_port", str(study.ports.req), "--launcher_node_name", "127.0.0.1",
-    ])  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(HERE / "server.py"),
+            "--timesteps",
+            str(args.timesteps),
+            "--sample_size",
+            str(args.sample_size),
+            "--nb_parameters_simulation",
+            "2",
+            "--txt_pull_port",
+            str(study.ports.pull),
+            "--txt_push_port",
+            str(study.ports.push),
+            "--txt_req_port",
+            str(study.ports.req),
+            "--launcher_node_name",
+            "127.0.0.1",
+        ]
+    )
     study.join(WAIT)
     code = server.wait(WAIT)
     if study.failure is not None or code != 0:

@@ -15,22 +15,23 @@ import argparse
 from melissa_nb import MelissaServer, SimulationData
 
 
-# fmt: off
 def do_stuff(data, parameters, timestep):
     print(data, parameters, timestep)
 
 
 def main(args):
     # 1. Configure the and initlaize server
-    server = MelissaServer(args.timesteps,
-                           args.nb_proc_server,
-                           args.nb_parameters_simulation,
-                           text_pull_port=args.txt_pull_port,
-                           text_push_port=args.txt_push_port,
-                           text_request_port=args.txt_req_port,
-                           launcher_node_name=args.launcher_node_name,
-                           fields=['heat1'],
-                           sample_size=args.sample_size)
+    server = MelissaServer(
+        args.timesteps,
+        args.nb_proc_server,
+        args.nb_parameters_simulation,
+        text_pull_port=args.txt_pull_port,
+        text_push_port=args.txt_push_port,
+        text_request_port=args.txt_req_port,
+        launcher_node_name=args.launcher_node_name,
+        fields=["heat1"],
+        sample_size=args.sample_size,
+    )
     samples = 0
     while True:
         # 2. Check for messages/events
@@ -40,11 +41,10 @@ def main(args):
             do_stuff(status.data, status.parameters, status.timestep)
             samples += 1
             if samples >= int(args.sample_size * args.timesteps):
-                print('Recieved all samples. Stopping..')
+                print("Recieved all samples. Stopping..")
                 break
     # 4. Stop server
     server.stop()
-# fmt: on
 
 
 def parser() -> argparse.ArgumentParser:

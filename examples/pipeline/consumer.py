@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from melissa_nb.server.forward import DATA, Consumer
+from melissa_nb.forward_protocol import DATA
+from melissa_nb.server.forward import Consumer
 
 
 class OnlineRegression:

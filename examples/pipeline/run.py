@@ -55,20 +55,55 @@ def main() -> int:
     connection_port = free_port()
     children = [
         start(
-            [sys.executable, str(HERE / "consumer.py"), "--data", data, "--ack", ack,
-             "--parameters", str(table), "--timesteps", str(args.timesteps),
-             "--output", str(workdir / "coefficients.npy")],
+            [
+                sys.executable,
+                str(HERE / "consumer.py"),
+                "--data",
+                data,
+                "--ack",
+                ack,
+                "--parameters",
+                str(table),
+                "--timesteps",
+                str(args.timesteps),
+                "--output",
+                str(workdir / "coefficients.npy"),
+            ],
             workdir / "consumer.log",
         ),
         start(
-            [str(BIN / "mpiexec"), "-n", str(args.ranks), str(BIN / "melissa-nb"), "server",
-             "-s", str(args.simulations), "-t", str(args.timesteps), "-f", "heat1",
-             "-o", "mean:variance", "-w", "60", "--connection-port", str(connection_port),
-             "--data_port", "0", "--output-dir", str(workdir / "results"),
-             "--forward-to", data, "--forward-ack", ack, "--forward-timeout", "30"],
+            [
+                str(BIN / "mpiexec"),
+                "-n",
+                str(args.ranks),
+                str(BIN / "melissa-nb"),
+                "server",
+                "-s",
+                str(args.simulations),
+                "-t",
+                str(args.timesteps),
+                "-f",
+                "heat1",
+                "-o",
+                "mean:variance",
+                "-w",
+                "60",
+                "--connection-port",
+                str(connection_port),
+                "--data_port",
+                "0",
+                "--output-dir",
+                str(workdir / "results"),
+                "--forward-to",
+                data,
+                "--forward-ack",
+                ack,
+                "--forward-timeout",
+                "30",
+            ],
             workdir / "server.log",
         ),
-    ]  # fmt: skip
+    ]
     for simulation, values in enumerate(parameters):
         environment = dict(
             os.environ,
@@ -78,13 +113,19 @@ def main() -> int:
         )
         children.append(
             start(
-                [sys.executable, str(HERE.parent / "melissa4py" / "simulation.py"),
-                 "--timesteps", str(args.timesteps), "--cells", str(args.cells),
-                 *(repr(float(value)) for value in values)],
+                [
+                    sys.executable,
+                    str(HERE.parent / "melissa4py" / "simulation.py"),
+                    "--timesteps",
+                    str(args.timesteps),
+                    "--cells",
+                    str(args.cells),
+                    *(repr(float(value)) for value in values),
+                ],
                 workdir / f"simulation_{simulation}.log",
                 environment,
             )
-        )  # fmt: skip
+        )
     deadline = time.monotonic() + DEADLINE
     try:
         codes = [child.wait(max(1.0, deadline - time.monotonic())) for child in children]

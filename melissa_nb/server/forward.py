@@ -1,111 +1,24 @@
-"""Pipelines: a server rank pushes accepted data (or results) to a downstream consumer.
-
-Wire format, version 1 (docs/embedding.md is the reference). Every message is one or two
-ZeroMQ frames on a PUSH (server rank, connects) -> PULL (consumer, binds) pipe:
-
-    frame 1: header, 172 bytes little-endian
-        magic "MNBF" | uint16 version | uint16 kind (1 DATA, 2 RESULT, 3 END)
-        int32 rank | int32 ranks | int32 simulation_id | int32 client_rank | int32 timestep
-        int32 nb_vectors | int32 vect_size | uint64 sequence | char[128] name (NUL-padded)
-    frame 2 (DATA, RESULT): nb_vectors * vect_size float64 values, C order
-
-DATA carries an accepted message (name = field), RESULT whatever user code forwards (name =
-its own). `sequence` numbers a rank's DATA and RESULT messages from 0; END, the last message of
-a rank, carries in `sequence` how many came before it. After END the rank asks the consumer's
-acknowledgement socket (REQ -> REP) `ACK?` with the same header; the consumer replies with the
-header of an END naming what it received from that rank once it has all of it, so both sides
-know the stream arrived whole. A consumer waits for the END of all `ranks` ranks.
+"""Pipelines, the two ends: a server rank's `Forwarder` (PUSH, then END and a bounded wait for
+the consumer's acknowledgement) and the downstream `Consumer` (PULL and the acknowledgement REP).
+The wire format is `melissa_nb.forward_protocol` (docs/embedding.md is the reference).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import zmq
 
 from melissa_nb.errors import ProtocolError
+from melissa_nb.forward_protocol import END, Forwarded
 
-FORWARD_VERSION = 1
-MAGIC = b"MNBF"
-DATA, RESULT, END = 1, 2, 3
-NAME_WIDTH = 128
-HEADER = struct.Struct(f"<4sHHiiiiiiiQ{NAME_WIDTH}s")
 SEND_HWM = 64  # messages queued towards the consumer before a send blocks (backpressure)
 LINGER_MS = 1000
 POLL_MS = 100
 DRAIN = 256  # messages a consumer takes per poll before it looks at acknowledgement requests
-
-
-@dataclass(frozen=True)
-class Forwarded:
-    """One message of a pipeline, as the consumer sees it (`values` is a view of the frame)."""
-
-    kind: int
-    rank: int
-    ranks: int
-    simulation_id: int
-    client_rank: int
-    timestep: int
-    sequence: int
-    name: str
-    values: np.ndarray | None
-
-    def header(self) -> bytes:
-        """The header frame of this message."""
-        shape = (0, 0) if self.values is None else self.values.shape
-        return HEADER.pack(
-            MAGIC,
-            FORWARD_VERSION,
-            self.kind,
-            self.rank,
-            self.ranks,
-            self.simulation_id,
-            self.client_rank,
-            self.timestep,
-            *shape,
-            self.sequence,
-            self.name.encode(),
-        )
-
-    @classmethod
-    def decode(cls, frames: list[zmq.Frame] | list[bytes]) -> Forwarded:
-        """Parse a header (and payload) frame list; ProtocolError on anything malformed."""
-        head = frames[0].buffer if isinstance(frames[0], zmq.Frame) else frames[0]
-        if len(head) != HEADER.size:
-            raise ProtocolError("bad_size", f"forward header of {len(head)} bytes")
-        magic, version, kind, rank, ranks, simu, client, step, rows, size, sequence, name = (
-            HEADER.unpack(head)
-        )
-        if magic != MAGIC or version != FORWARD_VERSION:
-            raise ProtocolError("bad_version", f"forward header {magic!r} version {version}")
-        if kind not in (DATA, RESULT, END):
-            raise ProtocolError("unknown_type", f"forward message kind {kind}")
-        values = None
-        if kind != END:
-            if len(frames) != 2:
-                raise ProtocolError("bad_size", f"forward {kind}: {len(frames)} frames, expected 2")
-            payload = frames[1].buffer if isinstance(frames[1], zmq.Frame) else frames[1]
-            if len(payload) != 8 * rows * size:
-                raise ProtocolError(
-                    "bad_size", f"forward payload of {len(payload)} bytes for {rows}x{size}"
-                )
-            values = np.frombuffer(payload, dtype="<f8").reshape(rows, size)
-        return cls(
-            kind,
-            rank,
-            ranks,
-            simu,
-            client,
-            step,
-            sequence,
-            name.split(b"\0", 1)[0].decode(),
-            values,
-        )
 
 
 class Forwarder:

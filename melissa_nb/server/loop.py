@@ -25,6 +25,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryUnavailable
+from melissa_nb.forward_protocol import DATA
 from melissa_nb.protocol import (
     NON_FINITE,
     SIMU_FINISHED,
@@ -46,7 +47,7 @@ from melissa_nb.server.checkpoint.writer import Checkpointer
 from melissa_nb.server.claim import RankClaim
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.convergence import Convergence
-from melissa_nb.server.forward import DATA, Forwarder
+from melissa_nb.server.forward import Forwarder
 from melissa_nb.server.ingest import Ingest
 from melissa_nb.server.launcher_link import LauncherLink
 from melissa_nb.server.output import results_directory, write_field

@@ -21,8 +21,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,8 @@ import numpy as np
 
 from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.partition import block_bounds
+from melissa_nb.netcdf import NetCDFStore, Variable
+from melissa_nb.partition import rank_cells
 from melissa_nb.server.claim import check_writable
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
 from melissa_nb.server.ranks import World
@@ -64,90 +64,6 @@ LONG_NAMES = {
     "sobol_total_ci_high": "upper bound of the Fisher-z interval of sobol_total",
     "sample_count": "samples folded into each timestep (smallest over cells)",
 }
-
-
-@dataclass(frozen=True)
-class Variable:
-    """One netCDF variable to define: name, dimensions, dtype, attributes."""
-
-    name: str
-    dimensions: tuple[str, ...]
-    dtype: str
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-
-
-class NetCDFStore:
-    """A netCDF4 file seen as a few primitives: define, write a hyperslab, read, close."""
-
-    def __init__(self, path: str | os.PathLike[str], mode: str = "r", prefill: bool = True) -> None:
-        """Open `path`; `prefill=False`: variables defined here are not written with their fill
-        value first (the caller writes every element, see `fill`)."""
-        import netCDF4
-
-        self.path = Path(path)
-        self._dataset = netCDF4.Dataset(self.path, mode, format="NETCDF4")
-        if not prefill:
-            self._dataset.set_fill_off()
-
-    def define(
-        self,
-        dimensions: Mapping[str, int],
-        variables: Iterable[Variable],
-        attributes: Mapping[str, Any],
-    ) -> None:
-        """Create dimensions, variables (float ones filled with NaN) and global attributes."""
-        for name, size in dimensions.items():
-            self._dataset.createDimension(name, size)
-        for variable in variables:
-            fill = np.nan if variable.dtype == "f8" else None
-            created = self._dataset.createVariable(
-                variable.name, variable.dtype, variable.dimensions, fill_value=fill
-            )
-            created.setncatts(dict(variable.attributes))
-        self._dataset.setncatts(dict(attributes))
-
-    def write(self, name: str, index: tuple[Any, ...], values: np.ndarray) -> None:
-        """Write `values` into variable `name` at `index` (a tuple of slices/ints)."""
-        variable = self._dataset.variables[name]
-        variable.set_auto_mask(False)  # NaN is a value here: no masked-array pass over the data
-        variable[index] = values
-
-    def fill(self, name: str, index: tuple[Any, ...]) -> None:
-        """Write the fill value of variable `name` (NaN for floats) at `index`."""
-        import netCDF4
-
-        variable = self._dataset.variables[name]
-        default = netCDF4.default_fillvals[variable.dtype.str[1:]]
-        variable[index] = getattr(variable, "_FillValue", default)
-
-    def read(self, name: str, index: tuple[Any, ...] = (...,)) -> np.ndarray:
-        """Values of variable `name` (plain ndarray, NaN where never written)."""
-        variable = self._dataset.variables[name]
-        variable.set_auto_mask(False)
-        return np.asarray(variable[index])
-
-    def names(self) -> list[str]:
-        """Names of every variable."""
-        return list(self._dataset.variables)
-
-    def dimensions(self) -> dict[str, int]:
-        """Dimension sizes."""
-        return {name: len(dimension) for name, dimension in self._dataset.dimensions.items()}
-
-    def attributes(self, name: str | None = None) -> dict[str, Any]:
-        """Global attributes, or those of variable `name`."""
-        owner = self._dataset if name is None else self._dataset.variables[name]
-        return {key: owner.getncattr(key) for key in owner.ncattrs()}
-
-    def close(self) -> None:
-        """Flush and close the file."""
-        self._dataset.close()
-
-    def __enter__(self) -> NetCDFStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def statistic_names(config: ServerConfig) -> list[str]:
@@ -321,7 +237,7 @@ def write_field(
                     attributes(config, field_name, total_cells, world.size, extra_attributes),
                 )
                 _write_coordinates(store, config, total_cells)
-            first_cell, last_cell = block_bounds(total_cells, world.size, world.rank)
+            first_cell, last_cell = rank_cells(total_cells, world.size, world.rank)
             written = write_rank_slices(store, config, slices, first_cell)
             if written < last_cell:
                 for name in statistic_names(config):
@@ -371,22 +287,3 @@ def _write_coordinates(store: NetCDFStore, config: ServerConfig, total_cells: in
         store.write(QUANTILE_DIMENSION, (slice(None),), np.asarray(config.quantiles))
     if config.sobol:
         store.write("parameter", (slice(None),), np.arange(config.parameters, dtype=np.int32))
-
-
-@dataclass
-class Results:
-    """A results file read back: dimensions, every variable and the global attributes."""
-
-    dimensions: dict[str, int]
-    variables: dict[str, np.ndarray]
-    attributes: dict[str, Any]
-
-
-def read_results(path: str | os.PathLike[str]) -> Results:
-    """Read a whole results file into memory (tests, small studies)."""
-    with NetCDFStore(path) as store:
-        return Results(
-            store.dimensions(),
-            {name: store.read(name) for name in store.names()},
-            store.attributes(),
-        )

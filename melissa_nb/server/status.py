@@ -222,7 +222,7 @@ def show_final_state(description: dict[str, Any], output_dir: Path, console: Any
     """No live server: what its result files say (0), or that it stopped without any (1)."""
     from rich.table import Table
 
-    from melissa_nb.server.output import NetCDFStore
+    from melissa_nb.netcdf import NetCDFStore
 
     table = Table(title=f"study {description['study_id']}: finished (no live server)")
     for column in ("file", "complete", "cells", "dropped", "duplicates", "rejected", "reasons"):

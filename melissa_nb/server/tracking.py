@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from melissa_nb.partition import block_bounds
+from melissa_nb.partition import rank_cells
 
 _WORD = 64
 
@@ -57,17 +57,6 @@ class SliceSteps:
         count = self._counts[simulation] + 1
         self._counts[simulation] = count
         return count == self.timesteps
-
-    def mark(self, simulation: int, timestep: int) -> bool:
-        """Record an arrival; False (and nothing changes) if it had arrived before."""
-        if self.has(simulation, timestep):
-            return False
-        self.add(simulation, timestep)
-        return True
-
-    def complete(self, simulation: int) -> bool:
-        """True when every timestep of this simulation arrived."""
-        return self._counts[simulation] == self.timesteps
 
     def release(self) -> None:
         """Drop every view of `received`, which may live in a shared-memory block that can
@@ -297,7 +286,7 @@ def _layouts_agree(rows: np.ndarray, fields: int) -> bool:
         if total == 0:
             return False
         for rank, layout in enumerate(layouts):
-            start, end = block_bounds(total, ranks, rank)
+            start, end = rank_cells(total, ranks, rank)
             if layout.cells != end - start or not layout.contiguous:
                 return False
         if client_comm_size and not _covers(layouts, client_comm_size):

@@ -109,11 +109,6 @@ class StudyConfig:
         return len(self.parameters) + 2 if self.sobol else 1
 
     @property
-    def simulation_count(self) -> int:
-        """Number of simulations the study runs."""
-        return self.sample_size * self.group_size
-
-    @property
     def operations(self) -> tuple[str, ...]:
         """The server's `-o` list: the general statistics, plus `sobol` when on."""
         return self.statistics + (("sobol",) if self.sobol else ())

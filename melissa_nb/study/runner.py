@@ -33,6 +33,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from melissa_nb.errors import ConfigurationError, MelissaError
+from melissa_nb.netcdf import NetCDFStore
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     NON_FINITE,
@@ -668,16 +669,15 @@ class StudyRunner:
 
 def annotate_results(config: StudyConfig) -> None:
     """Add what only the study knows to each result file: parameter names and the grid shape."""
-    import netCDF4
-
     for field_name in config.fields:
         path = config.output_dir / f"{field_name}.nc"
         if not path.exists():
             raise StudyError(f"the server wrote no result file {path}")
-        with netCDF4.Dataset(path, "a") as dataset:
-            dataset.setncattr("parameter_names", " ".join(config.parameter_names))
-            if config.grid_shape is not None:
-                dataset.setncattr("grid_shape", list(config.grid_shape))
+        attributes: dict[str, object] = {"parameter_names": " ".join(config.parameter_names)}
+        if config.grid_shape is not None:
+            attributes["grid_shape"] = list(config.grid_shape)
+        with NetCDFStore(path, "a") as store:
+            store.set_attributes(attributes)
 
 
 def print_summary(report: StudyReport, console: Console) -> None:

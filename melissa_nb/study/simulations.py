@@ -129,10 +129,3 @@ class SimulationRun:
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Terminate the attempt's process group (SIGKILL after `grace` s)."""
         stop_process(self.process, grace=grace)
-
-    def log_tail(self, lines: int = 5) -> str:
-        """The last lines of the simulation's output, for error reports."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_nb.errors import CheckpointDamaged, ConfigurationError
+from melissa_nb.netcdf import NetCDFStore
 from melissa_nb.server.checkpoint.snapshot import Snapshot
 
 
@@ -20,55 +21,42 @@ def checkpoint_path(directory: Path, rank: int, previous: bool = False) -> Path:
 
 def write_file(path: Path, snapshot: Snapshot) -> None:
     """Write `snapshot` to `path` (not atomic by itself: see `write_atomically`)."""
-    import netCDF4
-
-    dataset = netCDF4.Dataset(path, "w", format="NETCDF4")
-    try:
+    with NetCDFStore(path, "w") as store:
         empty = {}
         for name, array in snapshot.arrays.items():
             if array.size == 0:  # netCDF reads a size-0 dimension as unlimited
                 empty[name] = [list(array.shape), array.dtype.str]
-                continue
-            group_name, variable = name.split("/", 1)
-            group = dataset.groups.get(group_name) or dataset.createGroup(group_name)
-            dimensions = []
-            for axis, size in enumerate(array.shape):
-                dimensions.append(f"{variable}.d{axis}")
-                group.createDimension(dimensions[-1], size)
-            group.createVariable(variable, array.dtype, dimensions)[...] = array
-        dataset.setncattr("meta", json.dumps(snapshot.meta))
-        dataset.setncattr("empty", json.dumps(empty))
-        dataset.setncattr("sha256", snapshot.digest())
-    finally:
-        dataset.close()
+            else:
+                store.write_array(name, array)
+        store.set_attributes(
+            {
+                "meta": json.dumps(snapshot.meta),
+                "empty": json.dumps(empty),
+                "sha256": snapshot.digest(),
+            }
+        )
 
 
 def read_file(path: Path) -> Snapshot:
     """Read a checkpoint file; CheckpointDamaged if it is unreadable or fails its checksum."""
-    import netCDF4
-
     if not path.is_file():
         raise CheckpointDamaged(f"{path}: missing")
     try:
-        dataset = netCDF4.Dataset(path, "r")
+        store = NetCDFStore(path)
     except OSError as error:
         raise CheckpointDamaged(f"{path}: unreadable ({error})") from None
     try:
-        attributes = dataset.ncattrs()
+        attributes = store.attributes()
         if not {"meta", "sha256", "empty"} <= set(attributes):
             raise CheckpointDamaged(f"{path}: not a melissa_nb checkpoint (attributes missing)")
-        snapshot = Snapshot(json.loads(dataset.getncattr("meta")))
-        for group_name, group in dataset.groups.items():
-            for variable_name, variable in group.variables.items():
-                variable.set_auto_maskandscale(False)
-                snapshot.arrays[f"{group_name}/{variable_name}"] = np.asarray(variable[...])
-        for name, (shape, dtype) in json.loads(dataset.getncattr("empty")).items():
+        snapshot = Snapshot(json.loads(attributes["meta"]), store.read_arrays())
+        for name, (shape, dtype) in json.loads(attributes["empty"]).items():
             snapshot.arrays[name] = np.zeros(shape, dtype=dtype)
-        expected = dataset.getncattr("sha256")
+        expected = attributes["sha256"]
     except (OSError, RuntimeError, ValueError, KeyError) as error:
         raise CheckpointDamaged(f"{path}: unreadable ({error})") from None
     finally:
-        dataset.close()
+        store.close()
     if snapshot.digest() != expected:
         raise CheckpointDamaged(f"{path}: checksum mismatch (damaged file)")
     return snapshot

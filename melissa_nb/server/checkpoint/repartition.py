@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.partition import block_bounds
+from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.snapshot import Snapshot
 from melissa_nb.server.config import ServerConfig
 
@@ -65,7 +65,7 @@ def repartition(
             continue  # nothing of this field arrived before the checkpoint
         pieces: dict[int, list[_Piece]] = {}
         for old_rank, (snapshot, items) in enumerate(zip(snapshots, per_rank, strict=True)):
-            start, end = block_bounds(total, old_ranks, old_rank)
+            start, end = rank_cells(total, old_ranks, old_rank)
             clients = [item["client_rank"] for _, item in items]
             held = sum(item["cells"] for _, item in items)
             contiguous = not clients or clients == list(range(clients[0], clients[-1] + 1))
@@ -85,7 +85,7 @@ def repartition(
                         old_rank,
                     )
                 )
-        low, high = block_bounds(total, ranks, rank)
+        low, high = rank_cells(total, ranks, rank)
         for client_rank in sorted(pieces):
             client_pieces = sorted(pieces[client_rank], key=lambda piece: piece.start)
             first = max(low, client_pieces[0].start)
