@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from melissa_nb import __version__
+from melissa_nb.server.options import server_parameters
 
 if TYPE_CHECKING:
-    from melissa_nb.server.config import ServerConfig
+    from melissa_nb.server.signals import EarlySignals
 
 app = typer.Typer(
     name="melissa-nb",
@@ -40,108 +42,13 @@ def version() -> None:
     typer.echo(__version__)
 
 
-@app.command()
-def server(
-    parameters: int = typer.Option(0, "-p", "--parameters", help="Uncertain parameters (Sobol)."),
-    sampling_size: int = typer.Option(
-        ..., "-s", "--samplingsize", help="Simulations, or Sobol groups when sobol is on."
-    ),
-    timesteps: int = typer.Option(..., "-t", "--timesteps", help="Timesteps per field."),
-    operations: str = typer.Option(
-        "mean:variance",
-        "-o",
-        "--operations",
-        help="Colon list: mean variance skewness kurtosis min max threshold quantile sobol.",
-    ),
-    thresholds: str = typer.Option(
-        None,
-        "-e",
-        "--thresholds",
-        "--threshold",
-        "--treshold",
-        "--tresholds",
-        help="Colon list of thresholds (exceedance counts x > t).",
-    ),
-    quantiles: str = typer.Option(
-        None, "-q", "--quantiles", "--quantile", help="Colon list of quantile orders in (0, 1)."
-    ),
-    field_names: str = typer.Option(..., "-f", "--fieldnames", help="Colon list of field names."),
-    launcher_name: str = typer.Option(
-        None, "-n", "--launchername", help="Launcher host; omitted = run without a launcher."
-    ),
-    check_interval: float = typer.Option(300.0, "-c", "--checkintervals", help="Seconds."),
-    timeout: float = typer.Option(
-        300.0, "-w", "--timeout", help="Seconds of silence before a simulation times out."
-    ),
-    verbosity: int = typer.Option(1, "-v", "--verbosity", help="0 quiet .. 3 debug."),
-    restart_dir: str = typer.Option(
-        None, "-r", "--restart", help="Restart from the checkpoints in this directory."
-    ),
-    checkpoint_dir: str = typer.Option(
-        None, "--checkpoint-dir", help="Where checkpoints go (default <output-dir>/checkpoint)."
-    ),
-    target_width: float = typer.Option(
-        None,
-        "--target-width",
-        help="Tell the launcher when every Sobol interval is narrower than this.",
-    ),
-    txt_push_port: int = typer.Option(5555, "--txt_push_port", help="Launcher PULL port."),
-    txt_pull_port: int = typer.Option(5556, "--txt_pull_port", help="Launcher PUB port."),
-    txt_req_port: int = typer.Option(5554, "--txt_req_port", help="Launcher REP port."),
-    data_port: int = typer.Option(
-        2004, "--data_port", help="Data port of rank 0 (0 = chosen by ZeroMQ)."
-    ),
-    output_dir: str = typer.Option("results", "--output-dir", help="Results directory."),
-    bind: str = typer.Option(
-        None, "--bind", help="Bind address (default 127.0.0.1 for a local study, else all)."
-    ),
-    advertise: str = typer.Option(None, "--advertise", help="Host written in the port table."),
-    connection_port: int = typer.Option(2003, "--connection-port", help="Handshake REP port."),
-    port_table_width: int = typer.Option(
-        256, "--port-table-width", help="Bytes per port-table entry (MPICH clients: 128)."
-    ),
-    study_id: str = typer.Option(None, "--study-id", help="Id used in shared-memory names."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Sobol interval level."),
-    launcher_timeout: float = typer.Option(
-        250.0, "--launcher-timeout", help="Seconds without HELLO before the launcher is gone."
-    ),
-    max_cells: int = typer.Option(
-        1 << 24, "--max-cells", help="Largest vector one message may carry (sets MAXMSGSIZE)."
-    ),
-    member_buffer_mb: float = typer.Option(
-        256.0, "--member-buffer-mb", help="Memory for assembling single Sobol members."
-    ),
-    batch_mb: float = typer.Option(
-        64.0,
-        "--batch-mb",
-        help="Received data folded together per pass over the state (0: one message at a time).",
-    ),
-    heartbeat: float = typer.Option(
-        20.0, "--heartbeat", help="Seconds between ALIVE/TIMEOUT messages to the launcher."
-    ),
-    control_port: int = typer.Option(
-        0, "--control-port", help="Rank 0's control port (0: a free port, see server.json)."
-    ),
-    control_bind: str = typer.Option(
-        "127.0.0.1", "--control-bind", help="Interface the control endpoint binds."
-    ),
-    forward_to: str = typer.Option(
-        None, "--forward-to", help="A consumer's address: push every accepted message there."
-    ),
-    forward_ack: str = typer.Option(
-        None, "--forward-ack", help="The consumer's address acknowledging the end of stream."
-    ),
-    forward_timeout: float = typer.Option(
-        60.0, "--forward-timeout", help="Seconds a forward or the final acknowledgement may wait."
-    ),
-) -> None:
+def server(**options: Any) -> None:
     """Run one rank of the statistics server (start M ranks with mpiexec -n M)."""
-    options = dict(locals())  # the parsed options, each named after its ServerConfig field
+    from melissa_nb.errors import ConfigurationError
+    from melissa_nb.server.options import config_from_options
     from melissa_nb.server.signals import EarlySignals
 
-    early = EarlySignals()  # first, before the slow imports: SIGUSR1 must not kill us
-    from melissa_nb.errors import ConfigurationError
-
+    early = _EARLY[0] if _EARLY else EarlySignals()
     try:
         config = config_from_options(options)
     except ConfigurationError as error:
@@ -152,26 +59,17 @@ def server(
     raise typer.Exit(serve(config, early))
 
 
-COLON_LISTS = {
-    "operations": ("-o/--operations", str),
-    "thresholds": ("-e/--thresholds", float),
-    "quantiles": ("-q/--quantiles", float),
-    "field_names": ("-f/--fieldnames", str),
-}
+server.__signature__ = inspect.Signature(server_parameters())  # type: ignore[attr-defined]
+app.command()(server)
+_EARLY: list[EarlySignals] = []  # the signals `melissa-nb server` caught before this module loaded
 
 
-def config_from_options(options: dict[str, Any]) -> ServerConfig:
-    """The ServerConfig of the `server` command's parsed options (ConfigurationError if bad).
-
-    Every option of `server` is named after its ServerConfig field, so the command line and
-    an embedded server (`MelissaServer.from_arguments`) share one definition of the settings.
-    """
-    from melissa_nb.server.config import ServerConfig, parse_colon_list
-
-    values = dict(options)
-    for name, (option, kind) in COLON_LISTS.items():
-        values[name] = parse_colon_list(values[name], option, kind)
-    return ServerConfig(**values)
+def run_app(early: EarlySignals | None) -> None:
+    """Run the app; `early`: the signal handlers a server process installed first thing (see
+    `melissa_nb.__main__`), which the `server` command takes over."""
+    if early is not None:
+        _EARLY.append(early)
+    app()
 
 
 @app.command()

@@ -36,6 +36,7 @@ from melissa_nb.forward_protocol import RESULT
 from melissa_nb.protocol import DataMessage, sobol_member
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.loop import POLL_MS, ServerRank
+from melissa_nb.server.options import parse_arguments
 from melissa_nb.server.stages import Stage, read_only_view
 from melissa_nb.server.startup import start_rank, warm_kernels
 
@@ -172,21 +173,8 @@ class MelissaServer:
         ...` takes exactly the command line a launcher gives `melissa-nb server`; `settings`
         (ServerConfig names, e.g. `statistics=False`) override it.
         """
-        import typer
-
-        from melissa_nb.cli import app, config_from_options
-
         argv = sys.argv[1:] if arguments is None else list(arguments)
-        command = typer.main.get_command(app).commands["server"]  # type: ignore[attr-defined]
-        try:
-            with command.make_context("melissa-nb server", argv) as context:
-                options = dict(context.params)
-        except Exception as error:  # click's usage errors (typer >= 0.26 vendors click)
-            describe = getattr(error, "format_message", None)
-            if describe is None:
-                raise
-            raise ConfigurationError(describe()) from None
-        config = config_from_options(options)
+        config = parse_arguments(argv)
         return cls(config=replace(config, **settings) if settings else config)
 
     # --- melissa4py's API ------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 
 class MelissaError(Exception):
     """Base class of every error melissa_nb raises on purpose."""
@@ -61,6 +63,22 @@ class SharedMemoryUnavailable(MelissaError, OSError):
 
 class CheckpointDamaged(MelissaError):
     """A checkpoint file is missing, truncated or fails its checksum (its `.prev` is tried)."""
+
+
+class BlockNotReady(MelissaError, ValueError):
+    """A shared-memory block exists but its creator has not finished writing its header yet."""
+
+
+class StudyError(MelissaError):
+    """A study could not complete: the server failed, or a deadline passed."""
+
+
+class StudyInterrupted(MelissaError):
+    """SIGINT, SIGTERM or SIGHUP: the runner stopped everything and gives up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 class ServerUnreachableError(MelissaError, TimeoutError):

@@ -4,7 +4,8 @@ This module knows nothing of sockets or statistics: it turns frames into validat
 back. Every decoding failure raises `ProtocolError(reason, message)` with a short `reason` key
 (one of `melissa_nb.errors.REJECTION_REASONS`) that the server counts. `docs/protocol.md` is the
 authoritative description of the format; integers are int32 little-endian, reals float64
-little-endian.
+little-endian. (Over 400 lines: the whole wire format, message after message in the order of
+docs/protocol.md, so the two read side by side.)
 """
 
 from __future__ import annotations

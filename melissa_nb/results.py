@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.api import SOBOL_RESULTS, widest_interval
 from melissa_nb.netcdf import NetCDFStore
 
 INSTALL_PLOTS = "pip install 'melissa_nb[plots]'"
@@ -33,9 +34,9 @@ COUNT_ATTRIBUTES = (
 )
 """Global attributes of the server's files that the summary shows as counts."""
 SOBOL_INTERVALS = {
-    "first": ("sobol_first_ci_low", "sobol_first_ci_high"),
-    "total": ("sobol_total_ci_low", "sobol_total_ci_high"),
+    index: (f"sobol_{index}_ci_low", f"sobol_{index}_ci_high") for index in SOBOL_RESULTS[:2]
 }
+"""The bounds of each index's interval, by index (`first`, `total`)."""
 
 
 @dataclass
@@ -139,8 +140,8 @@ def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:
     per_order = []
     for low, high in SOBOL_INTERVALS.values():
         width = results.variables[high] - results.variables[low]  # (time, parameter, cell)
-        finite = np.where(np.isfinite(width), width, -np.inf).max(axis=(0, 2))
-        per_order.append(np.where(np.isfinite(finite), finite, np.nan))
+        parameters = width.shape[1]
+        per_order.append(widest_interval(np.moveaxis(width, 1, 0).reshape(parameters, -1)))
     for k, name in enumerate(results.parameter_names):
         widths[name] = (float(per_order[0][k]), float(per_order[1][k]))
     return widths

@@ -412,3 +412,26 @@ def test_documented_example_runs() -> None:
     for block in blocks:
         output = run(block)
         assert "nan" not in output
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_results_give_every_result_property_from_one_finalization(
+    rng: np.random.Generator, name: str
+) -> None:
+    make, shape = OBJECTS[name]
+    statistic = make()
+    for simulation in range(12):
+        feed(statistic, rng.normal(size=shape), simulation)
+    everything = statistic.results()
+    assert tuple(everything) == statistic.result_names() and everything
+    for result, values in everything.items():
+        if result.endswith(("_ci_low", "_ci_high")):  # Sobol bounds: the `*_ci` pairs
+            index, property_name = result.endswith("_high"), result.rsplit("_", 1)[0]
+            expected = getattr(statistic, property_name)[index]
+        else:
+            expected = getattr(statistic, result)
+        np.testing.assert_array_equal(values, expected)
+    last = statistic.result_names()[-1]
+    assert list(statistic.results([last])) == [last]
+    with pytest.raises(ConfigurationError, match="no result 'median'"):
+        statistic.results(["median"])

@@ -12,12 +12,11 @@ import uuid
 import numpy as np
 import pytest
 
-from melissa_nb.errors import SharedMemoryUnavailable
+from melissa_nb.errors import BlockNotReady, SharedMemoryUnavailable
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.state import (
     ALIGNMENT,
     SHM_DIRECTORY,
-    BlockNotReady,
     StateBlock,
     attach_block,
     list_blocks,

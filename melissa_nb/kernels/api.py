@@ -1,5 +1,8 @@
 """Object API over the kernels: validation lives here, never in the loops.
 
+(Over 400 lines: one class per statistic family plus the fused `FieldStatistics`, kept together
+because they share one contract, stated here once.)
+
 Every statistics object is built fresh (zeroed state) or over caller-owned arrays
 (``arrays=mapping``, e.g. views of shared memory), names its state with the static
 ``layout(cells, **settings)``, and exposes ``arrays``, ``count``, ``update``, ``merge`` (not
@@ -206,6 +209,26 @@ class _Statistic:
     def _sample(self, x: object) -> np.ndarray:
         return _check_input("x", x, (self.cells,))
 
+    def result_names(self) -> tuple[str, ...]:
+        """The results this object gives (its result properties)."""
+        raise NotImplementedError  # pragma: no cover - every subclass defines its own
+
+    def results(self, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """The named results (default: every one), each family finalized once: the same values
+        as the properties, for less work."""
+        wanted = self.result_names() if names is None else tuple(names)
+        unknown = [name for name in wanted if name not in self.result_names()]
+        if unknown:
+            raise ConfigurationError(
+                f"{self!r} has no result {unknown[0]!r}; it has {list(self.result_names())}"
+            )
+        computed = self._all_results(wanted)
+        return {name: computed[name] for name in wanted}
+
+    def _all_results(self, names: Sequence[str]) -> Mapping[str, np.ndarray]:
+        """At least the named results; families that finalize everything at once override it."""
+        return {name: getattr(self, name) for name in names}
+
     def __repr__(self) -> str:
         settings = "".join(f", {key}={value!r}" for key, value in self._settings.items())
         return f"{type(self).__name__}(cells={self.cells}{settings}, count={self.count})"
@@ -291,11 +314,18 @@ class Moments(_MergeableStatistic):
             )
         return self._finalize_all()[row]
 
+    def result_names(self) -> tuple[str, ...]:
+        """The moments up to ``order``."""
+        return MOMENT_NAMES[: self.order]
+
+    def _all_results(self, names: Sequence[str]) -> Mapping[str, np.ndarray]:
+        return dict(zip(MOMENT_NAMES, self._finalize_all(), strict=False))
+
     def _finalize_all(self) -> np.ndarray:
         """Every moment up to ``order``, (order, cells): rows as in MOMENT_NAMES."""
         out = np.empty((self.order, self.cells))
         moments_finalize(
-            self.count, self.arrays["shift"], self.arrays["central"], self.bias, self.fisher, out
+            self.count, self.bias, self.fisher, self.arrays["shift"], self.arrays["central"], out
         )
         return out
 
@@ -358,6 +388,14 @@ class Extrema(_MergeableStatistic):
             other["max_simulation"],
         )
 
+    def result_names(self) -> tuple[str, ...]:
+        """Minimum, maximum and the simulations that produced them."""
+        return EXTREMA_NAMES
+
+    def _all_results(self, names: Sequence[str]) -> Mapping[str, np.ndarray]:
+        (low, high), (low_id, high_id) = self._finalized()
+        return dict(zip(EXTREMA_NAMES, (low, high, low_id, high_id), strict=True))
+
     def _finalized(self) -> tuple[np.ndarray, np.ndarray]:
         values = np.empty((2, self.cells))
         simulations = np.empty((2, self.cells), INT)
@@ -414,6 +452,10 @@ class ThresholdExceedance(_MergeableStatistic):
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
         thresholds_merge(count, self.arrays["exceedances"], other_count, other["exceedances"])
 
+    def result_names(self) -> tuple[str, ...]:
+        """Counts and probabilities of exceedance, each (thresholds, cells)."""
+        return ("threshold_exceedance", "exceedance_probability")
+
     @property
     def threshold_exceedance(self) -> np.ndarray:
         """Count of samples above each threshold, (thresholds, cells) int64."""
@@ -466,6 +508,10 @@ class Quantiles(_Statistic):
             self._sample(x),
         )
         self._advance(1)
+
+    def result_names(self) -> tuple[str, ...]:
+        """The estimates, (orders, cells)."""
+        return ("quantile",)
 
     @property
     def quantile(self) -> np.ndarray:
@@ -556,18 +602,20 @@ class SobolMartinez(_MergeableStatistic):
         out = np.empty((6, self.parameters, self.cells))
         sobol_finalize(
             count,
+            half_width,
             self.arrays["m2"],
             self.arrays["comoment_first"],
             self.arrays["comoment_total"],
-            half_width,
             out,
         )
         return out
 
-    def results(self) -> dict[str, np.ndarray]:
-        """Every index and interval bound from one finalization, each (parameters, cells):
-        ``first``, ``total``, ``first_ci_low``, ``first_ci_high``, ``total_ci_low``,
-        ``total_ci_high`` (the properties finalize once each)."""
+    def result_names(self) -> tuple[str, ...]:
+        """Each (parameters, cells): ``first``, ``total``, ``first_ci_low``, ``first_ci_high``,
+        ``total_ci_low``, ``total_ci_high``."""
+        return SOBOL_RESULTS
+
+    def _all_results(self, names: Sequence[str]) -> Mapping[str, np.ndarray]:
         return dict(zip(SOBOL_RESULTS, self._finalized(), strict=True))
 
     @property
@@ -598,15 +646,17 @@ class SobolMartinez(_MergeableStatistic):
         Cells whose interval is NaN (constant cells, n < 4) are ignored; NaN if all are.
         """
         out = self._finalized()
-        return _widest(out[3] - out[2]), _widest(out[5] - out[4])
+        return widest_interval(out[3] - out[2]), widest_interval(out[5] - out[4])
 
 
-def _widest(widths: np.ndarray) -> np.ndarray:
-    """Max over cells (last axis) ignoring NaN, NaN where a row is all NaN; no warnings."""
+def widest_interval(widths: np.ndarray) -> np.ndarray:
+    """Max over the last axis (cells) ignoring NaN, NaN where a row is all NaN; no warnings.
+
+    The one reducer of interval widths: per object (`worst_width`), per slice on the server, and
+    over a result file (`melissa-nb results`)."""
     defined = ~np.isnan(widths)
     widest = np.max(widths, axis=-1, where=defined, initial=-np.inf)
-    widest[~defined.any(axis=-1)] = np.nan
-    return widest
+    return np.where(defined.any(axis=-1), widest, np.nan)
 
 
 # -- the fused general statistics --------------------------------------------------------------
@@ -768,22 +818,24 @@ class FieldStatistics(_MergeableStatistic):
             if part is not None:
                 part._merge_state(count, other, other_count)
 
-    def results(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named result properties (e.g. ``["mean", "min", "min_simulation"]``), each
-        family finalized once: the same values as the properties, for less work."""
+    def _parts(self) -> list[_Statistic]:
+        return [
+            part
+            for part in (self.moments, self.extrema, self.exceedance, self.quantiles)
+            if part is not None
+        ]
+
+    def result_names(self) -> tuple[str, ...]:
+        """The results of every enabled family (e.g. ``mean``, ``min``, ``quantile``)."""
+        return tuple(name for part in self._parts() for name in part.result_names())
+
+    def _all_results(self, names: Sequence[str]) -> Mapping[str, np.ndarray]:
         computed: dict[str, np.ndarray] = {}
-        for name in names:
-            if name in computed:
-                continue
-            if self.moments is not None and name in MOMENT_NAMES[: self.moments.order]:
-                table = self.moments._finalize_all()
-                computed |= dict(zip(MOMENT_NAMES, table, strict=False))
-            elif self.extrema is not None and name in EXTREMA_NAMES:
-                (low, high), (low_id, high_id) = self.extrema._finalized()
-                computed |= dict(zip(EXTREMA_NAMES, (low, high, low_id, high_id), strict=True))
-            else:
-                computed[name] = getattr(self, name)
-        return {name: computed[name] for name in names}
+        for part in self._parts():
+            mine = [name for name in names if name in part.result_names()]
+            if mine:
+                computed |= part.results(mine)
+        return computed
 
     def _part(self, part: _Statistic | None, what: str) -> _Statistic:
         if part is None:

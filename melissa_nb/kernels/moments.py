@@ -189,7 +189,7 @@ def moments_merge(
 
 @kernel
 def moments_finalize(
-    count: int, shift: np.ndarray, central: np.ndarray, bias: bool, fisher: bool, out: np.ndarray
+    count: int, bias: bool, fisher: bool, shift: np.ndarray, central: np.ndarray, out: np.ndarray
 ) -> None:
     """Write the finalized moments into ``out`` (order, cells): mean, variance, skew, kurtosis."""
     cells = shift.shape[0]

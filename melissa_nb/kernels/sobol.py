@@ -282,10 +282,10 @@ def sobol_merge(
 @kernel
 def sobol_finalize(
     count: int,
+    half_width: float,
     m2: np.ndarray,
     comoment_first: np.ndarray,
     comoment_total: np.ndarray,
-    half_width: float,
     out: np.ndarray,
 ) -> None:
     """Write S, ST and their Fisher-z intervals into ``out`` (6, p, cells); see finalize_sobol."""

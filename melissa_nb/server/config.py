@@ -2,15 +2,17 @@
 
 Every option of Melissa 0.6's server is here under a descriptive name, plus melissa_nb's own
 (output directory, addresses, port-table width, limits). Validation happens once, at
-construction, and every error names the command-line option that carries the bad value.
+construction, and every error names the command-line option that carries the bad value. (Over
+400 lines: every setting with its flags, help and check, once.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import socket
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
@@ -67,47 +69,136 @@ def data_port_for(base_port: int, local_index: int, reserved: tuple[int, ...]) -
     return port
 
 
+def option(*flags: str, help: str, default: Any = MISSING) -> Any:
+    """A ServerConfig field that is a `melissa-nb server` option: its flags and help live here,
+    once, and the command line is built from them (server/options.py)."""
+    return field(default=default, metadata={"flags": flags, "help": help})
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """All settings of one server (identical on every rank). Build with `ServerConfig(...)`."""
 
-    sampling_size: int
-    timesteps: int
-    field_names: tuple[str, ...]
-    parameters: int = 0
-    operations: tuple[str, ...] = ("mean", "variance")
-    thresholds: tuple[float, ...] = ()
-    quantiles: tuple[float, ...] = ()
-    launcher_name: str | None = None
-    check_interval: float = 300.0
-    timeout: float = 300.0
-    verbosity: int = 1
-    restart_dir: Path | None = None
-    txt_push_port: int = 5555
-    txt_pull_port: int = 5556
-    txt_req_port: int = 5554
-    data_port: int = 2004
-    connection_port: int = 2003
-    output_dir: Path = Path("results")
-    bind: str | None = None
-    advertise: str | None = None
-    port_table_width: int = 256
-    study_id: str | None = None
-    confidence: float = 0.95
-    launcher_timeout: float = 250.0
-    max_cells: int = 1 << 24
-    member_buffer_mb: float = 256.0
-    batch_mb: float = 64.0  # received frames held to fold together (see server/batches.py)
-    heartbeat: float = 20.0  # ALIVE/TIMEOUT period towards the launcher (Melissa 0.6's value)
-    checkpoint_dir: Path | None = None
-    target_width: float | None = None
-    statistics: bool = True  # False: no built-in kernels, state or result files (embedded use)
-    control_port: int = 0  # rank 0's control REP port; 0 = chosen by ZeroMQ (see server.json)
-    control_bind: str = "127.0.0.1"  # the control endpoint answers on loopback unless told
-    forward_to: str | None = None  # a consumer's PULL address: accepted data is pushed there
-    forward_ack: str | None = None  # the consumer's REP address acknowledging end of stream
+    sampling_size: int = option(
+        "-s", "--samplingsize", help="Simulations, or Sobol groups when sobol is on."
+    )
+    timesteps: int = option("-t", "--timesteps", help="Timesteps per field.")
+    field_names: tuple[str, ...] = option("-f", "--fieldnames", help="Colon list of field names.")
+    parameters: int = option("-p", "--parameters", default=0, help="Uncertain parameters (Sobol).")
+    operations: tuple[str, ...] = option(
+        "-o",
+        "--operations",
+        default=("mean", "variance"),
+        help="Colon list: mean variance skewness kurtosis min max threshold quantile sobol.",
+    )
+    thresholds: tuple[float, ...] = option(
+        "-e",
+        "--thresholds",
+        "--threshold",
+        "--treshold",
+        "--tresholds",
+        default=(),
+        help="Colon list of thresholds (exceedance counts x > t).",
+    )
+    quantiles: tuple[float, ...] = option(
+        "-q",
+        "--quantiles",
+        "--quantile",
+        default=(),
+        help="Colon list of quantile orders in (0, 1).",
+    )
+    launcher_name: str | None = option(
+        "-n",
+        "--launchername",
+        default=None,
+        help="Launcher host; omitted = run without a launcher.",
+    )
+    check_interval: float = option("-c", "--checkintervals", default=300.0, help="Seconds.")
+    timeout: float = option(
+        "-w", "--timeout", default=300.0, help="Seconds of silence before a simulation times out."
+    )
+    verbosity: int = option("-v", "--verbosity", default=1, help="0 quiet .. 3 debug.")
+    restart_dir: Path | None = option(
+        "-r", "--restart", default=None, help="Restart from the checkpoints in this directory."
+    )
+    txt_push_port: int = option("--txt_push_port", default=5555, help="Launcher PULL port.")
+    txt_pull_port: int = option("--txt_pull_port", default=5556, help="Launcher PUB port.")
+    txt_req_port: int = option("--txt_req_port", default=5554, help="Launcher REP port.")
+    data_port: int = option(
+        "--data_port", default=2004, help="Data port of rank 0 (0 = chosen by ZeroMQ)."
+    )
+    connection_port: int = option("--connection-port", default=2003, help="Handshake REP port.")
+    output_dir: Path = option("--output-dir", default=Path("results"), help="Results directory.")
+    bind: str | None = option(
+        "--bind", default=None, help="Bind address (default 127.0.0.1 for a local study, else all)."
+    )
+    advertise: str | None = option(
+        "--advertise", default=None, help="Host written in the port table."
+    )
+    port_table_width: int = option(
+        "--port-table-width", default=256, help="Bytes per port-table entry (MPICH clients: 128)."
+    )
+    study_id: str | None = option(
+        "--study-id", default=None, help="Id used in shared-memory names."
+    )
+    confidence: float = option("--confidence", default=0.95, help="Sobol interval level.")
+    launcher_timeout: float = option(
+        "--launcher-timeout",
+        default=250.0,
+        help="Seconds without HELLO before the launcher is gone.",
+    )
+    max_cells: int = option(
+        "--max-cells",
+        default=1 << 24,
+        help="Largest vector one message may carry (sets MAXMSGSIZE).",
+    )
+    member_buffer_mb: float = option(
+        "--member-buffer-mb", default=256.0, help="Memory for assembling single Sobol members."
+    )
+    batch_mb: float = option(  # see server/batches.py
+        "--batch-mb",
+        default=64.0,
+        help="Received data folded together per pass over the state (0: one message at a time).",
+    )
+    heartbeat: float = option(  # Melissa 0.6's period
+        "--heartbeat",
+        default=20.0,
+        help="Seconds between ALIVE/TIMEOUT messages to the launcher.",
+    )
+    checkpoint_dir: Path | None = option(
+        "--checkpoint-dir",
+        default=None,
+        help="Where checkpoints go (default <output-dir>/checkpoint).",
+    )
+    target_width: float | None = option(
+        "--target-width",
+        default=None,
+        help="Tell the launcher when every Sobol interval is narrower than this.",
+    )
+    control_port: int = option(
+        "--control-port", default=0, help="Rank 0's control port (0: a free port, see server.json)."
+    )
+    control_bind: str = option(
+        "--control-bind", default="127.0.0.1", help="Interface the control endpoint binds."
+    )
+    forward_to: str | None = option(
+        "--forward-to",
+        default=None,
+        help="A consumer's address: push every accepted message there.",
+    )
+    forward_ack: str | None = option(
+        "--forward-ack",
+        default=None,
+        help="The consumer's address acknowledging the end of stream.",
+    )
+    forward_timeout: float = option(
+        "--forward-timeout",
+        default=60.0,
+        help="Seconds a forward or the final acknowledgement may wait.",
+    )
+    # Embedded servers only (MelissaServer), no command-line option:
+    statistics: bool = True  # False: no built-in kernels, state or result files
     forward_data: bool = True  # False: only what user code forwards (results) is pushed
-    forward_timeout: float = 60.0  # bound on one blocked send and on the final acknowledgement
 
     def __post_init__(self) -> None:
         self._validate()

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.protocol import ConfidenceInterval
+from melissa_nb.server.output import SOBOL_VARIABLES
 
 CONVERGED = "converged"
-INDICES = ("sobol_first", "sobol_total")
+INDICES = SOBOL_VARIABLES[:2]  # sobol_first, sobol_total
 
 
 def local_widths(slices: Any, fields: tuple[str, ...], timesteps: int) -> np.ndarray:

@@ -8,6 +8,9 @@ every socket with a timeout; drain data frames into `Ingest`, answer connection 
 simulations and take part in the non-blocking end vote. End (`_finish`): every rank writes its
 slices of every field in turn, then rank 0 sends STOP. SIGTERM and SIGINT end the loop early: a
 checkpoint is written, blocks are removed, no results are written.
+
+(Over 400 lines: this is where a rank's parts are wired together; each part lives in its own
+module, and what is left here is the order in which they are called.)
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from melissa_nb.server.checkpoint.restart import restore_collectively
 from melissa_nb.server.checkpoint.writer import Checkpointer
 from melissa_nb.server.claim import RankClaim
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.convergence import Convergence
+from melissa_nb.server.convergence import INDICES, Convergence, local_widths
 from melissa_nb.server.forward import Forwarder
 from melissa_nb.server.ingest import Ingest
 from melissa_nb.server.launcher_link import LauncherLink
@@ -380,18 +383,12 @@ class ServerRank:
     def _report_intervals(self) -> None:
         """Rank 0: the widest Sobol interval of its cells, per field, over every timestep."""
         assert self.launcher is not None
-        for field in self.config.field_names:
-            widths = [
-                statistics.worst_interval(t)
-                for statistics in self.ingest.slices.values()
-                if statistics.field == field
-                for t in range(self.config.timesteps)
-                if statistics.group_count(t) >= 4
-            ]
-            for index, stat in enumerate(("sobol_first", "sobol_total")):
-                defined = [width[index] for width in widths if not np.isnan(width[index])]
-                if defined:
-                    self.launcher.send(ConfidenceInterval(stat, field, max(defined)))
+        fields = self.config.field_names
+        widths = local_widths(self.ingest.slices, fields, self.config.timesteps)
+        for field, row in zip(fields, widths, strict=True):
+            for stat, width in zip(INDICES, row, strict=True):
+                if not np.isnan(width):
+                    self.launcher.send(ConfidenceInterval(stat, field, float(width)))
 
     def _report_finished(self, done_everywhere: np.ndarray) -> None:
         """Rank 0 tells the launcher about simulations now finished on every rank."""

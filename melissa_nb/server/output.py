@@ -29,6 +29,7 @@ import numpy as np
 
 from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.api import SOBOL_RESULTS
 from melissa_nb.netcdf import NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.claim import check_writable
@@ -36,14 +37,7 @@ from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
 from melissa_nb.server.ranks import World
 
 QUANTILE_DIMENSION = "quantile_order"
-SOBOL_VARIABLES = (
-    "sobol_first",
-    "sobol_total",
-    "sobol_first_ci_low",
-    "sobol_first_ci_high",
-    "sobol_total_ci_low",
-    "sobol_total_ci_high",
-)
+SOBOL_VARIABLES = tuple(f"sobol_{name}" for name in SOBOL_RESULTS)
 LONG_NAMES = {
     "mean": "mean over the samples",
     "variance": "unbiased variance over the samples (ddof=1)",

@@ -13,6 +13,7 @@ import numba
 import numpy as np
 
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
+from melissa_nb.kernels.api import widest_interval
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.state import StateBlock, block_name
 
@@ -178,15 +179,10 @@ class SliceStatistics:
         NaN when every cell's interval is undefined (constant cells, fewer than 4 groups).
         """
         first, total = self.sobol(timestep).worst_width()
-        return _widest(first), _widest(total)
+        return float(widest_interval(first)), float(widest_interval(total))
 
     def release(self) -> None:
         """Drop the kernel objects (they hold views) and remove the block."""
         self._general = [None] * self.config.timesteps
         self._sobol = [None] * self.config.timesteps
         self.block.release()
-
-
-def _widest(widths: np.ndarray) -> float:
-    defined = widths[~np.isnan(widths)]
-    return float(defined.max()) if defined.size else float("nan")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import MelissaError, SharedMemoryUnavailable
+from melissa_nb.errors import BlockNotReady, SharedMemoryUnavailable
 
 MAGIC = b"MNBSTAT1"
 ALIGNMENT = 64
@@ -40,10 +40,6 @@ ArrayLayout = Mapping[str, tuple[tuple[int, ...], Any]]
 _OWNED: set[str] = set()
 """Blocks created by this process: attaching to one of them (the control endpoint's `status`
 on rank 0) must leave the resource tracker's record of it alone."""
-
-
-class BlockNotReady(MelissaError, ValueError):
-    """The block exists but its creator has not finished writing its header yet."""
 
 
 def _aligned(offset: int) -> int:

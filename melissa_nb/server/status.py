@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from melissa_nb.errors import BlockNotReady
 from melissa_nb.server.stages import STAGE_KIND
-from melissa_nb.server.state import BlockNotReady, list_blocks, reading
+from melissa_nb.server.state import list_blocks, reading
 
 SERVER_FILE = "server.json"
 CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control endpoint

@@ -1,5 +1,8 @@
 """`melissa-nb run`: a whole study on one machine, the runner playing Melissa's launcher.
 
+(Over 400 lines: the runner is one state machine of attempts, retries, drops and server
+restarts; its parts read in the order a study runs.)
+
 Order of events: draw the design, bind the launcher sockets, start the server (directly, or
 under the mpiexec next to the interpreter for several ranks), wait for every rank's SERVER
 message, then keep at most `at_once` simulations running while answering the server, until it
@@ -32,7 +35,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from melissa_nb.errors import ConfigurationError, MelissaError
+from melissa_nb.errors import ConfigurationError, MelissaError, StudyError, StudyInterrupted
 from melissa_nb.netcdf import NetCDFStore
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
@@ -67,18 +70,6 @@ LAUNCHER_TIMEOUT_SECONDS = 60.0
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-class StudyError(MelissaError):
-    """The study could not complete: the server failed, or a deadline passed."""
-
-
-class StudyInterrupted(MelissaError):
-    """SIGINT, SIGTERM or SIGHUP: the runner stopped everything and gives up."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}")
-        self.signum = signum
 
 
 class Status(enum.Enum):
