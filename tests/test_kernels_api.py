@@ -252,19 +252,19 @@ def test_several_samples_in_one_pass_equal_one_by_one(
     one_by_one, batched = FieldStatistics(CELLS, **settings), FieldStatistics(CELLS, **settings)
     for sample, simulation in zip(samples, ids, strict=True):
         one_by_one.update(sample, simulation)
-    batched.update_samples(samples[:2], ids[:2])
-    batched.update_samples(list(samples[2:5]), list(ids[2:5]))
+    batched.update_batch(samples[:2], ids[:2])
+    batched.update_batch(list(samples[2:5]), list(ids[2:5]))
     batched.update(samples[5], ids[5])
-    batched.update_samples(samples[6:], ids[6:])
+    batched.update_batch(samples[6:], ids[6:])
     assert batched.count == one_by_one.count == 40
     for key, array in one_by_one.arrays.items():
         np.testing.assert_array_equal(batched.arrays[key], array, err_msg=key)
     with pytest.raises(ValueError, match="shape"):
-        batched.update_samples(samples[:, :-1], ids)
+        batched.update_batch(samples[:, :-1], ids)
     with pytest.raises(ValueError, match="one id per sample"):
-        batched.update_samples(samples[:3], ids[:2])
+        batched.update_batch(samples[:3], ids[:2])
     with pytest.raises(TypeError, match="sequence"):
-        batched.update_samples([], [])
+        batched.update_batch([], [])
 
 
 def test_several_sobol_groups_in_one_pass_equal_one_by_one(rng: np.random.Generator) -> None:
@@ -272,14 +272,14 @@ def test_several_sobol_groups_in_one_pass_equal_one_by_one(rng: np.random.Genera
     one_by_one, batched = SobolMartinez(CELLS, 3), SobolMartinez(CELLS, 3)
     for group in groups:
         one_by_one.update(group)
-    batched.update_groups(groups[:1])
-    batched.update_groups(list(groups[1:3]))
-    batched.update_groups(groups[3:])
+    batched.update_batch(groups[:1])
+    batched.update_batch(list(groups[1:3]))
+    batched.update_batch(groups[3:])
     assert batched.count == one_by_one.count == 20
     for key, array in one_by_one.arrays.items():
         np.testing.assert_array_equal(batched.arrays[key], array, err_msg=key)
     with pytest.raises(ValueError, match="shape"):
-        batched.update_groups(groups[:, :4])
+        batched.update_batch(groups[:, :4])
 
 
 @pytest.mark.parametrize("order", [0, 1, 3])
@@ -435,3 +435,36 @@ def test_results_give_every_result_property_from_one_finalization(
     assert list(statistic.results([last])) == [last]
     with pytest.raises(ConfigurationError, match="no result 'median'"):
         statistic.results(["median"])
+
+
+def test_the_registry_covers_every_exported_statistic() -> None:
+    import melissa_nb.kernels as kernels
+
+    built = {type(make()) for make, _ in OBJECTS.values()}
+    assert {getattr(kernels, name) for name in kernels.__all__} == built
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTS))
+def test_update_batch_is_exactly_k_updates(rng: np.random.Generator, name: str) -> None:
+    make, shape = OBJECTS[name]
+    one_by_one, batched = make(), make()
+    samples = rng.normal(size=(7, *shape))
+    ids = [int(i) for i in rng.permutation(100)[:7]]
+    for sample, simulation in zip(samples, ids, strict=True):
+        one_by_one.update(sample, simulation)
+    batched.update_batch(samples[:3], ids[:3])
+    batched.update_batch(list(samples[3:]), np.array(ids[3:]))
+    for array in one_by_one.arrays:
+        np.testing.assert_array_equal(batched.arrays[array], one_by_one.arrays[array])
+    with pytest.raises(ValueError, match="one id per sample"):
+        batched.update_batch(samples[:2], ids[:3])
+
+
+def test_extrema_without_simulation_ids_record_minus_one(rng: np.random.Generator) -> None:
+    extrema = Extrema(CELLS)
+    field = FieldStatistics(CELLS, order=1, extrema=True)
+    for sample in rng.normal(size=(3, CELLS)):
+        extrema.update(sample)
+        field.update(sample)
+    assert (extrema.min_simulation == -1).all() and (field.max_simulation == -1).all()
+    np.testing.assert_array_equal(extrema.max, field.max)

@@ -29,6 +29,11 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.exceedance import (
+    exceedance_finalize,
+    exceedance_merge,
+    exceedance_update,
+)
 from melissa_nb.kernels.extrema import extrema_finalize, extrema_merge, extrema_update
 from melissa_nb.kernels.fused import fused_update
 from melissa_nb.kernels.jit import BATCH
@@ -39,11 +44,6 @@ from melissa_nb.kernels.sobol import (
     sobol_finalize,
     sobol_merge,
     sobol_update,
-)
-from melissa_nb.kernels.thresholds import (
-    thresholds_finalize,
-    thresholds_merge,
-    thresholds_update,
 )
 
 Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -98,10 +98,27 @@ def _check_input(name: str, value: object, shape: tuple[int, ...]) -> np.ndarray
     return value
 
 
+NO_SIMULATION = -1
+"""The simulation id recorded (min_simulation, max_simulation) when the caller gave none."""
+
+
 def _simulation_id(value: object) -> int:
+    if value is None:
+        return NO_SIMULATION
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"simulation_id must be an integer, got {value!r}")
     return int(value)
+
+
+def _simulation_ids(values: object, count: int) -> list[int]:
+    """One id per sample (NO_SIMULATION for each when `values` is None)."""
+    if values is None:
+        return [NO_SIMULATION] * count
+    if isinstance(values, np.ndarray):
+        values = values.tolist()
+    if not isinstance(values, Sequence) or len(values) != count:
+        raise ValueError(f"simulation_ids must give one id per sample ({count}), got {values!r}")
+    return [_simulation_id(value) for value in values]
 
 
 def _read_only(value: np.ndarray) -> np.ndarray:
@@ -209,6 +226,25 @@ class _Statistic:
     def _sample(self, x: object) -> np.ndarray:
         return _check_input("x", x, (self.cells,))
 
+    def update(self, x: np.ndarray, simulation_id: int | None = None) -> None:
+        """Fold one sample ``x`` (cells,) float64, of simulation ``simulation_id``."""
+        raise NotImplementedError  # pragma: no cover - every subclass defines its own
+
+    def update_batch(
+        self,
+        samples: np.ndarray | Sequence[np.ndarray],
+        simulation_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        """Fold k samples in order: an array (k, *sample shape) or a sequence of k samples;
+        sample i comes from simulation ``simulation_ids[i]``. Exactly k calls to ``update``
+        (families with a batch kernel fold them in one pass over the state per ``BATCH``)."""
+        rows = _input_rows("samples", samples, self._sample_shape())
+        for row, simulation in zip(rows, _simulation_ids(simulation_ids, len(rows)), strict=True):
+            self.update(row, simulation)
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        return (self.cells,)
+
     def result_names(self) -> tuple[str, ...]:
         """The results this object gives (its result properties)."""
         raise NotImplementedError  # pragma: no cover - every subclass defines its own
@@ -291,8 +327,8 @@ class Moments(_MergeableStatistic):
         """``shift`` (cells,), ``central`` (order, cells), ``count``."""
         return {"shift": ((cells,), FLOAT), "central": ((order, cells), FLOAT), **_count_layout()}
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold one sample ``x`` (cells,) float64."""
+    def update(self, x: np.ndarray, simulation_id: int | None = None) -> None:
+        """Fold one sample ``x`` (cells,) float64 (``simulation_id`` is not kept)."""
         moments_update(self.count, self.arrays["shift"], self.arrays["central"], self._sample(x))
         self._advance(1)
 
@@ -372,8 +408,9 @@ class Extrema(_MergeableStatistic):
             self.arrays[name] for name in ("min", "max", "min_simulation", "max_simulation")
         )
 
-    def update(self, x: np.ndarray, simulation_id: int) -> None:
-        """Fold sample ``x`` (cells,) float64 produced by simulation ``simulation_id``."""
+    def update(self, x: np.ndarray, simulation_id: int | None = None) -> None:
+        """Fold sample ``x`` (cells,) float64 produced by simulation ``simulation_id`` (kept
+        with the extrema; ``NO_SIMULATION`` when not given)."""
         extrema_update(self.count, *self._state(), self._sample(x), _simulation_id(simulation_id))
         self._advance(1)
 
@@ -444,13 +481,13 @@ class ThresholdExceedance(_MergeableStatistic):
         """``exceedances`` (thresholds, cells) int64, ``count``."""
         return {"exceedances": ((len(thresholds), cells), INT), **_count_layout()}
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold one sample ``x`` (cells,) float64."""
-        thresholds_update(self.count, self.thresholds, self.arrays["exceedances"], self._sample(x))
+    def update(self, x: np.ndarray, simulation_id: int | None = None) -> None:
+        """Fold one sample ``x`` (cells,) float64 (``simulation_id`` is not kept)."""
+        exceedance_update(self.count, self.thresholds, self.arrays["exceedances"], self._sample(x))
         self._advance(1)
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
-        thresholds_merge(count, self.arrays["exceedances"], other_count, other["exceedances"])
+        exceedance_merge(count, self.arrays["exceedances"], other_count, other["exceedances"])
 
     def result_names(self) -> tuple[str, ...]:
         """Counts and probabilities of exceedance, each (thresholds, cells)."""
@@ -467,7 +504,7 @@ class ThresholdExceedance(_MergeableStatistic):
     def exceedance_probability(self) -> np.ndarray:
         """count/n per threshold and cell, (thresholds, cells); NaN before any sample."""
         out = np.empty((len(self.thresholds), self.cells))
-        thresholds_finalize(self.count, self.arrays["exceedances"], out)
+        exceedance_finalize(self.count, self.arrays["exceedances"], out)
         return out
 
 
@@ -497,8 +534,8 @@ class Quantiles(_Statistic):
             **_count_layout(),
         }
 
-    def update(self, x: np.ndarray) -> None:
-        """Fold one sample ``x`` (cells,) float64."""
+    def update(self, x: np.ndarray, simulation_id: int | None = None) -> None:
+        """Fold one sample ``x`` (cells,) float64 (``simulation_id`` is not kept)."""
         quantiles_update(
             self.count,
             self.orders,
@@ -564,16 +601,25 @@ class SobolMartinez(_MergeableStatistic):
             for name in ("shift", "mean", "m2", "comoment_first", "comoment_total")
         )
 
-    def update(self, group: np.ndarray) -> None:
-        """Fold one group (parameters + 2, cells) float64: rows Y_A, Y_B, Y_C1..Y_Cp."""
-        shape = (self.parameters + 2, self.cells)
-        self._fold_groups([_read_only(_check_input("group", group, shape))])
+    def update(self, group: np.ndarray, simulation_id: int | None = None) -> None:
+        """Fold one group (parameters + 2, cells) float64: rows Y_A, Y_B, Y_C1..Y_Cp
+        (``simulation_id``, the group's, is not kept)."""
+        self._fold_groups([_read_only(_check_input("group", group, self._sample_shape()))])
 
-    def update_groups(self, groups: np.ndarray | Sequence[np.ndarray]) -> None:
-        """Fold several groups in order, in one pass over the state per ``BATCH`` of them:
-        an array (k, parameters + 2, cells) or a sequence of k (parameters + 2, cells) arrays.
-        The result is exactly that of k calls to ``update``."""
-        self._fold_groups(_input_rows("groups", groups, (self.parameters + 2, self.cells)))
+    def update_batch(
+        self,
+        samples: np.ndarray | Sequence[np.ndarray],
+        simulation_ids: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
+        """Fold k groups in order, in one pass over the state per ``BATCH`` of them: an array
+        (k, parameters + 2, cells) or a sequence of k (parameters + 2, cells) arrays. Exactly
+        k calls to ``update``."""
+        rows = _input_rows("samples", samples, self._sample_shape())
+        _simulation_ids(simulation_ids, len(rows))  # checked, not kept
+        self._fold_groups(rows)
+
+    def _sample_shape(self) -> tuple[int, ...]:
+        return (self.parameters + 2, self.cells)
 
     def _fold_groups(self, rows: list[np.ndarray]) -> None:
         for _, size, batch in _padded_batches(rows):
@@ -754,12 +800,14 @@ class FieldStatistics(_MergeableStatistic):
                 del layout["quantile_low"], layout["quantile_high"]
         return layout | _count_layout()
 
-    def update(self, x: np.ndarray, simulation_id: int) -> None:
+    def update(self, x: np.ndarray, simulation_id: int | None = None) -> None:
         """Fold sample ``x`` (cells,) float64 of simulation ``simulation_id`` into every part."""
         self._fold_samples([_read_only(self._sample(x))], [_simulation_id(simulation_id)])
 
-    def update_samples(
-        self, samples: np.ndarray | Sequence[np.ndarray], simulation_ids: Sequence[int] | np.ndarray
+    def update_batch(
+        self,
+        samples: np.ndarray | Sequence[np.ndarray],
+        simulation_ids: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         """Fold k samples in order, in one pass over the state per ``BATCH`` of them.
 
@@ -769,13 +817,7 @@ class FieldStatistics(_MergeableStatistic):
         together).
         """
         rows = _input_rows("samples", samples, (self.cells,))
-        if isinstance(simulation_ids, np.ndarray):
-            simulation_ids = simulation_ids.tolist()
-        if not isinstance(simulation_ids, Sequence) or len(simulation_ids) != len(rows):
-            raise ValueError(
-                f"simulation_ids must give one id per sample ({len(rows)}), got {simulation_ids!r}"
-            )
-        self._fold_samples(rows, [_simulation_id(value) for value in simulation_ids])
+        self._fold_samples(rows, _simulation_ids(simulation_ids, len(rows)))
 
     def _fold_samples(self, rows: list[np.ndarray], simulation_ids: list[int]) -> None:
         ids = np.array(simulation_ids, dtype=INT)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from melissa_nb.kernels.exceedance import fold_exceedances
 from melissa_nb.kernels.extrema import fold_extrema
 from melissa_nb.kernels.jit import block_bounds, block_count, kernel
 from melissa_nb.kernels.moments import fold_moments
 from melissa_nb.kernels.quantiles import fold_quantiles, robbins_monro_step
-from melissa_nb.kernels.thresholds import fold_exceedances
 
 
 @kernel

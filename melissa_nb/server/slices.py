@@ -138,7 +138,7 @@ class SliceStatistics:
     ) -> None:
         """Fold simulations' vectors (no Sobol), in order, in one pass over the state."""
         self._use_threads()
-        self.general(timestep).update_samples(samples, simulation_ids)
+        self.general(timestep).update_batch(samples, simulation_ids)
 
     def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
         """Fold Sobol groups (p+2, cells) in order: Sobol state, and every Y_A, Y_B into the
@@ -148,10 +148,10 @@ class SliceStatistics:
         group * (p + 2) and group * (p + 2) + 1.
         """
         self._use_threads()
-        self.sobol(timestep).update_groups(groups)
+        self.sobol(timestep).update_batch(groups)
         if self.config.general_statistics:
             size = self.config.group_size
-            self.general(timestep).update_samples(
+            self.general(timestep).update_batch(
                 [row for group in groups for row in group[:2]],
                 [group * size + member for group in group_ids for member in (0, 1)],
             )

@@ -57,7 +57,7 @@ def merge_exceedances(
 
 
 @kernel
-def thresholds_update(
+def exceedance_update(
     count: int, thresholds: np.ndarray, exceedances: np.ndarray, x: np.ndarray
 ) -> None:
     """Fold sample ``x`` (cells,) against every threshold; ``count`` samples before."""
@@ -68,7 +68,7 @@ def thresholds_update(
 
 
 @kernel
-def thresholds_merge(
+def exceedance_merge(
     count: int, exceedances: np.ndarray, other_count: int, other_exceedances: np.ndarray
 ) -> None:
     """Merge another partial state into this one."""
@@ -79,7 +79,7 @@ def thresholds_merge(
 
 
 @kernel
-def thresholds_finalize(count: int, exceedances: np.ndarray, out: np.ndarray) -> None:
+def exceedance_finalize(count: int, exceedances: np.ndarray, out: np.ndarray) -> None:
     """Write the exceedance probabilities count/n into ``out`` (thresholds, cells)."""
     for cell in numba.prange(exceedances.shape[1]):
         for row in range(exceedances.shape[0]):
