@@ -65,6 +65,32 @@ class Parameter:
         return f"{self.distribution}({values})"
 
 
+SCHEDULERS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """`[scheduler]`: where the server and the simulations run (docs/study.md, "On a cluster").
+
+    `local` (the default) runs them as child processes of the runner; `slurm` submits the server
+    as one job and every simulation (every Sobol group) as one job, with these sbatch options.
+    """
+
+    kind: str = "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit: int | None = None  # minutes, per simulation job (sbatch --time)
+    server_time_limit: int | None = None  # minutes, for the server job
+    cpus_per_simulation: int = 1
+    sbatch_arguments: tuple[str, ...] = ()
+
+    @property
+    def cluster(self) -> bool:
+        """True when the processes run on other nodes than the runner."""
+        return self.kind != "local"
+
+
 @dataclass(frozen=True)
 class StudyConfig:
     """A validated study: every setting of the runner, the server and the simulations."""
@@ -98,6 +124,7 @@ class StudyConfig:
     heartbeat: float = 20.0
     target_width: float | None = None
     server_script: Path | None = None
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -303,12 +330,38 @@ def _read_list(table: _Table, key: str, default: list[Any], kind: str) -> list[A
     return values
 
 
+def _read_scheduler(table: _Table) -> SchedulerConfig:
+    """The `[scheduler]` table (absent: the local runner)."""
+
+    def optional_text(key: str) -> str | None:
+        return table.text(key) if table.get(key, None) is not None else None
+
+    def optional_minutes(key: str) -> int | None:
+        return table.integer(key, minimum=1) if table.get(key, None) is not None else None
+
+    scheduler = SchedulerConfig(
+        kind=table.text("kind", "local", SCHEDULERS),
+        partition=optional_text("partition"),
+        account=optional_text("account"),
+        qos=optional_text("qos"),
+        time_limit=optional_minutes("time_limit"),
+        server_time_limit=optional_minutes("server_time_limit"),
+        cpus_per_simulation=table.integer("cpus_per_simulation", 1, minimum=1),
+        sbatch_arguments=tuple(table.array("sbatch_arguments", [])),
+    )
+    if any(not isinstance(item, str) or not item for item in scheduler.sbatch_arguments):
+        raise table.fail("sbatch_arguments", "an array of strings", scheduler.sbatch_arguments)
+    table.finish()
+    return scheduler
+
+
 def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     """Validate the decoded TOML `data` of the study file at `path`."""
     top = _Table(data, "top level")
     study = top.table("study")
     simulation = top.table("simulation")
     server = _Table(top.get("server", {}), "server")
+    scheduler = _read_scheduler(_Table(top.get("scheduler", {}), "scheduler"))
     parameters = _read_parameters(top)
     top.finish()
     names = tuple(parameter.name for parameter in parameters)
@@ -391,6 +444,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
             if server.get("script", None) is not None
             else None
         ),
+        scheduler=scheduler,
     )
     if config.target_width is not None and not sobol:
         raise study.fail(

@@ -20,6 +20,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -27,7 +28,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from subprocess import Popen
 from types import FrameType
 
 import zmq
@@ -55,9 +55,10 @@ from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
 from melissa_nb.server.convergence import CONVERGED
 from melissa_nb.server.state import progress_block_name, reading
 from melissa_nb.study.config import StudyConfig
+from melissa_nb.study.jobs import Attempt, Jobs, LocalJobs, SubmittedJob, Task
 from melissa_nb.study.launcher_sockets import HEARTBEAT_SECONDS, Launcher, LauncherPorts
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
-from melissa_nb.study.simulations import SimulationRun, start_process, stop_process
+from melissa_nb.study.slurm import SlurmJobs
 
 SERVER_START_SECONDS = 120.0
 """Bound on the server's start (numba import and kernel compilation on a cold cache)."""
@@ -119,8 +120,17 @@ def executable(name: str) -> str:
 def server_arguments(
     config: StudyConfig, ports: LauncherPorts, connection_port: int, study_id: str
 ) -> list[str]:
-    """The `melissa-nb server` options for this study (Melissa 0.6 names where they exist)."""
+    """The `melissa-nb server` options for this study (Melissa 0.6 names where they exist).
+
+    On a cluster the server connects to the runner's host name and binds every interface,
+    advertising its own node's name to the simulations (never loopback); locally everything
+    stays on loopback.
+    """
     colon = ":".join
+    if config.scheduler.cluster:
+        hosts = ["-n", socket.gethostname(), "--bind", "0.0.0.0"]
+    else:
+        hosts = ["-n", "127.0.0.1", "--bind", "127.0.0.1", "--advertise", "127.0.0.1"]
     arguments = [
         "-p",
         str(len(config.parameters)),
@@ -132,8 +142,7 @@ def server_arguments(
         colon(config.operations),
         "-f",
         colon(config.fields),
-        "-n",
-        "127.0.0.1",
+        *hosts,
         "-w",
         f"{config.simulation_timeout:g}",
         "-c",
@@ -150,10 +159,6 @@ def server_arguments(
         "0",
         "--connection-port",
         str(connection_port),
-        "--bind",
-        "127.0.0.1",
-        "--advertise",
-        "127.0.0.1",
         "--output-dir",
         str(config.output_dir),
         "--study-id",
@@ -215,7 +220,7 @@ class StudyRunner:
         self.show_progress = show_progress
         self.simulations = {spec.simulation_id: Simulation(spec) for spec in design(config)}
         self.queue: deque[int] = deque(self.simulations)
-        self.active: dict[int, SimulationRun] = {}  # live processes, by simulation id
+        self.active: dict[int, Attempt] = {}  # attempts under way, by simulation id
         self.rejected: dict[str, int] = {}
         self.retried = 0
         self.stopped = False
@@ -238,11 +243,13 @@ class StudyRunner:
         self.non_finite: dict[int, set[str]] = {}  # sample -> fields it sent NaN or inf in
         self.next_drops = 0.0
         self.messages = 0
-        self.server: Popen[bytes] | None = None
+        self.server: SubmittedJob | None = None
+        self.server_host = "127.0.0.1"  # rank 0's node, as its SERVER message names it
         self.restarts = 0  # of the server, from its checkpoint
         self.converged = False  # the server said every Sobol interval is below the target
         # Unique per run (shared-memory names), within the server's 32 characters.
         self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
+        self.jobs = make_jobs(config, self.study_id)
 
     # --- protocol ---------------------------------------------------------------------------
     # The server names samples, not processes: with Sobol its ids are group ids (one JOB, one
@@ -269,6 +276,8 @@ class StudyRunner:
         """React to one message from the server."""
         if isinstance(message, Server):
             self.server_ranks.add(message.rank)
+            if message.rank == 0 and self.config.scheduler.cluster:
+                self.server_host = message.node_name
         elif isinstance(message, Stop):
             self.stopped = True
         elif isinstance(message, SimuStatus) and message.status == SIMU_FINISHED:
@@ -317,24 +326,43 @@ class StudyRunner:
     # --- simulations ------------------------------------------------------------------------
 
     def launch(self, simulation: Simulation, launcher: Launcher, connection_port: int) -> None:
-        """Start an attempt, after telling the server its sample's JOB."""
-        simulation.attempts += 1
+        """Start an attempt, after telling the server its sample's JOB. On a cluster, the
+        pending members of its Sobol group start with it, as the tasks of one job."""
         launcher.publish(self.job(simulation.spec.group))
-        values = dict(zip(self.config.parameter_names, simulation.spec.values, strict=True))
-        environment = {
-            "MELISSA_SIMU_ID": str(simulation.spec.simulation_id),
-            "MELISSA_SERVER_NODE_NAME": "127.0.0.1",
-            "MELISSA_SERVER_PORT": str(connection_port),
-        }
-        self.active[simulation.spec.simulation_id] = SimulationRun(
-            simulation.spec,
-            simulation.attempts,
-            self.config.command_for(values),
+        together = [simulation]
+        if self.jobs.groups_in_one_job:
+            together = [
+                member
+                for member in self.members(simulation.spec.group)
+                if member.status == Status.PENDING
+            ]
+        tasks = []
+        for member in together:
+            member.attempts += 1
+            spec = member.spec
+            argv = self.config.command_for(
+                dict(zip(self.config.parameter_names, spec.values, strict=True))
+            )
+            log_path = self.log_dir / f"simulation_{spec.simulation_id}.log"
+            with open(log_path, "ab") as log:
+                log.write(f"--- attempt {member.attempts}: {' '.join(argv)}\n".encode())
+            environment = {
+                "MELISSA_SIMU_ID": str(spec.simulation_id),
+                "MELISSA_SERVER_NODE_NAME": self.server_host,
+                "MELISSA_SERVER_PORT": str(connection_port),
+            }
+            tasks.append(Task(tuple(argv), log_path, environment))
+        scheduler = self.config.scheduler
+        job = self.jobs.submit(
+            f"simulation_{simulation.spec.simulation_id}.{simulation.attempts}",
+            tasks,
             self.config.working_dir,
-            self.log_dir,
-            environment,
+            cpus=scheduler.cpus_per_simulation * len(tasks),
+            time_limit=scheduler.time_limit,
         )
-        simulation.status = Status.RUNNING
+        for member, task in zip(together, tasks, strict=True):
+            self.active[member.spec.simulation_id] = Attempt(member.attempts, job, task.log_path)
+            member.status = Status.RUNNING
 
     def halt(self, simulation: Simulation) -> None:
         """Stop the simulation's process, if it has one alive."""
@@ -440,7 +468,8 @@ class StudyRunner:
         try:
             with stop_signals(interrupt):
                 connection_port = free_port()
-                launcher = Launcher(context, self.job_of, options="")
+                host = "0.0.0.0" if config.scheduler.cluster else "127.0.0.1"
+                launcher = Launcher(context, self.job_of, options="", host=host)
                 arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)
                 self.server = self.start_server(arguments)
@@ -466,7 +495,8 @@ class StudyRunner:
                 for simulation in self.simulations.values():
                     self.halt(simulation)
                 if self.server is not None:
-                    stop_process(self.server, signal.SIGTERM, grace=10.0)
+                    self.server.stop(grace=10.0)
+                self.jobs.close()
                 if launcher is not None:
                     self.rejected = dict(launcher.rejected)
                     launcher.close()
@@ -502,27 +532,37 @@ class StudyRunner:
             tail = "(no server log)"
         return StudyError(f"{what}; end of {self.server_log}:\n{tail}")
 
-    def wait_for_server(self, launcher: Launcher, server: Popen[bytes], deadline: float) -> None:
-        """Wait for a SERVER message from every rank."""
+    def wait_for_server(self, launcher: Launcher, server: SubmittedJob, deadline: float) -> None:
+        """Wait for a SERVER message from every rank (the time its job waits in a queue does
+        not count against the start-up deadline)."""
         while len(self.server_ranks) < self.config.server_ranks:
-            if server.poll() is not None:
-                raise self.server_failed(
-                    f"the server exited with code {server.returncode} during start-up"
-                )
-            if time.monotonic() > deadline:
+            code = server.poll()
+            if code is not None:
+                raise self.server_failed(f"the server exited with code {code} during start-up")
+            if server.running_seconds == 0:  # still queued
+                deadline = max(deadline, time.monotonic() + SERVER_START_SECONDS)
+            elif time.monotonic() > deadline:
                 raise self.server_failed("the server did not start in time")
             for message in launcher.service(POLL_SECONDS * 5):
                 self.handle(message, launcher)
 
-    def start_server(self, arguments: list[str]) -> Popen[bytes]:
+    def start_server(self, arguments: list[str]) -> SubmittedJob:
         """Start the server (its output appended to server.log)."""
         # Simulations share the cores: numba's worker threads would spin against them
         # (measured: 1 thread per rank needs a quarter of the server CPU time of 2).
-        return start_process(
-            server_command(self.config, arguments),
-            self.config.working_dir,
+        config = self.config
+        task = Task(
+            tuple(server_command(config, arguments)),
             self.server_log,
-            {"NUMBA_NUM_THREADS": str(self.config.server_threads)},
+            {"NUMBA_NUM_THREADS": str(config.server_threads)},
+        )
+        return self.jobs.submit(
+            f"server.{self.restarts}",
+            [task],
+            config.working_dir,
+            ranks=config.server_ranks,
+            cpus=config.server_threads,
+            time_limit=config.scheduler.server_time_limit,
         )
 
     def restart_server(self, launcher: Launcher, arguments: list[str], deadline: float) -> None:
@@ -534,12 +574,14 @@ class StudyRunner:
         that died before its first checkpoint starts afresh and every started sample runs again.
         """
         assert self.server is not None
-        code = self.server.returncode
+        code = self.server.poll()
         checkpoints = self.config.output_dir / "checkpoint"
         what = f"the server exited with code {code} before the study finished"
+        if self.config.scheduler.cluster:
+            what = f"the server's {self.server.label} ended {self.server.state} ({code})"
         if self.restarts >= self.config.server_restarts:
             raise self.server_failed(f"{what} ({self.restarts} restarts already)")
-        stop_process(self.server, signal.SIGKILL, grace=10.0)  # whatever it left running
+        self.server.stop(grace=10.0)  # whatever it left running
         first = (checkpoint_path(checkpoints, 0), checkpoint_path(checkpoints, 0, previous=True))
         restart = ["-r", str(checkpoints)] if any(path.exists() for path in first) else []
         done = [False] * self.config.sample_size
@@ -602,17 +644,18 @@ class StudyRunner:
                     self.launch(simulation, launcher, connection_port)
             self.refresh()
 
-    def wait_for_exit(self, launcher: Launcher, server: Popen[bytes], deadline: float) -> None:
+    def wait_for_exit(self, launcher: Launcher, server: SubmittedJob, deadline: float) -> None:
         """After STOP the server writes its results and exits; it must exit with code 0."""
         while server.poll() is None:
             if time.monotonic() > deadline:
                 raise self.server_failed("the server did not exit after STOP")
             for message in launcher.service(POLL_SECONDS * 5):
                 self.handle(message, launcher)
-        if server.returncode != 0:
+        code = server.poll()
+        if code != 0:
             if all(simulation.status == Status.DROPPED for simulation in self.simulations.values()):
                 raise StudyError(self.all_dropped())
-            raise self.server_failed(f"the server exited with code {server.returncode}")
+            raise self.server_failed(f"the server exited with code {code}")
 
     def all_dropped(self) -> str:
         """Why a study whose every sample was dropped has no results: the end of the log of
@@ -649,6 +692,11 @@ class StudyRunner:
             f"running {len(self.active)} · failed {failures} · retried {self.retried} · "
             f"dropped {self.count(Status.DROPPED)} · received {self.messages:,} messages"
         )
+        if isinstance(self.jobs, SlurmJobs):
+            states = self.jobs.counts()
+            line += " · jobs " + (
+                " ".join(f"{state.lower()} {n}" for state, n in sorted(states.items())) or "none"
+            )
         for statistic in ("sobol_first", "sobol_total"):
             widths = [value for (name, _), value in self.intervals.items() if name == statistic]
             if widths:
@@ -656,6 +704,14 @@ class StudyRunner:
         self.bar.update(
             self.task, completed=self.count(Status.FINISHED, Status.DROPPED), status=line
         )
+
+
+def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
+    """Where this study's programs run: here, or as jobs of the scheduler its file names
+    (checked before anything starts: a missing sbatch is an error at once)."""
+    if config.scheduler.kind == "slurm":
+        return SlurmJobs(config.scheduler, config.output_dir / "jobs", study_id)
+    return LocalJobs()
 
 
 def annotate_results(config: StudyConfig) -> None:

@@ -14,8 +14,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from melissa_nb.study.sampling import SimulationSpec
-
 STOP_GRACE_SECONDS = 5.0
 
 
@@ -95,37 +93,3 @@ def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(process.pid, sig)  # the child is a session leader: its pgid is its pid
     except ProcessLookupError:
         pass
-
-
-class SimulationRun:
-    """One attempt at one simulation: the process, when it started, where its output goes."""
-
-    def __init__(
-        self,
-        spec: SimulationSpec,
-        attempt: int,
-        argv: Sequence[str],
-        cwd: Path,
-        log_dir: Path,
-        environment: Mapping[str, str],
-    ) -> None:
-        self.spec = spec
-        self.attempt = attempt
-        self.log_path = log_dir / f"simulation_{spec.simulation_id}.log"
-        with open(self.log_path, "ab") as log:
-            log.write(f"--- attempt {attempt}: {' '.join(argv)}\n".encode())
-        self.started = time.monotonic()
-        self.process = start_process(argv, cwd, self.log_path, environment)
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the attempt started."""
-        return time.monotonic() - self.started
-
-    def poll(self) -> int | None:
-        """The exit code, or None while running."""
-        return self.process.poll()
-
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """Terminate the attempt's process group (SIGKILL after `grace` s)."""
-        stop_process(self.process, grace=grace)

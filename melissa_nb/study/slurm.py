@@ -1,0 +1,250 @@
+"""Jobs on a Slurm cluster: sbatch to submit, one `scontrol show job` for every job's state,
+scancel to stop. The runner stays on the login node and keeps the launcher's sockets; the
+server and the simulations run on compute nodes (docs/study.md, "On a cluster").
+
+Each job is a batch script written under `<output>/jobs/`: its tasks start together in the
+background, each with its own environment additions and log, and the job ends with the first
+non-zero exit status of its tasks. Slurm's own messages about a job (a node lost, a time limit)
+go to `<output>/jobs/<name>.out`.
+
+States: PENDING (and any other waiting state) leaves `running_seconds` at 0; COMPLETED gives
+the tasks' exit code; FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED, BOOT_FAIL, DEADLINE and
+OUT_OF_MEMORY give a non-zero code (the runner relaunches, then drops); a job that vanishes from
+the controller is VANISHED, non-zero too.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from melissa_nb.errors import StudyError
+from melissa_nb.study.config import SchedulerConfig
+from melissa_nb.study.jobs import Task
+from melissa_nb.study.simulations import STOP_GRACE_SECONDS
+
+COMMANDS = ("sbatch", "scontrol", "scancel", "squeue")
+POLL_SECONDS = 0.5  # one `scontrol show job` at most this often, for every job at once
+COMMAND_SECONDS = 30.0  # bound on one Slurm command (a busy controller answers slowly)
+VANISH_SECONDS = 10.0  # a job the controller never listed for this long is gone
+CLOSE_SECONDS = 30.0  # bound on waiting for cancelled jobs to leave the queue
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "OUT_OF_MEMORY",
+    "VANISHED",
+}
+_JOB_LINE = re.compile(r"\bJobId=(\d+)\b.*?\bJobState=(\S+).*?\bExitCode=(\d+):(\d+)")
+
+
+def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=COMMAND_SECONDS, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise StudyError(f"{argv[0]} did not answer within {COMMAND_SECONDS:g} s") from None
+
+
+def exit_code(state: str, code: int, signal: int) -> int:
+    """The exit code the runner sees for a job that ended in `state` (ExitCode=code:signal)."""
+    if state == "COMPLETED":
+        return code
+    if state == "FAILED":
+        return code or (128 + signal if signal else 1)
+    if state == "CANCELLED":
+        return 128 + (signal or 15)
+    return 124 if state == "TIMEOUT" else 1
+
+
+class SlurmJob:
+    """One submitted batch job."""
+
+    def __init__(self, jobs: SlurmJobs, job_id: str) -> None:
+        self.jobs = jobs
+        self.job_id = job_id
+        self.label = f"job {job_id}"
+        self.submitted = time.monotonic()
+        self.seen = False
+        self.slurm_state = "PENDING"
+        self.code: int | None = None
+        self.running_since: float | None = None
+
+    def observe(self, state: str, code: int, signal: int, now: float) -> None:
+        """What the controller says of this job now."""
+        self.seen = True
+        if self.code is not None:
+            return
+        self.slurm_state = state
+        if state in ("RUNNING", "COMPLETING") and self.running_since is None:
+            self.running_since = now
+        if state in ENDED:
+            self.code = exit_code(state, code, signal)
+
+    def missing(self, now: float) -> None:
+        """The controller does not list this job (any more)."""
+        if self.code is None and (self.seen or now - self.submitted > VANISH_SECONDS):
+            self.slurm_state = "VANISHED"
+            self.code = 1
+
+    @property
+    def state(self) -> str:
+        """PENDING, RUNNING, ... as Slurm says, or VANISHED."""
+        self.jobs.refresh()
+        return self.slurm_state
+
+    @property
+    def running_seconds(self) -> float:
+        """Seconds since the job was first seen running (0 while it waits in the queue)."""
+        self.jobs.refresh()
+        return 0.0 if self.running_since is None else time.monotonic() - self.running_since
+
+    def poll(self) -> int | None:
+        """The exit code once the job ended, else None."""
+        self.jobs.refresh()
+        return self.code
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Cancel the job (Slurm signals every process of it, SIGKILL after its KillWait)."""
+        if self.code is None:
+            _run(["scancel", self.job_id])
+            self.slurm_state, self.code = "CANCELLED", 128 + 15
+
+
+class SlurmJobs:
+    """Submits batch jobs with the study's `[scheduler]` options and tracks them."""
+
+    groups_in_one_job = True
+
+    def __init__(self, scheduler: SchedulerConfig, directory: Path, study: str) -> None:
+        missing = [name for name in COMMANDS if shutil.which(name) is None]
+        if missing:
+            raise StudyError(
+                f'[scheduler] kind = "slurm" needs {", ".join(COMMANDS)} on PATH; '
+                f"{', '.join(missing)} not found (nothing was submitted)"
+            )
+        self.scheduler = scheduler
+        self.directory = directory
+        self.study = study
+        self.jobs: dict[str, SlurmJob] = {}
+        self._next_poll = 0.0
+
+    def submit(
+        self,
+        name: str,
+        tasks: Sequence[Task],
+        cwd: Path,
+        *,
+        ranks: int = 1,
+        cpus: int = 1,
+        time_limit: int | None = None,
+    ) -> SlurmJob:
+        """Write the job's script and sbatch it; StudyError with Slurm's words if refused."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        script = self.directory / f"{name}.sh"
+        script.write_text(batch_script(tasks))
+        scheduler = self.scheduler
+        options = [
+            "--parsable",
+            f"--job-name=melissa_nb.{self.study}.{name}",
+            f"--output={self.directory / (name + '.out')}",
+            f"--chdir={cwd}",
+            f"--ntasks={ranks}",
+            f"--cpus-per-task={cpus}",
+        ]
+        for option, value in (
+            ("--partition", scheduler.partition),
+            ("--account", scheduler.account),
+            ("--qos", scheduler.qos),
+            ("--time", time_limit),
+        ):
+            if value is not None:
+                options.append(f"{option}={value}")
+        result = _run(["sbatch", *options, *scheduler.sbatch_arguments, str(script)])
+        if result.returncode != 0:
+            raise StudyError(
+                f"sbatch refused job {name}: {result.stderr.strip() or result.stdout.strip()}"
+            )
+        job = SlurmJob(self, result.stdout.strip().split(";")[0])
+        self.jobs[job.job_id] = job
+        return job
+
+    def refresh(self, force: bool = False) -> None:
+        """Ask the controller for the state of every job, at most every POLL_SECONDS."""
+        now = time.monotonic()
+        if now < self._next_poll and not force:
+            return
+        self._next_poll = now + POLL_SECONDS
+        open_jobs = [job for job in self.jobs.values() if job.code is None]
+        if not open_jobs:
+            return
+        result = _run(["scontrol", "show", "job", "--oneliner"])
+        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+            return  # a controller that does not answer now: ask again at the next poll
+        listed = set()
+        for line in result.stdout.splitlines():
+            match = _JOB_LINE.search(line)
+            if match and match.group(1) in self.jobs:
+                job_id, state, code, signal = match.groups()
+                listed.add(job_id)
+                self.jobs[job_id].observe(state.rstrip("+"), int(code), int(signal), now)
+        for job in open_jobs:
+            if job.job_id not in listed:
+                job.missing(now)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs not ended, by Slurm state (for the progress line)."""
+        self.refresh()
+        counts: dict[str, int] = {}
+        for job in self.jobs.values():
+            if job.code is None:
+                counts[job.slurm_state] = counts.get(job.slurm_state, 0) + 1
+        return counts
+
+    def close(self) -> None:
+        """Cancel every job of the study still queued or running, and wait (bounded) until the
+        controller lists none of them as pending or running."""
+        ids = [job.job_id for job in self.jobs.values()]
+        if not ids:
+            return
+        _run(["scancel", *ids])
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while time.monotonic() < deadline:
+            queued = _run(["squeue", "--noheader", "--format=%i", f"--jobs={','.join(ids)}"])
+            if queued.returncode != 0 or not queued.stdout.strip():
+                return
+            time.sleep(POLL_SECONDS)
+        raise StudyError(
+            f"Slurm jobs {', '.join(ids)} were still queued {CLOSE_SECONDS:g} s after scancel"
+        )
+
+
+def batch_script(tasks: Sequence[Task]) -> str:
+    """A batch script starting every task at once and ending with the first failure's code."""
+    lines = ["#!/bin/bash", "pids=()"]
+    for task in tasks:
+        exports = "".join(
+            f"export {name}={shlex.quote(value)}; " for name, value in task.environment.items()
+        )
+        command = shlex.join(task.argv)
+        lines.append(f"( {exports}exec {command} ) >>{shlex.quote(str(task.log_path))} 2>&1 &")
+        lines.append("pids+=($!)")
+    lines += [
+        "status=0",
+        'for pid in "${pids[@]}"; do',
+        '    wait "$pid" || { code=$?; [ "$status" = 0 ] && status=$code; }',
+        "done",
+        'exit "$status"',
+    ]
+    return "\n".join(lines) + "\n"
