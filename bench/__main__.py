@@ -14,6 +14,7 @@ BENCHMARKS = {
     "ingest": "bench.ingest",
     "startup": "bench.startup",
     "memory": "bench.memory",
+    "scheduler": "bench.scheduler",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

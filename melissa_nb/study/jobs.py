@@ -62,7 +62,7 @@ class Jobs(Protocol):
         time_limit: int | None = None,
     ) -> SubmittedJob: ...
 
-    def close(self) -> None: ...
+    def close(self) -> list[str]: ...
 
 
 @dataclass
@@ -135,5 +135,6 @@ class LocalJobs:
         (task,) = tasks
         return LocalJob(task, cwd)
 
-    def close(self) -> None:
-        """Nothing to clean: the runner stops its children itself."""
+    def close(self) -> list[str]:
+        """Nothing left: the runner stops its children itself."""
+        return []

@@ -496,7 +496,11 @@ class StudyRunner:
                     self.halt(simulation)
                 if self.server is not None:
                     self.server.stop(grace=10.0)
-                self.jobs.close()
+                left = self.jobs.close()
+                if left:
+                    self.console.print(
+                        f"[red]warning[/]: jobs {', '.join(left)} were still queued after scancel"
+                    )
                 if launcher is not None:
                     self.rejected = dict(launcher.rejected)
                     launcher.close()
