@@ -188,7 +188,9 @@ x = {{ distribution = "uniform", low = 0.0, high = 1.0 }}
 def test_a_job_failing_every_attempt_is_dropped_and_named(slurm: None, tmp_path: Path) -> None:
     completed = run_study(tiny_study(tmp_path, "dropping", failing=2), timeout=SLURM_SECONDS)
     assert completed.returncode == 0, completed.stderr + completed.stdout
-    assert "1 dropped (2)" in completed.stdout
+    assert "1 dropped" in completed.stdout
+    assert "dropped sample 2: job " in completed.stdout, completed.stdout
+    assert "FAILED, exit code 3, 2 attempts" in completed.stdout
     _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
     assert {spec.simulation_id: status for spec, status in rows} == {
         0: "finished",
@@ -301,3 +303,52 @@ def test_a_missing_scheduler_command_is_an_error_before_anything_runs(tmp_path: 
     assert "needs sbatch, scontrol, scancel, squeue on PATH" in completed.stderr
     assert "nothing was submitted" in completed.stderr
     assert not (tmp_path / "out" / "jobs").exists()
+
+
+@pytest.mark.parametrize(
+    ("state", "code", "signal_number", "expected"),
+    [
+        ("COMPLETED", 0, 0, 0),
+        ("FAILED", 3, 0, 3),  # `exit 3`
+        ("FAILED", 0, 11, 139),  # a batch script killed by SIGSEGV
+        ("CANCELLED", 0, 15, 143),
+        ("CANCELLED", 0, 9, 137),
+        ("TIMEOUT", 0, 0, 124),
+        ("NODE_FAIL", 0, 0, 1),
+        ("OUT_OF_MEMORY", 0, 0, 1),
+    ],
+)
+def test_every_final_job_state_maps_to_an_exit_code(
+    state: str, code: int, signal_number: int, expected: int
+) -> None:
+    """Runs without Slurm: the states `scontrol show job` reports, as the runner sees them."""
+    from melissa_nb.study.slurm import exit_code
+
+    assert exit_code(state, code, signal_number) == expected
+
+
+def test_a_batch_script_runs_its_tasks_together_and_fails_with_the_first_failure(
+    tmp_path: Path,
+) -> None:
+    """Runs without Slurm: the script sbatch would get, run by bash here."""
+    from melissa_nb.study.jobs import Task
+    from melissa_nb.study.slurm import batch_script
+
+    logs = [tmp_path / f"task{k}.log" for k in range(3)]
+    codes = (0, 3, 5)
+    tasks = [
+        Task(
+            ("bash", "-c", f'sleep 0.{3 - k}; echo "$WHO $(pwd)"; exit {code}'),
+            log,
+            {"WHO": f"task {k}'s"},
+        )
+        for k, (log, code) in enumerate(zip(logs, codes, strict=True))
+    ]
+    script = tmp_path / "job.sh"
+    script.write_text(batch_script(tasks))
+    started = time.monotonic()
+    ran = subprocess.run(["bash", str(script)], cwd=tmp_path, timeout=30)
+    assert time.monotonic() - started < 1.0, "the tasks ran together"
+    assert ran.returncode == 3, "the first task's failure, in task order"
+    for k, log in enumerate(logs):
+        assert log.read_text() == f"task {k}'s {tmp_path}\n"

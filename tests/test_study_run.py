@@ -232,6 +232,7 @@ def test_failing_member_drops_its_group_and_the_rest_is_exact(
     out = tmp_path / "out"
     assert (tmp_path / "hung").exists()
     assert "2 retried, 4 dropped" in completed.stdout.replace("\n", " ")
+    assert "dropped sample 2: simulation 10 exit code 3, 2 attempts" in completed.stdout
 
     _, rows = read_parameters_csv(out / "parameters.csv")
     statuses = {spec.simulation_id: status for spec, status in rows}
@@ -317,6 +318,28 @@ def test_a_study_whose_every_sample_fails_ends_at_once_with_the_simulations_word
     assert completed.returncode == 1, completed.stderr
     assert "every sample was dropped after its retries: no results" in completed.stderr
     assert "no field named 'temperature'" in completed.stderr
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_a_study_whose_every_sample_is_refused_quotes_the_servers_reasons(tmp_path: Path) -> None:
+    """Every simulation sends a field the study does not have: the server refuses each message
+    (unknown_field), the samples time out and are dropped, and the error says why."""
+    (tmp_path / "sim.py").write_text(
+        "import numpy as np\n"
+        "from melissa_nb.client import melissa_finalize, melissa_init, melissa_send\n"
+        "melissa_init('temperature', 4)\n"
+        "melissa_send('temperature', np.ones(4))\n"
+        "melissa_finalize()\n"
+    )
+    study = LINEAR_STUDY.replace("sample_size = 6", "sample_size = 4").replace(
+        "timeout = 6", "timeout = 3"
+    )
+    (tmp_path / "study.toml").write_text(study + "\n[server]\nheartbeat = 0.5\n")
+    completed = run_study(tmp_path / "study.toml")
+    assert completed.returncode == 1, completed.stderr
+    assert "every sample was dropped after its retries: no results" in completed.stderr
+    assert "the server refused their data: unknown_field x" in completed.stderr
+    assert "field 'temperature' is not in ['u']" in completed.stderr
 
 
 def test_bad_study_file_exits_with_the_key_named(tmp_path: Path) -> None:

@@ -104,6 +104,7 @@ class StudyReport:
     elapsed: float
     rejected: dict[str, int] = field(default_factory=dict)
     non_finite: dict[int, list[str]] = field(default_factory=dict)  # sample -> fields
+    drop_reasons: dict[int, str] = field(default_factory=dict)  # sample -> why
 
 
 def executable(name: str) -> str:
@@ -239,7 +240,7 @@ class StudyRunner:
         )
         self.task = self.bar.add_task("simulations", total=len(self.simulations), status="")
         self.next_refresh = 0.0
-        self.dropped_samples: set[int] = set()
+        self.dropped_samples: dict[int, str] = {}  # sample -> why it was dropped
         self.non_finite: dict[int, set[str]] = {}  # sample -> fields it sent NaN or inf in
         self.next_drops = 0.0
         self.messages = 0
@@ -306,7 +307,7 @@ class StudyRunner:
         self.non_finite.setdefault(sample, set()).add(field)
         for simulation in self.members(sample):
             if simulation.status in (Status.RUNNING, Status.EXITED):
-                self.fail(simulation, launcher)
+                self.fail(simulation, launcher, f"sent NaN or infinite values in {field}")
 
     def timed_out(self, sample: int, launcher: Launcher) -> None:
         """The server heard nothing from a sample for too long.
@@ -321,7 +322,7 @@ class StudyRunner:
             return
         for simulation in group:
             if simulation.status == Status.EXITED:
-                self.fail(simulation, launcher)
+                self.fail(simulation, launcher, "exited without sending every timestep")
 
     # --- simulations ------------------------------------------------------------------------
 
@@ -370,26 +371,35 @@ class StudyRunner:
         if run is not None:
             run.stop()
 
-    def fail(self, simulation: Simulation, launcher: Launcher) -> None:
+    def fail(self, simulation: Simulation, launcher: Launcher, why: str) -> None:
         """A failed or timed-out attempt: relaunch next, or drop its sample once retries are spent.
 
-        A relaunch goes to the front of the queue so that its group completes soon.
+        A relaunch goes to the front of the queue so that its group completes soon. `why`
+        (exit code, timeout, ...) is what the summary says of a sample dropped for it.
         """
         self.halt(simulation)
         simulation.failures += 1
         if simulation.failures > self.config.retries:
-            self.drop(simulation.spec.group, launcher)
+            member = ""
+            if self.config.group_size > 1:
+                member = f"simulation {simulation.spec.simulation_id} "
+            attempts = simulation.failures
+            self.drop(
+                simulation.spec.group,
+                launcher,
+                f"{member}{why}, {attempts} attempt{'s' if attempts > 1 else ''}",
+            )
         else:
             simulation.status = Status.PENDING
             self.retried += 1
             self.queue.appendleft(simulation.spec.simulation_id)
 
-    def drop(self, sample: int, launcher: Launcher) -> None:
+    def drop(self, sample: int, launcher: Launcher, why: str) -> None:
         """Give a sample up for good (a whole Sobol group) and tell the server."""
         for simulation in self.members(sample):
             self.halt(simulation)
             simulation.status = Status.DROPPED
-        self.dropped_samples.add(sample)
+        self.dropped_samples.setdefault(sample, why)
         launcher.publish(Drop(sample, self.job_id(sample)))
 
     def converge(self, launcher: Launcher) -> None:
@@ -407,7 +417,7 @@ class StudyRunner:
             )
         ]
         for sample in unstarted:
-            self.drop(sample, launcher)
+            self.drop(sample, launcher, "not launched: the target interval width was reached")
         self.console.print(
             f"target interval width {self.config.target_width:g} reached: "
             f"{len(unstarted)} samples not launched",
@@ -444,8 +454,15 @@ class StudyRunner:
                     simulation.status = Status.EXITED
                 if code == 0 and simulation.failures == 0:
                     run.log_path.unlink(missing_ok=True)  # keep the logs of failures only
+            elif code is None:
+                self.fail(
+                    simulation, launcher, f"ran longer than {self.config.simulation_timeout:g} s"
+                )
             else:
-                self.fail(simulation, launcher)
+                ended = f"exit code {code}"
+                if self.config.scheduler.cluster:
+                    ended = f"{run.job.label} {run.job.state}, {ended}"
+                self.fail(simulation, launcher, ended)
 
     def count(self, *statuses: Status) -> int:
         """How many simulations are in one of `statuses`."""
@@ -526,6 +543,7 @@ class StudyRunner:
             time.monotonic() - started,
             self.rejected,
             {sample: sorted(fields) for sample, fields in self.non_finite.items()},
+            dict(self.dropped_samples),
         )
 
     def server_failed(self, what: str) -> StudyError:
@@ -662,9 +680,16 @@ class StudyRunner:
             raise self.server_failed(f"the server exited with code {code}")
 
     def all_dropped(self) -> str:
-        """Why a study whose every sample was dropped has no results: the end of the log of
-        the simulation that failed last (its own words: a missing file, a wrong field name)."""
+        """Why a study whose every sample was dropped has no results: what the server refused
+        (its reasons, with counts and the latest detail) and the end of the log of the
+        simulation that failed last (its own words: a missing file, a wrong field name)."""
         why = "every sample was dropped after its retries: no results"
+        refused = server_rejections(self.server_log)
+        if refused:
+            why += "; the server refused their data: " + "; ".join(
+                f"{reason} x{count} (latest: {detail})"
+                for reason, (count, detail) in sorted(refused.items())
+            )
         logs = sorted(self.log_dir.glob("simulation_*.log"), key=lambda path: path.stat().st_mtime)
         if not logs:
             return why
@@ -710,6 +735,41 @@ class StudyRunner:
         )
 
 
+_REJECTION_LINE = re.compile(
+    r"\bserver (r\d+) WARNING rejected \d+ message\(s\): (\w+) \(total (\d+); latest: (.*)\)$"
+)
+
+
+def server_rejections(log: Path) -> dict[str, tuple[int, str]]:
+    """What the server's log says it refused: reason -> (count over ranks, latest detail)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    latest: dict[tuple[str, str], tuple[int, str]] = {}  # (reason, rank) -> (total, detail)
+    for line in lines:
+        match = _REJECTION_LINE.search(line)
+        if match:
+            rank, reason, total, detail = match.groups()
+            latest[(reason, rank)] = (int(total), detail)
+    refused: dict[str, tuple[int, str]] = {}
+    for (reason, _), (total, detail) in latest.items():
+        count = refused.get(reason, (0, ""))[0]
+        refused[reason] = (count + total, detail)
+    return refused
+
+
+def id_ranges(ids: list[int]) -> str:
+    """Sorted ids written compactly, every one of them: `2-5, 9, 11-12`."""
+    runs: list[list[int]] = []
+    for value in sorted(ids):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ", ".join(f"{low}" if low == high else f"{low}-{high}" for low, high in runs)
+
+
 def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
     """Where this study's programs run: here, or as jobs of the scheduler its file names
     (checked before anything starts: a missing sbatch is an error at once)."""
@@ -737,9 +797,16 @@ def print_summary(report: StudyReport, console: Console) -> None:
 
     console.print(
         f"[bold]study finished[/] in {report.elapsed:.1f} s: {report.finished} "
-        f"simulations confirmed, {report.retried} retried, {len(report.dropped)} "
-        "dropped" + (f" ({', '.join(map(str, report.dropped[:20]))})" if report.dropped else "")
+        f"simulations confirmed, {report.retried} retried, {len(report.dropped)} dropped"
     )
+    by_reason: dict[str, list[int]] = {}
+    for sample, why in sorted(report.drop_reasons.items()):
+        by_reason.setdefault(why, []).append(sample)
+    for why, samples in by_reason.items():
+        console.print(
+            f"  dropped sample{'s' if len(samples) > 1 else ''} {id_ranges(samples)}: {why}",
+            markup=False,
+        )
     for summary in field_summaries(report.output_dir):
         line = f"  {summary.path}"
         if summary.worst_width:
