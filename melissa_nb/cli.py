@@ -89,11 +89,16 @@ def status(
 def run(
     study_file: str = typer.Argument(..., help="The study file (TOML), see docs/study.md."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Take up an interrupted run from its server's checkpoint (finished samples stay).",
+    ),
 ) -> None:
-    """Run a whole study on this machine: server, simulations, results."""
+    """Run a whole study (here, or through Slurm): server, simulations, results."""
     from melissa_nb.study.runner import run_study_file
 
-    raise typer.Exit(run_study_file(study_file, show_progress=progress))
+    raise typer.Exit(run_study_file(study_file, show_progress=progress, resume=resume))
 
 
 @app.command()

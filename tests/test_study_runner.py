@@ -135,7 +135,7 @@ def test_a_member_halted_with_its_dropped_group_is_not_retried(tmp_path: Path) -
 
 
 def test_dropped_ids_are_all_listed_compactly() -> None:
-    from melissa_nb.study.runner import id_ranges
+    from melissa_nb.study.report import id_ranges
 
     assert id_ranges([9, 2, 3, 4, 5, 11, 12]) == "2-5, 9, 11-12"
     assert id_ranges([7]) == "7"

@@ -484,6 +484,7 @@ class ServerRank:
         extra = {
             "study_complete": int(not aborted),
             "simulations_dropped": int(np.count_nonzero(self.ingest.tracker.dropped)),
+            "messages_accepted": int(sum(self.world.allgather(counts["accepted"]))),
             "messages_duplicate": int(sum(self.world.allgather(counts["duplicates"]))),
             "messages_rejected": int(sum(rejections.values())),
             "rejected_reasons": ",".join(f"{key}={n}" for key, n in sorted(rejections.items())),

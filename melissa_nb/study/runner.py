@@ -26,17 +26,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import zmq
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from melissa_nb.errors import ConfigurationError, MelissaError, StudyError, StudyInterrupted
-from melissa_nb.netcdf import NetCDFStore
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     NON_FINITE,
@@ -55,8 +53,17 @@ from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
 from melissa_nb.server.convergence import CONVERGED
 from melissa_nb.server.state import progress_block_name, reading
 from melissa_nb.study.config import StudyConfig
+from melissa_nb.study.display import ProgressDisplay
 from melissa_nb.study.jobs import Attempt, Jobs, LocalJobs, SubmittedJob, Task
 from melissa_nb.study.launcher_sockets import HEARTBEAT_SECONDS, Launcher, LauncherPorts
+from melissa_nb.study.previous_run import clear_previous_run, hold_output, resume_point
+from melissa_nb.study.report import (
+    StudyReport,
+    accepted_in_results,
+    annotate_results,
+    print_summary,
+    server_rejections,
+)
 from melissa_nb.study.sampling import SimulationSpec, design, write_parameters_csv
 from melissa_nb.study.slurm import SlurmJobs
 
@@ -91,20 +98,6 @@ class Simulation:
     status: Status = Status.PENDING
     attempts: int = 0
     failures: int = 0
-
-
-@dataclass
-class StudyReport:
-    """What a study did: counts, where the results are, how long it took."""
-
-    output_dir: Path
-    finished: int
-    dropped: list[int]
-    retried: int
-    elapsed: float
-    rejected: dict[str, int] = field(default_factory=dict)
-    non_finite: dict[int, list[str]] = field(default_factory=dict)  # sample -> fields
-    drop_reasons: dict[int, str] = field(default_factory=dict)  # sample -> why
 
 
 def executable(name: str) -> str:
@@ -214,11 +207,16 @@ class StudyRunner:
     """Runs one study; `run()` returns a StudyReport or raises StudyError/StudyInterrupted."""
 
     def __init__(
-        self, config: StudyConfig, console: Console | None = None, show_progress: bool = True
+        self,
+        config: StudyConfig,
+        console: Console | None = None,
+        show_progress: bool = True,
+        resume: bool = False,
     ) -> None:
         self.config = config
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
+        self.resume = resume  # take up an interrupted run from its server's checkpoints
         self.simulations = {spec.simulation_id: Simulation(spec) for spec in design(config)}
         self.queue: deque[int] = deque(self.simulations)
         self.active: dict[int, Attempt] = {}  # attempts under way, by simulation id
@@ -229,16 +227,7 @@ class StudyRunner:
         self.intervals: dict[tuple[str, str], float] = {}  # (statistic, field) -> worst width
         self.log_dir = config.output_dir / "logs"
         self.server_log = config.output_dir / "server.log"
-        self.bar = Progress(
-            TextColumn("[bold]simulations done"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(),
-            console=self.console,
-            disable=not show_progress,
-        )
-        self.task = self.bar.add_task("simulations", total=len(self.simulations), status="")
+        self.display = ProgressDisplay(self.console, len(self.simulations), show_progress)
         self.next_refresh = 0.0
         self.dropped_samples: dict[int, str] = {}  # sample -> why it was dropped
         self.non_finite: dict[int, set[str]] = {}  # sample -> fields it sent NaN or inf in
@@ -474,12 +463,55 @@ class StudyRunner:
         """Run the whole study; every child is stopped on the way out, whatever happens."""
         started = time.monotonic()
         config = self.config
-        config.output_dir.mkdir(parents=True, exist_ok=True)
-        self.log_dir.mkdir(exist_ok=True)
+        lock = hold_output(config)  # one run of a study at a time
+        try:
+            restart = self.take_over_previous_run()
+            return self.run_study(started, restart)
+        finally:
+            lock.close()
+
+    def take_over_previous_run(self) -> list[str]:
+        """Clear what an earlier run left, or resume it: the server's `-r` options."""
+        config = self.config
+        resumed = None
+        if self.resume:
+            resumed = resume_point(config, [item.spec for item in self.simulations.values()])
+        removed = clear_previous_run(config, keep_checkpoints=resumed is not None)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         # Logs of this run only: an earlier run's would mislead.
         self.server_log.unlink(missing_ok=True)
         for old in self.log_dir.glob("simulation_*.log"):
             old.unlink()
+        if removed:
+            self.console.print(
+                f"removed what an earlier run left in {config.output_dir}: {', '.join(removed)}",
+                markup=False,
+            )
+        if resumed is None:
+            return []
+        for sample in resumed.finished:
+            for simulation in self.members(sample):
+                simulation.status = Status.FINISHED
+        for sample in resumed.dropped:
+            for simulation in self.members(sample):
+                simulation.status = Status.DROPPED
+            self.dropped_samples[sample] = "dropped in the interrupted run"
+        self.queue = deque(
+            simu_id
+            for simu_id, simulation in self.simulations.items()
+            if simulation.status == Status.PENDING
+        )
+        done = len(resumed.finished) + len(resumed.dropped)
+        self.console.print(
+            f"resuming from {resumed.checkpoints}: {len(resumed.finished)} samples finished, "
+            f"{len(resumed.dropped)} dropped, {config.sample_size - done} to run",
+            markup=False,
+        )
+        return ["-r", str(resumed.checkpoints)]
+
+    def run_study(self, started: float, restart: list[str]) -> StudyReport:
+        """The study itself (the output directory is this run's)."""
+        config = self.config
         context = zmq.Context()
         launcher = None
         try:
@@ -489,12 +521,12 @@ class StudyRunner:
                 launcher = Launcher(context, self.job_of, options="", host=host)
                 arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)
-                self.server = self.start_server(arguments)
+                self.server = self.start_server([*arguments, *restart])
                 deadline = started + config.study_timeout
                 self.wait_for_server(
                     launcher, self.server, min(deadline, started + SERVER_START_SECONDS)
                 )
-                with self.bar:
+                with self.display:
                     self.drive(launcher, arguments, connection_port, deadline)
                     self.wait_for_exit(
                         launcher, self.server, time.monotonic() + SERVER_EXIT_SECONDS
@@ -710,64 +742,30 @@ class StudyRunner:
         return total
 
     def refresh(self, force: bool = False) -> None:
-        """Redraw the progress bar, at most every PROGRESS_SECONDS unless forced."""
+        """Redraw the progress, at most every PROGRESS_SECONDS unless forced (the end: then the
+        counts are the final ones, messages included, from the result files)."""
         now = time.monotonic()
         if not self.show_progress or (now < self.next_refresh and not force):
             return
         self.next_refresh = now + PROGRESS_SECONDS
-        self.messages = self.received() or self.messages
+        self.messages = (accepted_in_results(self.config) if force else None) or (
+            self.received() or self.messages
+        )
         failures = sum(simulation.failures for simulation in self.simulations.values())
         line = (
             f"running {len(self.active)} · failed {failures} · retried {self.retried} · "
             f"dropped {self.count(Status.DROPPED)} · received {self.messages:,} messages"
         )
+        for statistic in ("sobol_first", "sobol_total"):
+            widths = [value for (name, _), value in self.intervals.items() if name == statistic]
+            if widths:
+                line += f" · {statistic} CI width {max(widths):.3g}"
         if isinstance(self.jobs, SlurmJobs):
             states = self.jobs.counts()
             line += " · jobs " + (
                 " ".join(f"{state.lower()} {n}" for state, n in sorted(states.items())) or "none"
             )
-        for statistic in ("sobol_first", "sobol_total"):
-            widths = [value for (name, _), value in self.intervals.items() if name == statistic]
-            if widths:
-                line += f" · {statistic} CI width {max(widths):.3g}"
-        self.bar.update(
-            self.task, completed=self.count(Status.FINISHED, Status.DROPPED), status=line
-        )
-
-
-_REJECTION_LINE = re.compile(
-    r"\bserver (r\d+) WARNING rejected \d+ message\(s\): (\w+) \(total (\d+); latest: (.*)\)$"
-)
-
-
-def server_rejections(log: Path) -> dict[str, tuple[int, str]]:
-    """What the server's log says it refused: reason -> (count over ranks, latest detail)."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    latest: dict[tuple[str, str], tuple[int, str]] = {}  # (reason, rank) -> (total, detail)
-    for line in lines:
-        match = _REJECTION_LINE.search(line)
-        if match:
-            rank, reason, total, detail = match.groups()
-            latest[(reason, rank)] = (int(total), detail)
-    refused: dict[str, tuple[int, str]] = {}
-    for (reason, _), (total, detail) in latest.items():
-        count = refused.get(reason, (0, ""))[0]
-        refused[reason] = (count + total, detail)
-    return refused
-
-
-def id_ranges(ids: list[int]) -> str:
-    """Sorted ids written compactly, every one of them: `2-5, 9, 11-12`."""
-    runs: list[list[int]] = []
-    for value in sorted(ids):
-        if runs and value == runs[-1][1] + 1:
-            runs[-1][1] = value
-        else:
-            runs.append([value, value])
-    return ", ".join(f"{low}" if low == high else f"{low}-{high}" for low, high in runs)
+        self.display.show(self.count(Status.FINISHED, Status.DROPPED), line, final=force)
 
 
 def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
@@ -778,67 +776,14 @@ def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
     return LocalJobs()
 
 
-def annotate_results(config: StudyConfig) -> None:
-    """Add what only the study knows to each result file: parameter names and the grid shape."""
-    for field_name in config.fields:
-        path = config.output_dir / f"{field_name}.nc"
-        if not path.exists():
-            raise StudyError(f"the server wrote no result file {path}")
-        attributes: dict[str, object] = {"parameter_names": " ".join(config.parameter_names)}
-        if config.grid_shape is not None:
-            attributes["grid_shape"] = list(config.grid_shape)
-        with NetCDFStore(path, "a") as store:
-            store.set_attributes(attributes)
-
-
-def print_summary(report: StudyReport, console: Console) -> None:
-    """Where the results are, what was dropped, the worst Sobol interval widths, the time."""
-    from melissa_nb.results import field_summaries
-
-    console.print(
-        f"[bold]study finished[/] in {report.elapsed:.1f} s: {report.finished} "
-        f"simulations confirmed, {report.retried} retried, {len(report.dropped)} dropped"
-    )
-    by_reason: dict[str, list[int]] = {}
-    for sample, why in sorted(report.drop_reasons.items()):
-        by_reason.setdefault(why, []).append(sample)
-    for why, samples in by_reason.items():
-        console.print(
-            f"  dropped sample{'s' if len(samples) > 1 else ''} {id_ranges(samples)}: {why}",
-            markup=False,
-        )
-    for summary in field_summaries(report.output_dir):
-        line = f"  {summary.path}"
-        if summary.worst_width:
-            widths = ", ".join(
-                f"{name} {first:.3g}/{total:.3g}"
-                for name, (first, total) in summary.worst_width.items()
-            )
-            line += f"\n    worst Sobol interval width (first/total): {widths}"
-        console.print(line, markup=False)
-    console.print(f"  {report.output_dir / 'parameters.csv'}", markup=False)
-    if report.rejected:
-        console.print(f"  malformed messages from the server: {report.rejected}", markup=False)
-    if report.non_finite:
-        samples = ", ".join(
-            f"{sample} ({', '.join(fields)})"
-            for sample, fields in sorted(report.non_finite.items())
-        )
-        console.print(
-            f"  samples that sent NaN or infinite values (refused; what they sent "
-            f"before stays counted): {samples}",
-            markup=False,
-        )
-
-
-def run_study_file(path: str | Path, show_progress: bool = True) -> int:
+def run_study_file(path: str | Path, show_progress: bool = True, resume: bool = False) -> int:
     """`melissa-nb run`: load, run, summarise; returns the process exit code."""
     from melissa_nb.study.config import load_study
 
     console = Console(stderr=True, soft_wrap=True)
     try:
         config = load_study(path)
-        report = StudyRunner(config, console, show_progress).run()
+        report = StudyRunner(config, console, show_progress, resume).run()
     except StudyInterrupted as error:
         console.print(f"[red]interrupted[/]: {escape(str(error))}; every process was stopped")
         return 128 + error.signum
