@@ -95,9 +95,10 @@ class NetCDFStore:
         """The dimensions of variable `name`."""
         return tuple(self._dataset.variables[name].dimensions)
 
-    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
-        """Set (or replace) global attributes."""
-        self._dataset.setncatts(dict(attributes))
+    def set_attributes(self, attributes: Mapping[str, Any], name: str | None = None) -> None:
+        """Set (or replace) global attributes, or those of variable `name`."""
+        owner = self._dataset if name is None else self._dataset.variables[name]
+        owner.setncatts(dict(attributes))
 
     def write_array(self, name: str, array: np.ndarray) -> None:
         """Store `array` whole as `group/variable`, each axis its own dimension (size > 0)."""

@@ -50,6 +50,7 @@ class FieldResults:
     attributes: dict[str, object]
     parameter_names: tuple[str, ...]
     grid_shape: tuple[int, ...] | None
+    units: dict[str, str] = field(default_factory=dict)  # variable -> its `units` attribute
 
     @property
     def timesteps(self) -> int:
@@ -109,6 +110,11 @@ def load_field(path: str | Path) -> FieldResults:
             for name in store.names()
             if "time" in store.variable_dimensions(name) and name not in dimensions
         }
+        units = {
+            name: str(store.attributes(name)["units"])
+            for name in variables
+            if "units" in store.attributes(name)
+        }
         attributes = store.attributes()
     missing = {"time", "cell"} - set(dimensions)
     if missing:
@@ -124,7 +130,7 @@ def load_field(path: str | Path) -> FieldResults:
     grid = attributes.get("grid_shape")
     grid_shape = tuple(int(size) for size in np.atleast_1d(grid)) if grid is not None else None
     return FieldResults(
-        path, path.stem, variables, dimensions, attributes, parameter_names, grid_shape
+        path, path.stem, variables, dimensions, attributes, parameter_names, grid_shape, units
     )
 
 
@@ -219,110 +225,28 @@ def _grid(results: FieldResults, shape: tuple[int, ...] | None) -> tuple[int, ..
     return grid if grid is not None and len(grid) == 2 else None
 
 
-def _draw(
-    axes,
-    values: np.ndarray,
-    grid: tuple[int, ...] | None,
-    title: str,
-    figure,
-    limits: tuple[float, float] | None = None,
-) -> None:
-    """A map when the grid is 2-D, else a line over the cells."""
-    axes.set_title(title, fontsize=9)
-    if grid is None:
-        axes.plot(values)
-        axes.set_xlabel("cell")
-        if limits:
-            axes.set_ylim(*limits)
-        return
-    vmin, vmax = limits or (None, None)
-    image = axes.imshow(values.reshape(grid), origin="upper", vmin=vmin, vmax=vmax)
-    axes.set_xticks([])
-    axes.set_yticks([])
-    figure.colorbar(image, ax=axes, shrink=0.8)
-
-
 def plot_field(
     results: FieldResults, timestep: int, cell: int, shape: tuple[int, ...] | None, out_dir: Path
 ) -> list[Path]:
-    """Write the PNG plots of one field; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Write the PNG plots of one field (melissa_nb.plots); returns their paths."""
     import matplotlib.pyplot as plt
+
+    from melissa_nb.plots import field_figures
 
     steps = results.timesteps
     if not -steps <= timestep < steps:
         raise ConfigurationError(f"--timestep {timestep} not in [-{steps}, {steps})")
     if not 0 <= cell < results.cells:
         raise ConfigurationError(f"--cell {cell} not in [0, {results.cells})")
-    step = timestep % steps
     grid = _grid(results, shape)
     out_dir.mkdir(parents=True, exist_ok=True)
-    variables = results.variables
     written = []
-
-    maps = [(name, variables[name][step]) for name in ("mean",) if name in variables]
-    if "variance" in variables:
-        maps.append(("standard deviation", np.sqrt(np.maximum(variables["variance"][step], 0))))
-    if maps:
-        figure, axes = plt.subplots(1, len(maps), figsize=(5 * len(maps), 4), squeeze=False)
-        for panel, (name, values) in zip(axes[0], maps, strict=True):
-            _draw(panel, values, grid, f"{results.name} {name}, t={step}", figure)
-        written.append(_save(figure, out_dir / f"{results.name}_moments_t{step}.png", plt))
-
-    names = results.parameter_names
-    if results.sobol:
-        figure, axes = plt.subplots(2, len(names), figsize=(3.6 * len(names), 6.4), squeeze=False)
-        for row, order in enumerate(("first", "total")):
-            for k, name in enumerate(names):
-                _draw(
-                    axes[row, k],
-                    variables[f"sobol_{order}"][step, k],
-                    grid,
-                    f"{order} {name}, t={step}",
-                    figure,
-                    limits=(0.0, 1.0),
-                )
-        written.append(_save(figure, out_dir / f"{results.name}_sobol_t{step}.png", plt))
-
-    panels = (["mean"] if "mean" in variables else []) + (
-        ["first", "total"] if results.sobol else []
-    )
-    if panels:
-        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
-        time = np.arange(steps)
-        for panel, what in zip(axes[0], panels, strict=True):
-            if what == "mean":
-                mean = variables["mean"][:, cell]
-                panel.plot(time, mean, label="mean")
-                if "variance" in variables:
-                    std = np.sqrt(np.maximum(variables["variance"][:, cell], 0))
-                    panel.fill_between(time, mean - std, mean + std, alpha=0.3, label="± std")
-            else:
-                low_name, high_name = SOBOL_INTERVALS[what]
-                for k, name in enumerate(names):
-                    (line,) = panel.plot(time, variables[f"sobol_{what}"][:, k, cell], label=name)
-                    panel.fill_between(
-                        time,
-                        variables[low_name][:, k, cell],
-                        variables[high_name][:, k, cell],
-                        alpha=0.2,
-                        color=line.get_color(),
-                    )
-                panel.set_ylim(-0.05, 1.05)
-            panel.set_title(f"{results.name} {what}, cell {cell}", fontsize=9)
-            panel.set_xlabel("timestep")
-            panel.legend(fontsize=7)
-        written.append(_save(figure, out_dir / f"{results.name}_cell{cell}.png", plt))
+    for name, figure in field_figures(results, timestep % steps, cell, grid).items():
+        figure.tight_layout()
+        figure.savefig(out_dir / name, dpi=100)
+        plt.close(figure)
+        written.append(out_dir / name)
     return written
-
-
-def _save(figure, path: Path, plt) -> Path:
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    return path
 
 
 def show_results(

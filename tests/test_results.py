@@ -112,3 +112,47 @@ def test_without_matplotlib_the_command_says_how_to_install(
     assert show_results(str(tmp_path)) == 1
     assert INSTALL_PLOTS in capsys.readouterr().err
     assert show_results(str(tmp_path), plots=False) == 0
+
+
+def test_figures_are_labelled_and_draw_intervals_as_they_are(tmp_path: Path) -> None:
+    """Axes, colour bars with units, titles naming field, statistic and timestep, the cell as
+    (row, column), clipping marked on Sobol maps, intervals not cut at [0, 1]."""
+    pytest.importorskip("matplotlib")
+    from melissa_nb.plots import field_figures
+
+    arrays = write_result(tmp_path / "u.nc", np.random.default_rng(5), [2, 3])
+    with netCDF4.Dataset(tmp_path / "u.nc", "a") as dataset:
+        dataset.variables["mean"].units = "K"
+        dataset.variables["sobol_first"][1, 0, 0] = 1.3  # a small-sample estimate beyond 1
+        dataset.variables["sobol_first_ci_high"][:, 0, 4] = 1.35
+        dataset.variables["sobol_first_ci_low"][:, 0, 4] = -0.35
+    figures = field_figures(load_field(tmp_path / "u.nc"), 1, 4, (2, 3))
+    assert sorted(figures) == ["u_cell4.png", "u_moments_t1.png", "u_sobol_t1.png"]
+
+    mean_map, deviation_map = figures["u_moments_t1.png"].axes[:2]
+    assert mean_map.get_title() == "u: mean, timestep 1"
+    assert (mean_map.get_xlabel(), mean_map.get_ylabel()) == ("column", "row (row 0 at the top)")
+    assert mean_map.images[0].colorbar.ax.get_ylabel() == "u mean [K]"
+    assert deviation_map.images[0].colorbar.ax.get_ylabel() == "u standard deviation [K]"
+
+    sobol = figures["u_sobol_t1.png"]
+    assert sobol.texts[0].get_text() == "u: Sobol indices at timestep 1"
+    titles = [axes.get_title() for axes in sobol.axes if axes.get_title()]
+    assert titles == [
+        "first-order index of alpha",
+        "first-order index of beta",
+        "total index of alpha",
+        "total index of beta",
+    ]
+    first_alpha = sobol.axes[0].images[0].colorbar
+    assert first_alpha.ax.get_ylabel() == "Sobol index [1]"
+    assert first_alpha.extend == "max", "1.3 is beyond the colour scale: marked"
+    assert sobol.axes[1].images[0].colorbar.extend == "neither"
+
+    mean_panel, first_panel, _ = figures["u_cell4.png"].axes
+    assert mean_panel.get_title() == "u mean at cell 4 (row 1, column 1)"
+    assert mean_panel.get_ylabel() == "u [K]"
+    low, high = first_panel.get_ylim()
+    assert low <= -0.35 and high >= 1.35, "intervals drawn as they are, not clipped"
+    assert first_panel.get_xlabel() == "timestep"
+    assert np.isfinite(arrays["mean"]).all()

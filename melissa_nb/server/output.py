@@ -85,6 +85,16 @@ def _dimensions_of(name: str) -> tuple[str, ...]:
     return ("time", "cell")
 
 
+FIELD_UNITS = ("mean", "min", "max", "quantile")
+"""Statistics in the field's own units (variance in their square; the runner adds them when the
+study file gives them); every other statistic is dimensionless."""
+
+
+def _units_of(name: str) -> dict[str, str]:
+    """`units = "1"` for a dimensionless statistic (CF), nothing for one in the field's units."""
+    return {} if name in (*FIELD_UNITS, "variance") else {"units": "1"}
+
+
 def _dtype_of(name: str) -> str:
     return "i8" if name in ("min_simulation", "max_simulation", "threshold_exceedance") else "f8"
 
@@ -120,11 +130,18 @@ def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list
             )
         )
     variables.append(
-        Variable("sample_count", ("time",), "i8", {"long_name": LONG_NAMES["sample_count"]})
+        Variable(
+            "sample_count", ("time",), "i8", {"long_name": LONG_NAMES["sample_count"], "units": "1"}
+        )
     )
     for name in statistic_names(config):
         variables.append(
-            Variable(name, _dimensions_of(name), _dtype_of(name), {"long_name": LONG_NAMES[name]})
+            Variable(
+                name,
+                _dimensions_of(name),
+                _dtype_of(name),
+                {"long_name": LONG_NAMES[name], **_units_of(name)},
+            )
         )
     return dimensions, variables
 

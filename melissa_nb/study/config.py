@@ -125,6 +125,7 @@ class StudyConfig:
     target_width: float | None = None
     server_script: Path | None = None
     scheduler: SchedulerConfig = SchedulerConfig()
+    units: tuple[tuple[str, str], ...] = ()  # (field, its units) given in [study] units
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -330,6 +331,17 @@ def _read_list(table: _Table, key: str, default: list[Any], kind: str) -> list[A
     return values
 
 
+def _read_units(study: _Table, fields: list[str]) -> tuple[tuple[str, str], ...]:
+    """`[study] units = { temperature = "K" }`: each field's units (UDUNITS text, as CF)."""
+    units = study.get("units", {})
+    if not isinstance(units, dict) or any(
+        name not in fields or not isinstance(text, str) or not text.strip()
+        for name, text in units.items()
+    ):
+        raise study.fail("units", f"a table of units by field name, fields among {fields}", units)
+    return tuple(units.items())
+
+
 def _read_scheduler(table: _Table) -> SchedulerConfig:
     """The `[scheduler]` table (absent: the local runner)."""
 
@@ -445,6 +457,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
             else None
         ),
         scheduler=scheduler,
+        units=_read_units(study, fields),
     )
     if config.target_width is not None and not sobol:
         raise study.fail(

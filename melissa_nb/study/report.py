@@ -12,6 +12,7 @@ from rich.console import Console
 
 from melissa_nb.errors import StudyError
 from melissa_nb.netcdf import NetCDFStore
+from melissa_nb.server.output import FIELD_UNITS
 from melissa_nb.study.config import StudyConfig
 
 
@@ -75,7 +76,8 @@ def id_ranges(ids: list[int]) -> str:
 
 
 def annotate_results(config: StudyConfig) -> None:
-    """Add what only the study knows to each result file: parameter names and the grid shape."""
+    """Add what only the study knows to each result file: parameter names, the grid shape and
+    the field's units ([study] units)."""
     for field_name in config.fields:
         path = config.output_dir / f"{field_name}.nc"
         if not path.exists():
@@ -85,6 +87,14 @@ def annotate_results(config: StudyConfig) -> None:
             attributes["grid_shape"] = list(config.grid_shape)
         with NetCDFStore(path, "a") as store:
             store.set_attributes(attributes)
+            units = dict(config.units).get(field_name)
+            if units is not None:
+                squared = f"{units}^2" if units.isalnum() else f"({units})^2"
+                for name in store.names():
+                    if name in FIELD_UNITS or name == "variance":
+                        store.set_attributes(
+                            {"units": squared if name == "variance" else units}, name
+                        )
 
 
 def print_summary(report: StudyReport, console: Console) -> None:
