@@ -25,6 +25,7 @@ REJECTION_REASONS = (
     "unknown_type",
     "bad_request",
     "multipart_request",
+    "unauthenticated",
     # the study's settings (DataValidator)
     "unknown_field",
     "timestep_out_of_range",

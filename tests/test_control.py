@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import shutil
+import stat
 import subprocess
 
 import numpy as np
 import pytest
+import zmq
 from harness import MELISSA, wait_for
 from test_server_e2e import RawSender, frame, start_server  # noqa: F401 (a fixture)
 
 from melissa_nb.netcdf import read_results
-from melissa_nb.server.control import control_request
+from melissa_nb.server.control import control_request, read_secret
 
 
 @pytest.mark.timeout(120)
@@ -25,6 +28,13 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) ->
         wait_for(description.exists, "server.json")
         address = json.loads(description.read_text())["control_address"]
         assert address.startswith("tcp://127.0.0.1:")
+        secret_file = server.output / "control.secret"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600, "its owner's only"
+        secret = read_secret(server.output)
+        # Without the secret (none, or a wrong one) nothing is done, and the server goes on.
+        for stranger in ("stop", "0" * 64 + " stop", secret[:-1] + " stop"):
+            refused = _raw_request(address, stranger)
+            assert refused["ok"] is False and "unauthenticated" in refused["error"]
         for simulation in range(2):  # simulation 2 never sends: the study cannot complete
             reply = sender.handshake(simulation)
             for t in range(2):
@@ -33,7 +43,7 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) ->
         assert len(reply.data_addresses) == 2
 
         def accepted_everywhere():
-            report = control_request(address, "status")
+            report = control_request(address, "status", secret)
             ranks = report["ranks"]
             return report if all(ranks.get(r, {}).get("accepted") == 4 for r in "01") else None
 
@@ -56,21 +66,24 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) ->
         elsewhere.mkdir()
         remote = dict(report["description"], shm_prefix="melissa_nb_not_on_this_node_")
         (elsewhere / "server.json").write_text(json.dumps(remote))
+        shutil.copy(secret_file, elsewhere / "control.secret")  # a shared file system
         shown = subprocess.run(
             [str(MELISSA), "status", str(elsewhere)], capture_output=True, text=True, timeout=60
         )
         assert shown.returncode == 0, shown.stdout
         assert "accepted" in shown.stdout
 
-        checkpoint = control_request(address, "checkpoint")
+        checkpoint = control_request(address, "checkpoint", secret)
         assert checkpoint["ok"], checkpoint
         checkpoints = server.output / "checkpoint"
         wait_for(
             lambda: all((checkpoints / f"checkpoint.r{r}.nc").exists() for r in (0, 1)),
             "a checkpoint file of each rank",
         )
-        assert control_request(address, "nonsense")["ok"] is False
-        assert control_request(address, "stop") == {"ok": True, "stopping": True}
+        assert control_request(address, "nonsense", secret)["ok"] is False
+        status = control_request(address, "status", secret)
+        assert status["ranks"]["0"]["rejected"] == 3, "the strangers' requests are counted"
+        assert control_request(address, "stop", secret) == {"ok": True, "stopping": True}
         assert server.wait() == 1, server.text()
     finally:
         sender.close()
@@ -78,3 +91,16 @@ def test_status_checkpoint_and_stop_on_two_ranks(start_server, rng, tmp_path) ->
     assert results.attributes["study_complete"] == 0
     np.testing.assert_allclose(results.variables["mean"], values.mean(axis=0), rtol=1e-12)
     assert "stop requested" in server.text()
+
+
+def _raw_request(address: str, text: str) -> dict:
+    """One request as a stranger sends it (no secret, or a guessed one)."""
+    socket = zmq.Context.instance().socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        socket.send(text.encode())
+        assert socket.poll(5000), "the server must answer a stranger too"
+        return json.loads(socket.recv())
+    finally:
+        socket.close()

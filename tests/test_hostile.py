@@ -29,7 +29,7 @@ from test_server_e2e import (  # noqa: F401 (start_server is a fixture)
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Drop, Job
-from melissa_nb.server.control import control_request
+from melissa_nb.server.control import control_request, read_secret
 
 
 def multipart_request(address: str, parts: list[bytes]) -> list[bytes]:
@@ -121,7 +121,7 @@ def test_a_frame_per_new_client_rank_cannot_take_every_descriptor(
 def control_status(server) -> dict:
     """Rank 0's counters, from the control endpoint."""
     address = json.loads((server.output / "server.json").read_text())["control_address"]
-    reply = control_request(address, "status")
+    reply = control_request(address, "status", read_secret(server.output))
     assert reply["ok"], reply
     return reply["ranks"].get("0", {})
 
@@ -359,7 +359,7 @@ def test_plausible_messages_before_the_study_change_nothing(start_server, rng, r
 def rejected_everywhere(server, ranks: int) -> int:
     """Messages refused so far by every rank (the control endpoint reads them all)."""
     address = json.loads((server.output / "server.json").read_text())["control_address"]
-    counters = control_request(address, "status")["ranks"]
+    counters = control_request(address, "status", read_secret(server.output))["ranks"]
     return sum(counters.get(str(rank), {}).get("rejected", 0) for rank in range(ranks))
 
 

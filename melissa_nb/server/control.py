@@ -1,19 +1,28 @@
 """The control endpoint: a REP socket on rank 0 answering `status`, `checkpoint` and `stop`.
 
-Requests are one ASCII word; every reply is one JSON object with `"ok"` (true or false) and,
-on failure, `"error"`. `status` returns the study description and every rank's counters (read
-from the progress blocks in shared memory, so it covers the ranks on rank 0's node) and the
-per-slice progress; `checkpoint` asks for a checkpoint now; `stop` ends the study at the next
-end vote: every rank writes the results of what it received (`study_complete = 0`), exit code 1.
+Only the study's owner may drive it: at start rank 0 writes a random secret to
+`<output>/control.secret`, readable by its owner only (mode 0600, as Jupyter does for its
+kernels' connection files), and every request is `<secret> <command>`. A request without the
+secret is refused (`unauthenticated`, counted and logged) and the server keeps serving.
+`melissa-nb status` reads the file. Requests are ASCII; every reply is one JSON object with
+`"ok"` (true or false) and, on failure, `"error"`. `status` returns the study description and
+every rank's counters (read from the progress blocks in shared memory, so it covers the ranks
+on rank 0's node) and the per-slice progress; `checkpoint` asks for a checkpoint now; `stop`
+ends the study at the next end vote: every rank writes the results of what it received
+(`study_complete = 0`), exit code 1.
 The endpoint binds loopback by default (`--control-bind`); its address is in server.json.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -24,6 +33,26 @@ from melissa_nb.server.requests import receive_request
 CONTROL_MAX_MESSAGE = 256
 LINGER_MS = 200
 COMMANDS = ("status", "checkpoint", "stop")
+SECRET_FILE = "control.secret"
+
+
+def write_secret(output_dir: Path) -> str:
+    """A new random secret in `<output>/control.secret`, mode 0600 from its creation."""
+    secret = secrets.token_hex(32)
+    path = Path(output_dir) / SECRET_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    os.replace(temporary, path)
+    return secret
+
+
+def read_secret(output_dir: str | os.PathLike[str]) -> str:
+    """The secret of the server whose --output-dir is `output_dir` (its owner can read it)."""
+    return (Path(output_dir) / SECRET_FILE).read_text().strip()
+
 
 Action = Callable[[], dict[str, Any]]
 Reject = Callable[[str, str, float], None]
@@ -40,8 +69,10 @@ class ControlEndpoint:
         actions: dict[str, Action],
         log: logging.Logger,
         reject: Reject,
+        secret: str,
     ) -> None:
         self.actions = actions
+        self.secret = secret.encode()
         self.reject = reject  # counts and logs a refused request (the rank's Progress.reject)
         self.log = log
         self.socket = context.socket(zmq.REP)
@@ -64,7 +95,22 @@ class ControlEndpoint:
             return
         if request is None:
             return
-        command = request.decode("ascii", errors="replace").strip()
+        token, _, words = request.partition(b" ")
+        if not hmac.compare_digest(token, self.secret):
+            self.reject(
+                "unauthenticated",
+                f"control request without the study's secret (its owner reads {SECRET_FILE} "
+                "in the output directory)",
+                time.monotonic(),
+            )
+            reply = {
+                "ok": False,
+                "error": f"unauthenticated: send '<secret> <command>', the "
+                f"secret being in {SECRET_FILE} of the server's output directory",
+            }
+            self.socket.send(json.dumps(reply).encode())
+            return
+        command = words.decode("ascii", errors="replace").strip()
         action = self.actions.get(command)
         if action is None:
             reply: dict[str, Any] = {
@@ -84,14 +130,17 @@ class ControlEndpoint:
         self.socket.close()
 
 
-def control_request(address: str, command: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Send one command to a server's control endpoint; TimeoutError if it does not answer."""
+def control_request(
+    address: str, command: str, secret: str, timeout: float = 5.0
+) -> dict[str, Any]:
+    """Send one command with the study's secret (`read_secret(output_dir)`) to a server's
+    control endpoint; TimeoutError if it does not answer."""
     context = zmq.Context.instance()
     socket = context.socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     try:
         socket.connect(address)
-        socket.send(command.encode("ascii"))
+        socket.send(f"{secret} {command}".encode("ascii"))
         if not socket.poll(int(timeout * 1000)):
             raise TimeoutError(f"no answer to {command!r} from {address} in {timeout:g} s")
         return json.loads(socket.recv())

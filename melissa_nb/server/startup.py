@@ -25,7 +25,7 @@ from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.server.claim import RankClaim, check_writable, lock_path, reclaim, stale_claims
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.control import Action, ControlEndpoint, Reject
+from melissa_nb.server.control import SECRET_FILE, Action, ControlEndpoint, Reject, write_secret
 from melissa_nb.server.output import statistic_names
 from melissa_nb.server.ranks import World
 from melissa_nb.server.slices import general_settings
@@ -200,8 +200,15 @@ class RankSockets:
         log: logging.Logger,
     ) -> ControlEndpoint:
         try:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            secret = write_secret(config.output_dir)
+        except OSError as error:
+            raise ConfigurationError(
+                f"--output-dir: cannot write the control secret there: {error}"
+            ) from None
+        try:
             return ControlEndpoint(
-                self.context, config.control_bind, config.control_port, actions, log, reject
+                self.context, config.control_bind, config.control_port, actions, log, reject, secret
             )
         except zmq.ZMQError as error:
             raise ConfigurationError(
@@ -250,6 +257,7 @@ def write_server_file(
         "connection_address": f"tcp://{config.advertise_host}:{config.connection_port}",
         "data_addresses": addresses,
         "control_address": control_address,
+        "control_secret_file": str(config.output_dir / SECRET_FILE),
         "shm_prefix": config.shm_prefix(),
         "progress_blocks": [f"{config.shm_prefix()}r{rank}_progress" for rank in range(world.size)],
         "fields": list(config.field_names),

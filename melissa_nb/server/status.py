@@ -156,11 +156,11 @@ def live_progress(output_dir: str | Path) -> StudyProgress:
     address = progress.description.get("control_address")
     if progress.ranks or not address:
         return progress
-    from melissa_nb.server.control import control_request
+    from melissa_nb.server.control import control_request, read_secret
 
     try:
-        report = control_request(address, "status", CONTROL_TIMEOUT)
-    except TimeoutError:
+        report = control_request(address, "status", read_secret(output_dir), CONTROL_TIMEOUT)
+    except (TimeoutError, OSError):  # no answer, or not the owner (the secret is unreadable)
         return progress
     return _progress_from_report(report) if report.get("ok") else progress
 
