@@ -139,4 +139,17 @@ def field_figures(
             panel.set_xlabel("timestep")
             panel.legend(fontsize=8)
         figures[f"{name}_cell{cell}.png"] = figure
+
+    if "sobol_first_aggregated" in variables:
+        figure, axes = plt.subplots(1, 2, figsize=(12, 4.4), squeeze=False)
+        time = np.arange(results.timesteps)
+        for panel, order in zip(axes[0], ORDERS, strict=True):
+            for k, parameter in enumerate(names):
+                panel.plot(time, variables[f"sobol_{order}_aggregated"][:, k], label=parameter)
+            panel.set_title(f"{ORDERS[order]} indices of the whole field", fontsize=11)
+            panel.set_xlabel("timestep")
+            panel.set_ylabel("aggregated Sobol index [1]")
+            panel.legend(fontsize=8)
+        figure.suptitle(f"{name}: which parameter drives the field, and when", fontsize=13)
+        figures[f"{name}_sobol_aggregated.png"] = figure
     return figures

@@ -79,6 +79,8 @@ class FieldSummary:
     counts: dict[str, object]
     ranges: dict[str, tuple[float, float]]
     worst_width: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # parameter -> (first, total) of the whole space-time field, most influential first
+    ranking: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def result_files(directory: str | Path) -> list[Path]:
@@ -108,7 +110,8 @@ def load_field(path: str | Path) -> FieldResults:
         variables = {
             name: store.read(name)
             for name in store.names()
-            if "time" in store.variable_dimensions(name) and name not in dimensions
+            if ("time" in store.variable_dimensions(name) and name not in dimensions)
+            or name.endswith("_aggregated_spacetime")
         }
         units = {
             name: str(store.attributes(name)["units"])
@@ -178,7 +181,23 @@ def summarize(results: FieldResults) -> FieldSummary:
         counts,
         ranges,
         worst_widths(results),
+        ranking(results),
     )
+
+
+def ranking(results: FieldResults) -> dict[str, tuple[float, float]]:
+    """Parameters by the total index of the whole space-time field, largest first."""
+    variables = results.variables
+    if "sobol_total_aggregated_spacetime" not in variables:
+        return {}
+    pairs = zip(
+        results.parameter_names,
+        variables["sobol_first_aggregated_spacetime"],
+        variables["sobol_total_aggregated_spacetime"],
+        strict=True,
+    )
+    ordered = sorted(pairs, key=lambda item: -np.nan_to_num(item[2], nan=-np.inf))
+    return {name: (float(first), float(total)) for name, first, total in ordered}
 
 
 def field_summaries(directory: str | Path) -> list[FieldSummary]:
@@ -202,6 +221,10 @@ def summary_table(summary: FieldSummary) -> Table:
         table.add_row(f"[dim]{key}[/]", str(value), "")
     for name, (first, total) in summary.worst_width.items():
         table.add_row(f"worst interval width {name}", f"first {first:.3g}", f"total {total:.3g}")
+    for rank, (name, (first, total)) in enumerate(summary.ranking.items(), start=1):
+        table.add_row(
+            f"whole field, rank {rank}: {name}", f"first {first:.3g}", f"total {total:.3g}"
+        )
     return table
 
 

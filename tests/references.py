@@ -59,6 +59,29 @@ def martinez_batch(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, total
 
 
+def aggregated_batch(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregated indices of the whole field (Gamboa et al. 2014) from all groups at once with
+    np.cov: (first, total), (p,). ``groups`` is (n, p + 2, cells)."""
+    rows = groups.shape[1]
+    covariances = np.array(
+        [np.cov(groups[:, :, cell], rowvar=False) for cell in range(groups.shape[2])]
+    )  # (cells, rows, rows), ddof = 1
+    variances = np.diagonal(covariances, axis1=1, axis2=2)  # (cells, rows)
+    first = np.array(
+        [
+            covariances[:, 1, k].sum() / ((variances[:, 1] + variances[:, k]) / 2).sum()
+            for k in range(2, rows)
+        ]
+    )
+    total = np.array(
+        [
+            1 - covariances[:, 0, k].sum() / ((variances[:, 0] + variances[:, k]) / 2).sum()
+            for k in range(2, rows)
+        ]
+    )
+    return first, total
+
+
 def ishigami(inputs: np.ndarray, a: float = 7.0, b: float = 0.1) -> np.ndarray:
     """The Ishigami function of inputs (..., 3)."""
     x1, x2, x3 = inputs[..., 0], inputs[..., 1], inputs[..., 2]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.stats
-from references import ishigami, ishigami_indices, martinez_batch, pick_freeze
+from references import aggregated_batch, ishigami, ishigami_indices, martinez_batch, pick_freeze
 
 from melissa_nb.kernels import SobolMartinez
 from melissa_nb.kernels.sobol import normal_quantile
@@ -144,3 +144,36 @@ def test_constant_cells_are_nan_and_ignored_by_worst_width(rng: np.random.Genera
         first_width, [(first_high - first_low)[0, 2], np.max((first_high - first_low)[1, 1:])]
     )
     assert np.isfinite(total_width).all()
+
+
+def test_aggregated_indices_equal_the_batch_formula(rng: np.random.Generator) -> None:
+    """Variance-weighted aggregation over cells, from the streamed state, against np.cov over
+    every group at once; far from zero (a mean of 1e6) and with a constant cell."""
+    coefficients = np.array([1.0, 2.0, 0.5])
+    groups = linear_groups(rng, 50, 30, coefficients) * rng.uniform(0.5, 2.0, size=30) + 1e6
+    groups[:, :, 7] = 3.0  # a constant cell adds no variance and no covariance
+    sobol = stream(groups)
+    first, total = sobol.aggregated()
+    expected_first, expected_total = aggregated_batch(groups)
+    np.testing.assert_allclose(first, expected_first, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(total, expected_total, rtol=1e-10, atol=1e-12)
+    # The terms of two slices of cells add up to those of the whole field.
+    halves = [stream(np.ascontiguousarray(part)) for part in np.split(groups, [12], axis=2)]
+    np.testing.assert_allclose(
+        sum(half.aggregate_sums() for half in halves), sobol.aggregate_sums(), rtol=1e-12
+    )
+    assert np.isnan(SobolMartinez(4, 3).aggregated()[0]).all(), "undefined before 2 groups"
+
+
+def test_aggregated_indices_converge_to_the_closed_form(rng: np.random.Generator) -> None:
+    """A field of linear models Y_i = sum_k c_ki X_k (X ~ N(0, 1)) with cell-dependent weights:
+    every aggregated index is sum_i c_ki^2 / sum_i sum_j c_ji^2 (first = total: additive)."""
+    cells, p, n = 40, 3, 20000
+    weights = rng.uniform(0.0, 2.0, size=(p, cells))
+    draw_a = rng.normal(size=(n, 1, p))
+    draw_b = rng.normal(size=(n, 1, p))
+    groups = pick_freeze(lambda inputs: inputs @ weights, draw_a, draw_b)[:, :, 0, :]
+    first, total = stream(np.ascontiguousarray(groups)).aggregated()
+    truth = (weights**2).sum(axis=1) / (weights**2).sum()
+    np.testing.assert_allclose(first, truth, atol=0.02)
+    np.testing.assert_allclose(total, truth, atol=0.02)

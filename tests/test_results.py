@@ -156,3 +156,27 @@ def test_figures_are_labelled_and_draw_intervals_as_they_are(tmp_path: Path) -> 
     assert low <= -0.35 and high >= 1.35, "intervals drawn as they are, not clipped"
     assert first_panel.get_xlabel() == "timestep"
     assert np.isfinite(arrays["mean"]).all()
+
+
+def test_whole_field_indices_are_ranked_and_plotted_over_time(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from melissa_nb.plots import field_figures
+
+    write_result(tmp_path / "u.nc", np.random.default_rng(6), [2, 3])
+    with netCDF4.Dataset(tmp_path / "u.nc", "a") as dataset:
+        for order, values in (("first", [0.2, 0.5]), ("total", [0.3, 0.6])):
+            dataset.createVariable(f"sobol_{order}_aggregated", "f8", ("time", "parameter"))[
+                ...
+            ] = np.tile(values, (T, 1))
+            dataset.createVariable(f"sobol_{order}_aggregated_spacetime", "f8", ("parameter",))[
+                ...
+            ] = values
+    (summary,) = field_summaries(tmp_path)
+    assert list(summary.ranking.items()) == [("beta", (0.5, 0.6)), ("alpha", (0.2, 0.3))]
+    figures = field_figures(load_field(tmp_path / "u.nc"), 1, 4, (2, 3))
+    panels = figures["u_sobol_aggregated.png"].axes
+    assert [axes.get_title() for axes in panels] == [
+        "first-order indices of the whole field",
+        "total indices of the whole field",
+    ]
+    assert [line.get_label() for line in panels[1].get_lines()] == ["alpha", "beta"]

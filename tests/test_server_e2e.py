@@ -27,7 +27,7 @@ import pytest
 import scipy.stats
 import zmq
 from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
-from references import FIELD_REFERENCES, THRESHOLDS, martinez_batch
+from references import FIELD_REFERENCES, THRESHOLDS, aggregated_batch, martinez_batch
 
 from melissa_nb.kernels import Quantiles
 from melissa_nb.netcdf import read_results
@@ -416,6 +416,22 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
                 np.testing.assert_allclose(
                     results.variables[name][t], expected, rtol=1e-10, atol=1e-13, err_msg=name
                 )
+            # The indices of the whole field: summed over both ranks' slices, no cell gathered.
+            first, total = aggregated_batch(values[t])
+            np.testing.assert_allclose(
+                results.variables["sobol_first_aggregated"][t], first, rtol=1e-10, atol=1e-13
+            )
+            np.testing.assert_allclose(
+                results.variables["sobol_total_aggregated"][t], total, rtol=1e-10, atol=1e-13
+            )
+        spacetime = np.concatenate(list(values), axis=2)  # every (timestep, cell) a cell
+        first, total = aggregated_batch(spacetime)
+        np.testing.assert_allclose(
+            results.variables["sobol_first_aggregated_spacetime"], first, rtol=1e-10, atol=1e-13
+        )
+        np.testing.assert_allclose(
+            results.variables["sobol_total_aggregated_spacetime"], total, rtol=1e-10, atol=1e-13
+        )
         assert results.attributes["messages_rejected"] == 0
     server.assert_clean_exit()
 

@@ -41,6 +41,8 @@ from melissa_nb.kernels.moments import moments_finalize, moments_merge, moments_
 from melissa_nb.kernels.quantiles import quantiles_finalize, quantiles_update
 from melissa_nb.kernels.sobol import (
     normal_quantile,
+    sobol_aggregate_sums,
+    sobol_aggregated,
     sobol_finalize,
     sobol_merge,
     sobol_update,
@@ -685,6 +687,19 @@ class SobolMartinez(_MergeableStatistic):
         """(low, high) Fisher-z interval of ST_k, each (parameters, cells)."""
         out = self._finalized()
         return out[4], out[5]
+
+    def aggregate_sums(self) -> np.ndarray:
+        """The terms of the aggregated indices over these cells, (4, parameters): they add up
+        over slices, ranks and timesteps (see `sobol_aggregate_sums`)."""
+        arrays = self.arrays
+        return sobol_aggregate_sums(
+            self.count, arrays["m2"], arrays["comoment_first"], arrays["comoment_total"]
+        )
+
+    def aggregated(self) -> tuple[np.ndarray, np.ndarray]:
+        """Aggregated first and total indices of the whole field (variance-weighted over
+        cells, Gamboa et al. 2014), each (parameters,); NaN before 2 groups."""
+        return sobol_aggregated(self.aggregate_sums())
 
     def worst_width(self) -> tuple[np.ndarray, np.ndarray]:
         """Largest interval width over cells per parameter: (first, total), each (parameters,).

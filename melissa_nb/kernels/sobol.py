@@ -293,3 +293,32 @@ def sobol_finalize(
     for block in numba.prange(block_count(cells)):
         start, stop = block_bounds(block, cells)
         finalize_sobol(count, m2, comoment_first, comoment_total, half_width, out, start, stop)
+
+
+def sobol_aggregate_sums(
+    count: int, m2: np.ndarray, comoment_first: np.ndarray, comoment_total: np.ndarray
+) -> np.ndarray:
+    """Sums over cells of Cov(B,Ck), (Var B + Var Ck)/2, Cov(A,Ck), (Var A + Var Ck)/2: (4, p).
+
+    The terms of the variance-weighted aggregated indices (Gamboa, Janon, Klein, Lagnoux 2014),
+    from the Martinez state of `count` >= 2 groups; sums of several slices, ranks or timesteps
+    add up (zeros while `count` < 2).
+    """
+    sums = np.zeros((4, comoment_first.shape[0]))
+    if count < 2:
+        return sums
+    scale = 1.0 / (count - 1)
+    sums[0] = comoment_first.sum(axis=-1) * scale
+    sums[1] = (m2[1] + m2[2:]).sum(axis=-1) * (0.5 * scale)
+    sums[2] = comoment_total.sum(axis=-1) * scale
+    sums[3] = (m2[0] + m2[2:]).sum(axis=-1) * (0.5 * scale)
+    return sums
+
+
+def sobol_aggregated(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """S_k = sum Cov(B,Ck) / sum (Var B + Var Ck)/2, ST_k = 1 - sum Cov(A,Ck) / sum (Var A +
+    Var Ck)/2, from `sobol_aggregate_sums` (..., 4, p); NaN where no variance was summed."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.where(sums[..., 1, :] > 0, sums[..., 0, :] / sums[..., 1, :], np.nan)
+        total = np.where(sums[..., 3, :] > 0, 1.0 - sums[..., 2, :] / sums[..., 3, :], np.nan)
+    return first, total

@@ -6,7 +6,8 @@ the values. The quantile dimension is named `quantile_order` because `quantile` 
 own name. Variables are only those requested: `mean`, `variance`, `skewness`, `kurtosis`, `min`,
 `max`, `min_simulation`, `max_simulation` (time, cell); `threshold_exceedance` (counts) and
 `exceedance_probability` (time, threshold, cell); `quantile` (time, quantile_order, cell); the six
-`sobol_*` (time, parameter, cell); and always `sample_count` (time). Global attributes state the
+`sobol_*` (time, parameter, cell) and the aggregated indices of the whole field (time,
+parameter; parameter); and always `sample_count` (time). Global attributes state the
 conventions (variance ddof=1, skewness/kurtosis bias=False, excess kurtosis, strict threshold,
 quantile method, confidence level) and the study's sample counts.
 
@@ -30,6 +31,7 @@ import numpy as np
 from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api import SOBOL_RESULTS
+from melissa_nb.kernels.sobol import sobol_aggregated
 from melissa_nb.netcdf import NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.claim import check_writable
@@ -57,6 +59,12 @@ LONG_NAMES = {
     "sobol_total_ci_low": "lower bound of the Fisher-z interval of sobol_total",
     "sobol_total_ci_high": "upper bound of the Fisher-z interval of sobol_total",
     "sample_count": "samples folded into each timestep (smallest over cells)",
+    "sobol_first_aggregated": "first-order index of the whole field at each timestep "
+    "(variance-weighted over cells, Gamboa et al. 2014)",
+    "sobol_total_aggregated": "total index of the whole field at each timestep "
+    "(variance-weighted over cells, Gamboa et al. 2014)",
+    "sobol_first_aggregated_spacetime": "first-order index of the whole space-time field",
+    "sobol_total_aggregated_spacetime": "total index of the whole space-time field",
 }
 
 
@@ -84,6 +92,14 @@ def _dimensions_of(name: str) -> tuple[str, ...]:
         return ("time", "parameter", "cell")
     return ("time", "cell")
 
+
+AGGREGATED = {
+    "sobol_first_aggregated": ("time", "parameter"),
+    "sobol_total_aggregated": ("time", "parameter"),
+    "sobol_first_aggregated_spacetime": ("parameter",),
+    "sobol_total_aggregated_spacetime": ("parameter",),
+}
+"""The indices of a whole field, per timestep and over space-time (no cell dimension)."""
 
 FIELD_UNITS = ("mean", "min", "max", "quantile")
 """Statistics in the field's own units (variance in their square; the runner adds them when the
@@ -134,6 +150,11 @@ def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list
             "sample_count", ("time",), "i8", {"long_name": LONG_NAMES["sample_count"], "units": "1"}
         )
     )
+    if config.sobol:
+        for name, dimensions_of in AGGREGATED.items():
+            variables.append(
+                Variable(name, dimensions_of, "f8", {"long_name": LONG_NAMES[name], "units": "1"})
+            )
     for name in statistic_names(config):
         variables.append(
             Variable(
@@ -234,6 +255,7 @@ def write_field(
     """
     final = Path(directory or config.output_dir) / f"{field_name}.nc"
     partial = final.with_name(final.name + ".partial")
+    aggregated = aggregated_indices(world, config, slices) if config.sobol else {}
     world.wait_turn()
     try:
         mode = "w" if world.rank == 0 else "a"
@@ -248,6 +270,8 @@ def write_field(
                     attributes(config, field_name, total_cells, world.size, extra_attributes),
                 )
                 _write_coordinates(store, config, total_cells)
+                for name, values in aggregated.items():
+                    store.write(name, (...,), values)
             first_cell, last_cell = rank_cells(total_cells, world.size, world.rank)
             written = write_rank_slices(store, config, slices, first_cell)
             if written < last_cell:
@@ -259,6 +283,26 @@ def write_field(
     finally:
         world.pass_turn()
     return final
+
+
+def aggregated_indices(
+    world: World, config: ServerConfig, slices: Sequence[Any]
+) -> dict[str, np.ndarray]:
+    """The aggregated indices of the field (collective): each rank sums the terms of its own
+    slices per timestep, and the sums of every rank add up; no cell is gathered."""
+    sums = np.zeros((config.timesteps, 4, config.parameters))
+    for statistics in slices:
+        for timestep in range(config.timesteps):
+            sums[timestep] += statistics.sobol(timestep).aggregate_sums()
+    total = np.sum(world.allgather(sums), axis=0)
+    first, total_index = sobol_aggregated(total)
+    spacetime_first, spacetime_total = sobol_aggregated(total.sum(axis=0))
+    return {
+        "sobol_first_aggregated": first,
+        "sobol_total_aggregated": total_index,
+        "sobol_first_aggregated_spacetime": spacetime_first,
+        "sobol_total_aggregated_spacetime": spacetime_total,
+    }
 
 
 def results_directory(config: ServerConfig, world: World, log: logging.Logger) -> Path | None:
