@@ -27,6 +27,7 @@ from test_study_run import (
     outputs_by_group,
     read_results,
     run_study,
+    start_run,
 )
 
 from melissa_nb.study.sampling import read_parameters_csv
@@ -224,14 +225,7 @@ def test_cancelled_simulation_and_server_jobs_are_run_again(slurm: None, tmp_pat
     """scancel of two simulation jobs and of the server job mid-study: the study completes and
     its statistics are those of every sample, each counted once."""
     study = tiny_study(tmp_path, "cancelled", seconds=3, samples=8)
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    runner = subprocess.Popen(
-        [MELISSA_NB, "run", str(study), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
+    runner = start_run(study)
     try:
         wait_for(lambda: len(running_jobs("cancelled", "simulation")) >= 2, "2 running simulations")
         simulations = running_jobs("cancelled", "simulation")[:2]
@@ -257,14 +251,7 @@ def test_cancelled_simulation_and_server_jobs_are_run_again(slurm: None, tmp_pat
 @pytest.mark.timeout(SLURM_SECONDS)
 def test_sigint_cancels_every_job_of_the_study(slurm: None, tmp_path: Path) -> None:
     study = tiny_study(tmp_path, "interrupted", seconds=120)
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    runner = subprocess.Popen(
-        [MELISSA_NB, "run", str(study), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
+    runner = start_run(study)
     try:
         wait_for(lambda: len(study_jobs("interrupted")) >= 5, "the server and 4 simulation jobs")
         runner.send_signal(signal.SIGINT)

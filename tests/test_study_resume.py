@@ -3,17 +3,14 @@ study at once is refused, and `melissa-nb run --resume` runs only what was not f
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 from harness import wait_for
-from test_study_run import MELISSA_NB, STUDY_SECONDS, read_results
+from test_study_run import STUDY_SECONDS, read_results, start_run
 
 from melissa_nb.server.status import read_progress
 from melissa_nb.study.sampling import read_parameters_csv
@@ -61,17 +58,6 @@ x = { distribution = "uniform", low = 0, high = 1 }
 """
 
 
-def melissa_run(study: Path, *options: str) -> subprocess.Popen[str]:
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.Popen(
-        [MELISSA_NB, "run", str(study), "--no-progress", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
-
-
 def finished_on_the_server(out: Path) -> int:
     try:
         return int(read_progress(out).ranks.get(0, {}).get("finished", 0))
@@ -92,7 +78,7 @@ def test_a_run_interrupted_is_resumed_and_nothing_stale_or_concurrent_survives(
     study.write_text(STUDY)
     out = tmp_path / "out"
 
-    complete = melissa_run(study)
+    complete = start_run(study)
     _, stderr = complete.communicate(timeout=STUDY_SECONDS)
     assert complete.returncode == 0, stderr
     assert (out / "u.nc").exists()
@@ -100,11 +86,11 @@ def test_a_run_interrupted_is_resumed_and_nothing_stale_or_concurrent_survives(
     # A new run, interrupted once samples 0-2 are finished (3-5 hang): the old result is gone.
     (tmp_path / "hang").touch()
     (tmp_path / "runs.txt").unlink()
-    interrupted = melissa_run(study)
+    interrupted = start_run(study)
     try:
         wait_for(lambda: finished_on_the_server(out) == 3, "samples 0-2 finished", timeout=60)
         assert not (out / "u.nc").exists(), "an earlier run's result must not look current"
-        second = melissa_run(study)
+        second = start_run(study)
         _, refused = second.communicate(timeout=60)
         assert second.returncode == 1, refused
         assert "another `melissa-nb run` of this study is running" in refused
@@ -121,7 +107,7 @@ def test_a_run_interrupted_is_resumed_and_nothing_stale_or_concurrent_survives(
 
     # Resumed: only samples 3-5 run again, and the statistics hold every sample once.
     (tmp_path / "hang").unlink()
-    resumed = melissa_run(study, "--resume")
+    resumed = start_run(study, "--resume")
     stdout, stderr = resumed.communicate(timeout=STUDY_SECONDS)
     assert resumed.returncode == 0, stderr + stdout
     assert "3 samples finished, 0 dropped, 3 to run" in stderr
@@ -142,7 +128,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
     (tmp_path / "sim.py").write_text(SIMULATION)
     study = tmp_path / "study.toml"
     study.write_text(STUDY)
-    resumed = melissa_run(study, "--resume")
+    resumed = start_run(study, "--resume")
     _, stderr = resumed.communicate(timeout=60)
     assert resumed.returncode == 2
     assert "--resume: no checkpoint in" in stderr

@@ -26,24 +26,32 @@ MELISSA_NB = str(Path(sys.executable).parent / "melissa-nb")
 STUDY_SECONDS = 120
 
 
+def start_run(study: Path, *options: str) -> subprocess.Popen[str]:
+    """`melissa-nb run STUDY --no-progress [OPTIONS]` started, the venv's bin first on PATH."""
+    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.Popen(
+        [MELISSA_NB, "run", str(study), "--no-progress", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+
+
 def run_study(study: Path, timeout: float = STUDY_SECONDS) -> subprocess.CompletedProcess[str]:
-    """`melissa-nb run STUDY --no-progress`, bounded; the venv's bin first on PATH.
+    """`melissa-nb run STUDY --no-progress`, bounded.
 
     Past the timeout the runner gets SIGTERM, so that it stops its server and simulations
     (a SIGKILL would leave them orphaned), and the test fails.
     """
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = [MELISSA_NB, "run", str(study), "--no-progress"]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
-    ) as runner:
+    with start_run(study) as runner:
         try:
             stdout, stderr = runner.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             runner.send_signal(signal.SIGTERM)
             stdout, stderr = runner.communicate(timeout=60)
             pytest.fail(f"melissa-nb run took more than {timeout} s:\n{stderr}")
-    return subprocess.CompletedProcess(command, runner.returncode, stdout, stderr)
+    return subprocess.CompletedProcess(runner.args, runner.returncode, stdout, stderr)
 
 
 def read_results(path: Path) -> dict[str, np.ndarray]:
@@ -376,14 +384,7 @@ def test_sigint_stops_every_process_and_leaves_no_shared_memory(tmp_path: Path, 
         .replace('"python sim.py {a} {b}"', '"python sim.py {a}"')
     )
     (tmp_path / "study.toml").write_text(study)
-    environment = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    runner = subprocess.Popen(
-        [MELISSA_NB, "run", str(tmp_path / "study.toml"), "--no-progress"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment,
-    )
+    runner = start_run(tmp_path / "study.toml")
     try:
         parent = psutil.Process(runner.pid)
 
