@@ -479,6 +479,35 @@ def test_status_shows_live_progress_and_sigterm_cleans_up(start_server, rng) -> 
     assert "stopped by signal 15" in server.text()
 
 
+def test_status_of_a_sobol_study_counts_groups() -> None:
+    """With Sobol the server tracks groups: status says groups, not simulations."""
+    from rich.console import Console
+
+    from melissa_nb.server.status import SliceProgress, StudyProgress, render_progress
+
+    counters = dict.fromkeys(
+        ("messages", "accepted", "duplicates", "rejected", "running", "finished", "dropped"), 1
+    )
+    counters |= {
+        "message_rate": 0,
+        "byte_rate": 0,
+        "connections": 1,
+        "open_files_limit": 1024,
+        "state_bytes": 0,
+        "rss_bytes": 0,
+        "kernel_ns": 0,
+        "updated_at": time.time(),
+    }
+    description = {"study_id": "s", "ranks": 1, "sampling_size": 8, "group_size": 7}
+    piece = SliceProgress(0, "u", 0, 4, 2, 5, 3, 8, 6, 6, None)
+    console = Console(width=250, record=True)
+    console.print(render_progress(StudyProgress(description, {0: counters}, [piece])))
+    shown = console.export_text()
+    assert "8 groups of 7 simulations expected" in shown
+    assert "groups complete" in shown and "finished groups" in shown and "3/8" in shown
+    assert "simulations complete" not in shown
+
+
 def test_silent_simulation_is_dropped_without_launcher(start_server, rng) -> None:
     server = start_server("-s", "2", "-t", "3", "-f", "u", "-o", "mean:max", "-w", "1")
     values = rng.normal(size=(2, 3, 4))

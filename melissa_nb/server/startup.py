@@ -263,6 +263,7 @@ def write_server_file(
         "fields": list(config.field_names),
         "timesteps": config.timesteps,
         "sampling_size": config.sampling_size,
+        "group_size": config.group_size,  # > 1: the server counts Sobol groups, not simulations
         "operations": list(config.operations),
         "started_at": time.time(),
     }

@@ -175,9 +175,21 @@ def render_progress(progress: StudyProgress) -> Any:
     from rich.table import Table
 
     description = progress.description
+    group_size = int(description.get("group_size", 1))
+    unit = "groups" if group_size > 1 else "simulations"  # what the server counts
     ranks = Table(title=f"study {description['study_id']}: {description['ranks']} rank(s)")
     columns = ("messages", "accepted", "duplicates", "rejected", "running", "finished", "dropped")
-    headings = ("rank", *columns, "rate", "links", "state MiB", "RSS MiB", "kernel s", "updated")
+    headings = (
+        "rank",
+        *columns[:4],
+        *(f"{column} {unit}" for column in columns[4:]),
+        "rate",
+        "links",
+        "state MiB",
+        "RSS MiB",
+        "kernel s",
+        "updated",
+    )
     for column in headings:
         ranks.add_column(column, justify="right")
     for rank, counters in sorted(progress.ranks.items()):
@@ -191,13 +203,16 @@ def render_progress(progress: StudyProgress) -> Any:
             f"{counters['kernel_ns'] / 1e9:.2f}",
             f"{time.time() - counters['updated_at']:.1f} s ago",
         )
-    fields = Table(title=f"fields ({description['sampling_size']} samples expected)")
+    expected = f"{description['sampling_size']} {unit}"
+    if group_size > 1:
+        expected += f" of {group_size} simulations"
+    fields = Table(title=f"fields ({expected} expected)")
     for column in (
         "field",
         "rank",
         "client rank",
         "cells",
-        "simulations complete",
+        f"{unit} complete",
         "timesteps received",
         "samples per timestep",
         "current mean range",
