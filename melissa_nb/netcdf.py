@@ -20,7 +20,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Variable:
-    """One netCDF variable to define: name, dimensions, dtype, attributes."""
+    """One netCDF variable to define: name, dimensions, dtype ("f8", "i8", ... or "str"),
+    attributes."""
 
     name: str
     dimensions: tuple[str, ...]
@@ -52,8 +53,9 @@ class NetCDFStore:
             self._dataset.createDimension(name, size)
         for variable in variables:
             fill = np.nan if variable.dtype == "f8" else None
+            dtype = str if variable.dtype == "str" else variable.dtype  # "str": netCDF4 strings
             created = self._dataset.createVariable(
-                variable.name, variable.dtype, variable.dimensions, fill_value=fill
+                variable.name, dtype, variable.dimensions, fill_value=fill
             )
             created.setncatts(dict(variable.attributes))
         self._dataset.setncatts(dict(attributes))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from references import FIELD_REFERENCES, martinez_batch
 
+from melissa_nb.errors import ConfigurationError
 from melissa_nb.netcdf import NetCDFStore, Variable, read_results
 from melissa_nb.server.config import OPERATIONS, ServerConfig
 from melissa_nb.server.output import statistic_names, write_field
@@ -113,7 +114,8 @@ def test_rank_slices_are_written_in_global_order(config: ServerConfig, rng) -> N
     }
     assert set(statistic_names(config)) < set(results.variables)
     np.testing.assert_array_equal(results.variables["cell"], np.arange(7))
-    np.testing.assert_array_equal(results.variables["parameter"], [0, 1])
+    # The parameters by name (a string coordinate: `ds.sobol_first.sel(parameter="p2")`).
+    assert results.variables["parameter"].tolist() == ["p1", "p2"]
     np.testing.assert_array_equal(results.variables["sample_count"], [12, 12])
     ids = (np.arange(config.sampling_size)[:, None] * 4 + np.arange(2)).reshape(-1)
     for t in range(config.timesteps):
@@ -129,3 +131,22 @@ def test_rank_slices_are_written_in_global_order(config: ServerConfig, rng) -> N
     assert results.attributes["study_complete"] == 1
     assert results.attributes["confidence_level"] == 0.95
     assert results.attributes["kurtosis_convention"].startswith("excess")
+
+
+def test_parameter_names_are_the_parameter_coordinate(config: ServerConfig, rng) -> None:
+    import dataclasses
+
+    named = dataclasses.replace(config, parameter_names=("T_wall", "k"))
+    statistics = SliceStatistics(named, 0, "u", 0, 3)
+    try:
+        for t in range(named.timesteps):
+            for g in range(named.sampling_size):
+                statistics.update_groups(t, [rng.normal(size=(4, 3))], [g])
+        path = write_field(World(), named, "u", [statistics], 3, {"study_complete": 1})
+    finally:
+        statistics.release()
+    with NetCDFStore(path) as store:
+        assert store.read("parameter").tolist() == ["T_wall", "k"]
+        assert store.variable_dimensions("sobol_first") == ("time", "parameter", "cell")
+    with pytest.raises(ConfigurationError, match="--parameter-names: 1 names for -p"):
+        dataclasses.replace(config, parameter_names=("a",))

@@ -123,6 +123,13 @@ def test_heat_through_slurm_equals_the_local_run(slurm: None, tmp_path: Path) ->
         tmp_path / "slurm/out/parameters.csv"
     ).read_text()
     for name, local in results["local"].items():
+        if local.dtype.kind not in "fiu":  # the parameters' names
+            assert (
+                results["slurm"][name].tolist()
+                == local.tolist()
+                == list(("T0", "T1", "T2", "T3", "T4"))
+            )
+            continue
         np.testing.assert_allclose(
             results["slurm"][name], local, rtol=1e-12, atol=1e-12, err_msg=name
         )

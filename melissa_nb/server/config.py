@@ -196,6 +196,11 @@ class ServerConfig:
         default=60.0,
         help="Seconds a forward or the final acknowledgement may wait.",
     )
+    parameter_names: tuple[str, ...] = option(
+        "--parameter-names",
+        default=(),
+        help="Colon list of the parameters' names, for the results (default p1:p2:...).",
+    )
     # Embedded servers only (MelissaServer), no command-line option:
     statistics: bool = True  # False: no built-in kernels, state or result files
     forward_data: bool = True  # False: only what user code forwards (results) is pushed
@@ -253,6 +258,15 @@ class ServerConfig:
         )
         for order in self.quantiles:
             need(0.0 < order < 1.0, f"-q/--quantiles: order {order} not in (0, 1)")
+        need(
+            not self.parameter_names or len(self.parameter_names) == self.parameters,
+            f"--parameter-names: {len(self.parameter_names)} names for -p/--parameters "
+            f"{self.parameters}",
+        )
+        need(
+            len(set(self.parameter_names)) == len(self.parameter_names),
+            f"--parameter-names: repeated name in {':'.join(self.parameter_names)}",
+        )
         need(len(self.field_names) > 0, "-f/--fieldnames: at least one field name is required")
         need(
             len(set(self.field_names)) == len(self.field_names),
@@ -408,6 +422,11 @@ class ServerConfig:
         if self.bind_address in ("0.0.0.0", "*", "::"):
             return socket.gethostname()
         return self.bind_address
+
+    @property
+    def parameter_labels(self) -> tuple[str, ...]:
+        """The parameters' names in the results: --parameter-names, else p1, p2, ..."""
+        return self.parameter_names or tuple(f"p{k}" for k in range(1, self.parameters + 1))
 
     @property
     def checkpoint_directory(self) -> Path:

@@ -18,7 +18,13 @@ from typing import Any
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.server.config import ServerConfig, parse_colon_list
 
-COLON_LISTS = {"operations": str, "thresholds": float, "quantiles": float, "field_names": str}
+COLON_LISTS = {
+    "operations": str,
+    "thresholds": float,
+    "quantiles": float,
+    "field_names": str,
+    "parameter_names": str,
+}
 """Fields given as colon lists, with the type of their items."""
 _SCALARS = {"int": int, "float": float, "str": str, "Path": str, "bool": bool}
 

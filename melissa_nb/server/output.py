@@ -141,8 +141,8 @@ def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list
             Variable(
                 "parameter",
                 ("parameter",),
-                "i4",
-                {"long_name": "index k of the uncertain parameter (row C_k of the group)"},
+                "str",
+                {"long_name": "uncertain parameter k (row C_k of the group), by name"},
             )
         )
     variables.append(
@@ -341,4 +341,4 @@ def _write_coordinates(store: NetCDFStore, config: ServerConfig, total_cells: in
     if "quantile" in config.operations:
         store.write(QUANTILE_DIMENSION, (slice(None),), np.asarray(config.quantiles))
     if config.sobol:
-        store.write("parameter", (slice(None),), np.arange(config.parameters, dtype=np.int32))
+        store.write("parameter", (slice(None),), np.array(config.parameter_labels, dtype=object))

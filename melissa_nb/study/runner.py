@@ -168,6 +168,7 @@ def server_arguments(
         arguments.append("--quantiles=" + colon(repr(value) for value in config.quantiles))
     if config.sobol:
         arguments += ["--confidence", repr(config.confidence)]
+        arguments += ["--parameter-names", colon(config.parameter_names)]
     if config.target_width is not None:
         arguments += ["--target-width", repr(config.target_width)]
     arguments += ["--heartbeat", repr(config.heartbeat)]  # also the pace of the widths
