@@ -116,6 +116,7 @@ def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
     assert sorted(path.name for path in (out / "plots").iterdir()) == [
         "temperature_cell7.png",
         "temperature_moments_t1.png",
+        "temperature_sobol_aggregated.png",
         "temperature_sobol_t1.png",
     ]
 
