@@ -1,6 +1,8 @@
-"""Jobs on a Slurm cluster: sbatch to submit, one `scontrol show job` for every job's state,
-scancel to stop. The runner stays on the login node and keeps the launcher's sockets; the
-server and the simulations run on compute nodes (docs/study.md, "On a cluster").
+"""Jobs on a Slurm cluster: sbatch to submit, one `squeue` call for the state of every open job
+of the study (at most `at_once` and the server: never the whole cluster's queue), `scontrol show
+job` once per job that ended (its exit code), scancel to stop. The runner stays on the login
+node and keeps the launcher's sockets; the server and the simulations run on compute nodes
+(docs/study.md, "On a cluster").
 
 Each job is a batch script written under `<output>/jobs/`: its tasks start together in the
 background, each with its own environment additions and log, and the job ends with the first
@@ -29,7 +31,7 @@ from melissa_nb.study.jobs import Task
 from melissa_nb.study.simulations import STOP_GRACE_SECONDS
 
 COMMANDS = ("sbatch", "scontrol", "scancel", "squeue")
-POLL_SECONDS = 0.5  # one `scontrol show job` at most this often, for every job at once
+POLL_SECONDS = 0.5  # one `squeue` at most this often, for every open job of the study at once
 COMMAND_SECONDS = 30.0  # bound on one Slurm command (a busy controller answers slowly)
 VANISH_SECONDS = 10.0  # a job the controller never listed for this long is gone
 CLOSE_SECONDS = 30.0  # bound on waiting for cancelled jobs to leave the queue
@@ -55,6 +57,16 @@ def _run(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
         )
     except subprocess.TimeoutExpired:
         raise StudyError(f"{argv[0]} did not answer within {COMMAND_SECONDS:g} s") from None
+
+
+def _final_state(job_id: str) -> tuple[str, int, int] | None:
+    """(JobState, exit code, signal) of one job as `scontrol show job` says, None if unknown."""
+    shown = _run(["scontrol", "show", "job", "--oneliner", job_id])
+    match = _JOB_LINE.search(shown.stdout) if shown.returncode == 0 else None
+    if match is None:
+        return None
+    _, state, code, signal = match.groups()
+    return state.rstrip("+"), int(code), int(signal)
 
 
 def exit_code(state: str, code: int, signal: int) -> int:
@@ -186,21 +198,33 @@ class SlurmJobs:
         if now < self._next_poll and not force:
             return
         self._next_poll = now + POLL_SECONDS
-        open_jobs = [job for job in self.jobs.values() if job.code is None]
+        open_jobs = {job.job_id: job for job in self.jobs.values() if job.code is None}
         if not open_jobs:
             return
-        result = _run(["scontrol", "show", "job", "--oneliner"])
-        if result.returncode != 0 and "Invalid job id" not in result.stderr:
+        # Only this study's open jobs (at most `at_once` and the server), one squeue call.
+        listed = _run(
+            [
+                "squeue",
+                "--noheader",
+                "--states=all",
+                "--format=%i %T",
+                f"--jobs={','.join(open_jobs)}",
+            ]
+        )
+        if listed.returncode != 0 and "Invalid job id" not in listed.stderr:
             return  # a controller that does not answer now: ask again at the next poll
-        listed = set()
-        for line in result.stdout.splitlines():
-            match = _JOB_LINE.search(line)
-            if match and match.group(1) in self.jobs:
-                job_id, state, code, signal = match.groups()
-                listed.add(job_id)
-                self.jobs[job_id].observe(state.rstrip("+"), int(code), int(signal), now)
-        for job in open_jobs:
-            if job.job_id not in listed:
+        states = dict(line.split()[:2] for line in listed.stdout.splitlines() if line.strip())
+        for job_id, job in open_jobs.items():
+            state = states.get(job_id, "").rstrip("+")
+            if state and state not in ENDED:
+                job.observe(state, 0, 0, now)
+                continue
+            final = _final_state(job_id)  # its exit code: once per job, when it ended
+            if final is not None:
+                job.observe(*final, now)
+            elif state:
+                job.observe(state, 0, 0, now)
+            else:
                 job.missing(now)
 
     def counts(self) -> dict[str, int]:
