@@ -20,8 +20,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Variable:
-    """One netCDF variable to define: name, dimensions, dtype ("f8", "i8", ... or "str"),
-    attributes."""
+    """One netCDF variable to define: name, dimensions, dtype ("f8", "i8", "S1", ...),
+    attributes (a character array with `_Encoding` is written and read as strings)."""
 
     name: str
     dimensions: tuple[str, ...]
@@ -53,9 +53,8 @@ class NetCDFStore:
             self._dataset.createDimension(name, size)
         for variable in variables:
             fill = np.nan if variable.dtype == "f8" else None
-            dtype = str if variable.dtype == "str" else variable.dtype  # "str": netCDF4 strings
             created = self._dataset.createVariable(
-                variable.name, dtype, variable.dimensions, fill_value=fill
+                variable.name, variable.dtype, variable.dimensions, fill_value=fill
             )
             created.setncatts(dict(variable.attributes))
         self._dataset.setncatts(dict(attributes))
@@ -132,13 +131,26 @@ class NetCDFStore:
         self.close()
 
 
+GRID_DIMENSIONS = ("row", "column")
+"""The cell dimensions of a result file written on a grid (--grid-shape); else one, `cell`."""
+
+
+def cell_count(dimensions: Mapping[str, int]) -> int:
+    """Cells of a result file from its dimensions: `cell`, or `row` x `column`."""
+    if "cell" in dimensions:
+        return dimensions["cell"]
+    return int(np.prod([dimensions.get(name, 0) for name in GRID_DIMENSIONS]))
+
+
 @dataclass
 class Results:
-    """A results file read back: dimensions, every variable and the global attributes."""
+    """A results file read back: dimensions, every variable (and its dimensions) and the global
+    attributes."""
 
     dimensions: dict[str, int]
     variables: dict[str, np.ndarray]
     attributes: dict[str, Any]
+    variable_dimensions: dict[str, tuple[str, ...]]
 
 
 def read_results(path: str | os.PathLike[str]) -> Results:
@@ -148,4 +160,5 @@ def read_results(path: str | os.PathLike[str]) -> Results:
             store.dimensions(),
             {name: store.read(name) for name in store.names()},
             store.attributes(),
+            {name: store.variable_dimensions(name) for name in store.names()},
         )

@@ -1,10 +1,11 @@
 """`melissa-nb results DIR`: summary tables and PNG plots of a study's netCDF results.
 
-Reads every `<field>.nc` the server wrote (dimensions `time`, `cell`, and `threshold`,
-`quantile`, `parameter` where used). Maps need the grid of the cells: `--shape 100x100`, else
-the file's `grid_shape` attribute (the study runner writes it from the study file), else the
-cells are plotted as a line. Parameter names come from the `parameter_names` attribute (also
-written by the runner), else `parameters.csv` beside the files, else p1..pk.
+Reads every `<field>.nc` the server wrote (dimensions `time`, `cell` or `row` and `column`, and
+`threshold`, `quantile`, `parameter` where used); statistics are held with their cells flat (one
+last axis). Maps need the grid of the cells: `--shape 100x100`, else the file's own `row` and
+`column` dimensions or its `grid_shape` attribute, else the cells are plotted as a line.
+Parameter names come from the `parameter_names` attribute (also written by the runner), else
+`parameters.csv` beside the files, else p1..pk.
 
 matplotlib is the optional `plots` extra; without it the command says how to install it.
 """
@@ -22,7 +23,7 @@ from rich.table import Table
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api import SOBOL_RESULTS, widest_interval
-from melissa_nb.netcdf import NetCDFStore
+from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, cell_count
 
 INSTALL_PLOTS = "pip install 'melissa_nb[plots]'"
 COUNT_ATTRIBUTES = (
@@ -108,7 +109,7 @@ def load_field(path: str | Path) -> FieldResults:
         dimensions = store.dimensions()
         # Statistics only: coordinate variables (named like their dimension) are left out.
         variables = {
-            name: store.read(name)
+            name: _cells_last(store.read(name), store.variable_dimensions(name))
             for name in store.names()
             if ("time" in store.variable_dimensions(name) and name not in dimensions)
             or name.endswith("_aggregated_spacetime")
@@ -119,9 +120,10 @@ def load_field(path: str | Path) -> FieldResults:
             if "units" in store.attributes(name)
         }
         attributes = store.attributes()
-    missing = {"time", "cell"} - set(dimensions)
-    if missing:
-        raise ConfigurationError(f"{path} is not a melissa_nb result: no dimension {missing}")
+    gridded = set(GRID_DIMENSIONS) <= set(dimensions)
+    if "time" not in dimensions or not ("cell" in dimensions or gridded):
+        raise ConfigurationError(f"{path} is not a melissa_nb result: no time and cell dimensions")
+    dimensions["cell"] = cell_count(dimensions)
     nb_parameters = dimensions.get("parameter", 0)
     names = attributes.get("parameter_names")
     if isinstance(names, str) and len(names.split()) == nb_parameters:
@@ -131,10 +133,19 @@ def load_field(path: str | Path) -> FieldResults:
             f"p{k}" for k in range(1, nb_parameters + 1)
         )
     grid = attributes.get("grid_shape")
+    if gridded:
+        grid = [dimensions[name] for name in GRID_DIMENSIONS]
     grid_shape = tuple(int(size) for size in np.atleast_1d(grid)) if grid is not None else None
     return FieldResults(
         path, path.stem, variables, dimensions, attributes, parameter_names, grid_shape, units
     )
+
+
+def _cells_last(values: np.ndarray, dimensions: tuple[str, ...]) -> np.ndarray:
+    """A statistic with its cells as one last axis (a file on a grid has two: row, column)."""
+    if dimensions[-2:] == GRID_DIMENSIONS:
+        return values.reshape(values.shape[:-2] + (-1,))
+    return values
 
 
 def worst_widths(results: FieldResults) -> dict[str, tuple[float, float]]:

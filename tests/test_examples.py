@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cf_checker import NAMES_AS_COORDINATE, cf_messages
 from test_study_run import (
     STUDY_SECONDS,
     assert_results_equal,
@@ -17,6 +18,7 @@ from test_study_run import (
     run_study,
 )
 
+from melissa_nb.netcdf import NetCDFStore
 from melissa_nb.results import load_field, show_results
 from melissa_nb.study.sampling import read_parameters_csv
 
@@ -105,6 +107,11 @@ def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
 
     finished, outputs = outputs_by_group(out, model, 7)
     assert finished == [0, 1, 2, 3]
+    with NetCDFStore(out / "temperature.nc") as store:  # maps: the study file's grid_shape
+        assert store.variable_dimensions("mean") == ("time", "row", "column")
+        assert (store.dimensions()["row"], store.dimensions()["column"]) == (size, size)
+    # The runner's file, units added: CF-clean but for the chosen way of naming parameters.
+    assert cf_messages(out / "temperature.nc") == {"ERROR": [], "WARN": [NAMES_AS_COORDINATE]}
     results = read_results(out / "temperature.nc")
     reference = batch_reference(finished, outputs, thresholds=(150.0,))
     assert assert_results_equal(results, reference) == set(reference)

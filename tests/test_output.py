@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cf_checker import NAMES_AS_COORDINATE, cf_messages
 from references import FIELD_REFERENCES, martinez_batch
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.netcdf import NetCDFStore, Variable, read_results
 from melissa_nb.server.config import OPERATIONS, ServerConfig
-from melissa_nb.server.output import statistic_names, write_field
+from melissa_nb.server.output import cell_pieces, statistic_names, write_field
 from melissa_nb.server.ranks import World
 from melissa_nb.server.slices import SliceStatistics
 
@@ -111,6 +112,7 @@ def test_rank_slices_are_written_in_global_order(config: ServerConfig, rng) -> N
         "threshold": 3,
         "quantile_order": 2,
         "parameter": 2,
+        "parameter_strlen": 2,  # the names, a character array
     }
     assert set(statistic_names(config)) < set(results.variables)
     np.testing.assert_array_equal(results.variables["cell"], np.arange(7))
@@ -150,3 +152,81 @@ def test_parameter_names_are_the_parameter_coordinate(config: ServerConfig, rng)
         assert store.variable_dimensions("sobol_first") == ("time", "parameter", "cell")
     with pytest.raises(ConfigurationError, match="--parameter-names: 1 names for -p"):
         dataclasses.replace(config, parameter_names=("a",))
+
+
+@pytest.mark.parametrize("rows, columns", [(3, 5), (1, 7), (6, 1)])
+def test_cell_pieces_cover_any_range_of_a_grid_in_order(rows: int, columns: int) -> None:
+    """Every range [first, stop) of a grid's cells is at most three rectangles, in cell order."""
+    grid = np.arange(rows * columns).reshape(rows, columns)
+    for first in range(rows * columns):
+        for stop in range(first + 1, rows * columns + 1):
+            pieces = cell_pieces(first, stop, (rows, columns))
+            assert len(pieces) <= 3
+            covered = np.concatenate([grid[index].reshape(-1) for _, index in pieces])
+            np.testing.assert_array_equal(covered, np.arange(first, stop))
+            positions = np.concatenate([np.arange(stop - first)[part] for part, _ in pieces])
+            np.testing.assert_array_equal(positions, np.arange(stop - first))
+
+
+@pytest.mark.parametrize("total", [15, 19])  # the slices' 11 cells, then 4 or 8 without data
+def test_grid_shape_gives_rows_and_columns(config: ServerConfig, rng, total: int) -> None:
+    """--grid-shape 3:5: every statistic on (row, column), equal to the flat file reshaped, the
+    cells without a slice filled; a grid that does not hold the field leaves it flat."""
+    import dataclasses
+
+    sizes = (4, 7)  # the first slice ends in row 0, the second in row 2: pieces of rows
+    slices = []
+    try:
+        for client_rank, cells in enumerate(sizes):
+            slices.append(SliceStatistics(config, 0, "u", client_rank, cells))
+            for t in range(config.timesteps):
+                for g in range(config.sampling_size):
+                    slices[-1].update_groups(t, [rng.normal(size=(4, cells))], [g])
+        paths = {}
+        for name, grid in (("flat", ()), ("grid", (3, 5))):
+            changed = dataclasses.replace(
+                config, output_dir=config.output_dir / name, grid_shape=grid
+            )
+            changed.output_dir.mkdir()
+            paths[name] = write_field(World(), changed, "u", slices, total, {})
+    finally:
+        for statistics in slices:
+            statistics.release()
+    flat, gridded = read_results(paths["flat"]), read_results(paths["grid"])
+    if total != 15:  # 19 cells are no 3 x 5 grid
+        assert gridded.dimensions == flat.dimensions and "cell" in gridded.dimensions
+        return
+    assert "cell" not in gridded.dimensions
+    assert (gridded.dimensions["row"], gridded.dimensions["column"]) == (3, 5)
+    np.testing.assert_array_equal(gridded.variables["row"], np.arange(3))
+    np.testing.assert_array_equal(gridded.variables["column"], np.arange(5))
+    for name in statistic_names(config):
+        assert gridded.variable_dimensions[name][-2:] == ("row", "column")
+        expected = flat.variables[name]
+        np.testing.assert_array_equal(
+            gridded.variables[name], expected.reshape(expected.shape[:-1] + (3, 5)), name
+        )
+    for name in ("sobol_first_aggregated", "sample_count"):
+        np.testing.assert_array_equal(gridded.variables[name], flat.variables[name])
+
+
+def test_every_statistic_on_a_grid_passes_the_cf_checker(config: ServerConfig, rng) -> None:
+    """Every operation, Sobol and a grid: no CF error; warnings only the chosen one and the
+    threshold's units (the server does not know the field's: the runner adds them)."""
+    import dataclasses
+
+    gridded = dataclasses.replace(config, grid_shape=(2, 3), parameter_names=("T_wall", "κ"))
+    statistics = SliceStatistics(gridded, 0, "u", 0, 6)
+    try:
+        for t in range(gridded.timesteps):
+            for g in range(gridded.sampling_size):
+                statistics.update_groups(t, [rng.normal(size=(4, 6))], [g])
+        path = write_field(World(), gridded, "u", [statistics], 6, {"study_complete": 1})
+    finally:
+        statistics.release()
+    messages = cf_messages(path)
+    assert messages["ERROR"] == []
+    assert sorted(messages["WARN"]) == [
+        NAMES_AS_COORDINATE,
+        ("threshold", "(3.1): units attribute should be present"),
+    ]

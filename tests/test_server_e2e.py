@@ -362,6 +362,8 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
         "u:v",
         "-o",
         "mean:variance:min:max:sobol",
+        "--grid-shape",
+        "3:2",  # v's 6 cells (rank 0 writes row 0 and half of row 1); not u's 13: u stays flat
         ranks=2,
     )
     script = tmp_path / "sobol_client.py"
@@ -400,7 +402,12 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
             ]
         )  # (time, group, member, cell)
         results = read_results(server.output / f"{f}.nc")
-        assert results.dimensions == {"time": timesteps, "cell": cells, "parameter": parameters}
+        grid = {"row": 3, "column": 2} if f == "v" else {"cell": cells}
+        names = {"parameter": parameters, "parameter_strlen": 2}  # p1, p2 as characters
+        assert results.dimensions == {"time": timesteps, **grid, **names}
+        for name, written in results.variables.items():
+            if f == "v" and results.variable_dimensions[name][-2:] == ("row", "column"):
+                results.variables[name] = written.reshape(written.shape[:-2] + (cells,))
         assert results.attributes["server_ranks"] == 2
         general = values[:, :, :2, :].reshape(timesteps, 2 * groups, cells)
         ids = (np.arange(groups)[:, None] * rows + np.arange(2)[None, :]).reshape(-1)
@@ -433,6 +440,7 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
             results.variables["sobol_total_aggregated_spacetime"], total, rtol=1e-10, atol=1e-13
         )
         assert results.attributes["messages_rejected"] == 0
+    assert "--grid-shape 3:2 does not hold the 13 cells of field u" in server.text()
     server.assert_clean_exit()
 
 

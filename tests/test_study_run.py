@@ -55,10 +55,17 @@ def run_study(study: Path, timeout: float = STUDY_SECONDS) -> subprocess.Complet
 
 
 def read_results(path: Path) -> dict[str, np.ndarray]:
-    """Every variable of a result file, NaN where undefined."""
+    """Every variable of a result file, NaN where undefined, cells on one last axis as the
+    references have them (a file on a grid has two: row, column)."""
     with netCDF4.Dataset(path) as dataset:
         dataset.set_auto_mask(False)
-        return {name: np.asarray(variable[...]) for name, variable in dataset.variables.items()}
+        results = {}
+        for name, variable in dataset.variables.items():
+            values = np.asarray(variable[...])
+            if variable.dimensions[-2:] == ("row", "column"):
+                values = values.reshape(values.shape[:-2] + (-1,))
+            results[name] = values
+        return results
 
 
 def outputs_by_group(

@@ -201,6 +201,11 @@ class ServerConfig:
         default=(),
         help="Colon list of the parameters' names, for the results (default p1:p2:...).",
     )
+    grid_shape: tuple[int, ...] = option(
+        "--grid-shape",
+        default=(),
+        help="rows:columns of the cells (row-major): results get dimensions row, column.",
+    )
     # Embedded servers only (MelissaServer), no command-line option:
     statistics: bool = True  # False: no built-in kernels, state or result files
     forward_data: bool = True  # False: only what user code forwards (results) is pushed
@@ -266,6 +271,10 @@ class ServerConfig:
         need(
             len(set(self.parameter_names)) == len(self.parameter_names),
             f"--parameter-names: repeated name in {':'.join(self.parameter_names)}",
+        )
+        need(
+            len(self.grid_shape) in (0, 2) and all(size >= 1 for size in self.grid_shape),
+            f"--grid-shape: expected rows:columns, two sizes >= 1, got {self.grid_shape}",
         )
         need(len(self.field_names) > 0, "-f/--fieldnames: at least one field name is required")
         need(

@@ -53,7 +53,7 @@ from melissa_nb.server.convergence import INDICES, Convergence, local_widths
 from melissa_nb.server.forward import Forwarder
 from melissa_nb.server.ingest import Ingest
 from melissa_nb.server.launcher_link import LauncherLink
-from melissa_nb.server.output import results_directory, write_field
+from melissa_nb.server.output import grid_of, results_directory, write_field
 from melissa_nb.server.progress import Progress
 from melissa_nb.server.ranks import EndVote, World
 from melissa_nb.server.requests import receive_request
@@ -506,6 +506,13 @@ class ServerRank:
                 key=lambda item: item.client_rank,
             )
             total = int(sum(self.world.allgather(sum(item.cells for item in slices))))
+            if self.config.grid_shape and grid_of(self.config, total) is None and self.rank == 0:
+                self.log.error(
+                    "--grid-shape %s does not hold the %d cells of field %s: its results are flat",
+                    ":".join(map(str, self.config.grid_shape)),
+                    total,
+                    field,
+                )
             path = write_field(self.world, self.config, field, slices, total, extra, directory)
             if self.rank == 0:
                 self.log.info("wrote %s", path)

@@ -24,6 +24,7 @@ COLON_LISTS = {
     "quantiles": float,
     "field_names": str,
     "parameter_names": str,
+    "grid_shape": int,
 }
 """Fields given as colon lists, with the type of their items."""
 _SCALARS = {"int": int, "float": float, "str": str, "Path": str, "bool": bool}

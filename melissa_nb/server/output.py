@@ -32,7 +32,7 @@ from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api import SOBOL_RESULTS
 from melissa_nb.kernels.sobol import sobol_aggregated
-from melissa_nb.netcdf import NetCDFStore, Variable
+from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.claim import check_writable
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
@@ -83,14 +83,54 @@ def statistic_names(config: ServerConfig) -> list[str]:
     return names
 
 
-def _dimensions_of(name: str) -> tuple[str, ...]:
+def _dimensions_of(name: str, gridded: bool) -> tuple[str, ...]:
+    cells = GRID_DIMENSIONS if gridded else ("cell",)
     if name in ("threshold_exceedance", "exceedance_probability"):
-        return ("time", "threshold", "cell")
+        return ("time", "threshold", *cells)
     if name == "quantile":
-        return ("time", QUANTILE_DIMENSION, "cell")
+        return ("time", QUANTILE_DIMENSION, *cells)
     if name.startswith("sobol_"):
-        return ("time", "parameter", "cell")
-    return ("time", "cell")
+        return ("time", "parameter", *cells)
+    return ("time", *cells)
+
+
+def cell_pieces(
+    first: int, stop: int, grid: tuple[int, ...] | None
+) -> list[tuple[slice, tuple[slice, ...]]]:
+    """Cells [first, stop) as (positions in the range, index in the file's cell dimensions):
+    one flat piece, or on a grid at most three rectangles (end of a row, whole rows, start of a
+    row)."""
+    if not grid:
+        return [(slice(0, stop - first), (slice(first, stop),))]
+    columns = grid[1]
+    pieces = []
+    cell = first
+    while cell < stop:
+        row, column = divmod(cell, columns)
+        if column or stop - cell < columns:  # a part of one row
+            end = min(stop, (row + 1) * columns)
+            index = (slice(row, row + 1), slice(column, column + end - cell))
+        else:  # whole rows
+            end = cell + (stop - cell) // columns * columns
+            index = (slice(row, end // columns), slice(0, columns))
+        pieces.append((slice(cell - first, end - first), index))
+        cell = end
+    return pieces
+
+
+def _write_cells(
+    store: NetCDFStore,
+    name: str,
+    leading: tuple[Any, ...],
+    values: np.ndarray,
+    first: int,
+    grid: tuple[int, ...] | None,
+) -> None:
+    """Write `values` (cells last) at `leading` + the cells from global cell `first` on."""
+    for positions, index in cell_pieces(first, first + values.shape[-1], grid):
+        shape = tuple(part.stop - part.start for part in index)
+        piece = values[..., positions].reshape(values.shape[:-1] + shape)
+        store.write(name, leading + index, piece)
 
 
 AGGREGATED = {
@@ -101,9 +141,9 @@ AGGREGATED = {
 }
 """The indices of a whole field, per timestep and over space-time (no cell dimension)."""
 
-FIELD_UNITS = ("mean", "min", "max", "quantile")
-"""Statistics in the field's own units (variance in their square; the runner adds them when the
-study file gives them); every other statistic is dimensionless."""
+FIELD_UNITS = ("mean", "min", "max", "quantile", "threshold")
+"""Statistics (and the threshold coordinate) in the field's own units (variance in their square;
+the runner adds them when the study file gives them); every other statistic is dimensionless."""
 
 
 def _units_of(name: str) -> dict[str, str]:
@@ -115,13 +155,29 @@ def _dtype_of(name: str) -> str:
     return "i8" if name in ("min_simulation", "max_simulation", "threshold_exceedance") else "f8"
 
 
-def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list[Variable]]:
+def grid_of(config: ServerConfig, total_cells: int) -> tuple[int, ...] | None:
+    """The --grid-shape of a field's file, None (flat cells) without one or when it does not
+    hold the field's cells."""
+    grid = config.grid_shape
+    return grid if grid and grid[0] * grid[1] == total_cells else None
+
+
+def layout(
+    config: ServerConfig, total_cells: int, grid: tuple[int, ...] | None
+) -> tuple[dict[str, int], list[Variable]]:
     """Dimensions and variables (coordinates first) of one field's file."""
-    dimensions = {"time": config.timesteps, "cell": total_cells}
-    variables = [
-        Variable("time", ("time",), "i4", {"long_name": "timestep index", "units": "1"}),
-        Variable("cell", ("cell",), "i8", {"long_name": "global cell index", "units": "1"}),
-    ]
+    dimensions: dict[str, int] = {"time": config.timesteps}
+    variables = [Variable("time", ("time",), "i4", {"long_name": "timestep index", "units": "1"})]
+    if grid:
+        dimensions |= dict(zip(GRID_DIMENSIONS, grid, strict=True))
+        for name in GRID_DIMENSIONS:
+            long_name = f"{name} of the cell (global cell = row * columns + column)"
+            variables.append(Variable(name, (name,), "i8", {"long_name": long_name, "units": "1"}))
+    else:
+        dimensions["cell"] = total_cells
+        variables.append(
+            Variable("cell", ("cell",), "i8", {"long_name": "global cell index", "units": "1"})
+        )
     if "threshold" in config.operations:
         dimensions["threshold"] = len(config.thresholds)
         variables.append(Variable("threshold", ("threshold",), "f8", {"long_name": "threshold"}))
@@ -132,17 +188,23 @@ def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list
                 QUANTILE_DIMENSION,
                 (QUANTILE_DIMENSION,),
                 "f8",
-                {"long_name": "order of the quantile (probability)"},
+                {"long_name": "order of the quantile (probability)", "units": "1"},
             )
         )
     if config.sobol:
+        # Names as a character array (CF 2.2; the CF checker refuses netCDF4 strings) with an
+        # encoding: xarray reads it as the string coordinate of `parameter` (sel by name).
         dimensions["parameter"] = config.parameters
+        dimensions["parameter_strlen"] = max(len(name.encode()) for name in config.parameter_labels)
         variables.append(
             Variable(
                 "parameter",
-                ("parameter",),
-                "str",
-                {"long_name": "uncertain parameter k (row C_k of the group), by name"},
+                ("parameter", "parameter_strlen"),
+                "S1",
+                {
+                    "long_name": "uncertain parameter k (row C_k of the group), by name",
+                    "_Encoding": "utf-8",
+                },
             )
         )
     variables.append(
@@ -159,7 +221,7 @@ def layout(config: ServerConfig, total_cells: int) -> tuple[dict[str, int], list
         variables.append(
             Variable(
                 name,
-                _dimensions_of(name),
+                _dimensions_of(name, grid is not None),
                 _dtype_of(name),
                 {"long_name": LONG_NAMES[name], **_units_of(name)},
             )
@@ -217,7 +279,11 @@ def _results(slice_statistics: Any, names: Sequence[str], timestep: int) -> dict
 
 
 def write_rank_slices(
-    store: NetCDFStore, config: ServerConfig, slices: Sequence[Any], first_cell: int
+    store: NetCDFStore,
+    config: ServerConfig,
+    slices: Sequence[Any],
+    first_cell: int,
+    grid: tuple[int, ...] | None,
 ) -> int:
     """Write one rank's slices (in client-rank order) from global cell `first_cell` on.
 
@@ -227,10 +293,10 @@ def write_rank_slices(
     counts = np.full(config.timesteps, np.iinfo(np.int64).max, dtype=np.int64)
     offset = first_cell
     for slice_statistics in slices:
-        cells = slice(offset, offset + slice_statistics.cells)
         for t in range(config.timesteps):
             for name, values in _results(slice_statistics, names, t).items():
-                store.write(name, (t,) + (slice(None),) * (values.ndim - 1) + (cells,), values)
+                leading = (t,) + (slice(None),) * (values.ndim - 1)
+                _write_cells(store, name, leading, values, offset, grid)
             counts[t] = min(counts[t], slice_statistics.sample_count(t))
         offset += slice_statistics.cells
     if slices:
@@ -251,8 +317,9 @@ def write_field(
     """Write `<directory>/<field>.nc` collectively: each rank its own slices, in rank order.
 
     `directory`: the output directory unless told (the server's fallback when it cannot write
-    there).
+    there). Cells on the --grid-shape grid when it holds them (`grid_of`), else flat.
     """
+    grid = grid_of(config, total_cells)
     final = Path(directory or config.output_dir) / f"{field_name}.nc"
     partial = final.with_name(final.name + ".partial")
     aggregated = aggregated_indices(world, config, slices) if config.sobol else {}
@@ -263,21 +330,21 @@ def write_field(
         # write time); every rank writes its whole block instead, data or fill values.
         with NetCDFStore(partial, mode, prefill=False) as store:
             if world.rank == 0:
-                dimensions, variables = layout(config, total_cells)
+                dimensions, variables = layout(config, total_cells, grid)
                 store.define(
                     dimensions,
                     variables,
                     attributes(config, field_name, total_cells, world.size, extra_attributes),
                 )
-                _write_coordinates(store, config, total_cells)
+                _write_coordinates(store, config, total_cells, grid)
                 for name, values in aggregated.items():
                     store.write(name, (...,), values)
             first_cell, last_cell = rank_cells(total_cells, world.size, world.rank)
-            written = write_rank_slices(store, config, slices, first_cell)
-            if written < last_cell:
-                for name in statistic_names(config):
-                    rows = (slice(None),) * (len(_dimensions_of(name)) - 1)
-                    store.fill(name, (*rows, slice(written, last_cell)))
+            written = write_rank_slices(store, config, slices, first_cell, grid)
+            for name in statistic_names(config) if written < last_cell else ():
+                leading = (slice(None),) * (len(_dimensions_of(name, False)) - 1)
+                for _, index in cell_pieces(written, last_cell, grid):
+                    store.fill(name, leading + index)
         if world.rank == world.size - 1:
             os.replace(partial, final)
     finally:
@@ -332,13 +399,16 @@ def results_directory(config: ServerConfig, world: World, log: logging.Logger) -
     return None
 
 
-def _write_coordinates(store: NetCDFStore, config: ServerConfig, total_cells: int) -> None:
+def _write_coordinates(
+    store: NetCDFStore, config: ServerConfig, total_cells: int, grid: tuple[int, ...] | None
+) -> None:
     store.write("time", (slice(None),), np.arange(config.timesteps, dtype=np.int32))
-    store.write("cell", (slice(None),), np.arange(total_cells, dtype=np.int64))
+    for name, size in zip(GRID_DIMENSIONS, grid, strict=True) if grid else [("cell", total_cells)]:
+        store.write(name, (slice(None),), np.arange(size, dtype=np.int64))
     store.write("sample_count", (slice(None),), np.full(config.timesteps, np.iinfo(np.int64).max))
     if "threshold" in config.operations:
         store.write("threshold", (slice(None),), np.asarray(config.thresholds))
     if "quantile" in config.operations:
         store.write(QUANTILE_DIMENSION, (slice(None),), np.asarray(config.quantiles))
     if config.sobol:
-        store.write("parameter", (slice(None),), np.array(config.parameter_labels, dtype=object))
+        store.write("parameter", (slice(None),), np.array(config.parameter_labels))

@@ -238,7 +238,7 @@ def show_final_state(description: dict[str, Any], output_dir: Path, console: Any
     """No live server: what its result files say (0), or that it stopped without any (1)."""
     from rich.table import Table
 
-    from melissa_nb.netcdf import NetCDFStore
+    from melissa_nb.netcdf import NetCDFStore, cell_count
 
     table = Table(title=f"study {description['study_id']}: finished (no live server)")
     for column in ("file", "complete", "cells", "dropped", "duplicates", "rejected", "reasons"):
@@ -249,7 +249,7 @@ def show_final_state(description: dict[str, Any], output_dir: Path, console: Any
         if not path.is_file():
             continue
         with NetCDFStore(path) as store:
-            attributes, cells = store.attributes(), store.dimensions().get("cell", 0)
+            attributes, cells = store.attributes(), cell_count(store.dimensions())
         found += 1
         table.add_row(
             str(path),

@@ -169,6 +169,8 @@ def server_arguments(
     if config.sobol:
         arguments += ["--confidence", repr(config.confidence)]
         arguments += ["--parameter-names", colon(config.parameter_names)]
+    if config.grid_shape is not None and len(config.grid_shape) == 2:
+        arguments += ["--grid-shape", colon(str(size) for size in config.grid_shape)]
     if config.target_width is not None:
         arguments += ["--target-width", repr(config.target_width)]
     arguments += ["--heartbeat", repr(config.heartbeat)]  # also the pace of the widths
