@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from melissa_nb.auth import KEY_ENVIRONMENT, connect_with, read_key_file
 from melissa_nb.errors import ConfigurationError, ProtocolError, ServerUnreachableError
 from melissa_nb.partition import overlaps
 from melissa_nb.protocol import (
@@ -105,6 +106,8 @@ class Client:
         send_timeout: seconds a send may block on a full queue (server not reading) before
             raising ServerUnreachableError; None blocks without limit.
         linger: seconds `finalize` waits at most for queued data to leave.
+        key_file: the key file of a server started with `--auth` (`<output>/study.key`);
+            default MELISSA_NB_KEY_FILE, else none (a server without --auth).
     """
 
     def __init__(
@@ -116,8 +119,11 @@ class Client:
         connect_timeout: float = 60.0,
         send_timeout: float | None = 300.0,
         linger: float = 30.0,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.comm = comm
+        key_file = key_file or os.environ.get(KEY_ENVIRONMENT) or None
+        self.key = None if key_file is None else read_key_file(key_file)
         self.rank = 0 if comm is None else comm.Get_rank()
         self.comm_size = 1 if comm is None else comm.Get_size()
         self.simu_id = simulation_id_from_environment() if simu_id is None else simu_id
@@ -164,13 +170,16 @@ class Client:
     def _request_connection(self, timeout: float) -> bytes:
         request = self._context.socket(zmq.REQ)
         request.setsockopt(zmq.LINGER, 0)
+        if self.key is not None:
+            connect_with(request, self.key)
         try:
             request.connect(self.server)
             request.send(ConnectionRequest(self.comm_size, self.simu_id).encode())
             if not request.poll(int(timeout * 1000), zmq.POLLIN):
                 raise ServerUnreachableError(
                     f"no server answered at {self.server} within {timeout:g} s (check "
-                    "MELISSA_SERVER_NODE_NAME / server_name.txt and MELISSA_SERVER_PORT)"
+                    "MELISSA_SERVER_NODE_NAME / server_name.txt and MELISSA_SERVER_PORT; a "
+                    f"server started with --auth needs its key file in {KEY_ENVIRONMENT})"
                 )
             reply = request.recv()
         finally:
@@ -222,6 +231,8 @@ class Client:
             # queue only on a live connection: an absent server rank makes send wait (and time
             # out) instead of silently buffering up to SNDHWM whole frames in memory
             socket.setsockopt(zmq.IMMEDIATE, 1)
+            if self.key is not None:
+                connect_with(socket, self.key)
             socket.connect(self.reply.data_addresses[server_rank])
             self._sockets[server_rank] = socket
         return socket

@@ -22,6 +22,7 @@ import zmq
 from harness import announce
 
 from melissa_nb import MelissaServer, ServerStatus
+from melissa_nb.auth import connect_with, read_key_file
 from melissa_nb.forward_protocol import RESULT, Forwarded
 from melissa_nb.protocol import encode_data_frame
 from melissa_nb.server.forward import Consumer
@@ -83,7 +84,8 @@ def test_two_rank_server_feeds_the_regression_consumer(tmp_path: Path) -> None:
 def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path: Path) -> None:
     from melissa_nb.ports import free_port
 
-    consumer = Consumer()
+    consumer = Consumer(key_file=tmp_path / "pipeline.key")
+    key = read_key_file(tmp_path / "pipeline.key")
     results: list[Forwarded] = []
     failure: list[BaseException] = []
 
@@ -110,8 +112,23 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     thread.start()
     garbage = zmq.Context.instance().socket(zmq.PUSH)
     garbage.setsockopt(zmq.LINGER, 1000)
+    connect_with(garbage, key)  # a holder of the key sending garbage
     garbage.connect(consumer.data_address)
     garbage.send(b"not a forward header")  # counted and dropped by the consumer
+    strangers = []  # without the key (no CURVE, or a pair of their own): nothing gets in
+    for stranger in (None, zmq.curve_keypair()):
+        for address in (consumer.data_address, consumer.ack_address):
+            socket = zmq.Context.instance().socket(
+                zmq.PUSH if address == consumer.data_address else zmq.REQ
+            )
+            socket.setsockopt(zmq.LINGER, 0)
+            if stranger is not None:
+                socket.setsockopt(zmq.CURVE_SERVERKEY, key.public)
+                socket.setsockopt(zmq.CURVE_PUBLICKEY, stranger[0])
+                socket.setsockopt(zmq.CURVE_SECRETKEY, stranger[1])
+            socket.connect(address)
+            socket.send(b"not a forward header", zmq.NOBLOCK)
+            strangers.append(socket)
     server = MelissaServer(
         sampling_size=3,
         timesteps=2,
@@ -119,6 +136,7 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
         statistics=False,
         forward_to=consumer.data_address,
         forward_ack=consumer.ack_address,
+        forward_key=consumer.key_file,
         forward_data=False,
         connection_port=free_port(),
         data_port=0,
@@ -144,8 +162,11 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     garbage.close()
     thread.join(WAIT)
     consumer.close()
+    for socket in strangers:
+        socket.close()
     assert not failure, failure
-    assert consumer.finished and consumer.rejected == 1
+    assert consumer.finished and consumer.rejected == 1  # the key holder's garbage only
+    assert consumer.unauthenticated >= 2  # a foreign key on each of the two sockets
     assert [m.kind for m in results] == [RESULT] * 6
     assert [m.sequence for m in results] == list(range(6))
     last = {m.timestep: m.values[0] for m in results}  # the latest sum of each timestep

@@ -29,6 +29,7 @@ import zmq
 from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 from references import FIELD_REFERENCES, THRESHOLDS, aggregated_batch, martinez_batch
 
+from melissa_nb.auth import LinkKey, connect_with
 from melissa_nb.kernels import Quantiles
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
@@ -138,15 +139,23 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
 
 class RawSender:
-    """A hand-driven simulation side: handshake on REQ, frames on one PUSH per server rank."""
+    """A hand-driven simulation side: handshake on REQ, frames on one PUSH per server rank;
+    CURVE clients when given a `key` (a server started with --auth)."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, key: LinkKey | None = None) -> None:
         self.context = zmq.Context()
         self.endpoint = endpoint
+        self.key = key
         self.pushes: dict[int, zmq.Socket] = {}
 
+    def socket(self, kind: int) -> zmq.Socket:
+        socket = self.context.socket(kind)
+        if self.key is not None:
+            connect_with(socket, self.key)
+        return socket
+
     def handshake(self, simu_id: int, comm_size: int = 1) -> ConnectionReply:
-        request = self.context.socket(zmq.REQ)
+        request = self.socket(zmq.REQ)
         request.setsockopt(zmq.LINGER, 0)
         try:
             request.connect(self.endpoint)
@@ -157,7 +166,7 @@ class RawSender:
             request.close()
         for rank, address in enumerate(reply.data_addresses):
             if rank not in self.pushes:
-                push = self.context.socket(zmq.PUSH)
+                push = self.socket(zmq.PUSH)
                 push.setsockopt(zmq.LINGER, int(WAIT * 1000))
                 push.setsockopt(zmq.SNDTIMEO, int(WAIT * 1000))
                 push.connect(address)

@@ -73,13 +73,16 @@ def main() -> None:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--data", required=True, help="address to bind for the data (PULL)")
     arguments.add_argument("--ack", required=True, help="address to bind for acknowledgements")
+    arguments.add_argument(
+        "--key", type=Path, required=True, help="the links' key file (created if missing)"
+    )
     arguments.add_argument("--parameters", type=Path, required=True)
     arguments.add_argument("--timesteps", type=int, required=True)
     arguments.add_argument("--output", type=Path, default=Path("coefficients.npy"))
     args = arguments.parse_args()
     table = np.loadtxt(args.parameters, delimiter=",", ndmin=2)
     parameters = {int(row[0]): row[1:] for row in table}
-    consumer = Consumer(args.data, args.ack)
+    consumer = Consumer(args.data, args.ack, key_file=args.key)
     try:
         coefficients = consume(consumer, parameters, args.timesteps)
     finally:

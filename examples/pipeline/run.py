@@ -7,7 +7,8 @@ consumer (consumer.py), the server (`mpiexec -n M melissa-nb server ... --forwar
 the simulations (../melissa4py/simulation.py), and waits for all of them. The server computes
 its usual statistics and forwards every accepted message; the consumer fits, per timestep and
 cell, the field as a linear function of the parameters and saves the coefficients to
-`<workdir>/coefficients.npy`. Every process writes its output to `<workdir>/<name>.log`.
+`<workdir>/coefficients.npy`. Every process writes its output to `<workdir>/<name>.log`. The
+links between server and consumer are authenticated with `<workdir>/pipeline.key`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from melissa_nb.auth import create_key_file
 from melissa_nb.study.runner import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -52,6 +54,10 @@ def main() -> int:
     ids = np.arange(args.simulations)[:, None]
     np.savetxt(table, np.hstack([ids, parameters]), delimiter=",", fmt="%.17g")
     data, ack = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    # The links' key (mode 0600), made before either end starts: the consumer admits only
+    # holders of it, and the server reads it (--forward-key).
+    key_file = workdir / "pipeline.key"
+    create_key_file(key_file)
     connection_port = free_port()
     children = [
         start(
@@ -62,6 +68,8 @@ def main() -> int:
                 data,
                 "--ack",
                 ack,
+                "--key",
+                str(key_file),
                 "--parameters",
                 str(table),
                 "--timesteps",
@@ -98,6 +106,8 @@ def main() -> int:
                 data,
                 "--forward-ack",
                 ack,
+                "--forward-key",
+                str(key_file),
                 "--forward-timeout",
                 "30",
             ],

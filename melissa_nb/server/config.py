@@ -201,6 +201,17 @@ class ServerConfig:
         default=(),
         help="Colon list of the parameters' names, for the results (default p1:p2:...).",
     )
+    auth: bool = option(
+        "--auth",
+        default=False,
+        help="CURVE on the data and connection sockets: only clients given the key file "
+        "<output>/study.key (MELISSA_NB_KEY_FILE) get in; not Melissa 0.6 C clients.",
+    )
+    forward_key: Path | None = option(
+        "--forward-key",
+        default=None,
+        help="The pipeline consumer's key file (Consumer(key_file=...)); needed with --forward-to.",
+    )
     grid_shape: tuple[int, ...] = option(
         "--grid-shape",
         default=(),
@@ -213,7 +224,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         self._validate()
         object.__setattr__(self, "output_dir", Path(self.output_dir))
-        for name in ("restart_dir", "checkpoint_dir"):
+        for name in ("restart_dir", "checkpoint_dir", "forward_key"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
         if self.study_id is None:
@@ -275,6 +286,11 @@ class ServerConfig:
         need(
             len(self.grid_shape) in (0, 2) and all(size >= 1 for size in self.grid_shape),
             f"--grid-shape: expected rows:columns, two sizes >= 1, got {self.grid_shape}",
+        )
+        need(
+            self.forward_to is None or self.forward_key is not None,
+            "--forward-to needs --forward-key: the consumer's key file (pipeline links are "
+            "authenticated)",
         )
         need(len(self.field_names) > 0, "-f/--fieldnames: at least one field name is required")
         need(

@@ -1,17 +1,31 @@
 """Pipelines, the two ends: a server rank's `Forwarder` (PUSH, then END and a bounded wait for
 the consumer's acknowledgement) and the downstream `Consumer` (PULL and the acknowledgement REP).
 The wire format is `melissa_nb.forward_protocol` (docs/embedding.md is the reference).
+
+Both links are CURVE (melissa_nb.auth): the consumer creates a key file (mode 0600) and admits
+only peers holding its key pair; the server reads the same file (--forward-key). Anyone else's
+connection is refused before a message passes, and counted (`Consumer.unauthenticated`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import zmq
 
+from melissa_nb.auth import (
+    PIPELINE_KEY_FILE,
+    Gatekeeper,
+    LinkKey,
+    connect_with,
+    load_or_create_key,
+    serve_with,
+)
 from melissa_nb.errors import ProtocolError
 from melissa_nb.forward_protocol import END, Forwarded
 
@@ -34,8 +48,10 @@ class Forwarder:
         timeout: float,
         counts: dict[str, int],
         log: logging.Logger,
+        key: LinkKey,
     ) -> None:
         self.rank, self.ranks, self.timeout = rank, ranks, timeout
+        self.key = key
         self.counts, self.log = counts, log
         self.ack_address = ack_address
         self.context = context
@@ -43,6 +59,7 @@ class Forwarder:
         self.pusher.setsockopt(zmq.SNDHWM, SEND_HWM)
         self.pusher.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))
         self.pusher.setsockopt(zmq.LINGER, LINGER_MS)
+        connect_with(self.pusher, key)
         self.pusher.connect(data_address)
         self.sent = 0
         self.broken = False
@@ -99,6 +116,7 @@ class Forwarder:
         end = Forwarded(END, self.rank, self.ranks, -1, -1, -1, self.sent, "", None).header()
         request = self.context.socket(zmq.REQ)
         request.setsockopt(zmq.LINGER, 0)
+        connect_with(request, self.key)
         try:
             self.pusher.send(end)
             request.connect(self.ack_address)
@@ -132,20 +150,30 @@ class Forwarder:
 class Consumer:
     """The downstream side: binds PULL (data) and REP (acknowledgements), yields messages.
 
-    `for message in consumer.messages(timeout)` yields DATA and RESULT messages until every
-    rank's END arrived with all its messages (acknowledged as they complete), or until
-    `timeout` seconds pass without any message (TimeoutError). Each message's `values` is a
-    read-only view of the received frame: copy what you keep.
+    `key_file`: the link's key pair, created there (mode 0600) unless the file exists; give the
+    same file to the server (`--forward-key`). `for message in consumer.messages(timeout)`
+    yields DATA and RESULT messages until every rank's END arrived with all its messages
+    (acknowledged as they complete), or until `timeout` seconds pass without any message
+    (TimeoutError). Each message's `values` is a read-only view of the received frame: copy
+    what you keep.
     """
 
     def __init__(
-        self, data_address: str = "tcp://127.0.0.1:*", ack_address: str = "tcp://127.0.0.1:*"
+        self,
+        data_address: str = "tcp://127.0.0.1:*",
+        ack_address: str = "tcp://127.0.0.1:*",
+        key_file: str | os.PathLike[str] = PIPELINE_KEY_FILE,
     ) -> None:
+        self.key_file = Path(key_file)
+        key = load_or_create_key(self.key_file)
+        self.unauthenticated = 0  # connections refused: not holding the key
         self.context = zmq.Context()
+        self.gatekeeper = Gatekeeper(self.context, key, self._refused)
         self.puller = self.context.socket(zmq.PULL)
         self.replier = self.context.socket(zmq.REP)
         for socket in (self.puller, self.replier):
             socket.setsockopt(zmq.LINGER, LINGER_MS)
+            serve_with(socket, key)
         self.puller.bind(data_address)
         self.replier.bind(ack_address)
         self.data_address = self.puller.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -169,6 +197,7 @@ class Consumer:
     def messages(self, timeout: float = 60.0) -> Iterator[Forwarded]:
         """Yield every DATA and RESULT message until the stream is finished (see the class)."""
         poller = zmq.Poller()
+        poller.register(self.gatekeeper.socket, zmq.POLLIN)
         poller.register(self.puller, zmq.POLLIN)
         poller.register(self.replier, zmq.POLLIN)
         last = time.monotonic()
@@ -176,6 +205,8 @@ class Consumer:
             if time.monotonic() - last > timeout:
                 raise TimeoutError(f"no message for {timeout:g} s (received {self.received})")
             events = dict(poller.poll(POLL_MS))
+            if self.gatekeeper.socket in events:
+                self.gatekeeper.answer()
             if self.puller in events:
                 last = time.monotonic()
                 for _ in range(DRAIN):
@@ -221,6 +252,9 @@ class Consumer:
             )
             self._acknowledged.add(asking.rank)
             self._asking = None
+
+    def _refused(self, address: str) -> None:
+        self.unauthenticated += 1
 
     def _all_acknowledged(self) -> bool:
         return len(self._acknowledged) == (self.ranks or 0)

@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from melissa_nb.auth import read_key_file
 from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryUnavailable
 from melissa_nb.forward_protocol import DATA
 from melissa_nb.protocol import (
@@ -60,9 +61,11 @@ from melissa_nb.server.requests import receive_request
 from melissa_nb.server.signals import EarlySignals
 from melissa_nb.server.stages import Processing
 from melissa_nb.server.startup import (
+    HANDSHAKE_FAILED,
     RankSockets,
     claim_study,
     start_rank,
+    study_key,
     warm_kernels,
     write_server_file,
 )
@@ -151,6 +154,7 @@ class ServerRank:
 
         Collective: a rank that fails still takes part in the gather (see `startup`).
         """
+        key = study_key(self.config, self.world)  # first: every rank reaches it
         problem = None
         try:
             try:
@@ -163,7 +167,7 @@ class ServerRank:
                 "stop": self.request_stop,
                 "checkpoint": self.request_checkpoint,
             }
-            self.sockets.bind(self.config, self.world, actions, self.progress.reject, self.log)
+            self.sockets.bind(self.config, self.world, actions, self.progress.reject, self.log, key)
         except ConfigurationError as error:
             problem = f"rank {self.rank}: {error}"
         outcomes = self.world.allgather((problem, self.sockets.data_address))
@@ -188,6 +192,7 @@ class ServerRank:
             self.config.forward_timeout,
             self.progress.counts,
             self.log,
+            read_key_file(self.config.forward_key),
         )
         forwarder = self.forwarder
         if self.config.forward_data:
@@ -253,10 +258,12 @@ class ServerRank:
         events = dict(self.poller.poll(timeout_ms))
         now = time.monotonic()
         sockets = self.sockets
+        if sockets.gatekeeper is not None and sockets.gatekeeper.socket in events:
+            sockets.gatekeeper.answer()  # before data: a waiting handshake holds a client back
         if sockets.data in events:
             self.ingest.drain(sockets.data, self.drain, now)
         if sockets.data_monitor in events:
-            self._count_connections()
+            self._count_connections(now)
         if sockets.connection is not None and sockets.connection in events:
             self._answer_connection(now)
         if sockets.control is not None and sockets.control.socket in events:
@@ -289,7 +296,7 @@ class ServerRank:
             return self._finish(aborted=True, results=False)
         return self._finish(vote.aborted)
 
-    def _count_connections(self) -> None:
+    def _count_connections(self, now: float) -> None:
         """Read the data socket's monitor: peers connected now, disconnections so far."""
         counts, monitor = self.progress.counts, self.sockets.data_monitor
         while monitor.poll(0):
@@ -299,6 +306,10 @@ class ServerRank:
             elif event == zmq.EVENT_DISCONNECTED:
                 counts["connections"] -= 1
                 counts["disconnections"] += 1
+            elif event & HANDSHAKE_FAILED:
+                self.progress.reject(
+                    "unauthenticated", "a data link without CURVE (--auth) refused", now
+                )
 
     def _answer_connection(self, now: float) -> None:
         """Rank 0: reply to one connection request with the port table (REP: always reply)."""

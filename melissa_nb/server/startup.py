@@ -20,6 +20,14 @@ import numba
 import numpy as np
 import zmq
 
+from melissa_nb.auth import (
+    KEY_FILE,
+    Gatekeeper,
+    LinkKey,
+    create_key_file,
+    load_or_create_key,
+    serve_with,
+)
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.kernels.finite import count_non_finite
@@ -32,9 +40,12 @@ from melissa_nb.server.slices import general_settings
 
 DATA_LINGER_MS = 0
 CONNECTION_MAX_MESSAGE = 64  # a connection request is 8 bytes
+CURVE_MAX_COMMAND = 1024  # ZeroMQ applies the limit to CURVE's handshake commands too (~300)
 CONNECTION_LINGER_MS = 1000
 SERVER_FILE = "server.json"
 MONITORED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED  # data socket events counted
+HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+"""With --auth: a peer without CURVE (ZeroMQ refuses it before the gatekeeper is asked)."""
 
 
 def rank_logger(rank: int, verbosity: int) -> logging.Logger:
@@ -144,12 +155,36 @@ def _bind(socket: zmq.Socket, endpoint: str, option: str) -> None:
         raise ConfigurationError(f"{option}: cannot bind {endpoint}: {error}") from None
 
 
+def study_key(config: ServerConfig, world: World) -> LinkKey | None:
+    """With --auth, rank 0 writes a new key file `<output>/study.key` (a restart keeps the one
+    there: running simulations hold it) and every rank gets its key pair (collective;
+    ConfigurationError on every rank if it cannot be written or read)."""
+    if not config.auth:
+        return None
+    key, problem = None, None
+    if world.rank == 0:
+        try:
+            config.output_dir.mkdir(parents=True, exist_ok=True)
+            path = config.output_dir / KEY_FILE
+            restart = config.restart_dir is not None
+            key = load_or_create_key(path) if restart else create_key_file(path)
+        except (OSError, ConfigurationError) as error:
+            problem = f"--auth: cannot write the key file in --output-dir: {error}"
+    key, problem = world.allgather((key, problem))[0]
+    if problem:
+        raise ConfigurationError(problem)
+    return key
+
+
 class RankSockets:
     """The sockets a rank serves: data (PULL, every rank) and its ZeroMQ monitor; connection
-    requests (REP) and the control endpoint on rank 0. `close` is safe after a partial bind."""
+    requests (REP) and the control endpoint on rank 0; with --auth the gatekeeper that admits
+    only CURVE clients holding the study's key. `close` is safe after a partial bind."""
 
     def __init__(self, context: zmq.Context) -> None:
         self.context = context
+        self.gatekeeper: Gatekeeper | None = None
+        self.key: LinkKey | None = None
         self.data: zmq.Socket | None = None
         self.data_monitor: zmq.Socket | None = None
         self.data_address = ""
@@ -163,8 +198,21 @@ class RankSockets:
         control_actions: dict[str, Action],
         reject: Reject,
         log: logging.Logger,
+        key: LinkKey | None,
     ) -> None:
-        """Bind this rank's sockets (ConfigurationError naming the option on failure)."""
+        """Bind this rank's sockets (ConfigurationError naming the option on failure); with a
+        `key` (--auth) the data and connection sockets are CURVE servers behind a gatekeeper."""
+        if key is not None:
+            self.key = key
+            self.gatekeeper = Gatekeeper(
+                self.context,
+                key,
+                lambda address: reject(
+                    "unauthenticated",
+                    f"a data or connection link from {address} without the study's key",
+                    time.monotonic(),
+                ),
+            )
         self.data = self._bind_data(config, world.local_index)
         if world.rank == 0:
             self.connection = self._bind_connection(config)
@@ -175,19 +223,25 @@ class RankSockets:
         data.setsockopt(zmq.RCVHWM, 32)
         data.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
         data.setsockopt(zmq.LINGER, DATA_LINGER_MS)
+        if self.key is not None:
+            serve_with(data, self.key)
         port = config.data_port_for(local_index)
         _bind(data, f"tcp://{config.bind_address}:{port if port else '*'}", "--data_port/--bind")
         bound_port = int(data.getsockopt_string(zmq.LAST_ENDPOINT).rsplit(":", 1)[1])
         self.data_address = f"tcp://{config.advertise_host}:{bound_port}"
         # Connections come and go through ZeroMQ unseen; its monitor tells of each, so status
         # can show them, and a connection ZeroMQ closes (a message above --max-cells) is counted.
-        self.data_monitor = data.get_monitor_socket(MONITORED)
+        events = MONITORED | (HANDSHAKE_FAILED if self.key is not None else 0)
+        self.data_monitor = data.get_monitor_socket(events)
         return data
 
     def _bind_connection(self, config: ServerConfig) -> zmq.Socket:
         connection = self.context.socket(zmq.REP)
-        connection.setsockopt(zmq.MAXMSGSIZE, CONNECTION_MAX_MESSAGE)
+        limit = CONNECTION_MAX_MESSAGE if self.key is None else CURVE_MAX_COMMAND
+        connection.setsockopt(zmq.MAXMSGSIZE, limit)
         connection.setsockopt(zmq.LINGER, CONNECTION_LINGER_MS)
+        if self.key is not None:
+            serve_with(connection, self.key)
         endpoint = f"tcp://{config.bind_address}:{config.connection_port}"
         _bind(connection, endpoint, "--connection-port/--bind")
         return connection
@@ -220,6 +274,8 @@ class RankSockets:
     def inputs(self) -> list[zmq.Socket]:
         """Every bound socket the loop polls."""
         sockets = [self.data, self.data_monitor, self.connection]
+        if self.gatekeeper is not None:
+            sockets.append(self.gatekeeper.socket)
         if self.control is not None:
             sockets.append(self.control.socket)
         return [socket for socket in sockets if socket is not None]
@@ -238,6 +294,9 @@ class RankSockets:
             if socket is not None:
                 socket.close()
         self.data = self.connection = None
+        if self.gatekeeper is not None:
+            self.gatekeeper.close()
+            self.gatekeeper = None
 
 
 def write_server_file(
@@ -258,6 +317,7 @@ def write_server_file(
         "data_addresses": addresses,
         "control_address": control_address,
         "control_secret_file": str(config.output_dir / SECRET_FILE),
+        "key_file": str(config.output_dir / KEY_FILE) if config.auth else None,
         "shm_prefix": config.shm_prefix(),
         "progress_blocks": [f"{config.shm_prefix()}r{rank}_progress" for rank in range(world.size)],
         "fields": list(config.field_names),

@@ -124,6 +124,7 @@ class StudyConfig:
     heartbeat: float = 20.0
     target_width: float | None = None
     server_script: Path | None = None
+    auth: bool = False  # [server] auth: CURVE on the data links (server --auth)
     scheduler: SchedulerConfig = SchedulerConfig()
     units: tuple[tuple[str, str], ...] = ()  # (field, its units) given in [study] units
 
@@ -456,6 +457,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
             if server.get("script", None) is not None
             else None
         ),
+        auth=server.boolean("auth", False),
         scheduler=scheduler,
         units=_read_units(study, fields),
     )

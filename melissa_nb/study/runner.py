@@ -34,6 +34,7 @@ import zmq
 from rich.console import Console
 from rich.markup import escape
 
+from melissa_nb.auth import KEY_ENVIRONMENT, KEY_FILE
 from melissa_nb.errors import ConfigurationError, MelissaError, StudyError, StudyInterrupted
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
@@ -169,6 +170,8 @@ def server_arguments(
     if config.sobol:
         arguments += ["--confidence", repr(config.confidence)]
         arguments += ["--parameter-names", colon(config.parameter_names)]
+    if config.auth:
+        arguments.append("--auth")
     if config.grid_shape is not None and len(config.grid_shape) == 2:
         arguments += ["--grid-shape", colon(str(size) for size in config.grid_shape)]
     if config.target_width is not None:
@@ -344,6 +347,8 @@ class StudyRunner:
                 "MELISSA_SERVER_NODE_NAME": self.server_host,
                 "MELISSA_SERVER_PORT": str(connection_port),
             }
+            if self.config.auth:
+                environment[KEY_ENVIRONMENT] = str(self.config.output_dir / KEY_FILE)
             tasks.append(Task(tuple(argv), log_path, environment))
         scheduler = self.config.scheduler
         job = self.jobs.submit(
