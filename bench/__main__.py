@@ -15,6 +15,7 @@ BENCHMARKS = {
     "startup": "bench.startup",
     "memory": "bench.memory",
     "scheduler": "bench.scheduler",
+    "auth": "bench.auth",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

@@ -162,3 +162,17 @@ def test_unknown_benchmark_is_rejected() -> None:
     completed = run_bench("no_such_benchmark")
     assert completed.returncode == 2
     assert "unknown benchmark 'no_such_benchmark'" in completed.stderr
+
+
+def test_auth_benchmark_moves_the_same_frames_both_ways(tmp_path: Path) -> None:
+    """`python -m bench auth --quick`: NULL and CURVE runs of the same frames, both timed."""
+    completed = run_bench("auth", "--quick", "--output-dir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    records = json.loads((tmp_path / "auth.json").read_text())["records"]
+    assert [record["cells"] for record in records] == [1_000]
+    for record in records:
+        null, curve = record["runs"]["null"][0], record["runs"]["curve"][0]
+        assert null["frames"] == curve["frames"] >= 10
+        assert record["curve_over_null"] == pytest.approx(
+            record["curve_gbps"] / record["null_gbps"]
+        )
