@@ -322,13 +322,16 @@ class MelissaServer:
 
     def _receive(self, message: DataMessage) -> None:
         sample = self._sample(message)
-        if self.config.launcher_name is not None and sample not in self._rank.job_parameters:
+        if (
+            self.config.launcher_name is not None
+            and sample not in self._rank.ingest.tracker.job_parameters
+        ):
             self._waiting.append((time.monotonic(), message, sample))
         else:
             self._inbox.append(self._data(message, sample))
 
     def _data(self, message: DataMessage, sample: int) -> SimulationData:
-        parameters = self._rank.job_parameters.get(sample)
+        parameters = self._rank.ingest.tracker.job_parameters.get(sample)
         return SimulationData(
             timestep=message.time_stamp,
             simulation_id=message.simu_id,
@@ -343,8 +346,8 @@ class MelissaServer:
         """The next message to hand over: those whose JOB arrived (or waited long enough)."""
         for _ in range(len(self._waiting)):
             since, message, sample = self._waiting.popleft()
-            if sample in self._rank.job_parameters or now - since >= JOB_WAIT:
-                if sample not in self._rank.job_parameters:
+            if sample in self._rank.ingest.tracker.job_parameters or now - since >= JOB_WAIT:
+                if sample not in self._rank.ingest.tracker.job_parameters:
                     self.log.warning(
                         "no JOB for sample %d after %g s: its data has no parameters",
                         sample,

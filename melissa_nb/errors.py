@@ -34,6 +34,7 @@ REJECTION_REASONS = (
     "vect_size_changed",
     # what came before (the server's ingest and launcher link)
     "no_handshake",
+    "no_parameters",
     "client_comm_size_changed",
     "dropped_simulation",
     "drop_out_of_range",

@@ -6,6 +6,7 @@ here. See docs/kernels.md for an example.
 """
 
 from melissa_nb.kernels.api import (
+    Correlation,
     Extrema,
     FieldStatistics,
     Moments,
@@ -15,6 +16,7 @@ from melissa_nb.kernels.api import (
 )
 
 __all__ = [
+    "Correlation",
     "Extrema",
     "FieldStatistics",
     "Moments",

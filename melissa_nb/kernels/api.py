@@ -29,6 +29,12 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.correlation import (
+    correlation_finalize,
+    correlation_merge,
+    correlation_update,
+    inverse_parameter_correlation,
+)
 from melissa_nb.kernels.exceedance import (
     exceedance_finalize,
     exceedance_merge,
@@ -55,6 +61,14 @@ INT = np.dtype(np.int64)
 MOMENT_NAMES = ("mean", "variance", "skewness", "kurtosis")
 EXTREMA_NAMES = ("min", "max", "min_simulation", "max_simulation")
 SOBOL_RESULTS = ("first", "total", "first_ci_low", "first_ci_high", "total_ci_low", "total_ci_high")
+CORRELATION_RESULTS = (
+    "correlation",
+    "correlation_ci_low",
+    "correlation_ci_high",
+    "src_squared",
+    "regression_r2",
+)
+CORRELATION_STATE = ("shift", "output", "comoment", "parameter_mean", "parameter_comoment")
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -708,6 +722,120 @@ class SobolMartinez(_MergeableStatistic):
         """
         out = self._finalized()
         return widest_interval(out[3] - out[2]), widest_interval(out[5] - out[4])
+
+
+class Correlation(_MergeableStatistic):
+    """Correlation of each cell's output with each of ``parameters`` inputs, for plain Monte
+    Carlo samples: Pearson r with its Fisher-z interval at ``confidence``, the squared
+    standardized regression coefficients and the R^2 of the linear fit (see
+    ``melissa_nb.kernels.correlation`` for the formulas and the NaN policy).
+
+    Feed each simulation's output (cells,) with its parameters (parameters,).
+    """
+
+    def __init__(
+        self,
+        cells: int,
+        parameters: int,
+        confidence: float = 0.95,
+        *,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__(cells, {"parameters": _integer("parameters", parameters, 1)}, arrays)
+        self.parameters: int = self._settings["parameters"]
+        self.confidence = _levels("confidence", [confidence], open_unit=True)[0]
+
+    @staticmethod
+    def layout(cells: int, parameters: int = 1) -> Layout:
+        """``shift`` (cells,), ``output`` (2, cells), ``comoment`` (p, cells),
+        ``parameter_mean`` (p,), ``parameter_comoment`` (p, p), ``count``."""
+        return {
+            "shift": ((cells,), FLOAT),
+            "output": ((2, cells), FLOAT),
+            "comoment": ((parameters, cells), FLOAT),
+            "parameter_mean": ((parameters,), FLOAT),
+            "parameter_comoment": ((parameters, parameters), FLOAT),
+            **_count_layout(),
+        }
+
+    def _state(self) -> tuple[np.ndarray, ...]:
+        return tuple(self.arrays[name] for name in CORRELATION_STATE)
+
+    def update(self, x: np.ndarray, parameters: np.ndarray | None = None) -> None:  # type: ignore[override]
+        """Fold one output ``x`` (cells,) float64 of a simulation run with ``parameters``
+        (parameters,) float64."""
+        if parameters is None:
+            raise TypeError("Correlation.update needs the simulation's parameters")
+        inputs = _check_input("parameters", parameters, (self.parameters,))
+        correlation_update(self.count, *self._state(), inputs, self._sample(x))
+        self._advance(1)
+
+    def update_batch(  # type: ignore[override]
+        self, samples: np.ndarray | Sequence[np.ndarray], parameters: np.ndarray
+    ) -> None:
+        """Fold k outputs in order (an array (k, cells) or k arrays (cells,)), sample i run with
+        ``parameters[i]`` (an array (k, parameters))."""
+        rows = _input_rows("samples", samples, (self.cells,))
+        table = _check_input("parameters", parameters, (len(rows), self.parameters))
+        for row, inputs in zip(rows, table, strict=True):
+            self.update(row, inputs)
+
+    def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
+        correlation_merge(
+            count, *self._state(), other_count, *(other[name] for name in CORRELATION_STATE)
+        )
+
+    def _finalized(self) -> tuple[np.ndarray, np.ndarray]:
+        count = self.count
+        half_width = (
+            normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
+            if count >= 4
+            else math.nan
+        )
+        inverse = inverse_parameter_correlation(count, self.arrays["parameter_comoment"])
+        out = np.empty((4, self.parameters, self.cells))
+        r2 = np.empty(self.cells)
+        correlation_finalize(
+            count,
+            half_width,
+            inverse,
+            self.arrays["output"],
+            self.arrays["comoment"],
+            self.arrays["parameter_comoment"],
+            out,
+            r2,
+        )
+        return out, r2
+
+    def result_names(self) -> tuple[str, ...]:
+        """``correlation``, ``correlation_ci_low``, ``correlation_ci_high``, ``src_squared``,
+        each (parameters, cells), and ``regression_r2`` (cells,)."""
+        return CORRELATION_RESULTS
+
+    def _all_results(self, names: Sequence[str]) -> Mapping[str, np.ndarray]:
+        out, r2 = self._finalized()
+        return {**dict(zip(CORRELATION_RESULTS[:4], out, strict=True)), "regression_r2": r2}
+
+    @property
+    def correlation(self) -> np.ndarray:
+        """Pearson r of the output with each parameter, (parameters, cells)."""
+        return self._finalized()[0][0]
+
+    @property
+    def correlation_ci(self) -> tuple[np.ndarray, np.ndarray]:
+        """(low, high) Fisher-z interval of r, each (parameters, cells)."""
+        out = self._finalized()[0]
+        return out[1], out[2]
+
+    @property
+    def src_squared(self) -> np.ndarray:
+        """Squared standardized regression coefficients, (parameters, cells)."""
+        return self._finalized()[0][3]
+
+    @property
+    def regression_r2(self) -> np.ndarray:
+        """R^2 of the least-squares linear fit of the output on the parameters, (cells,)."""
+        return self._finalized()[1]
 
 
 def widest_interval(widths: np.ndarray) -> np.ndarray:

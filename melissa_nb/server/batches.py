@@ -27,7 +27,10 @@ class FoldBatch:
         self.sobol = sobol
         self.limit_bytes = limit_bytes
         self.bytes = 0
-        self._pending: dict[tuple[SliceStatistics, int], tuple[list[np.ndarray], list[int]]] = {}
+        self._pending: dict[
+            tuple[SliceStatistics, int],
+            tuple[list[np.ndarray], list[int], list[tuple[float, ...] | None]],
+        ] = {}
 
     @property
     def full(self) -> bool:
@@ -35,24 +38,31 @@ class FoldBatch:
         return self.bytes >= self.limit_bytes
 
     def add(
-        self, statistics: SliceStatistics, timestep: int, values: np.ndarray, sample: int
+        self,
+        statistics: SliceStatistics,
+        timestep: int,
+        values: np.ndarray,
+        sample: int,
+        parameters: tuple[float, ...] | None = None,
     ) -> None:
         """Hold one message's vectors (1, cells), or a whole Sobol group (p + 2, cells), of
-        simulation (or group) `sample`."""
-        vectors, samples = self._pending.setdefault((statistics, timestep), ([], []))
+        simulation (or group) `sample` run with `parameters` (needed by correlations)."""
+        vectors, samples, inputs = self._pending.setdefault((statistics, timestep), ([], [], []))
         vectors.append(values if self.sobol else values[0])
         samples.append(sample)
+        inputs.append(parameters)
         self.bytes += values.nbytes
 
     def fold(self) -> int:
         """Fold everything held, one pass over each (slice, timestep) state, and let go;
         returns the number of passes."""
         passes = len(self._pending)
-        for (statistics, timestep), (vectors, samples) in self._pending.items():
+        for (statistics, timestep), (vectors, samples, inputs) in self._pending.items():
             if self.sobol:
                 statistics.update_groups(timestep, vectors, samples)
             else:
-                statistics.update_samples(timestep, vectors, samples)
+                table = np.array(inputs, dtype=np.float64) if None not in inputs else None
+                statistics.update_samples(timestep, vectors, samples, table)
         self._pending.clear()
         self.bytes = 0
         return passes

@@ -27,6 +27,7 @@ OPERATIONS = (
     "threshold",
     "quantile",
     "sobol",
+    "correlation",
 )
 MOMENT_ORDER = {"mean": 1, "variance": 2, "skewness": 3, "kurtosis": 4}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -84,12 +85,15 @@ class ServerConfig:
     )
     timesteps: int = option("-t", "--timesteps", help="Timesteps per field.")
     field_names: tuple[str, ...] = option("-f", "--fieldnames", help="Colon list of field names.")
-    parameters: int = option("-p", "--parameters", default=0, help="Uncertain parameters (Sobol).")
+    parameters: int = option(
+        "-p", "--parameters", default=0, help="Uncertain parameters (Sobol, correlation)."
+    )
     operations: tuple[str, ...] = option(
         "-o",
         "--operations",
         default=("mean", "variance"),
-        help="Colon list: mean variance skewness kurtosis min max threshold quantile sobol.",
+        help="Colon list: mean variance skewness kurtosis min max threshold quantile sobol "
+        "correlation.",
     )
     thresholds: tuple[float, ...] = option(
         "-e",
@@ -258,6 +262,21 @@ class ServerConfig:
                 self.parameters >= 1,
                 f"-o/--operations sobol needs -p/--parameters >= 1 (got {self.parameters})",
             )
+        if "correlation" in self.operations:
+            need(
+                self.parameters >= 1,
+                f"-o/--operations correlation needs -p/--parameters >= 1 (got {self.parameters})",
+            )
+            need(
+                "sobol" not in self.operations,
+                "-o/--operations: correlation is for Monte Carlo studies, sobol for pick-freeze "
+                "groups: not both",
+            )
+            need(
+                self.launcher_name is not None,
+                "-o/--operations correlation needs the simulations' parameters, which come in "
+                "the launcher's JOB messages: give -n/--launchername",
+            )
         if "threshold" in self.operations:
             need(len(self.thresholds) > 0, "-o/--operations threshold needs -e/--thresholds")
         if "quantile" in self.operations:
@@ -401,6 +420,11 @@ class ServerConfig:
         return "sobol" in self.operations
 
     @property
+    def correlation(self) -> bool:
+        """True when correlation maps are requested (each sample then needs its parameters)."""
+        return "correlation" in self.operations
+
+    @property
     def group_size(self) -> int:
         """Simulations per sample: p+2 with Sobol (Y_A, Y_B, Y_C1..Y_Cp), else 1."""
         return self.parameters + 2 if self.sobol else 1
@@ -417,8 +441,8 @@ class ServerConfig:
 
     @property
     def general_statistics(self) -> bool:
-        """True when any statistic other than Sobol indices is requested."""
-        return any(op != "sobol" for op in self.operations)
+        """True when any statistic other than Sobol indices and correlations is requested."""
+        return any(op not in ("sobol", "correlation") for op in self.operations)
 
     @property
     def max_message_bytes(self) -> int:

@@ -34,7 +34,7 @@ from melissa_nb.server.progress import Progress
 from melissa_nb.server.slices import SliceStatistics, slice_bytes
 from melissa_nb.server.stages import STAGE_PREFIX, Processing
 from melissa_nb.server.tracking import SliceSteps, Tracker, Vote
-from melissa_nb.server.waiting import ANNOUNCE_VOTES, WaitingFrames
+from melissa_nb.server.waiting import ANNOUNCE_VOTES, PARAMETER_VOTES, WaitingFrames
 
 
 class Ingest:
@@ -143,6 +143,10 @@ class Ingest:
             field, client_rank, message.vect_size, statistics and statistics.received
         )
         self.touch(group, now)
+        parameters = self._parameters(group, arrived) if config.correlation else None
+        if config.correlation and parameters is None:
+            self.waiting.hold(buffer, arrived)
+            return
         if steps.has(group, timestep):
             self.progress.counts["duplicates"] += 1
             self._non_finite_told.discard(group)  # a relaunch re-sends what it had
@@ -177,16 +181,39 @@ class Ingest:
                 return
             self._hold(statistics, timestep, assembled, group)
         else:
-            self._hold(statistics, timestep, values, group)
+            self._hold(statistics, timestep, values, group, parameters)
             self._accepted(message)
         self.tracker.add(steps, group, timestep)
 
+    def _parameters(self, simulation: int, arrived: int) -> tuple[float, ...] | None:
+        """The simulation's JOB parameters; None while its frame may still wait for them
+        (ProtocolError once it waited `PARAMETER_VOTES` votes, or when they are not finite)."""
+        parameters = self.tracker.job_parameters.get(simulation)
+        if parameters is None:
+            if self.vote_rounds - arrived < PARAMETER_VOTES:
+                return None
+            raise ProtocolError(
+                "no_parameters",
+                f"data of simulation {simulation}: no JOB gave its parameters within "
+                f"{PARAMETER_VOTES} end votes",
+            )
+        if not np.all(np.isfinite(parameters)):
+            raise ProtocolError(
+                "no_parameters", f"the JOB of simulation {simulation} has {parameters}"
+            )
+        return parameters
+
     def _hold(
-        self, statistics: SliceStatistics | None, timestep: int, values: np.ndarray, sample: int
+        self,
+        statistics: SliceStatistics | None,
+        timestep: int,
+        values: np.ndarray,
+        sample: int,
+        parameters: tuple[float, ...] | None = None,
     ) -> None:
         """Hand a sample (or a whole Sobol group) to the batch of the built-in statistics."""
         if statistics is not None:
-            self.batch.add(statistics, timestep, values, sample)
+            self.batch.add(statistics, timestep, values, sample, parameters)
 
     def fold(self) -> None:
         """Fold the batch into the statistics, timed."""
@@ -310,11 +337,10 @@ class Ingest:
         """An end vote completed. Ranks other than 0 learn from it the simulations rank 0
         announced and the study's communicator size; then the frames that waited for them."""
         self.vote_rounds += 1
-        if self.rank == 0:
-            return
-        self.tracker.announced |= vote.announced
-        if vote.client_comm_size and not self.tracker.client_comm_size:
-            self._learn_client_ranks(vote.client_comm_size)
+        if self.rank != 0:
+            self.tracker.announced |= vote.announced
+            if vote.client_comm_size and not self.tracker.client_comm_size:
+                self._learn_client_ranks(vote.client_comm_size)
         for buffer, arrived in self.waiting.take():
             if self.waiting.pending:  # an earlier frame waits again: keep the arrival order
                 self.waiting.hold(buffer, arrived)
@@ -326,9 +352,15 @@ class Ingest:
         self.fold()
 
     def refuse_waiting(self, now: float) -> None:
-        """The study ends: frames still waiting belong to simulations that never connected."""
-        for _, _ in self.waiting.take():
-            self.progress.reject("no_handshake", "data of a simulation that never connected", now)
+        """The study ends: each frame still waiting gets its final answer, as if it had waited
+        its full time (refused: never announced, or no parameters; else folded)."""
+        waited = -(ANNOUNCE_VOTES + PARAMETER_VOTES)
+        for buffer, _ in self.waiting.take():
+            try:
+                self.handle(buffer, now, waited)
+            except ProtocolError as error:
+                self.progress.reject(error.reason, str(error), now)
+        self.fold()
 
     def drop(self, simulation: int, why: str) -> None:
         """Give a simulation up (logged once): its data is refused from now on."""

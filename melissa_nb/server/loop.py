@@ -126,7 +126,6 @@ class ServerRank:
             self._sent_non_finite,
         )
         self.requested_info: set[int] = set()
-        self.job_parameters: dict[int, tuple[float, ...]] = {}  # JOB values, for user code
         if config.forward_to is not None:
             self._connect_forwarder()
         self.launcher = (
@@ -374,7 +373,7 @@ class ServerRank:
                     )
                 )
             elif isinstance(message, Job):
-                self.job_parameters[message.simu_id] = message.parameters
+                self.ingest.tracker.job_parameters[message.simu_id] = message.parameters
                 self.ingest.tracker.job_ids[message.simu_id] = message.job_id
             else:
                 self.ingest.drop(message.simu_id, "dropped by the launcher")

@@ -30,7 +30,7 @@ import numpy as np
 
 from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.kernels.api import SOBOL_RESULTS
+from melissa_nb.kernels.api import CORRELATION_RESULTS, SOBOL_RESULTS
 from melissa_nb.kernels.sobol import sobol_aggregated
 from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
@@ -59,6 +59,11 @@ LONG_NAMES = {
     "sobol_total_ci_low": "lower bound of the Fisher-z interval of sobol_total",
     "sobol_total_ci_high": "upper bound of the Fisher-z interval of sobol_total",
     "sample_count": "samples folded into each timestep (smallest over cells)",
+    "correlation": "Pearson correlation of the output with the parameter",
+    "correlation_ci_low": "lower bound of the Fisher-z interval of correlation",
+    "correlation_ci_high": "upper bound of the Fisher-z interval of correlation",
+    "src_squared": "squared standardized regression coefficient of the parameter",
+    "regression_r2": "R^2 of the least-squares linear fit of the output on the parameters",
     "sobol_first_aggregated": "first-order index of the whole field at each timestep "
     "(variance-weighted over cells, Gamboa et al. 2014)",
     "sobol_total_aggregated": "total index of the whole field at each timestep "
@@ -80,6 +85,8 @@ def statistic_names(config: ServerConfig) -> list[str]:
         names.append("quantile")
     if config.sobol:
         names += list(SOBOL_VARIABLES)
+    if config.correlation:
+        names += list(CORRELATION_RESULTS)
     return names
 
 
@@ -89,7 +96,7 @@ def _dimensions_of(name: str, gridded: bool) -> tuple[str, ...]:
         return ("time", "threshold", *cells)
     if name == "quantile":
         return ("time", QUANTILE_DIMENSION, *cells)
-    if name.startswith("sobol_"):
+    if name.startswith("sobol_") or name in CORRELATION_RESULTS[:4]:
         return ("time", "parameter", *cells)
     return ("time", *cells)
 
@@ -191,7 +198,7 @@ def layout(
                 {"long_name": "order of the quantile (probability)", "units": "1"},
             )
         )
-    if config.sobol:
+    if config.sobol or config.correlation:
         # Names as a character array (CF 2.2; the CF checker refuses netCDF4 strings) with an
         # encoding: xarray reads it as the string coordinate of `parameter` (sel by name).
         dimensions["parameter"] = config.parameters
@@ -260,6 +267,13 @@ def attributes(
             "confidence_level": config.confidence,
             "general_statistics_samples": "Y_A and Y_B of each group",
         }
+    if config.correlation:
+        result |= {
+            "correlation_interval": "Fisher z, NaN with fewer than 4 samples",
+            "src_squared_convention": "beta = R^-1 r (R: the parameters' correlation matrix), "
+            "NaN with fewer than p + 2 samples",
+            "confidence_level": config.confidence,
+        }
     return result | dict(extra)
 
 
@@ -269,9 +283,13 @@ def _results(slice_statistics: Any, names: Sequence[str], timestep: int) -> dict
     Working one timestep at a time bounds the memory needed to one timestep of one slice.
     """
     results = {}
-    general = [name for name in names if not name.startswith("sobol_")]
+    general = [
+        name for name in names if not name.startswith("sobol_") and name not in CORRELATION_RESULTS
+    ]
     if general:
         results |= slice_statistics.general(timestep).results(general)
+    if any(name in CORRELATION_RESULTS for name in names):
+        results |= slice_statistics.correlation(timestep).results()
     if any(name.startswith("sobol_") for name in names):
         indices = slice_statistics.sobol(timestep).results()
         results |= {f"sobol_{name}": values for name, values in indices.items()}
@@ -410,5 +428,5 @@ def _write_coordinates(
         store.write("threshold", (slice(None),), np.asarray(config.thresholds))
     if "quantile" in config.operations:
         store.write(QUANTILE_DIMENSION, (slice(None),), np.asarray(config.quantiles))
-    if config.sobol:
+    if config.sobol or config.correlation:
         store.write("parameter", (slice(None),), np.array(config.parameter_labels))

@@ -1,7 +1,8 @@
 """The statistics of one (field, client slice) on one rank, living in one shared-memory block.
 
 The block holds every state array of the requested statistics with a leading timestep axis
-(`general.<name>`: the fused general statistics, `sobol.<name>`: the Martinez Sobol state);
+(`general.<name>`: the fused general statistics, `sobol.<name>`: the Martinez Sobol state,
+`correlation.<name>`: the correlations with the parameters);
 per-timestep kernel objects are built over the row views `arrays[name][t]` on first use.
 """
 
@@ -12,13 +13,14 @@ from typing import Any
 import numba
 import numpy as np
 
-from melissa_nb.kernels import FieldStatistics, SobolMartinez
+from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
 from melissa_nb.kernels.api import widest_interval
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.state import StateBlock, block_name
 
 GENERAL = "general."
 SOBOL = "sobol."
+CORRELATION = "correlation."
 RECEIVED = "received"  # timesteps received per simulation (or group), kept by the tracker
 PARALLEL_MIN_CELLS = 1 << 18
 """Below this many cells a slice is updated on one thread. A parallel region waits for every
@@ -50,6 +52,9 @@ def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int,
     if config.sobol:
         for name, (shape, dtype) in SobolMartinez.layout(cells, config.parameters).items():
             layout[SOBOL + name] = ((config.timesteps, *shape), dtype)
+    if config.correlation:
+        for name, (shape, dtype) in Correlation.layout(cells, config.parameters).items():
+            layout[CORRELATION + name] = ((config.timesteps, *shape), dtype)
     layout[RECEIVED] = ((config.sampling_size,), np.int32)
     return layout
 
@@ -96,6 +101,7 @@ class SliceStatistics:
         self.threads = 1 if cells < PARALLEL_MIN_CELLS else threads
         self._general: list[FieldStatistics | None] = [None] * config.timesteps
         self._sobol: list[SobolMartinez | None] = [None] * config.timesteps
+        self._correlation: list[Correlation | None] = [None] * config.timesteps
 
     def _rows(self, prefix: str, timestep: int) -> dict[str, np.ndarray]:
         return {
@@ -129,16 +135,38 @@ class SliceStatistics:
             self._sobol[timestep] = statistics
         return statistics
 
+    def correlation(self, timestep: int) -> Correlation:
+        """The correlation state of one timestep (built over the block on first use)."""
+        statistics = self._correlation[timestep]
+        if statistics is None:
+            statistics = Correlation(
+                self.cells,
+                self.config.parameters,
+                self.config.confidence,
+                arrays=self._rows(CORRELATION, timestep),
+            )
+            self._correlation[timestep] = statistics
+        return statistics
+
     def _use_threads(self) -> None:
         if numba.get_num_threads() != self.threads:
             numba.set_num_threads(self.threads)
 
     def update_samples(
-        self, timestep: int, samples: list[np.ndarray], simulation_ids: list[int]
+        self,
+        timestep: int,
+        samples: list[np.ndarray],
+        simulation_ids: list[int],
+        parameters: np.ndarray | None = None,
     ) -> None:
-        """Fold simulations' vectors (no Sobol), in order, in one pass over the state."""
+        """Fold simulations' vectors (no Sobol), in order, in one pass over the general state;
+        with correlations, `parameters` (samples, p) are the simulations' parameters."""
         self._use_threads()
-        self.general(timestep).update_batch(samples, simulation_ids)
+        if self.config.general_statistics:
+            self.general(timestep).update_batch(samples, simulation_ids)
+        if self.config.correlation:
+            assert parameters is not None
+            self.correlation(timestep).update_batch(samples, parameters)
 
     def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
         """Fold Sobol groups (p+2, cells) in order: Sobol state, and every Y_A, Y_B into the
@@ -158,9 +186,10 @@ class SliceStatistics:
 
     def sample_count(self, timestep: int) -> int:
         """Samples folded into one timestep (groups with Sobol on count their Y_A, Y_B)."""
-        if self.config.general_statistics:
-            return int(self.block.arrays[GENERAL + "count"][timestep, 0])
-        return int(self.block.arrays[SOBOL + "count"][timestep, 0])
+        for prefix in (GENERAL, CORRELATION, SOBOL):
+            if prefix + "count" in self.block.arrays:
+                return int(self.block.arrays[prefix + "count"][timestep, 0])
+        raise AssertionError("a slice without statistics")
 
     def group_count(self, timestep: int) -> int:
         """Sobol groups folded into one timestep (0 without Sobol)."""
@@ -185,4 +214,5 @@ class SliceStatistics:
         """Drop the kernel objects (they hold views) and remove the block."""
         self._general = [None] * self.config.timesteps
         self._sobol = [None] * self.config.timesteps
+        self._correlation = [None] * self.config.timesteps
         self.block.release()

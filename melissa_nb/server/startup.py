@@ -29,7 +29,7 @@ from melissa_nb.auth import (
     serve_with,
 )
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.kernels import FieldStatistics, SobolMartinez
+from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.server.claim import RankClaim, check_writable, lock_path, reclaim, stale_claims
 from melissa_nb.server.config import ServerConfig
@@ -95,9 +95,9 @@ def warm_kernels(config: ServerConfig) -> None:
     if config.general_statistics:
         general = FieldStatistics(cells, **general_settings(config))
         general.update(sample[0], 0)
-        for name in statistic_names(config):
-            if not name.startswith("sobol_"):
-                getattr(general, name)
+        general.results(
+            [name for name in statistic_names(config) if name in general.result_names()]
+        )
     frame_like = sample[0].copy()
     frame_like.flags.writeable = False  # received frames are read-only views: their version
     count_non_finite(frame_like)
@@ -105,6 +105,11 @@ def warm_kernels(config: ServerConfig) -> None:
         sobol = SobolMartinez(cells, config.parameters, config.confidence)
         sobol.update(sample)
         sobol.first_ci, sobol.total_ci  # noqa: B018 - compiles the finalizer
+    if config.correlation:
+        correlation = Correlation(cells, config.parameters, config.confidence)
+        for row in sample[:1]:
+            correlation.update(row.copy(), np.ones(config.parameters))
+        correlation.results()
 
 
 def claim_study(config: ServerConfig, world: World, log: logging.Logger) -> RankClaim:

@@ -99,6 +99,7 @@ class Tracker:
         self.last_seen = np.zeros(simulations, dtype=np.float64)
         self.reported_finished = np.zeros(simulations, dtype=bool)
         self.job_ids: dict[int, str] = {}
+        self.job_parameters: dict[int, tuple[float, ...]] = {}  # JOB values (correlation, users)
         self.client_comm_size = 0
 
     def learn_slice(

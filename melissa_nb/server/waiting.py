@@ -1,4 +1,5 @@
-"""Frames a rank other than 0 holds until it learns that their simulation was announced.
+"""Frames a rank holds until it learns that their simulation was announced (ranks other than 0)
+or, with correlations, the simulation's parameters (any rank).
 
 Data is accepted only from simulations whose handshake rank 0 answered: a frame sent before any
 handshake (a stray or forged one) must not teach the server a slice layout, or it can keep the
@@ -20,6 +21,10 @@ from __future__ import annotations
 from collections import deque
 
 ANNOUNCE_VOTES = 2
+PARAMETER_VOTES = 50
+"""End votes (0.2 s each) a frame waits for its simulation's JOB with correlations: the JOB is
+published at launch, and asked again (`simu_info`) at the simulation's first frame; after that
+the frame is refused (`no_parameters`)."""
 
 
 class WaitingFrames:

@@ -44,6 +44,7 @@ GENERAL_STATISTICS = (
     "max",
     "threshold",
     "quantile",
+    "correlation",  # with the parameters: Monte Carlo studies (sobol = false)
 )
 PYTHON_WORDS = ("python", "python3")
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,127}")
@@ -390,6 +391,13 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
                 "indices are switched on by `sobol = true`)",
                 statistic,
             )
+    if sobol and "correlation" in statistics:
+        raise study.fail(
+            "statistics",
+            "no 'correlation' with sobol = true (correlations are for Monte Carlo studies; "
+            "pick-freeze groups give Sobol indices)",
+            statistics,
+        )
     thresholds = _read_list(study, "thresholds", [], "number")
     quantiles = _read_list(study, "quantiles", [], "number")
     if ("threshold" in statistics) != bool(thresholds):

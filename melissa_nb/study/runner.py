@@ -167,7 +167,7 @@ def server_arguments(
         arguments.append("--thresholds=" + colon(repr(value) for value in config.thresholds))
     if config.quantiles:
         arguments.append("--quantiles=" + colon(repr(value) for value in config.quantiles))
-    if config.sobol:
+    if config.sobol or "correlation" in config.statistics:
         arguments += ["--confidence", repr(config.confidence)]
         arguments += ["--parameter-names", colon(config.parameter_names)]
     if config.auth:

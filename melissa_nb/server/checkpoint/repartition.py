@@ -1,6 +1,6 @@
 """Old ranks' slices cut for a new number of ranks.
 
-Every state array has cells last (`count`, per timestep, excepted), so a new rank cuts the cells
+Every state array has cells last (`GLOBAL_STATE` excepted), so a new rank cuts the cells
 the partition gives it out of the old slices: exact for every statistic, quantiles included,
 since nothing is merged. This needs the old ranks to have learned the whole layout and to agree
 on the timesteps received of every slice they share between them.
@@ -30,9 +30,13 @@ class RestoredSlice:
     bits: np.ndarray
 
 
+GLOBAL_STATE = ("count", "parameter_mean", "parameter_comoment")
+"""State arrays without a cell axis: sample counts, the correlations' parameter statistics."""
+
+
 def _per_cell(name: str) -> bool:
-    """Every state array has cells last except the per-timestep sample counts."""
-    return name.rsplit(".", 1)[-1] != "count"
+    """Every state array has cells last except those of GLOBAL_STATE."""
+    return name.rsplit(".", 1)[-1] not in GLOBAL_STATE
 
 
 @dataclass

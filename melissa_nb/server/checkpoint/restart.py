@@ -74,6 +74,7 @@ class RestoredRank:
     announced: np.ndarray
     client_comm_size: int
     job_ids: dict[int, str]
+    job_parameters: dict[int, tuple[float, ...]]
     members: list[tuple[tuple[str, int, int, int], np.ndarray, np.ndarray]]
     counts: dict[str, int]
 
@@ -126,8 +127,15 @@ def load_restart(
             )
     everyone = list(snapshots.values())
     job_ids: dict[int, str] = {}
+    job_parameters: dict[int, tuple[float, ...]] = {}
     for snapshot in everyone:
         job_ids.update({int(key): job for key, job in snapshot.meta["job_ids"].items()})
+        job_parameters.update(
+            {
+                int(key): tuple(values)
+                for key, values in snapshot.meta.get("job_parameters", {}).items()
+            }
+        )
     source = everyone if own is None else [own]
     return RestoredRank(
         old_ranks=old_ranks,
@@ -139,6 +147,7 @@ def load_restart(
         ),
         client_comm_size=max(int(s.meta["client_comm_size"]) for s in everyone),
         job_ids=job_ids,
+        job_parameters=job_parameters,
         members=members,
         counts={
             name: sum(int(s.meta["counts"].get(name, 0)) for s in source)
@@ -160,6 +169,7 @@ def restore_tracker(tracker: Tracker, restored: RestoredRank, now: float) -> Non
     tracker.announced[:] = restored.announced
     tracker.last_seen[restored.started] = now  # the timeout counts from the restart
     tracker.job_ids.update(restored.job_ids)
+    tracker.job_parameters.update(restored.job_parameters)
     tracker.client_comm_size = restored.client_comm_size
 
 

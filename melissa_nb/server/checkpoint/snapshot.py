@@ -127,6 +127,9 @@ def take_snapshot(
         "created_at": time.time(),
         "client_comm_size": tracker.client_comm_size,
         "job_ids": {str(simulation): job for simulation, job in tracker.job_ids.items()},
+        "job_parameters": {
+            str(simulation): list(values) for simulation, values in tracker.job_parameters.items()
+        },
         "slices": slice_meta,
         "members": member_meta,
         "counts": {name: int(value) for name, value in counts.items()},
