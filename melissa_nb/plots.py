@@ -1,11 +1,14 @@
 """The figures of `melissa-nb results`, labelled for a report: maps of a field's mean and
-standard deviation and of its Sobol indices at one timestep, and their evolution at one cell.
+standard deviation, of its Sobol indices or its correlations with the parameters at one
+timestep, and their evolution at one cell.
 
 Maps draw the cells on the study's grid, row 0 at the top (the order the simulation sends its
 cells in), with labelled axes and colour bars (units where the result file has them). Sobol
 maps share the colour scale [0, 1]; values outside it (small-sample estimates can leave it)
-are marked by the colour bar's arrows. Time plots draw each index with its interval as it is,
-with dashed lines at 0 and 1. matplotlib is imported only here (the `plots` extra).
+are marked by the colour bar's arrows. Correlation maps use a diverging scale on [-1, 1], with
+the squared standardized regression coefficients and the linear fit's R^2 beneath. Time plots
+draw each index (or correlation) with its interval as it is, with dashed lines at its bounds.
+matplotlib is imported only here (the `plots` extra).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def _map(
     title: str,
     label: str,
     limits: tuple[float, float] | None = None,
+    colours: str | None = None,
 ) -> None:
     """A map when the grid is 2-D, else a line over the cells."""
     axes.set_title(title, fontsize=11)
@@ -50,7 +54,7 @@ def _map(
         axes.set_ylabel(label)
         return
     vmin, vmax = limits or (np.nanmin(values), np.nanmax(values))
-    image = axes.imshow(values.reshape(grid), origin="upper", vmin=vmin, vmax=vmax)
+    image = axes.imshow(values.reshape(grid), origin="upper", vmin=vmin, vmax=vmax, cmap=colours)
     axes.set_xlabel("column")
     axes.set_ylabel("row (row 0 at the top)")
     extend = _beyond(values, vmin, vmax) if limits else "neither"
@@ -107,7 +111,47 @@ def field_figures(
         figure.suptitle(f"{name}: Sobol indices at timestep {step}", fontsize=13)
         figures[f"{name}_sobol_t{step}.png"] = figure
 
-    panels = (["mean"] if "mean" in variables else []) + (list(ORDERS) if results.sobol else [])
+    if results.correlation:
+        columns = len(names) + 1
+        figure, axes = plt.subplots(2, columns, figsize=(4.2 * columns, 7.6), squeeze=False)
+        for k, parameter in enumerate(names):
+            _map(
+                figure,
+                axes[0, k],
+                variables["correlation"][step, k],
+                grid,
+                f"correlation with {parameter}",
+                "Pearson r [1]",
+                limits=(-1.0, 1.0),
+                colours="RdBu_r",
+            )
+            _map(
+                figure,
+                axes[1, k],
+                variables["src_squared"][step, k],
+                grid,
+                f"SRC² of {parameter}",
+                "squared standardized regression coefficient [1]",
+                limits=(0.0, 1.0),
+            )
+        axes[0, -1].axis("off")
+        _map(
+            figure,
+            axes[1, -1],
+            variables["regression_r2"][step],
+            grid,
+            "R² of the linear fit (sum of SRC² if independent)",
+            "R² [1]",
+            limits=(0.0, 1.0),
+        )
+        figure.suptitle(f"{name}: correlations with the parameters at timestep {step}", fontsize=13)
+        figures[f"{name}_correlation_t{step}.png"] = figure
+
+    panels = (
+        (["mean"] if "mean" in variables else [])
+        + (list(ORDERS) if results.sobol else [])
+        + (["correlation"] if results.correlation else [])
+    )
     if panels:
         figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.4), squeeze=False)
         time = np.arange(results.timesteps)
@@ -121,6 +165,22 @@ def field_figures(
                     panel.fill_between(time, mean - std, mean + std, alpha=0.3, label="± 1 std")
                 panel.set_ylabel(_labelled(name, units.get("mean")))
                 panel.set_title(f"{name} mean at {where}", fontsize=11)
+            elif what == "correlation":
+                for k, parameter in enumerate(names):
+                    (line,) = panel.plot(
+                        time, variables["correlation"][:, k, cell], label=parameter
+                    )
+                    panel.fill_between(
+                        time,
+                        variables["correlation_ci_low"][:, k, cell],
+                        variables["correlation_ci_high"][:, k, cell],
+                        alpha=0.2,
+                        color=line.get_color(),
+                    )
+                for bound in (-1.0, 0.0, 1.0):
+                    panel.axhline(bound, color="grey", linestyle="--", linewidth=0.8)
+                panel.set_ylabel("Pearson r [1] (bands: confidence intervals)")
+                panel.set_title(f"correlations at {where}", fontsize=11)
             else:
                 for k, parameter in enumerate(names):
                     index = variables[f"sobol_{what}"][:, k, cell]

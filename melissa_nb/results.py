@@ -68,6 +68,11 @@ class FieldResults:
         """True when the file holds Sobol indices."""
         return "sobol_first" in self.variables
 
+    @property
+    def correlation(self) -> bool:
+        """True when the file holds correlations with the parameters."""
+        return "correlation" in self.variables
+
 
 @dataclass
 class FieldSummary:

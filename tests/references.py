@@ -111,3 +111,27 @@ def pick_freeze(
         mixed[..., k] = draw_b[..., k]
         rows.append(function(mixed))
     return np.ascontiguousarray(np.stack(rows, axis=1))
+
+
+def correlation_batch(
+    parameters: np.ndarray, outputs: np.ndarray, confidence: float = 0.95
+) -> dict[str, np.ndarray]:
+    """Correlation results of (n, p) parameters and (n, cells) outputs, batch: np.corrcoef, its
+    Fisher-z interval (scipy's normal quantile), and least squares on standardized data for
+    SRC^2 and R^2."""
+    n, p = parameters.shape
+    r = np.array(
+        [[np.corrcoef(parameters[:, k], column)[0, 1] for column in outputs.T] for k in range(p)]
+    )
+    h = scipy.stats.norm.ppf(0.5 + 0.5 * confidence) / np.sqrt(n - 3)
+    standard_x = (parameters - parameters.mean(axis=0)) / parameters.std(axis=0, ddof=1)
+    standard_y = (outputs - outputs.mean(axis=0)) / outputs.std(axis=0, ddof=1)
+    beta = np.linalg.lstsq(standard_x, standard_y, rcond=None)[0]  # (p, cells)
+    residual = standard_y - standard_x @ beta
+    return {
+        "correlation": r,
+        "correlation_ci_low": np.tanh(np.arctanh(r) - h),
+        "correlation_ci_high": np.tanh(np.arctanh(r) + h),
+        "src_squared": beta**2,
+        "regression_r2": 1.0 - (residual**2).sum(axis=0) / (standard_y**2).sum(axis=0),
+    }

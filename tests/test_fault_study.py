@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from harness import wait_for
+from references import correlation_batch
 from test_study_run import (
     MELISSA_NB,
     STUDY_SECONDS,
@@ -145,7 +146,24 @@ def test_sigkilled_server_restarts_from_its_checkpoint_and_the_study_completes(
             "checkpoint_interval = 0.3", f"checkpoint_interval = {interval}"
         ),
     )
+    stdout, stderr, returncode = run_and_kill_the_server(
+        study, 2 * GROUP_SIZE * 4, live=interval > 100
+    )  # killed once two groups' worth of messages are in
+    assert returncode == 0, stderr + stdout
+    source = "afresh" if interval > 100 else "from"
+    assert f"before the study finished: restart 1 {source}" in stderr
     out = tmp_path / "out"
+    _, rows = read_parameters_csv(out / "parameters.csv")
+    assert {status for _, status in rows} == {"finished"}
+    results = read_results(out / "u.nc")
+    assert assert_results_equal(results, uninterrupted, rtol=1e-12) == set(uninterrupted)
+
+
+def run_and_kill_the_server(study: Path, messages: int, live: bool) -> tuple[str, str, int]:
+    """`melissa-nb run` of `study`, its server SIGKILLed once `messages` are accepted (in a
+    checkpoint, or `live`: in the live counters); (stdout, stderr, exit code) of the runner,
+    whose shared memory is checked gone."""
+    out = study.parent / "out"
     environment = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -161,7 +179,7 @@ def test_sigkilled_server_restarts_from_its_checkpoint_and_the_study_completes(
     try:
 
         def accepted() -> int:
-            if interval > 100:  # no checkpoint to wait for: the live counters
+            if live:  # no checkpoint to wait for: the live counters
                 try:
                     return read_progress(out).ranks.get(0, {}).get("accepted", 0)
                 except (FileNotFoundError, ValueError):
@@ -171,11 +189,11 @@ def test_sigkilled_server_restarts_from_its_checkpoint_and_the_study_completes(
             except CheckpointDamaged:
                 return 0
 
-        def two_groups_in() -> bool:
+        def enough_in() -> bool:
             assert runner.poll() is None, runner.communicate()
-            return accepted() >= 2 * GROUP_SIZE * 4  # two groups' worth of messages
+            return accepted() >= messages
 
-        wait_for(two_groups_in, "a checkpoint with data", timeout=60)
+        wait_for(enough_in, "a checkpoint with data", timeout=60)
         pid = json.loads((out / "server.json").read_text())["pids"][-1]
         os.kill(pid, signal.SIGKILL)  # with two ranks, mpiexec then ends the other one
         stdout, stderr = runner.communicate(timeout=STUDY_SECONDS)
@@ -183,14 +201,40 @@ def test_sigkilled_server_restarts_from_its_checkpoint_and_the_study_completes(
         if runner.poll() is None:
             runner.send_signal(signal.SIGTERM)
             runner.communicate(timeout=60)
-    assert runner.returncode == 0, stderr + stdout
-    source = "afresh" if interval > 100 else "from"
-    assert f"before the study finished: restart 1 {source}" in stderr
     assert no_study_blocks(runner.pid)
+    return stdout, stderr, runner.returncode
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_correlation_maps_survive_a_sigkilled_server(tmp_path: Path) -> None:
+    """A Monte Carlo study with correlations, its 2-rank server killed after a checkpoint: the
+    restarted server (JOB parameters restored from the checkpoint) gives numpy's results."""
+    study = write_study(
+        tmp_path,
+        STUDY.replace("sobol = true", "sobol = false")
+        .replace("sample_size = 5", "sample_size = 16")
+        .replace(
+            '["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold"]',
+            '["mean", "correlation"]',
+        )
+        .replace("thresholds = [0.5, 1.5]\n", "")
+        .replace("[server]", "[server]\nranks = 2"),
+    )
+    stdout, stderr, returncode = run_and_kill_the_server(study, 5 * 4, live=False)
+    assert returncode == 0, stderr + stdout
+    assert "before the study finished: restart 1 from" in stderr
+    out = tmp_path / "out"
     _, rows = read_parameters_csv(out / "parameters.csv")
     assert {status for _, status in rows} == {"finished"}
+    parameters = np.array([spec.values for spec, _ in rows])
+    model = load_module(study.parent / "sim.py").model
+    outputs = np.array([model(*values) for values in parameters])  # (samples, steps, cells)
     results = read_results(out / "u.nc")
-    assert assert_results_equal(results, uninterrupted, rtol=1e-12) == set(uninterrupted)
+    for t in range(outputs.shape[1]):
+        for name, expected in correlation_batch(parameters, outputs[:, t]).items():
+            np.testing.assert_allclose(
+                results[name][t], expected, rtol=1e-9, atol=1e-12, err_msg=name
+            )
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)

@@ -15,6 +15,7 @@ from references import FIELD_REFERENCES, THRESHOLDS, exceedances, martinez_batch
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels import (
+    Correlation,
     Extrema,
     FieldStatistics,
     Moments,
@@ -22,6 +23,7 @@ from melissa_nb.kernels import (
     SobolMartinez,
     ThresholdExceedance,
 )
+from melissa_nb.kernels.api import GLOBAL_STATE
 from melissa_nb.kernels.jit import BLOCK
 
 CELLS = 6
@@ -34,6 +36,7 @@ OBJECTS: dict[str, tuple[Callable[..., object], tuple[int, ...]]] = {
     "thresholds": (lambda **kw: ThresholdExceedance(CELLS, THRESHOLDS, **kw), (CELLS,)),
     "quantiles": (lambda **kw: Quantiles(CELLS, ORDERS, **kw), (CELLS,)),
     "sobol": (lambda **kw: SobolMartinez(CELLS, 3, 0.9, **kw), (5, CELLS)),
+    "correlation": (lambda **kw: Correlation(CELLS, 2, 0.9, **kw), (CELLS,)),
     "field": (
         lambda **kw: FieldStatistics(
             CELLS, order=4, extrema=True, thresholds=THRESHOLDS, quantiles=ORDERS, **kw
@@ -44,9 +47,16 @@ OBJECTS: dict[str, tuple[Callable[..., object], tuple[int, ...]]] = {
 SIMULATION_IDS = (Extrema, FieldStatistics)
 
 
+def parameters_of(simulation: int) -> np.ndarray:
+    """The (2,) parameters Correlation is fed with for a simulation: distinct, not collinear."""
+    return np.array([np.sin(simulation + 1.0), np.cos(3.0 * simulation)])
+
+
 def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
     if isinstance(statistic, SIMULATION_IDS):
         statistic.update(sample, simulation)
+    elif isinstance(statistic, Correlation):
+        statistic.update(sample, parameters_of(simulation))
     else:
         statistic.update(sample)
 
@@ -119,7 +129,7 @@ def test_layout_names_every_array_with_cells_last(name: str) -> None:
     for array_name, (shape, dtype) in layout.items():
         array = statistic.arrays[array_name]
         assert array.shape == shape and array.dtype == dtype
-        assert array_name == "count" or shape[-1] == CELLS
+        assert array_name in GLOBAL_STATE or shape[-1] == CELLS
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTS))
@@ -451,13 +461,22 @@ def test_update_batch_is_exactly_k_updates(rng: np.random.Generator, name: str) 
     samples = rng.normal(size=(7, *shape))
     ids = [int(i) for i in rng.permutation(100)[:7]]
     for sample, simulation in zip(samples, ids, strict=True):
-        one_by_one.update(sample, simulation)
-    batched.update_batch(samples[:3], ids[:3])
-    batched.update_batch(list(samples[3:]), np.array(ids[3:]))
+        feed(one_by_one, sample, simulation)
+    if isinstance(batched, Correlation):  # a sample's companion is its parameters, not its id
+        table = np.array([parameters_of(simulation) for simulation in ids])
+        batched.update_batch(samples[:3], table[:3])
+        batched.update_batch(list(samples[3:]), table[3:])
+        mismatch = (ValueError, r"parameters must have shape \(2, 2\)")
+        companions = table[:3]
+    else:
+        batched.update_batch(samples[:3], ids[:3])
+        batched.update_batch(list(samples[3:]), np.array(ids[3:]))
+        mismatch = (ValueError, "one id per sample")
+        companions = ids[:3]
     for array in one_by_one.arrays:
         np.testing.assert_array_equal(batched.arrays[array], one_by_one.arrays[array])
-    with pytest.raises(ValueError, match="one id per sample"):
-        batched.update_batch(samples[:2], ids[:3])
+    with pytest.raises(mismatch[0], match=mismatch[1]):
+        batched.update_batch(samples[:2], companions)
 
 
 def test_extrema_without_simulation_ids_record_minus_one(rng: np.random.Generator) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from references import THRESHOLDS
 
 from melissa_nb.kernels import (
+    Correlation,
     Extrema,
     FieldStatistics,
     Moments,
@@ -37,6 +38,8 @@ def one_thread() -> Iterator[None]:
 def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
     if isinstance(statistic, (Extrema, FieldStatistics)):
         statistic.update(sample, simulation)
+    elif isinstance(statistic, Correlation):
+        statistic.update(sample, np.array([np.sin(simulation + 1.0), np.cos(3.0 * simulation)]))
     else:
         statistic.update(sample)
 
@@ -58,6 +61,11 @@ FAMILIES: dict[str, tuple[Callable[[], object], tuple[int, ...], tuple[str, ...]
         lambda: SobolMartinez(CELLS, PARAMETERS),
         (PARAMETERS + 2, CELLS),
         ("first", "total", "first_ci", "total_ci"),
+    ),
+    "correlation": (
+        lambda: Correlation(CELLS, 2),
+        (CELLS,),
+        ("correlation", "correlation_ci", "src_squared", "regression_r2"),
     ),
     "field": (
         lambda: FieldStatistics(CELLS, order=4, extrema=True, thresholds=THRESHOLDS),

@@ -550,9 +550,11 @@ def test_silent_simulation_is_dropped_without_launcher(start_server, rng) -> Non
 
 
 class FakeLauncher:
-    """The launcher's three sockets, bound on free ports, answering requests automatically."""
+    """The launcher's three sockets, bound on free ports, answering requests automatically
+    (`simu_info` with `table[id]`, else 0, 1, ..., p - 1)."""
 
-    def __init__(self, parameters: int) -> None:
+    def __init__(self, parameters: int, table: np.ndarray | None = None) -> None:
+        self.table = table
         self.context = zmq.Context()
         self.pull = self.context.socket(zmq.PULL)
         self.publisher = self.context.socket(zmq.PUB)
@@ -589,7 +591,11 @@ class FakeLauncher:
                 if request.kind == "options":
                     self.reply.send(Options("-o mean").encode())
                 else:
-                    parameters = tuple(float(k) for k in range(self.parameters))
+                    parameters = (
+                        tuple(float(k) for k in range(self.parameters))
+                        if self.table is None
+                        else tuple(self.table[request.simu_id])
+                    )
                     self.reply.send(
                         Job(request.simu_id, f"job{request.simu_id}", parameters).encode()
                     )

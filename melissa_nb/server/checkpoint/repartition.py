@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.api import GLOBAL_STATE
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.snapshot import Snapshot
 from melissa_nb.server.config import ServerConfig
@@ -28,10 +29,6 @@ class RestoredSlice:
     cells: int
     arrays: dict[str, np.ndarray]
     bits: np.ndarray
-
-
-GLOBAL_STATE = ("count", "parameter_mean", "parameter_comoment")
-"""State arrays without a cell axis: sample counts, the correlations' parameter statistics."""
 
 
 def _per_cell(name: str) -> bool:
