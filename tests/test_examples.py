@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cf_checker import NAMES_AS_COORDINATE, cf_messages
+from references import correlation_batch
 from test_study_run import (
     STUDY_SECONDS,
     assert_results_equal,
@@ -26,13 +27,18 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def small_study(
-    example: str, tmp_path: Path, study: dict, simulation: dict, server: dict | None = None
+    example: str,
+    tmp_path: Path,
+    study: dict,
+    simulation: dict,
+    server: dict | None = None,
+    file: str = "study.toml",
 ) -> Path:
-    """The example's study file with some keys set, written into tmp_path.
+    """The example's study `file` with some keys set, written into tmp_path.
 
     The simulation still runs from the example's folder; results go to tmp_path/out.
     """
-    text = (EXAMPLES / example / "study.toml").read_text()
+    text = (EXAMPLES / example / file).read_text()
     changes = {
         "study": {"output_dir": str(tmp_path / "out"), **study},
         "simulation": {"working_dir": str(EXAMPLES / example), **simulation},
@@ -126,6 +132,43 @@ def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
         "temperature_sobol_aggregated.png",
         "temperature_sobol_t1.png",
     ]
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_heat_monte_carlo_correlations_equal_batch_numpy(tmp_path: Path) -> None:
+    """The Monte Carlo variant: correlations, SRC^2 and R^2 of every cell equal numpy's over
+    the simulations of parameters.csv (a 2-rank server); `melissa-nb results` maps them."""
+    size, steps, dt = 5, 3, 0.01
+    study = small_study(
+        "heat",
+        tmp_path,
+        {"sample_size": 12, "timesteps": steps, "grid_shape": [size, size]},
+        {
+            "command": f"python heat.py --size {size} --steps {steps} --dt {dt} "
+            "{T0} {T1} {T2} {T3} {T4}",
+            "at_once": 3,
+        },
+        {"ranks": 2},
+        file="study_monte_carlo.toml",
+    )
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    out = tmp_path / "out"
+    heat = load_module(EXAMPLES / "heat" / "heat.py")
+    _, rows = read_parameters_csv(out / "parameters.csv")
+    parameters = np.array([spec.values for spec, _ in rows])
+    outputs = np.array(
+        [[field.ravel() for field in heat.heat(v[0], v[1:], size, steps, dt)] for v in parameters]
+    )  # (samples, steps, cells)
+    results = read_results(out / "temperature.nc")
+    for t in range(steps):
+        for name, expected in correlation_batch(parameters, outputs[:, t]).items():
+            np.testing.assert_allclose(
+                results[name][t], expected, rtol=1e-8, atol=1e-10, err_msg=name
+            )
+    assert cf_messages(out / "temperature.nc") == {"ERROR": [], "WARN": [NAMES_AS_COORDINATE]}
+    assert show_results(str(out), timestep=1, cell=7) == 0
+    assert (out / "plots" / "temperature_correlation_t1.png").exists()
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)
