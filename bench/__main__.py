@@ -16,6 +16,7 @@ BENCHMARKS = {
     "memory": "bench.memory",
     "scheduler": "bench.scheduler",
     "auth": "bench.auth",
+    "sensitivity": "bench.sensitivity",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

@@ -176,3 +176,19 @@ def test_auth_benchmark_moves_the_same_frames_both_ways(tmp_path: Path) -> None:
         assert record["curve_over_null"] == pytest.approx(
             record["curve_gbps"] / record["null_gbps"]
         )
+
+
+def test_sensitivity_benchmark_times_each_call_against_the_triad(tmp_path: Path) -> None:
+    """`python -m bench sensitivity --quick`: every call timed, its rate from its byte count."""
+    completed = run_bench("sensitivity", "--quick", "--output-dir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    records = json.loads((tmp_path / "sensitivity.json").read_text())["records"]
+    assert {record["call"] for record in records} == {
+        "correlation_p5",
+        "sobol_aggregate_sums_p5",
+        "sobol_update_p5",
+    }
+    for record in records:
+        rate = record["bytes_per_cell"] * record["cells"] / record["best_s"] / 1e9
+        assert record["gbps"] == pytest.approx(rate)
+        assert record["fraction_of_triad"] == pytest.approx(rate / record["triad_gbps"])

@@ -308,10 +308,11 @@ def sobol_aggregate_sums(
     if count < 2:
         return sums
     scale = 1.0 / (count - 1)
+    variances = m2.sum(axis=-1)  # each row summed once: sum (a + b) = sum a + sum b
     sums[0] = comoment_first.sum(axis=-1) * scale
-    sums[1] = (m2[1] + m2[2:]).sum(axis=-1) * (0.5 * scale)
+    sums[1] = (variances[1] + variances[2:]) * (0.5 * scale)
     sums[2] = comoment_total.sum(axis=-1) * scale
-    sums[3] = (m2[0] + m2[2:]).sum(axis=-1) * (0.5 * scale)
+    sums[3] = (variances[0] + variances[2:]) * (0.5 * scale)
     return sums
 
 
