@@ -44,6 +44,20 @@ def make(**settings) -> ServerConfig:
         ({"batch_mb": -1}, "--batch-mb must be >= 0"),
         ({"launcher_name": "localhost", "connection_port": 5554}, "--connection-port 5554 is"),
         ({"txt_push_port": 5556}, "must differ"),
+        (
+            {"operations": ("correlation",), "launcher_name": "localhost"},
+            "correlation needs -p/--parameters",
+        ),
+        ({"operations": ("correlation",), "parameters": 2}, "give -n/--launchername"),
+        (
+            {"operations": ("sobol", "correlation"), "parameters": 2, "launcher_name": "x"},
+            "not both",
+        ),
+        (
+            {"forward_to": "tcp://a:1", "forward_ack": "tcp://a:2"},
+            "--forward-to needs --forward-key",
+        ),
+        ({"grid_shape": (3,)}, "--grid-shape: expected rows:columns"),
     ],
 )
 def test_invalid_settings_name_their_option(settings: dict, option: str) -> None:

@@ -144,6 +144,7 @@ x = { distribution = "uniform", low = 0, high = 1 }
         ('fields = ["u", "v"]', "fields = []", "[study] fields"),
         ('"quantile"]', '"quantile", "median"]', "[study] statistics"),
         ('"quantile"]', '"quantile", "sobol"]', "[study] statistics"),
+        ('"quantile"]', '"quantile", "correlation"]', "no 'correlation' with sobol = true"),
         ("thresholds = [0.5, -1]", "thresholds = []", "[study] thresholds"),
         ("quantiles = [0.1, 0.9]", "quantiles = [0.1, 1.0]", "[study] quantiles"),
         ("quantiles = [0.1, 0.9]", "quantiles = [0.1, 0.1]", "[study] quantiles"),
