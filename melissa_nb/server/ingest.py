@@ -6,9 +6,10 @@ checkpoints snapshot and restore.
 A data frame, in `handle`: decoded and checked against the study (`DataValidator`); refused if
 its simulation was dropped or never shook hands (ranks other than 0 hold it in `WaitingFrames`
 for two votes first: only rank 0 sees handshakes); its (field, client rank) slice found or made
-in shared memory; a timestep that arrived before is a duplicate; non-finite values refuse it;
-a lone Sobol member waits in `MemberAssembly` for its group; the sample (or whole group) joins
-the `FoldBatch`, folded by the kernels at the end of the burst (`fold`); the timestep is marked
+in shared memory; with correlations, it waits (in `WaitingFrames`, on any rank) for its
+simulation's JOB parameters; a timestep that arrived before is a duplicate; non-finite values
+refuse it; a lone Sobol member waits in `MemberAssembly` for its group; the sample (or whole
+group) joins the `FoldBatch`, folded by the kernels at the end of the burst (`fold`); the timestep is marked
 received. Socket handling, the launcher and the end vote stay with the loop, which hears of
 first sightings and failures through two callbacks.
 """
