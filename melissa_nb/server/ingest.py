@@ -9,9 +9,9 @@ for two votes first: only rank 0 sees handshakes); its (field, client rank) slic
 in shared memory; with correlations, it waits (in `WaitingFrames`, on any rank) for its
 simulation's JOB parameters; a timestep that arrived before is a duplicate; non-finite values
 refuse it; a lone Sobol member waits in `MemberAssembly` for its group; the sample (or whole
-group) joins the `FoldBatch`, folded by the kernels at the end of the burst (`fold`); the timestep is marked
-received. Socket handling, the launcher and the end vote stay with the loop, which hears of
-first sightings and failures through two callbacks.
+group) joins the `FoldBatch`, folded by the kernels at the end of the burst (`fold`); the
+timestep is marked received. Socket handling, the launcher and the end vote stay with the loop,
+which hears of first sightings and failures through two callbacks.
 """
 
 from __future__ import annotations
