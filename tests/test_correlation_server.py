@@ -59,6 +59,6 @@ def test_correlation_maps_equal_numpy_in_any_order(start_server, rng, ranks: int
         np.testing.assert_allclose(results.variables["mean"][t], outputs[t].mean(axis=0))
         for name, expected in correlation_batch(parameters, outputs[t]).items():
             np.testing.assert_allclose(
-                results.variables[name][t], expected, rtol=1e-9, atol=1e-12, err_msg=name
+                results.variables[name][t], expected, rtol=1e-12, atol=1e-12, err_msg=name
             )
     server.assert_clean_exit()

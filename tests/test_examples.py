@@ -164,7 +164,7 @@ def test_heat_monte_carlo_correlations_equal_batch_numpy(tmp_path: Path) -> None
     for t in range(steps):
         for name, expected in correlation_batch(parameters, outputs[:, t]).items():
             np.testing.assert_allclose(
-                results[name][t], expected, rtol=1e-8, atol=1e-10, err_msg=name
+                results[name][t], expected, rtol=1e-12, atol=1e-12, err_msg=name
             )
     assert cf_messages(out / "temperature.nc") == {"ERROR": [], "WARN": [NAMES_AS_COORDINATE]}
     assert show_results(str(out), timestep=1, cell=7) == 0

@@ -233,7 +233,7 @@ def test_correlation_maps_survive_a_sigkilled_server(tmp_path: Path) -> None:
     for t in range(outputs.shape[1]):
         for name, expected in correlation_batch(parameters, outputs[:, t]).items():
             np.testing.assert_allclose(
-                results[name][t], expected, rtol=1e-9, atol=1e-12, err_msg=name
+                results[name][t], expected, rtol=1e-12, atol=1e-12, err_msg=name
             )
 
 

@@ -31,7 +31,7 @@ def test_every_result_equals_batch_numpy(rng: np.random.Generator, offset: float
     )
     results = fed(parameters, outputs, 0.9).results()
     for name, expected in correlation_batch(parameters, outputs, 0.9).items():
-        np.testing.assert_allclose(results[name], expected, rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(results[name], expected, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
 def test_a_linear_model_has_r2_one_and_its_src_in_closed_form(rng: np.random.Generator) -> None:
