@@ -234,6 +234,65 @@ def test_repartition_cuts_exact_cell_ranges(tmp_path: Path, rng, fed, new_ranks:
                 np.testing.assert_array_equal(got, expected, err_msg=f"{field} {name}")
 
 
+@pytest.mark.parametrize("new_ranks", [1, 2, 3])
+def test_repartition_keeps_partly_assembled_groups(
+    tmp_path: Path, rng, fed, new_ranks: int
+) -> None:
+    """Single members being assembled on two old ranks (client 1 straddles them): a new rank
+    keeps each group with the members every old rank it takes cells from had, values cut like
+    the slices; a group some of those ranks had nothing of is not kept."""
+    config = study()
+    total = 9
+    layouts = [{0: 4, 1: rank_cells(total, 2, 0)[1] - 4}, {1: total - rank_cells(total, 2, 0)[1]}]
+    old = [FedRank(config, r, layouts[r]) for r in range(2)]
+    fed.extend(old)
+    group_size = config.group_size
+    whole = {key: rng.normal(size=(group_size, 4 if key[1] == 0 else 5)) for key in KEYS}
+    held = {  # (old rank, key) -> members received there
+        (0, KEYS[0]): (0, 1, 2),
+        (1, KEYS[0]): (1, 2, 3),
+        (0, KEYS[1]): (0, 3),  # client 0 lies on old rank 0 only
+        (0, KEYS[2]): (1,),  # old rank 1 has none of this group's members
+    }
+    for (old_rank, key), members in held.items():
+        start = 0 if key[1] == 0 or old_rank == 0 else layouts[0][1]
+        cells = old[old_rank].slices[(key[0], key[1])].cells
+        for member in members:
+            old[old_rank].members.add(key, member, whole[key][member, start : start + cells].copy())
+    for rank in old:
+        write_atomically(tmp_path, rank.rank, rank.snapshot(2))
+    for new_rank in range(new_ranks):
+        low, high = rank_cells(total, new_ranks, new_rank)
+        kept = {
+            key: (values, received)
+            for key, values, received in load_restart(tmp_path, config, new_rank, new_ranks).members
+        }
+        for key in KEYS:
+            client_start = 0 if key[1] == 0 else 4
+            first, last = max(low, client_start), min(high, client_start + whole[key].shape[1])
+            if last <= first:
+                assert key not in kept
+                continue
+            touched = [
+                r
+                for r in range(2)
+                if rank_cells(total, 2, r)[0] < last and rank_cells(total, 2, r)[1] > first
+            ]
+            members = set.intersection(*(set(held.get((r, key), ())) for r in touched))
+            if not members:
+                assert key not in kept, (new_rank, key)
+                continue
+            values, received = kept[key]
+            assert set(np.flatnonzero(received)) == members
+            for member in members:
+                np.testing.assert_array_equal(
+                    values[member], whole[key][member, first - client_start : last - client_start]
+                )
+
+
+KEYS = (("u", 1, 4, 1), ("u", 0, 5, 0), ("v", 1, 3, 2))
+
+
 def test_repartition_refuses_ranks_that_disagree_on_received_steps(tmp_path: Path, fed) -> None:
     config = study()
     old = [FedRank(config, 0, {0: 3}), FedRank(config, 1, {0: 3})]

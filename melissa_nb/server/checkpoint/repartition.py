@@ -119,3 +119,60 @@ def repartition(
 def _local(piece: _Piece, first: int, last: int) -> slice:
     """The cells of global range [first, last) inside `piece`, as a slice of its arrays."""
     return slice(max(first, piece.start) - piece.start, min(last, piece.end) - piece.start)
+
+
+Member = tuple[tuple[str, int, int, int], np.ndarray, np.ndarray]
+"""A partly assembled Sobol group: (field, client_rank, group, timestep), values (p + 2,
+cells), the members received."""
+
+
+def repartition_members(
+    snapshots: list[Snapshot], config: ServerConfig, rank: int, ranks: int
+) -> list[Member]:
+    """The partly assembled Sobol groups of new rank `rank` of `ranks`, cut out of every old
+    rank's buffers of the same (field, client slice, group, timestep) like the slices.
+
+    A member counts as received only if every old rank whose cells the new rank takes had it
+    (a member that reached some ranks only is re-sent by the relaunch of its unfinished group,
+    and taken then); a group with no member left is not kept.
+    """
+    old_ranks = len(snapshots)
+    starts: dict[tuple[int, str, int], tuple[int, int]] = {}  # (old rank, field, client) -> cells
+    totals: dict[str, int] = {}
+    for snapshot in snapshots:
+        for item in snapshot.meta["slices"]:
+            totals[item["field"]] = totals.get(item["field"], 0) + item["cells"]
+    for old_rank, snapshot in enumerate(snapshots):
+        for item in snapshot.meta["slices"]:
+            start = rank_cells(totals[item["field"]], old_ranks, old_rank)[0] + item["rank_offset"]
+            starts[(old_rank, item["field"], item["client_rank"])] = (start, item["cells"])
+    pieces: dict[tuple[str, int, int, int], dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    for old_rank, snapshot in enumerate(snapshots):
+        for k, key in enumerate(snapshot.meta["members"]):
+            received = snapshot.arrays[f"member{k}/received"] > 0
+            pieces.setdefault(tuple(key), {})[old_rank] = (
+                snapshot.arrays[f"member{k}/values"],
+                received,
+            )
+    kept: list[Member] = []
+    for key, held in pieces.items():
+        field_name, client_rank = key[0], key[1]
+        low, high = rank_cells(totals[field_name], ranks, rank)
+        parts = []
+        for old_rank in range(old_ranks):
+            start, cells = starts.get((old_rank, field_name, client_rank), (0, 0))
+            first, last = max(low, start), min(high, start + cells)
+            if last <= first:
+                continue
+            if old_rank not in held:  # that rank had none of this group's members yet
+                parts = []
+                break
+            values, received = held[old_rank]
+            parts.append((values[:, first - start : last - start], received))
+        if not parts:
+            continue
+        received = np.logical_and.reduce([mask for _, mask in parts])
+        if received.any():
+            values = np.concatenate([piece for piece, _ in parts], axis=1)
+            kept.append((key, np.ascontiguousarray(values), received))
+    return kept

@@ -11,7 +11,12 @@ import numpy as np
 
 from melissa_nb.errors import ConfigurationError, SharedMemoryUnavailable
 from melissa_nb.server.checkpoint.files import checkpoint_path, load_rank_file
-from melissa_nb.server.checkpoint.repartition import RestoredSlice, repartition
+from melissa_nb.server.checkpoint.repartition import (
+    Member,
+    RestoredSlice,
+    repartition,
+    repartition_members,
+)
 from melissa_nb.server.checkpoint.snapshot import (
     FORMAT_VERSION,
     STUDY_OPTIONS,
@@ -75,7 +80,7 @@ class RestoredRank:
     client_comm_size: int
     job_ids: dict[int, str]
     job_parameters: dict[int, tuple[float, ...]]
-    members: list[tuple[tuple[str, int, int, int], np.ndarray, np.ndarray]]
+    members: list[Member]
     counts: dict[str, int]
 
 
@@ -117,14 +122,9 @@ def load_restart(
         ]
     else:
         slices = repartition(list(snapshots.values()), config, rank, ranks, directory)
-        members = []
-        pending = sum(len(snapshot.meta["members"]) for snapshot in snapshots.values())
-        if pending and log is not None:
-            log.warning(
-                "repartition: %d partly assembled Sobol groups discarded (their members must "
-                "be sent again)",
-                pending,
-            )
+        members = repartition_members(list(snapshots.values()), config, rank, ranks)
+        if members and log is not None:
+            log.info("repartition: %d partly assembled Sobol groups kept", len(members))
     everyone = list(snapshots.values())
     job_ids: dict[int, str] = {}
     job_parameters: dict[int, tuple[float, ...]] = {}
