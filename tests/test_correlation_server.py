@@ -10,7 +10,8 @@ from references import correlation_batch
 from test_server_e2e import FakeLauncher, RawSender, frame, start_server  # noqa: F401
 
 from melissa_nb.netcdf import read_results
-from melissa_nb.protocol import Job, Stop, TextRequest
+from melissa_nb.protocol import Drop, Job, Stop, TextRequest
+from melissa_nb.server.status import read_progress
 
 
 @pytest.mark.timeout(180)
@@ -61,4 +62,54 @@ def test_correlation_maps_equal_numpy_in_any_order(start_server, rng, ranks: int
             np.testing.assert_allclose(
                 results.variables[name][t], expected, rtol=1e-12, atol=1e-12, err_msg=name
             )
+    server.assert_clean_exit()
+
+
+@pytest.mark.timeout(180)
+def test_data_without_usable_parameters_is_refused_and_the_rest_is_exact(
+    start_server,  # noqa: F811
+    rng,
+) -> None:
+    """Simulation 1's JOB has a NaN parameter: its frames are refused at once; simulation 2's
+    JOB never comes: its frames wait 50 end votes (~10 s), then are refused; both counted as
+    `no_parameters`, the server keeps serving, and once the launcher drops the two the
+    correlations of the others equal numpy's."""
+    simulations, timesteps, cells, p = 8, 2, 5, 2
+    parameters = rng.uniform(size=(simulations, p))
+    parameters[1, 1] = np.nan
+    outputs = rng.normal(size=(timesteps, simulations, cells)) + parameters[:, :1]
+    launcher = FakeLauncher(parameters=p, table=parameters, unknown=(2,))
+    server = start_server(
+        *("-s", str(simulations), "-t", str(timesteps), "-f", "u", "-p", str(p)),
+        *("-o", "correlation", "-w", "60"),
+        *launcher.options(),
+    )
+    sender = RawSender(server.endpoint)
+    try:
+        launcher.pump(lambda: len(launcher.received) >= 1, "SERVER message")
+        for simulation in range(simulations):
+            sender.handshake(simulation)
+            for t in range(timesteps):
+                sender.send(frame("u", simulation, t, outputs[t, simulation]))
+        launcher.pump(
+            lambda: read_progress(server.output).ranks.get(0, {}).get("rejected") == 2 * timesteps,
+            "the refusal of simulations 1 and 2's frames",
+        )
+        for simulation in (1, 2):
+            launcher.publish(Drop(simulation, f"job{simulation}"))
+        launcher.pump(lambda: Stop() in launcher.received, "STOP")
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+        launcher.close()
+    results = read_results(server.output / "u.nc")
+    assert results.attributes["rejected_reasons"] == f"no_parameters={2 * timesteps}"
+    kept = [s for s in range(simulations) if s not in (1, 2)]
+    for t in range(timesteps):
+        expected = correlation_batch(parameters[kept], outputs[t, kept])
+        for name, values in expected.items():
+            np.testing.assert_allclose(
+                results.variables[name][t], values, rtol=1e-12, atol=1e-12, err_msg=name
+            )
+    assert "the JOB of simulation 1 has (" in server.text()  # its NaN quoted
     server.assert_clean_exit()

@@ -551,10 +551,14 @@ def test_silent_simulation_is_dropped_without_launcher(start_server, rng) -> Non
 
 class FakeLauncher:
     """The launcher's three sockets, bound on free ports, answering requests automatically
-    (`simu_info` with `table[id]`, else 0, 1, ..., p - 1)."""
+    (`simu_info` with `table[id]`, else 0, 1, ..., p - 1; an id in `unknown` gets simulation
+    0's JOB instead, as a launcher that lost it might answer)."""
 
-    def __init__(self, parameters: int, table: np.ndarray | None = None) -> None:
+    def __init__(
+        self, parameters: int, table: np.ndarray | None = None, unknown: tuple[int, ...] = ()
+    ) -> None:
         self.table = table
+        self.unknown = unknown
         self.context = zmq.Context()
         self.pull = self.context.socket(zmq.PULL)
         self.publisher = self.context.socket(zmq.PUB)
@@ -591,14 +595,13 @@ class FakeLauncher:
                 if request.kind == "options":
                     self.reply.send(Options("-o mean").encode())
                 else:
+                    simulation = 0 if request.simu_id in self.unknown else request.simu_id
                     parameters = (
                         tuple(float(k) for k in range(self.parameters))
                         if self.table is None
-                        else tuple(self.table[request.simu_id])
+                        else tuple(self.table[simulation])
                     )
-                    self.reply.send(
-                        Job(request.simu_id, f"job{request.simu_id}", parameters).encode()
-                    )
+                    self.reply.send(Job(simulation, f"job{simulation}", parameters).encode())
 
     def publish(self, message: object) -> None:
         self.publisher.send(message.encode())

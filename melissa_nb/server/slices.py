@@ -59,6 +59,14 @@ def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int,
     return layout
 
 
+def count_array(config: ServerConfig) -> str:
+    """The block array holding the samples folded per timestep: the general statistics', else
+    the correlations', else the Sobol groups'."""
+    if config.general_statistics:
+        return GENERAL + "count"
+    return (CORRELATION if config.correlation else SOBOL) + "count"
+
+
 def slice_bytes(config: ServerConfig, cells: int) -> int:
     """Bytes of state one slice of `cells` cells needs (all timesteps)."""
     return sum(
@@ -96,6 +104,7 @@ class SliceStatistics:
                 "operations": list(config.operations),
                 "general_settings": general_settings(config) if config.general_statistics else None,
                 "parameters": config.parameters,
+                "count_array": count_array(config),
             },
         )
         self.threads = 1 if cells < PARALLEL_MIN_CELLS else threads
@@ -186,10 +195,7 @@ class SliceStatistics:
 
     def sample_count(self, timestep: int) -> int:
         """Samples folded into one timestep (groups with Sobol on count their Y_A, Y_B)."""
-        for prefix in (GENERAL, CORRELATION, SOBOL):
-            if prefix + "count" in self.block.arrays:
-                return int(self.block.arrays[prefix + "count"][timestep, 0])
-        raise AssertionError("a slice without statistics")
+        return int(self.block.arrays[count_array(self.config)][timestep, 0])
 
     def group_count(self, timestep: int) -> int:
         """Sobol groups folded into one timestep (0 without Sobol)."""

@@ -71,8 +71,7 @@ def _slice_progress(name: str) -> SliceProgress | None:
         metadata = block.metadata
         if metadata.get("kind") == STAGE_KIND:
             return None
-        counts_name = "general.count" if "general.count" in block.arrays else "sobol.count"
-        counts = np.array(block.arrays[counts_name][:, 0])
+        counts = np.array(block.arrays[metadata["count_array"]][:, 0])
         mean_range = None
         settings = metadata.get("general_settings")
         received = np.flatnonzero(counts)
