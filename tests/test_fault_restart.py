@@ -16,16 +16,21 @@ from pathlib import Path
 
 import pytest
 from fault_harness import (
+    FIELDS,
+    ROWS,
     TIMESTEPS,
     ServerProcess,
     Servers,
     assert_same_results,
+    group_values,
     no_blocks,
     send_groups,
 )
 from harness import wait_for
+from test_server_e2e import RawSender, frame
 
 from melissa_nb.netcdf import read_results
+from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.files import checkpoint_path
 
 GROUPS = 6
@@ -136,3 +141,50 @@ def test_restart_on_another_number_of_ranks(servers, reference, old_ranks, new_r
     assert second.wait() == 0, second.text()
     assert f"written by {old_ranks} rank(s)" in second.text()
     assert_same_results(second.output, reference.output)
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize(("new_ranks", "last_ranks"), [(1, 2), (3, 3)])
+def test_restart_on_another_number_of_ranks_after_a_mid_stream_checkpoint(
+    servers, reference, new_ranks, last_ranks
+) -> None:
+    """Two old ranks checkpoint while group 3's last timestep has reached rank 0 only: a new
+    rank taking cells of both keeps them as segments, the re-sent group is folded where it was
+    missing; that server's own checkpoint (segments kept as pieces) restarts again, on 2 ranks
+    (cut anew) or on its own 3 (segments restored as they were),
+    and every statistic equals the uninterrupted run (quantiles' fold order included)."""
+    first = servers.start(sampling_size=GROUPS, ranks=2)
+    send_groups(first, range(3))
+    sender = RawSender(first.endpoint)
+    try:
+        reply = sender.handshake(3 * ROWS)
+        assert len(reply.data_addresses) == 2
+        for t in range(TIMESTEPS):
+            for name, cells in FIELDS.items():
+                values = group_values(name, 3, t, cells)
+                split = rank_cells(cells, 2, 0)[1]
+                sender.send(frame(name, 3, t, values[:, :split]), 0)  # the group id
+                if t < TIMESTEPS - 1:  # the last timestep reaches rank 0 only
+                    sender.send(frame(name, 3, t, values[:, split:]), 1)
+        expected = 3 * MESSAGES_PER_GROUP
+        wait_for(
+            lambda: first.accepted() == [expected + 2 * TIMESTEPS, expected + 2 * TIMESTEPS - 2],
+            "group 3 on rank 0, all but its last timestep on rank 1",
+        )
+    finally:
+        sender.close()
+    first.process.send_signal(signal.SIGTERM)  # every rank checkpoints on its way out
+    first.wait()
+
+    second = servers.start("-r", str(first.checkpoints), sampling_size=GROUPS, ranks=new_ranks)
+    send_groups(second, range(4))  # group 3 was not finished: it runs again (as may 0-2)
+    second.process.send_signal(signal.SIGTERM)
+    second.wait()
+    assert "kept as 2 segments" in second.text()
+    assert no_blocks(second)
+
+    third = servers.start("-r", str(second.checkpoints), sampling_size=GROUPS, ranks=last_ranks)
+    send_groups(third, range(GROUPS))
+    assert third.wait() == 0, third.text()
+    assert_same_results(third.output, reference.output)
+    assert no_blocks(third)

@@ -27,11 +27,13 @@ from melissa_nb.errors import ProtocolError, SharedMemoryUnavailable
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.protocol import ConnectionRequest, DataMessage, DataValidator, sobol_member
 from melissa_nb.server.batches import FoldBatch
+from melissa_nb.server.checkpoint.repartition import RestoredSlice
 from melissa_nb.server.checkpoint.restart import RestoredRank, restore_steps, restore_tracker
 from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.members import MemberAssembly
 from melissa_nb.server.progress import Progress
+from melissa_nb.server.segments import Segment, SegmentedSlice
 from melissa_nb.server.slices import SliceStatistics, slice_bytes
 from melissa_nb.server.stages import STAGE_PREFIX, Processing
 from melissa_nb.server.tracking import SliceSteps, Tracker, Vote
@@ -71,7 +73,7 @@ class Ingest:
             sobol=config.sobol,
             nb_parameters=config.parameters,
         )
-        self.slices: dict[tuple[str, int], SliceStatistics] = {}
+        self.slices: dict[tuple[str, int], SliceStatistics | SegmentedSlice] = {}
         self.members = MemberAssembly(config.group_size, int(config.member_buffer_mb * 2**20))
         self.batch = FoldBatch(config.sobol, int(config.batch_mb * 2**20))
         self.waiting = WaitingFrames(int(config.batch_mb * 2**20))
@@ -390,7 +392,17 @@ class Ingest:
         """Take back what the old ranks' checkpoints give this rank (before any data)."""
         restore_tracker(self.tracker, restored, now)
         self._set_client_comm_size(restored.client_comm_size)
+        by_slice: dict[tuple[str, int], list[RestoredSlice]] = {}
         for item in restored.slices:
+            by_slice.setdefault((item.field, item.client_rank), []).append(item)
+        for (field, client_rank), items in by_slice.items():
+            if len(items) > 1 and self.config.statistics:
+                self._restore_segments(field, client_rank, items)
+                continue
+            item = items[0]
+            if len(items) > 1:  # no state to keep apart: the timesteps every piece had
+                bits = np.bitwise_and.reduce([piece.bits for piece in items])
+                item = RestoredSlice(field, client_rank, sum(p.cells for p in items), {}, bits)
             stage_arrays = {n: a for n, a in item.arrays.items() if n.startswith(STAGE_PREFIX)}
             self.processing.restore_state(item.field, item.client_rank, stage_arrays)
             statistics = self._slice(item.field, item.client_rank, item.cells)
@@ -406,6 +418,33 @@ class Ingest:
             self.members.restore(key, values, received)
         for name, value in restored.counts.items():
             self.progress.counts[name] += value
+
+    def _restore_segments(self, field: str, client_rank: int, items: list[RestoredSlice]) -> None:
+        """A slice whose old ranks had received different timesteps: one segment each."""
+        segments = []
+        for index, item in enumerate(items):
+            statistics = SliceStatistics(
+                self.config, self.rank, field, client_rank, item.cells, self.threads, index
+            )
+            for name, array in item.arrays.items():
+                statistics.block.arrays[name][...] = array
+            steps = SliceSteps(self.config.sampling_size, self.config.timesteps, item.cells)
+            steps.bits[:] = item.bits
+            segments.append(Segment(item.offset, statistics, steps))
+        segmented = SegmentedSlice(field, client_rank, segments)
+        self.slices[(field, client_rank)] = segmented
+        cells = segmented.cells
+        self.progress.counts["state_bytes"] += slice_bytes(self.config, cells)
+        self.log.warning(
+            "field %s client rank %d: the old ranks had received different timesteps of its "
+            "%d cells here: kept as %d segments until the re-sent data brings them together",
+            field,
+            client_rank,
+            cells,
+            len(segments),
+        )
+        steps = self._learn_slice(field, client_rank, cells, segmented.received)
+        restore_steps(steps, self.tracker, segmented.agreed_bits())
 
     def release(self) -> None:
         """Remove every shared-memory block of the state (idempotent)."""

@@ -277,25 +277,6 @@ def attributes(
     return result | dict(extra)
 
 
-def _results(slice_statistics: Any, names: Sequence[str], timestep: int) -> dict[str, np.ndarray]:
-    """The requested statistics of one slice at one timestep, each with cells last.
-
-    Working one timestep at a time bounds the memory needed to one timestep of one slice.
-    """
-    results = {}
-    general = [
-        name for name in names if not name.startswith("sobol_") and name not in CORRELATION_RESULTS
-    ]
-    if general:
-        results |= slice_statistics.general(timestep).results(general)
-    if any(name in CORRELATION_RESULTS for name in names):
-        results |= slice_statistics.correlation(timestep).results()
-    if any(name.startswith("sobol_") for name in names):
-        indices = slice_statistics.sobol(timestep).results()
-        results |= {f"sobol_{name}": values for name, values in indices.items()}
-    return results
-
-
 def write_rank_slices(
     store: NetCDFStore,
     config: ServerConfig,
@@ -312,7 +293,8 @@ def write_rank_slices(
     offset = first_cell
     for slice_statistics in slices:
         for t in range(config.timesteps):
-            for name, values in _results(slice_statistics, names, t).items():
+            # One timestep at a time: the memory needed is one timestep of one slice.
+            for name, values in slice_statistics.results(t, names).items():
                 leading = (t,) + (slice(None),) * (values.ndim - 1)
                 _write_cells(store, name, leading, values, offset, grid)
             counts[t] = min(counts[t], slice_statistics.sample_count(t))
@@ -378,7 +360,7 @@ def aggregated_indices(
     sums = np.zeros((config.timesteps, 4, config.parameters))
     for statistics in slices:
         for timestep in range(config.timesteps):
-            sums[timestep] += statistics.sobol(timestep).aggregate_sums()
+            sums[timestep] += statistics.aggregate_sums(timestep)
     total = np.sum(world.allgather(sums), axis=0)
     first, total_index = sobol_aggregated(total)
     spacetime_first, spacetime_total = sobol_aggregated(total.sum(axis=0))

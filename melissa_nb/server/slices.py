@@ -8,13 +8,14 @@ per-timestep kernel objects are built over the row views `arrays[name][t]` on fi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numba
 import numpy as np
 
 from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
-from melissa_nb.kernels.api import widest_interval
+from melissa_nb.kernels.api import CORRELATION_RESULTS, widest_interval
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.state import StateBlock, block_name
 
@@ -86,13 +87,17 @@ class SliceStatistics:
         client_rank: int,
         cells: int,
         threads: int = 1,
+        segment: int = 0,
     ) -> None:
+        """`segment` > 0: one more piece of a slice restored in segments (server/segments.py),
+        in a block of its own."""
         self.config = config
         self.field = field
         self.client_rank = client_rank
         self.cells = cells
         self.block = StateBlock.create(
-            block_name(config.study_id, rank, field, client_rank),
+            block_name(config.study_id, rank, field, client_rank)
+            + (f"s{segment}" if segment else ""),
             slice_layout(config, cells),
             {
                 "study_id": config.study_id,
@@ -192,6 +197,31 @@ class SliceStatistics:
                 [row for group in groups for row in group[:2]],
                 [group * size + member for group in group_ids for member in (0, 1)],
             )
+
+    def results(self, timestep: int, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named output variables (server/output.py names) of one timestep, cells last."""
+        results = {}
+        general = [
+            name
+            for name in names
+            if not name.startswith("sobol_") and name not in CORRELATION_RESULTS
+        ]
+        if general:
+            results |= self.general(timestep).results(general)
+        if any(name in CORRELATION_RESULTS for name in names):
+            results |= self.correlation(timestep).results()
+        if any(name.startswith("sobol_") for name in names):
+            indices = self.sobol(timestep).results()
+            results |= {f"sobol_{name}": values for name, values in indices.items()}
+        return results
+
+    def aggregate_sums(self, timestep: int) -> np.ndarray:
+        """The terms of the field's aggregated Sobol indices over these cells, (4, p)."""
+        return self.sobol(timestep).aggregate_sums()
+
+    def pieces(self, bits: np.ndarray) -> list[tuple[int, int, dict[str, np.ndarray], np.ndarray]]:
+        """What a checkpoint keeps of the slice: (offset, cells, state arrays, received bits)."""
+        return [(0, self.cells, self.block.arrays, bits)]
 
     def sample_count(self, timestep: int) -> int:
         """Samples folded into one timestep (groups with Sobol on count their Y_A, Y_B)."""

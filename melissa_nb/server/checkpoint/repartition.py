@@ -2,8 +2,10 @@
 
 Every state array has cells last (`GLOBAL_STATE` excepted), so a new rank cuts the cells
 the partition gives it out of the old slices: exact for every statistic, quantiles included,
-since nothing is merged. This needs the old ranks to have learned the whole layout and to agree
-on the timesteps received of every slice they share between them.
+since nothing is merged. This needs the old ranks to have learned the whole layout. Where old
+ranks had received different timesteps of a client slice (a checkpoint taken mid-stream), the
+new rank gets one segment per run of cells that agree (server/segments.py), unless user stage
+state is kept with the slice (it cannot be cut into segments: refused).
 """
 
 from __future__ import annotations
@@ -18,17 +20,21 @@ from melissa_nb.kernels.api import GLOBAL_STATE
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.snapshot import Snapshot
 from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.stages import STAGE_PREFIX
 
 
 @dataclass
 class RestoredSlice:
-    """One slice a new rank starts with: its cells, state arrays and received bitset."""
+    """One slice (or one segment of it: server/segments.py) a new rank starts with: its cells,
+    state arrays and received bitset, `offset` cells into the rank's cells of its client
+    slice."""
 
     field: str
     client_rank: int
     cells: int
     arrays: dict[str, np.ndarray]
     bits: np.ndarray
+    offset: int = 0
 
 
 def _per_cell(name: str) -> bool:
@@ -67,7 +73,7 @@ def repartition(
         pieces: dict[int, list[_Piece]] = {}
         for old_rank, (snapshot, items) in enumerate(zip(snapshots, per_rank, strict=True)):
             start, end = rank_cells(total, old_ranks, old_rank)
-            clients = [item["client_rank"] for _, item in items]
+            clients = sorted({item["client_rank"] for _, item in items})
             held = sum(item["cells"] for _, item in items)
             contiguous = not clients or clients == list(range(clients[0], clients[-1] + 1))
             if held != end - start or not contiguous:
@@ -94,26 +100,46 @@ def repartition(
             if last <= first:
                 continue
             used = [p for p in client_pieces if p.start < last and p.end > first]
-            for piece in used[1:]:
-                if not np.array_equal(piece.bits, used[0].bits):
-                    raise ConfigurationError(
-                        f"-r/--restart {directory}: cannot restart on {ranks} ranks: old ranks "
-                        f"{used[0].old_rank} and {piece.old_rank} had received different "
-                        f"timesteps of field {field_name!r} client rank {client_rank}; restart "
-                        f"with {old_ranks} ranks"
-                    )
-            arrays = {}
-            for name, array in used[0].arrays.items():
-                if not _per_cell(name):
-                    arrays[name] = array.copy()
-                    continue
-                arrays[name] = np.concatenate(
-                    [p.arrays[name][..., _local(p, first, last)] for p in used], axis=-1
+            runs = _agreeing_runs(used)
+            if len(runs) > 1 and any(STAGE_PREFIX in name for name in used[0].arrays):
+                raise ConfigurationError(
+                    f"-r/--restart {directory}: cannot restart on {ranks} ranks: old ranks "
+                    f"{runs[0][0].old_rank} and {runs[1][0].old_rank} had received different "
+                    f"timesteps of field {field_name!r} client rank {client_rank}, whose user "
+                    f"stage state cannot be cut; restart with {old_ranks} ranks"
                 )
-            restored.append(
-                RestoredSlice(field_name, client_rank, last - first, arrays, used[0].bits.copy())
-            )
+            for run in runs:
+                low_cell, high_cell = max(first, run[0].start), min(last, run[-1].end)
+                arrays = {}
+                for name, array in run[0].arrays.items():
+                    if not _per_cell(name):
+                        arrays[name] = array.copy()
+                        continue
+                    arrays[name] = np.concatenate(
+                        [p.arrays[name][..., _local(p, low_cell, high_cell)] for p in run], axis=-1
+                    )
+                restored.append(
+                    RestoredSlice(
+                        field_name,
+                        client_rank,
+                        high_cell - low_cell,
+                        arrays,
+                        run[0].bits.copy(),
+                        low_cell - first,
+                    )
+                )
     return restored
+
+
+def _agreeing_runs(pieces: list[_Piece]) -> list[list[_Piece]]:
+    """Consecutive pieces (in cell order) grouped while they received the same timesteps."""
+    runs = [[pieces[0]]]
+    for piece in pieces[1:]:
+        if np.array_equal(piece.bits, runs[-1][0].bits):
+            runs[-1].append(piece)
+        else:
+            runs.append([piece])
+    return runs
 
 
 def _local(piece: _Piece, first: int, last: int) -> slice:

@@ -106,16 +106,20 @@ def load_restart(
             )
     own = snapshots[rank] if old_ranks == ranks else None
     if own is not None:
-        slices = [
-            RestoredSlice(
-                item["field"],
-                item["client_rank"],
-                item["cells"],
-                own.slice_arrays(k),
-                own.arrays[f"slice{k}/bits"],
+        starts: dict[tuple[str, int], int] = {}  # a slice's first piece: where its cells start
+        slices = []
+        for k, item in enumerate(own.meta["slices"]):
+            start = starts.setdefault((item["field"], item["client_rank"]), item["rank_offset"])
+            slices.append(
+                RestoredSlice(
+                    item["field"],
+                    item["client_rank"],
+                    item["cells"],
+                    own.slice_arrays(k),
+                    own.arrays[f"slice{k}/bits"],
+                    item["rank_offset"] - start,
+                )
             )
-            for k, item in enumerate(own.meta["slices"])
-        ]
         members = [
             (tuple(key), own.arrays[f"member{k}/values"], own.arrays[f"member{k}/received"] > 0)
             for k, key in enumerate(own.meta["members"])

@@ -87,30 +87,37 @@ def take_snapshot(
         offset = 0
         for client_rank in sorted(tracker.slices[field_name]):
             steps = tracker.slices[field_name][client_rank]
-            k = len(slice_meta)
-            slice_meta.append(
-                {
-                    "field": field_name,
-                    "client_rank": client_rank,
-                    "cells": steps.vect_size,
-                    "rank_offset": offset,  # cells of the client ranks before it on this rank
-                }
-            )
-            offset += steps.vect_size
             statistics = slices.get((field_name, client_rank))  # None: no built-in statistics
-            arrays = statistics.block.arrays if statistics is not None else {}
-            for name, array in arrays.items():
-                if name != RECEIVED:
-                    snapshot.arrays[f"slice{k}/{name}"] = array.copy()
-            for block in stage_blocks:
-                if (block.metadata["field"], block.metadata["client_rank"]) == (
-                    field_name,
-                    client_rank,
-                ):
-                    for name, array in block.arrays.items():
-                        stage_name = f"{STAGE_PREFIX}{block.metadata['stage']}.{name}"
-                        snapshot.arrays[f"slice{k}/{stage_name}"] = array.copy()
-            snapshot.arrays[f"slice{k}/bits"] = steps.bits.copy()
+            # One entry per piece: a slice restored in segments keeps them (server/segments.py).
+            pieces = (
+                statistics.pieces(steps.bits)
+                if statistics is not None
+                else [(0, steps.vect_size, {}, steps.bits)]
+            )
+            for piece_offset, cells, arrays, bits in pieces:
+                k = len(slice_meta)
+                slice_meta.append(
+                    {
+                        "field": field_name,
+                        "client_rank": client_rank,
+                        "cells": cells,
+                        # cells of the client ranks (and pieces) before it on this rank
+                        "rank_offset": offset + piece_offset,
+                    }
+                )
+                for name, array in arrays.items():
+                    if name != RECEIVED:
+                        snapshot.arrays[f"slice{k}/{name}"] = array.copy()
+                for block in stage_blocks if len(pieces) == 1 else ():
+                    if (block.metadata["field"], block.metadata["client_rank"]) == (
+                        field_name,
+                        client_rank,
+                    ):
+                        for name, array in block.arrays.items():
+                            stage_name = f"{STAGE_PREFIX}{block.metadata['stage']}.{name}"
+                            snapshot.arrays[f"slice{k}/{stage_name}"] = array.copy()
+                snapshot.arrays[f"slice{k}/bits"] = bits.copy()
+            offset += steps.vect_size
     snapshot.arrays["tracker/dropped"] = tracker.dropped.astype(np.uint8)
     snapshot.arrays["tracker/started"] = tracker.started.astype(np.uint8)
     snapshot.arrays["tracker/announced"] = tracker.announced.astype(np.uint8)
