@@ -187,7 +187,10 @@ def test_melissa_nb_client_needs_the_key_file(start_server, rng, monkeypatch) ->
         for row in values:
             client.send("u", row)
     assert server.wait() == 0, server.text()
-    np.testing.assert_allclose(read_results(server.output / "u.nc").variables["mean"], values)
+    results = read_results(server.output / "u.nc")
+    np.testing.assert_allclose(results.variables["mean"], values)
+    # The keyless handshake was counted (the connection socket's monitor).
+    assert "unauthenticated=" in results.attributes["rejected_reasons"]
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)

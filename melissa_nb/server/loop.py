@@ -263,6 +263,10 @@ class ServerRank:
             self.ingest.drain(sockets.data, self.drain, now)
         if sockets.data_monitor in events:
             self._count_connections(now)
+        if sockets.connection_monitor is not None and sockets.connection_monitor in events:
+            while sockets.connection_monitor.poll(0):  # only refused handshakes are monitored
+                recv_monitor_message(sockets.connection_monitor)
+                self._refused_handshake(now)
         if sockets.connection is not None and sockets.connection in events:
             self._answer_connection(now)
         if sockets.control is not None and sockets.control.socket in events:
@@ -306,9 +310,12 @@ class ServerRank:
                 counts["connections"] -= 1
                 counts["disconnections"] += 1
             elif event & HANDSHAKE_FAILED:
-                self.progress.reject(
-                    "unauthenticated", "a data link without CURVE (--auth) refused", now
-                )
+                self._refused_handshake(now)
+
+    def _refused_handshake(self, now: float) -> None:
+        """--auth: a peer without CURVE tried a data or connection socket (ZeroMQ refused it
+        before the gatekeeper is asked)."""
+        self.progress.reject("unauthenticated", "a link without CURVE (--auth) refused", now)
 
     def _answer_connection(self, now: float) -> None:
         """Rank 0: reply to one connection request with the port table (REP: always reply)."""

@@ -194,6 +194,7 @@ class RankSockets:
         self.data_monitor: zmq.Socket | None = None
         self.data_address = ""
         self.connection: zmq.Socket | None = None
+        self.connection_monitor: zmq.Socket | None = None  # --auth: refused handshakes
         self.control: ControlEndpoint | None = None
 
     def bind(
@@ -249,6 +250,8 @@ class RankSockets:
             serve_with(connection, self.key)
         endpoint = f"tcp://{config.bind_address}:{config.connection_port}"
         _bind(connection, endpoint, "--connection-port/--bind")
+        if self.key is not None:
+            self.connection_monitor = connection.get_monitor_socket(HANDSHAKE_FAILED)
         return connection
 
     def _bind_control(
@@ -278,7 +281,7 @@ class RankSockets:
     @property
     def inputs(self) -> list[zmq.Socket]:
         """Every bound socket the loop polls."""
-        sockets = [self.data, self.data_monitor, self.connection]
+        sockets = [self.data, self.data_monitor, self.connection, self.connection_monitor]
         if self.gatekeeper is not None:
             sockets.append(self.gatekeeper.socket)
         if self.control is not None:
@@ -295,6 +298,11 @@ class RankSockets:
             self.data.disable_monitor()
             self.data_monitor.close()
             self.data_monitor = None
+        if self.connection_monitor is not None:
+            assert self.connection is not None
+            self.connection.disable_monitor()
+            self.connection_monitor.close()
+            self.connection_monitor = None
         for socket in (self.data, self.connection):
             if socket is not None:
                 socket.close()
