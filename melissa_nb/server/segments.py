@@ -13,7 +13,7 @@ into agreement. Output, checkpoints and the convergence check see the segments a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,36 +61,37 @@ class SegmentedSlice:
         parameters: np.ndarray | None = None,
     ) -> None:
         """Fold each sample into the segments that lack it."""
-        for segment in self.segments:
-            rows = [
-                i
-                for i, sample in enumerate(simulation_ids)
-                if not segment.steps.has(sample, timestep)
-            ]
-            if not rows:
-                continue
+
+        def fold(segment: Segment, rows: list[int]) -> None:
             segment.statistics.update_samples(
                 timestep,
                 [segment.cut(samples[i]) for i in rows],
                 [simulation_ids[i] for i in rows],
                 None if parameters is None else parameters[rows],
             )
-            for i in rows:
-                segment.steps.add(simulation_ids[i], timestep)
+
+        self._fold_where_missing(timestep, simulation_ids, fold)
 
     def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
         """Fold each Sobol group into the segments that lack it."""
-        for segment in self.segments:
-            rows = [
-                i for i, group in enumerate(group_ids) if not segment.steps.has(group, timestep)
-            ]
-            if not rows:
-                continue
+
+        def fold(segment: Segment, rows: list[int]) -> None:
             segment.statistics.update_groups(
                 timestep, [segment.cut(groups[i]) for i in rows], [group_ids[i] for i in rows]
             )
-            for i in rows:
-                segment.steps.add(group_ids[i], timestep)
+
+        self._fold_where_missing(timestep, group_ids, fold)
+
+    def _fold_where_missing(
+        self, timestep: int, ids: list[int], fold: Callable[[Segment, list[int]], None]
+    ) -> None:
+        """`fold(segment, rows)` the rows of `ids` each segment has not received, then mark them."""
+        for segment in self.segments:
+            rows = [i for i, sample in enumerate(ids) if not segment.steps.has(sample, timestep)]
+            if rows:
+                fold(segment, rows)
+                for i in rows:
+                    segment.steps.add(ids[i], timestep)
 
     def results(self, timestep: int, names: Sequence[str]) -> dict[str, np.ndarray]:
         """The named output variables of one timestep, the segments' cells side by side."""
