@@ -156,7 +156,7 @@ from melissa_nb.client import melissa_finalize, melissa_init, melissa_send
 if os.environ["MELISSA_SIMU_ID"] == "{failing}":
     sys.exit(3)
 import time
-time.sleep({seconds})
+time.sleep({slow_seconds} if os.environ["MELISSA_SIMU_ID"] == "{slow}" else {seconds})
 melissa_init("u", 3)
 melissa_send("u", np.full(3, float(sys.argv[1])))
 melissa_finalize()
@@ -164,11 +164,20 @@ melissa_finalize()
 
 
 def tiny_study(
-    tmp_path: Path, name: str, failing: int = -1, seconds: float = 0.0, samples: int = 4
+    tmp_path: Path,
+    name: str,
+    failing: int = -1,
+    seconds: float = 0.0,
+    samples: int = 4,
+    slow: int = -1,
+    slow_seconds: float = 0.0,
 ) -> Path:
-    """Plain Monte Carlo simulations of a 3-cell field, one of which may always fail."""
+    """Plain Monte Carlo simulations of a 3-cell field, each sleeping `seconds` first (`slow`:
+    `slow_seconds`), one of which may always fail."""
     script = tmp_path / "simulation.py"
-    script.write_text(SIMULATION.format(failing=failing, seconds=seconds))
+    script.write_text(
+        SIMULATION.format(failing=failing, seconds=seconds, slow=slow, slow_seconds=slow_seconds)
+    )
     study = tmp_path / "study.toml"
     study.write_text(
         f"""[study]
@@ -210,6 +219,32 @@ def test_a_job_failing_every_attempt_is_dropped_and_named(slurm: None, tmp_path:
     values = [spec.values[0] for spec, status in rows if status == "finished"]
     np.testing.assert_allclose(results["mean"][0], np.mean(values), rtol=1e-12)
     assert (tmp_path / "out" / "jobs" / "simulation_2.2.sh").exists(), "retried once"
+
+
+@pytest.mark.timeout(SLURM_SECONDS + 30)
+def test_a_job_past_its_time_limit_is_dropped_as_timeout(slurm: None, tmp_path: Path) -> None:
+    """`[scheduler] time_limit = 1` (minute), a simulation that would sleep 10 minutes: Slurm ends
+    its job as TIMEOUT, the runner drops it (no retry here) and says so; the rest is exact."""
+    study = tiny_study(tmp_path, "overtime", slow=1, slow_seconds=600)
+    study.write_text(
+        study.read_text()
+        .replace("retries = 1", "retries = 0")
+        .replace("timeout = 60", "timeout = 600")
+    )
+    completed = run_study(with_scheduler(study, time_limit=1), timeout=SLURM_SECONDS)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    assert "dropped sample 1: job " in completed.stdout, completed.stdout
+    assert "TIMEOUT" in completed.stdout, completed.stdout
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert {spec.simulation_id: status for spec, status in rows} == {
+        0: "finished",
+        1: "dropped",
+        2: "finished",
+        3: "finished",
+    }
+    results = read_results(tmp_path / "out" / "u.nc")
+    values = [spec.values[0] for spec, status in rows if status == "finished"]
+    np.testing.assert_allclose(results["mean"][0], np.mean(values), rtol=1e-12)
 
 
 def running_jobs(name: str, prefix: str) -> list[str]:
