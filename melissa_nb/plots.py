@@ -212,4 +212,19 @@ def field_figures(
             panel.legend(fontsize=8)
         figure.suptitle(f"{name}: which parameter drives the field, and when", fontsize=13)
         figures[f"{name}_sobol_aggregated.png"] = figure
+
+    if "src_squared_aggregated" in variables:
+        figure, panel = plt.subplots(figsize=(7, 4.4))
+        time = np.arange(results.timesteps)
+        for k, parameter in enumerate(names):
+            panel.plot(time, variables["src_squared_aggregated"][:, k], label=parameter)
+        panel.plot(time, variables["regression_r2_aggregated"], "k--", label="R² (all)")
+        panel.set_xlabel("timestep")
+        panel.set_ylabel("share of the field's variance [1]")
+        panel.set_title(
+            f"{name}: variance explained linearly by each parameter (SRC², whole field)",
+            fontsize=11,
+        )
+        panel.legend(fontsize=8)
+        figures[f"{name}_src_aggregated.png"] = figure
     return figures

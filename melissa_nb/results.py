@@ -87,6 +87,9 @@ class FieldSummary:
     worst_width: dict[str, tuple[float, float]] = field(default_factory=dict)
     # parameter -> (first, total) of the whole space-time field, most influential first
     ranking: dict[str, tuple[float, float]] = field(default_factory=dict)
+    # Monte Carlo: parameter -> SRC^2 of the whole space-time field, largest first, and its R^2
+    linear_ranking: dict[str, float] = field(default_factory=dict)
+    linear_r2: float | None = None
 
 
 def result_files(directory: str | Path) -> list[Path]:
@@ -198,6 +201,7 @@ def summarize(results: FieldResults) -> FieldSummary:
         ranges,
         worst_widths(results),
         ranking(results),
+        *linear_ranking(results),
     )
 
 
@@ -214,6 +218,17 @@ def ranking(results: FieldResults) -> dict[str, tuple[float, float]]:
     )
     ordered = sorted(pairs, key=lambda item: -np.nan_to_num(item[2], nan=-np.inf))
     return {name: (float(first), float(total)) for name, first, total in ordered}
+
+
+def linear_ranking(results: FieldResults) -> tuple[dict[str, float], float | None]:
+    """Parameters by the SRC^2 of the whole space-time field, largest first, and its R^2."""
+    variables = results.variables
+    if "src_squared_aggregated_spacetime" not in variables:
+        return {}, None
+    pairs = zip(results.parameter_names, variables["src_squared_aggregated_spacetime"], strict=True)
+    ordered = sorted(pairs, key=lambda item: -np.nan_to_num(item[1], nan=-np.inf))
+    r2 = float(variables["regression_r2_aggregated_spacetime"])
+    return {name: float(share) for name, share in ordered}, r2
 
 
 def field_summaries(directory: str | Path) -> list[FieldSummary]:
@@ -241,6 +256,10 @@ def summary_table(summary: FieldSummary) -> Table:
         table.add_row(
             f"whole field, rank {rank}: {name}", f"first {first:.3g}", f"total {total:.3g}"
         )
+    for rank, (name, share) in enumerate(summary.linear_ranking.items(), start=1):
+        table.add_row(f"whole field, rank {rank}: {name}", f"SRC² {share:.3g}", "")
+    if summary.linear_r2 is not None:
+        table.add_row("whole field, linear fit", f"R² {summary.linear_r2:.3g}", "")
     return table
 
 

@@ -135,3 +135,16 @@ def correlation_batch(
         "src_squared": beta**2,
         "regression_r2": 1.0 - (residual**2).sum(axis=0) / (standard_y**2).sum(axis=0),
     }
+
+
+def correlation_aggregated_batch(
+    parameters: np.ndarray, outputs: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """The whole field's SRC^2 (p,) and R^2 of (n, p) parameters and (n, cells) outputs: the
+    per-cell values of `correlation_batch` weighted by each cell's variance (ddof=1)."""
+    batch = correlation_batch(parameters, outputs)
+    variance = outputs.var(axis=0, ddof=1)
+    return (
+        (batch["src_squared"] * variance).sum(axis=1) / variance.sum(),
+        float((batch["regression_r2"] * variance).sum() / variance.sum()),
+    )

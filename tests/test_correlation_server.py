@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from references import correlation_batch
+from references import correlation_aggregated_batch, correlation_batch
 from test_server_e2e import FakeLauncher, RawSender, frame, start_server  # noqa: F401
 
 from melissa_nb.netcdf import read_results
@@ -56,6 +56,20 @@ def test_correlation_maps_equal_numpy_in_any_order(start_server, rng, ranks: int
     assert results.variable_dimensions["correlation"] == ("time", "parameter", "cell")
     assert results.attributes["messages_rejected"] == 0
     assert TextRequest("simu_info", 1) in launcher.requests  # an odd one was asked for
+    # The whole field: each rank's sums over its own cells add up (no cell gathered).
+    for t in range(timesteps):
+        src_squared, r2 = correlation_aggregated_batch(parameters, outputs[t])
+        variables = results.variables
+        np.testing.assert_allclose(variables["src_squared_aggregated"][t], src_squared, rtol=1e-12)
+        assert variables["regression_r2_aggregated"][t] == pytest.approx(r2, rel=1e-12)
+    spacetime = np.concatenate(list(outputs), axis=1)  # every (timestep, cell) a cell
+    src_squared, r2 = correlation_aggregated_batch(parameters, spacetime)
+    np.testing.assert_allclose(
+        results.variables["src_squared_aggregated_spacetime"], src_squared, rtol=1e-12
+    )
+    assert float(results.variables["regression_r2_aggregated_spacetime"]) == pytest.approx(
+        r2, rel=1e-12
+    )
     for t in range(timesteps):
         np.testing.assert_allclose(results.variables["mean"][t], outputs[t].mean(axis=0))
         for name, expected in correlation_batch(parameters, outputs[t]).items():

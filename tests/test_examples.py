@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cf_checker import NAMES_AS_COORDINATE, cf_messages
-from references import correlation_batch
+from references import correlation_aggregated_batch, correlation_batch
 from test_study_run import (
     STUDY_SECONDS,
     assert_results_equal,
@@ -169,6 +169,10 @@ def test_heat_monte_carlo_correlations_equal_batch_numpy(tmp_path: Path) -> None
     assert cf_messages(out / "temperature.nc") == {"ERROR": [], "WARN": [NAMES_AS_COORDINATE]}
     assert show_results(str(out), timestep=1, cell=7) == 0
     assert (out / "plots" / "temperature_correlation_t1.png").exists()
+    assert (out / "plots" / "temperature_src_aggregated.png").exists()
+    src_squared, r2 = correlation_aggregated_batch(parameters, outputs[:, -1])
+    np.testing.assert_allclose(results["src_squared_aggregated"][-1], src_squared, rtol=1e-12)
+    assert results["regression_r2_aggregated"][-1] == pytest.approx(r2, rel=1e-12)
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)

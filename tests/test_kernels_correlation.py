@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from references import correlation_batch
+from references import correlation_aggregated_batch, correlation_batch
 
 from melissa_nb.kernels import Correlation
 
@@ -84,3 +84,27 @@ def test_parameters_are_checked() -> None:
         statistic.update(np.zeros(4))
     with pytest.raises(ValueError, match=r"parameters must have shape \(2,\)"):
         statistic.update(np.zeros(4), np.zeros(3))
+
+
+def test_whole_field_shares_equal_the_variance_weighted_batch(rng: np.random.Generator) -> None:
+    """The field's SRC^2 and R^2: per-cell values weighted by the cells' variances, equal to
+    numpy's; sums of two halves of the cells add up to the whole; a field that is a linear
+    function of independent inputs tends to each input's share of its total variance."""
+    n, cells = 50, 12
+    parameters = rng.uniform(size=(n, 3))
+    weights = rng.normal(size=(3, cells)) * np.linspace(0.5, 3.0, cells)
+    outputs = 1e5 + parameters @ weights + rng.normal(scale=0.4, size=(n, cells))
+    whole = fed(parameters, outputs)
+    src_squared, r2 = whole.aggregated()
+    expected_src_squared, expected_r2 = correlation_aggregated_batch(parameters, outputs)
+    np.testing.assert_allclose(src_squared, expected_src_squared, rtol=1e-12)
+    assert r2 == pytest.approx(expected_r2, rel=1e-12)
+    halves = sum(
+        fed(parameters, np.ascontiguousarray(part)).aggregate_sums()
+        for part in (outputs[:, :5], outputs[:, 5:])
+    )
+    np.testing.assert_allclose(halves, whole.aggregate_sums(), rtol=1e-12)
+    many = rng.uniform(size=(20_000, 3))
+    linear = fed(many, many @ weights)
+    shares = (weights**2).sum(axis=1) / (weights**2).sum()  # equal input variances (1/12)
+    np.testing.assert_allclose(linear.aggregated()[0], shares, atol=0.01)

@@ -30,6 +30,8 @@ import numpy as np
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.correlation import (
+    correlation_aggregate_sums,
+    correlation_aggregated,
     correlation_finalize,
     correlation_merge,
     correlation_update,
@@ -839,6 +841,18 @@ class Correlation(_MergeableStatistic):
     def regression_r2(self) -> np.ndarray:
         """R^2 of the least-squares linear fit of the output on the parameters, (cells,)."""
         return self._finalized()[1]
+
+    def aggregate_sums(self) -> np.ndarray:
+        """The terms of the whole field's SRC^2 and R^2 over these cells, (parameters + 2,):
+        they add up over slices, ranks and timesteps (see `correlation_aggregate_sums`)."""
+        out, r2 = self._finalized()
+        return correlation_aggregate_sums(self.count, self.arrays["output"], out[3], r2)
+
+    def aggregated(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole field's variance-weighted SRC^2 (parameters,) and R^2: the share of the
+        field's variance each parameter explains linearly, and all of them together."""
+        src_squared, r2 = correlation_aggregated(self.aggregate_sums())
+        return src_squared, float(r2)
 
 
 def widest_interval(widths: np.ndarray) -> np.ndarray:

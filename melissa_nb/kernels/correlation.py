@@ -189,6 +189,37 @@ def correlation_finalize(
             r2[cell] = explained
 
 
+def correlation_aggregate_sums(
+    count: int, output: np.ndarray, src_squared: np.ndarray, r2: np.ndarray
+) -> np.ndarray:
+    """Sums over cells of Var y_i SRC_ki^2 (k = 1..p), Var y_i R^2_i and Var y_i: (p + 2,).
+
+    Their ratios to the last are the variance-weighted SRC^2 and R^2 of the whole field: the
+    share of its total variance each parameter explains linearly (beta_ki^2 Var x_k summed over
+    cells, over sum Var y_i), the counterpart of the aggregated Sobol indices for a Monte Carlo
+    study. Sums of several slices, ranks or timesteps add up; cells where SRC^2 is undefined add
+    nothing (zeros before p + 2 samples).
+    """
+    sums = np.zeros(src_squared.shape[0] + 2)
+    if count < 2:
+        return sums
+    variance = output[1] / (count - 1)
+    defined = np.isfinite(r2)
+    sums[:-2] = (src_squared[:, defined] * variance[defined]).sum(axis=-1)
+    sums[-2] = (r2[defined] * variance[defined]).sum()
+    sums[-1] = variance[defined].sum()
+    return sums
+
+
+def correlation_aggregated(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The whole field's SRC^2 (..., p) and R^2 (...) from `correlation_aggregate_sums`
+    (..., p + 2); NaN where no variance was summed."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        total = sums[..., -1:]
+        shares = np.where(total > 0, sums[..., :-1] / total, np.nan)
+    return shares[..., :-1], shares[..., -1]
+
+
 def inverse_parameter_correlation(count: int, parameter_comoment: np.ndarray) -> np.ndarray:
     """R^-1 of the parameters' correlation matrix (p, p); all NaN where SRC is undefined
     (n < p + 2, a constant parameter, or R singular)."""

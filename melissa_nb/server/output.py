@@ -22,7 +22,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api import CORRELATION_RESULTS, SOBOL_RESULTS
+from melissa_nb.kernels.correlation import correlation_aggregated
 from melissa_nb.kernels.sobol import sobol_aggregated
 from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
@@ -70,6 +71,12 @@ LONG_NAMES = {
     "(variance-weighted over cells, Gamboa et al. 2014)",
     "sobol_first_aggregated_spacetime": "first-order index of the whole space-time field",
     "sobol_total_aggregated_spacetime": "total index of the whole space-time field",
+    "src_squared_aggregated": "share of the field's variance each parameter explains linearly "
+    "(SRC^2 variance-weighted over cells)",
+    "regression_r2_aggregated": "share of the field's variance the linear fit explains "
+    "(R^2 variance-weighted over cells)",
+    "src_squared_aggregated_spacetime": "SRC^2 of the whole space-time field",
+    "regression_r2_aggregated_spacetime": "R^2 of the whole space-time field",
 }
 
 
@@ -146,7 +153,14 @@ AGGREGATED = {
     "sobol_first_aggregated_spacetime": ("parameter",),
     "sobol_total_aggregated_spacetime": ("parameter",),
 }
-"""The indices of a whole field, per timestep and over space-time (no cell dimension)."""
+"""The Sobol indices of a whole field, per timestep and over space-time (no cell dimension)."""
+CORRELATION_AGGREGATED = {
+    "src_squared_aggregated": ("time", "parameter"),
+    "regression_r2_aggregated": ("time",),
+    "src_squared_aggregated_spacetime": ("parameter",),
+    "regression_r2_aggregated_spacetime": (),
+}
+"""The variance-weighted SRC^2 and R^2 of a whole field (Monte Carlo), likewise."""
 
 FIELD_UNITS = ("mean", "min", "max", "quantile", "threshold")
 """Statistics (and the threshold coordinate) in the field's own units (variance in their square;
@@ -219,8 +233,11 @@ def layout(
             "sample_count", ("time",), "i8", {"long_name": LONG_NAMES["sample_count"], "units": "1"}
         )
     )
-    if config.sobol:
-        for name, dimensions_of in AGGREGATED.items():
+    whole_field = (AGGREGATED if config.sobol else {}) | (
+        CORRELATION_AGGREGATED if config.correlation else {}
+    )
+    if whole_field:
+        for name, dimensions_of in whole_field.items():
             variables.append(
                 Variable(name, dimensions_of, "f8", {"long_name": LONG_NAMES[name], "units": "1"})
             )
@@ -322,7 +339,7 @@ def write_field(
     grid = grid_of(config, total_cells)
     final = Path(directory or config.output_dir) / f"{field_name}.nc"
     partial = final.with_name(final.name + ".partial")
-    aggregated = aggregated_indices(world, config, slices) if config.sobol else {}
+    aggregated = aggregated_indices(world, config, slices)
     world.wait_turn()
     try:
         mode = "w" if world.rank == 0 else "a"
@@ -355,21 +372,53 @@ def write_field(
 def aggregated_indices(
     world: World, config: ServerConfig, slices: Sequence[Any]
 ) -> dict[str, np.ndarray]:
-    """The aggregated indices of the field (collective): each rank sums the terms of its own
-    slices per timestep, and the sums of every rank add up; no cell is gathered."""
-    sums = np.zeros((config.timesteps, 4, config.parameters))
+    """The whole-field values of the field (collective; none without Sobol or correlations):
+    each rank sums the terms of its own slices per timestep, and the sums of every rank add
+    up; no cell is gathered."""
+    results: dict[str, np.ndarray] = {}
+    if config.sobol:
+        total = _summed_terms(world, config, slices, lambda item, t: item.sobol_aggregate_sums(t))
+        first, total_index = sobol_aggregated(total)
+        spacetime_first, spacetime_total = sobol_aggregated(total.sum(axis=0))
+        results |= {
+            "sobol_first_aggregated": first,
+            "sobol_total_aggregated": total_index,
+            "sobol_first_aggregated_spacetime": spacetime_first,
+            "sobol_total_aggregated_spacetime": spacetime_total,
+        }
+    if config.correlation:
+        total = _summed_terms(
+            world,
+            config,
+            slices,
+            lambda item, t: item.correlation_aggregate_sums(t),
+            (config.parameters + 2,),
+        )
+        src_squared, r2 = correlation_aggregated(total)
+        spacetime_src_squared, spacetime_r2 = correlation_aggregated(total.sum(axis=0))
+        results |= {
+            "src_squared_aggregated": src_squared,
+            "regression_r2_aggregated": r2,
+            "src_squared_aggregated_spacetime": spacetime_src_squared,
+            "regression_r2_aggregated_spacetime": np.asarray(spacetime_r2),
+        }
+    return results
+
+
+def _summed_terms(
+    world: World,
+    config: ServerConfig,
+    slices: Sequence[Any],
+    terms: Callable[[Any, int], np.ndarray],
+    shape: tuple[int, ...],
+) -> np.ndarray:
+    """(timesteps, *shape): `terms(slice, t)` summed over the slices of every rank (a rank
+    without slices adds zeros)."""
+    sums = np.zeros((config.timesteps, *shape))
     for statistics in slices:
         for timestep in range(config.timesteps):
-            sums[timestep] += statistics.aggregate_sums(timestep)
-    total = np.sum(world.allgather(sums), axis=0)
-    first, total_index = sobol_aggregated(total)
-    spacetime_first, spacetime_total = sobol_aggregated(total.sum(axis=0))
-    return {
-        "sobol_first_aggregated": first,
-        "sobol_total_aggregated": total_index,
-        "sobol_first_aggregated_spacetime": spacetime_first,
-        "sobol_total_aggregated_spacetime": spacetime_total,
-    }
+            sums[timestep] += terms(statistics, timestep)
+    return np.sum(world.allgather(sums), axis=0)
 
 
 def results_directory(config: ServerConfig, world: World, log: logging.Logger) -> Path | None:

@@ -98,9 +98,15 @@ class SegmentedSlice:
         parts = [segment.statistics.results(timestep, names) for segment in self.segments]
         return {name: np.concatenate([part[name] for part in parts], axis=-1) for name in parts[0]}
 
-    def aggregate_sums(self, timestep: int) -> np.ndarray:
-        """The aggregated-index terms over every segment's cells."""
-        return sum(segment.statistics.aggregate_sums(timestep) for segment in self.segments)
+    def sobol_aggregate_sums(self, timestep: int) -> np.ndarray:
+        """The aggregated Sobol terms over every segment's cells."""
+        return sum(segment.statistics.sobol_aggregate_sums(timestep) for segment in self.segments)
+
+    def correlation_aggregate_sums(self, timestep: int) -> np.ndarray:
+        """The whole-field SRC^2 and R^2 terms over every segment's cells."""
+        return sum(
+            segment.statistics.correlation_aggregate_sums(timestep) for segment in self.segments
+        )
 
     def sample_count(self, timestep: int) -> int:
         """The fewest samples any segment folded into this timestep."""

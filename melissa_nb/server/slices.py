@@ -215,9 +215,13 @@ class SliceStatistics:
             results |= {f"sobol_{name}": values for name, values in indices.items()}
         return results
 
-    def aggregate_sums(self, timestep: int) -> np.ndarray:
+    def sobol_aggregate_sums(self, timestep: int) -> np.ndarray:
         """The terms of the field's aggregated Sobol indices over these cells, (4, p)."""
         return self.sobol(timestep).aggregate_sums()
+
+    def correlation_aggregate_sums(self, timestep: int) -> np.ndarray:
+        """The terms of the field's variance-weighted SRC^2 and R^2 over these cells, (p + 2,)."""
+        return self.correlation(timestep).aggregate_sums()
 
     def pieces(self, bits: np.ndarray) -> list[tuple[int, int, dict[str, np.ndarray], np.ndarray]]:
         """What a checkpoint keeps of the slice: (offset, cells, state arrays, received bits)."""
