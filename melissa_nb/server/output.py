@@ -377,7 +377,13 @@ def aggregated_indices(
     up; no cell is gathered."""
     results: dict[str, np.ndarray] = {}
     if config.sobol:
-        total = _summed_terms(world, config, slices, lambda item, t: item.sobol_aggregate_sums(t))
+        total = _summed_terms(
+            world,
+            config,
+            slices,
+            lambda item, t: item.sobol_aggregate_sums(t),
+            (4, config.parameters),
+        )
         first, total_index = sobol_aggregated(total)
         spacetime_first, spacetime_total = sobol_aggregated(total.sum(axis=0))
         results |= {
