@@ -140,3 +140,48 @@ def test_dropped_ids_are_all_listed_compactly() -> None:
     assert id_ranges([9, 2, 3, 4, 5, 11, 12]) == "2-5, 9, 11-12"
     assert id_ranges([7]) == "7"
     assert id_ranges(list(range(1000))) == "0-999"
+
+
+def test_a_stop_signal_during_a_launch_leaves_no_process_unrecorded(tmp_path: Path) -> None:
+    """SIGINT delivered right after a simulation's process started (the gap CI once hit: one
+    simulation outlived its interrupted runner): the launch records the attempt, then the
+    interruption unwinds, so the cleanup stops that process."""
+    import os
+    import signal
+
+    import psutil
+    import pytest
+
+    from melissa_nb.errors import StudyInterrupted
+    from melissa_nb.study.runner import interrupt, stop_signals
+
+    (tmp_path / "sim.py").write_text("import time\ntime.sleep(60)\n")
+    (tmp_path / "study.toml").write_text(
+        STUDY.replace('command = "./sim {x} {y}"', 'command = "python sim.py {x} {y}"').replace(
+            "[study]\n", f'[study]\noutput_dir = "{tmp_path / "out"}"\n'
+        )
+    )
+    runner = StudyRunner(load_study(tmp_path / "study.toml"), show_progress=False)
+    runner.log_dir.mkdir(parents=True)
+    submit = runner.jobs.submit
+
+    def submit_then_interrupted(*arguments, **keywords):
+        job = submit(*arguments, **keywords)
+        os.kill(os.getpid(), signal.SIGINT)  # lands before the attempt is recorded
+        return job
+
+    runner.jobs.submit = submit_then_interrupted
+    context = zmq.Context()
+    launcher = Launcher(context, runner.job, options="")
+    member = runner.members(0)[0]
+    try:
+        with stop_signals(interrupt), pytest.raises(StudyInterrupted):
+            runner.launch(member, launcher, connection_port=free_port())
+        started = runner.active[member.spec.simulation_id].job.process.pid
+        assert psutil.pid_exists(started)
+    finally:
+        for simulation in runner.simulations.values():
+            runner.halt(simulation)
+        launcher.close()
+        context.term()
+    assert not psutil.pid_exists(started) or psutil.Process(started).status() == "zombie"

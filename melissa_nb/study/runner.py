@@ -204,6 +204,18 @@ def stop_signals(handler: Callable[[int, FrameType | None], None] | int) -> Iter
             signal.signal(sig, old)
 
 
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """A stop signal inside the block is held and acted on (StudyInterrupted) at its end: a
+    process started in the block is recorded before the cleanup looks for it; interrupted
+    between its start and its record, nobody would stop it."""
+    held: list[int] = []
+    with stop_signals(lambda signum, frame: held.append(signum)):
+        yield
+    if held:
+        raise StudyInterrupted(held[0])
+
+
 def interrupt(signum: int, frame: FrameType | None) -> None:
     """The study's SIGINT/SIGTERM/SIGHUP handler: unwind to the cleanup."""
     raise StudyInterrupted(signum)
@@ -351,16 +363,19 @@ class StudyRunner:
                 environment[KEY_ENVIRONMENT] = str(self.config.output_dir / KEY_FILE)
             tasks.append(Task(tuple(argv), log_path, environment))
         scheduler = self.config.scheduler
-        job = self.jobs.submit(
-            f"simulation_{simulation.spec.simulation_id}.{simulation.attempts}",
-            tasks,
-            self.config.working_dir,
-            cpus=scheduler.cpus_per_simulation * len(tasks),
-            time_limit=scheduler.time_limit,
-        )
-        for member, task in zip(together, tasks, strict=True):
-            self.active[member.spec.simulation_id] = Attempt(member.attempts, job, task.log_path)
-            member.status = Status.RUNNING
+        with stop_signals_held():
+            job = self.jobs.submit(
+                f"simulation_{simulation.spec.simulation_id}.{simulation.attempts}",
+                tasks,
+                self.config.working_dir,
+                cpus=scheduler.cpus_per_simulation * len(tasks),
+                time_limit=scheduler.time_limit,
+            )
+            for member, task in zip(together, tasks, strict=True):
+                self.active[member.spec.simulation_id] = Attempt(
+                    member.attempts, job, task.log_path
+                )
+                member.status = Status.RUNNING
 
     def halt(self, simulation: Simulation) -> None:
         """Stop the simulation's process, if it has one alive."""
@@ -529,7 +544,8 @@ class StudyRunner:
                 launcher = Launcher(context, self.job_of, options="", host=host)
                 arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)
-                self.server = self.start_server([*arguments, *restart])
+                with stop_signals_held():
+                    self.server = self.start_server([*arguments, *restart])
                 deadline = started + config.study_timeout
                 self.wait_for_server(
                     launcher, self.server, min(deadline, started + SERVER_START_SECONDS)
@@ -678,7 +694,8 @@ class StudyRunner:
             f"{what}: restart {self.restarts} {source}, {again} simulations run again", markup=False
         )
         self.server_ranks.clear()
-        self.server = self.start_server([*arguments, *restart])
+        with stop_signals_held():
+            self.server = self.start_server([*arguments, *restart])
         self.wait_for_server(
             launcher, self.server, min(deadline, time.monotonic() + SERVER_START_SECONDS)
         )
