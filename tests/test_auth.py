@@ -37,6 +37,7 @@ from melissa_nb.auth import (
 from melissa_nb.client import Client
 from melissa_nb.errors import ConfigurationError, ServerUnreachableError
 from melissa_nb.netcdf import read_results
+from melissa_nb.server.status import read_progress
 
 STRANGER_WAIT = 1.5  # seconds a stranger's request waits for the reply it must not get
 
@@ -147,7 +148,18 @@ def test_auth_server_admits_only_the_key_file_holder(start_server, rng, ranks: i
                     piece = np.array_split(forged, ranks)[rank]
                     push.send(frame("u", simulation, t, piece), zmq.NOBLOCK)
             strangers.append(push)
-    time.sleep(STRANGER_WAIT)  # the strangers' sockets try (and retry) to get in meanwhile
+    # Every rank has refused both data strangers (a foreign key, no CURVE) before the owner
+    # sends: had any of their frames got in, it would have come first.
+    wait_for(
+        lambda: (
+            all(
+                counters.get("rejected", 0) >= 2
+                for counters in read_progress(server.output).ranks.values()
+            )
+            and len(read_progress(server.output).ranks) == ranks
+        ),
+        "every rank to refuse the data strangers",
+    )
     values = rng.normal(size=(timesteps, simulations, cells))
     for simulation in range(simulations):
         for t in range(timesteps):
