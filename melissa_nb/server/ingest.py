@@ -338,7 +338,8 @@ class Ingest:
 
     def vote_counted(self, vote: Vote, now: float) -> None:
         """An end vote completed. Ranks other than 0 learn from it the simulations rank 0
-        announced and the study's communicator size; then the frames that waited for them."""
+        announced and the study's communicator size; then every rank tries again the frames
+        that waited (for an announcement, or with correlations for parameters)."""
         self.vote_rounds += 1
         if self.rank != 0:
             self.tracker.announced |= vote.announced
