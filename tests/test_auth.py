@@ -42,6 +42,20 @@ from melissa_nb.server.status import read_progress
 STRANGER_WAIT = 1.5  # seconds a stranger's request waits for the reply it must not get
 
 
+def peer_socket(
+    context: zmq.Context, kind: int, server_key: LinkKey, own: LinkKey | None
+) -> zmq.Socket:
+    """A socket (finite linger) that presents the key pair `own` to a CURVE server holding
+    `server_key`, or no CURVE at all (`own` None)."""
+    socket = context.socket(kind)
+    socket.setsockopt(zmq.LINGER, 0)
+    if own is not None:
+        socket.setsockopt(zmq.CURVE_SERVERKEY, server_key.public)
+        socket.setsockopt(zmq.CURVE_PUBLICKEY, own.public)
+        socket.setsockopt(zmq.CURVE_SECRETKEY, own.secret)
+    return socket
+
+
 def stranger_key() -> LinkKey:
     """A key pair of the stranger's own, CURVE-correct but not the study's."""
     public, secret = zmq.curve_keypair()
@@ -75,12 +89,7 @@ def test_gatekeeper_admits_the_key_and_counts_the_others() -> None:
     peers = zmq.Context()
     senders = {}
     for name, peer_key in (("stranger", stranger_key()), ("null", None), ("owner", key)):
-        sender = peers.socket(zmq.PUSH)
-        sender.setsockopt(zmq.LINGER, 0)
-        if peer_key is not None:
-            sender.setsockopt(zmq.CURVE_SERVERKEY, key.public)
-            sender.setsockopt(zmq.CURVE_PUBLICKEY, peer_key.public)
-            sender.setsockopt(zmq.CURVE_SECRETKEY, peer_key.secret)
+        sender = peer_socket(peers, zmq.PUSH, key, peer_key)
         sender.connect(address)
         sender.send(name.encode(), zmq.NOBLOCK if peer_key is None else 0)
         senders[name] = sender
@@ -117,12 +126,7 @@ def test_auth_server_admits_only_the_key_file_holder(start_server, rng, ranks: i
 
     # Strangers: no CURVE at all, or a key pair of their own. Their handshakes get no reply...
     for stranger in (None, stranger_key()):
-        request = zmq.Context.instance().socket(zmq.REQ)
-        request.setsockopt(zmq.LINGER, 0)
-        if stranger is not None:
-            request.setsockopt(zmq.CURVE_SERVERKEY, key.public)
-            request.setsockopt(zmq.CURVE_PUBLICKEY, stranger.public)
-            request.setsockopt(zmq.CURVE_SECRETKEY, stranger.secret)
+        request = peer_socket(zmq.Context.instance(), zmq.REQ, key, stranger)
         request.connect(server.endpoint)
         request.send(b"\0" * 8, zmq.NOBLOCK) if stranger is None else request.send(b"\0" * 8)
         assert not request.poll(int(STRANGER_WAIT * 1000)), "a stranger got a connection reply"
@@ -136,12 +140,7 @@ def test_auth_server_admits_only_the_key_file_holder(start_server, rng, ranks: i
     strangers = []
     for stranger in (None, stranger_key()):
         for rank, address in enumerate(description["data_addresses"]):
-            push = zmq.Context.instance().socket(zmq.PUSH)
-            push.setsockopt(zmq.LINGER, 0)
-            if stranger is not None:
-                push.setsockopt(zmq.CURVE_SERVERKEY, key.public)
-                push.setsockopt(zmq.CURVE_PUBLICKEY, stranger.public)
-                push.setsockopt(zmq.CURVE_SECRETKEY, stranger.secret)
+            push = peer_socket(zmq.Context.instance(), zmq.PUSH, key, stranger)
             push.connect(address)
             for simulation in range(simulations):
                 for t in range(timesteps):

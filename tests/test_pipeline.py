@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import zmq
 from harness import announce
+from test_auth import peer_socket, stranger_key
 
 from melissa_nb import MelissaServer, ServerStatus
 from melissa_nb.auth import connect_with, read_key_file
@@ -116,16 +117,10 @@ def test_embedded_server_forwards_its_own_results_and_waits_for_the_ack(tmp_path
     garbage.connect(consumer.data_address)
     garbage.send(b"not a forward header")  # counted and dropped by the consumer
     strangers = []  # without the key (no CURVE, or a pair of their own): nothing gets in
-    for stranger in (None, zmq.curve_keypair()):
+    for stranger in (None, stranger_key()):
         for address in (consumer.data_address, consumer.ack_address):
-            socket = zmq.Context.instance().socket(
-                zmq.PUSH if address == consumer.data_address else zmq.REQ
-            )
-            socket.setsockopt(zmq.LINGER, 0)
-            if stranger is not None:
-                socket.setsockopt(zmq.CURVE_SERVERKEY, key.public)
-                socket.setsockopt(zmq.CURVE_PUBLICKEY, stranger[0])
-                socket.setsockopt(zmq.CURVE_SECRETKEY, stranger[1])
+            kind = zmq.PUSH if address == consumer.data_address else zmq.REQ
+            socket = peer_socket(zmq.Context.instance(), kind, key, stranger)
             socket.connect(address)
             socket.send(b"not a forward header", zmq.NOBLOCK)
             strangers.append(socket)

@@ -201,6 +201,16 @@ x = {{ distribution = "uniform", low = 0.0, high = 1.0 }}
     return with_scheduler(study)
 
 
+def assert_only_dropped(out: Path, dropped: int) -> None:
+    """Of the tiny study's 4 samples only `dropped` was dropped, and the mean of the others is
+    exact."""
+    _, rows = read_parameters_csv(out / "parameters.csv")
+    statuses = {spec.simulation_id: status for spec, status in rows}
+    assert statuses == {k: "dropped" if k == dropped else "finished" for k in range(4)}
+    values = [spec.values[0] for spec, status in rows if status == "finished"]
+    np.testing.assert_allclose(read_results(out / "u.nc")["mean"][0], np.mean(values), rtol=1e-12)
+
+
 @pytest.mark.timeout(SLURM_SECONDS + 30)
 def test_a_job_failing_every_attempt_is_dropped_and_named(slurm: None, tmp_path: Path) -> None:
     completed = run_study(tiny_study(tmp_path, "dropping", failing=2), timeout=SLURM_SECONDS)
@@ -208,16 +218,7 @@ def test_a_job_failing_every_attempt_is_dropped_and_named(slurm: None, tmp_path:
     assert "1 dropped" in completed.stdout
     assert "dropped sample 2: job " in completed.stdout, completed.stdout
     assert "FAILED, exit code 3, 2 attempts" in completed.stdout
-    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
-    assert {spec.simulation_id: status for spec, status in rows} == {
-        0: "finished",
-        1: "finished",
-        2: "dropped",
-        3: "finished",
-    }
-    results = read_results(tmp_path / "out" / "u.nc")
-    values = [spec.values[0] for spec, status in rows if status == "finished"]
-    np.testing.assert_allclose(results["mean"][0], np.mean(values), rtol=1e-12)
+    assert_only_dropped(tmp_path / "out", 2)
     assert (tmp_path / "out" / "jobs" / "simulation_2.2.sh").exists(), "retried once"
 
 
@@ -235,16 +236,7 @@ def test_a_job_past_its_time_limit_is_dropped_as_timeout(slurm: None, tmp_path: 
     assert completed.returncode == 0, completed.stderr + completed.stdout
     assert "dropped sample 1: job " in completed.stdout, completed.stdout
     assert "TIMEOUT" in completed.stdout, completed.stdout
-    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
-    assert {spec.simulation_id: status for spec, status in rows} == {
-        0: "finished",
-        1: "dropped",
-        2: "finished",
-        3: "finished",
-    }
-    results = read_results(tmp_path / "out" / "u.nc")
-    values = [spec.values[0] for spec, status in rows if status == "finished"]
-    np.testing.assert_allclose(results["mean"][0], np.mean(values), rtol=1e-12)
+    assert_only_dropped(tmp_path / "out", 1)
 
 
 def running_jobs(name: str, prefix: str) -> list[str]:

@@ -582,13 +582,9 @@ class Quantiles(_Statistic):
 # -- Sobol indices ----------------------------------------------------------------------------
 
 
-class SobolMartinez(_MergeableStatistic):
-    """First and total Sobol indices per cell from pick-freeze groups (iterative Martinez).
-
-    Feed groups of shape (parameters + 2, cells): rows Y_A, Y_B, Y_C1..Y_Cp. Indices are NaN
-    where a variance is 0 (constant cell, fewer than 2 groups); intervals (Fisher z at
-    ``confidence``) are NaN with fewer than 4 groups.
-    """
+class _SensitivityStatistic(_MergeableStatistic):
+    """A statistic of the outputs against `parameters` inputs, with Fisher-z intervals at
+    `confidence` (SobolMartinez, Correlation)."""
 
     def __init__(
         self,
@@ -601,6 +597,22 @@ class SobolMartinez(_MergeableStatistic):
         super().__init__(cells, {"parameters": _integer("parameters", parameters, 1)}, arrays)
         self.parameters: int = self._settings["parameters"]
         self.confidence = _levels("confidence", [confidence], open_unit=True)[0]
+
+    def _half_width(self) -> float:
+        """h = z_{(1+c)/2} / sqrt(n - 3) of the Fisher-z intervals; NaN with fewer than 4."""
+        count = self.count
+        if count < 4:
+            return math.nan
+        return normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
+
+
+class SobolMartinez(_SensitivityStatistic):
+    """First and total Sobol indices per cell from pick-freeze groups (iterative Martinez).
+
+    Feed groups of shape (parameters + 2, cells): rows Y_A, Y_B, Y_C1..Y_Cp. Indices are NaN
+    where a variance is 0 (constant cell, fewer than 2 groups); intervals (Fisher z at
+    ``confidence``) are NaN with fewer than 4 groups.
+    """
 
     @staticmethod
     def layout(cells: int, parameters: int = 1) -> Layout:
@@ -661,11 +673,7 @@ class SobolMartinez(_MergeableStatistic):
 
     def _finalized(self) -> np.ndarray:
         count = self.count
-        half_width = (
-            normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
-            if count >= 4
-            else math.nan
-        )
+        half_width = self._half_width()
         out = np.empty((6, self.parameters, self.cells))
         sobol_finalize(
             count,
@@ -729,7 +737,7 @@ class SobolMartinez(_MergeableStatistic):
         return widest_interval(out[3] - out[2]), widest_interval(out[5] - out[4])
 
 
-class Correlation(_MergeableStatistic):
+class Correlation(_SensitivityStatistic):
     """Correlation of each cell's output with each of ``parameters`` inputs, for plain Monte
     Carlo samples: Pearson r with its Fisher-z interval at ``confidence``, the squared
     standardized regression coefficients and the R^2 of the linear fit (see
@@ -737,18 +745,6 @@ class Correlation(_MergeableStatistic):
 
     Feed each simulation's output (cells,) with its parameters (parameters,).
     """
-
-    def __init__(
-        self,
-        cells: int,
-        parameters: int,
-        confidence: float = 0.95,
-        *,
-        arrays: Mapping[str, np.ndarray] | None = None,
-    ) -> None:
-        super().__init__(cells, {"parameters": _integer("parameters", parameters, 1)}, arrays)
-        self.parameters: int = self._settings["parameters"]
-        self.confidence = _levels("confidence", [confidence], open_unit=True)[0]
 
     @staticmethod
     def layout(cells: int, parameters: int = 1) -> Layout:
@@ -792,11 +788,7 @@ class Correlation(_MergeableStatistic):
 
     def _finalized(self) -> tuple[np.ndarray, np.ndarray]:
         count = self.count
-        half_width = (
-            normal_quantile(0.5 + 0.5 * self.confidence) / math.sqrt(count - 3)
-            if count >= 4
-            else math.nan
-        )
+        half_width = self._half_width()
         inverse = inverse_parameter_correlation(count, self.arrays["parameter_comoment"])
         out = np.empty((4, self.parameters, self.cells))
         r2 = np.empty(self.cells)
