@@ -41,8 +41,8 @@ from melissa_nb.protocol import (
     encode_data_frame,
     encode_data_header,
 )
-from melissa_nb.server.state import SHM_DIRECTORY, attach_block, block_name, list_blocks
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.live.state import SHM_DIRECTORY, attach_block, block_name, list_blocks
+from melissa_nb.server.results.status import read_progress
 
 BIN = Path(sys.executable).parent
 MELISSA = BIN / "melissa-nb"

@@ -3,7 +3,7 @@ and MPI."""
 
 from typing import Any
 
-__version__ = "0.1.0"
+from melissa_nb.version import __version__ as __version__
 
 _EMBEDDED = ("MelissaServer", "ServerStatus", "SimulationData")
 

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from melissa_nb import __version__
 from melissa_nb.server.options import server_parameters
+from melissa_nb.version import __version__
 
 if TYPE_CHECKING:
     from melissa_nb.server.signals import EarlySignals
@@ -80,7 +80,7 @@ def status(
     ),
 ) -> None:
     """Show the progress of a running server (its shared memory, else its control endpoint)."""
-    from melissa_nb.server.status import show_status
+    from melissa_nb.server.results.status import show_status
 
     raise typer.Exit(show_status(output_dir, watch))
 

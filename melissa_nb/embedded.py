@@ -37,7 +37,7 @@ from melissa_nb.protocol import DataMessage, sobol_member
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.loop import POLL_MS, ServerRank
 from melissa_nb.server.options import parse_arguments
-from melissa_nb.server.stages import Stage, read_only_view
+from melissa_nb.server.pipeline.stages import Stage, read_only_view
 from melissa_nb.server.startup import start_rank, warm_kernels
 
 MELISSA4PY_NAMES = {
@@ -235,7 +235,7 @@ class MelissaServer:
         state: Mapping[str, Any] | None = None,
         fields: tuple[str, ...] | list[str] | None = None,
     ) -> Stage:
-        """Register a processing stage (see melissa_nb.server.stages and docs/embedding.md)."""
+        """Register a processing stage (server/pipeline/stages.py, docs/embedding.md)."""
         return self._processing.add_stage(function, name=name, state=state, fields=fields)
 
     def stage_state(self, stage: Stage | str) -> dict[tuple[str, int], dict[str, np.ndarray]]:

@@ -1,5 +1,5 @@
 """The pipeline wire format: a server rank pushes accepted data (or results) to a downstream
-consumer. Bytes <-> `Forwarded`, no socket here (server/forward.py has the two ends).
+consumer. Bytes <-> `Forwarded`, no socket here (server/pipeline/forward.py has the two ends).
 
 Wire format, version 1 (docs/embedding.md is the reference). Every message is one or two
 ZeroMQ frames on a PUSH (server rank, connects) -> PULL (consumer, binds) pipe:

@@ -25,8 +25,8 @@ from melissa_nb.errors import CheckpointDamaged
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.server.checkpoint.files import checkpoint_path, read_file
-from melissa_nb.server.state import list_blocks, unlink_blocks
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.live.state import list_blocks, unlink_blocks
+from melissa_nb.server.results.status import read_progress
 
 PARAMETERS = 2
 ROWS = PARAMETERS + 2

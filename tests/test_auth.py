@@ -37,7 +37,7 @@ from melissa_nb.auth import (
 from melissa_nb.client import Client
 from melissa_nb.errors import ConfigurationError, ServerUnreachableError
 from melissa_nb.netcdf import read_results
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.results.status import read_progress
 
 STRANGER_WAIT = 1.5  # seconds a stranger's request waits for the reply it must not get
 

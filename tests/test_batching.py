@@ -15,9 +15,9 @@ from melissa_nb.kernels import Quantiles
 from melissa_nb.kernels.jit import BATCH
 from melissa_nb.netcdf import read_results
 from melissa_nb.protocol import encode_data_frame
-from melissa_nb.server.batches import FoldBatch
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.slices import SliceStatistics
+from melissa_nb.server.receive.batches import FoldBatch
+from melissa_nb.server.receive.slices import SliceStatistics
 
 GENERAL = ("mean", "variance", "skewness", "kurtosis", "min", "max", "threshold", "quantile")
 QUANTILES = (0.1, 0.5, 0.9)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from melissa_nb.server.state import list_blocks
+from melissa_nb.server.live.state import list_blocks
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 INGEST_KEYS = {

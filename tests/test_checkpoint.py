@@ -28,9 +28,9 @@ from melissa_nb.server.checkpoint.restart import (
 )
 from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.members import MemberAssembly
-from melissa_nb.server.slices import SliceStatistics
-from melissa_nb.server.tracking import Tracker
+from melissa_nb.server.receive.members import MemberAssembly
+from melissa_nb.server.receive.slices import SliceStatistics
+from melissa_nb.server.receive.tracking import Tracker
 
 TIMESTEPS = 3
 LOG = logging.getLogger("test_checkpoint")

@@ -14,7 +14,7 @@ from harness import MELISSA, wait_for
 from test_server_e2e import RawSender, frame, start_server  # noqa: F401 (a fixture)
 
 from melissa_nb.netcdf import read_results
-from melissa_nb.server.control import control_request, read_secret
+from melissa_nb.server.launcher.control import control_request, read_secret
 
 
 @pytest.mark.timeout(120)

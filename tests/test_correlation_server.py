@@ -11,7 +11,7 @@ from test_server_e2e import FakeLauncher, RawSender, frame, start_server  # noqa
 
 from melissa_nb.netcdf import read_results
 from melissa_nb.protocol import Drop, Job, Stop, TextRequest
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.results.status import read_progress
 
 
 @pytest.mark.timeout(180)

@@ -28,7 +28,7 @@ from melissa_nb.errors import ConfigurationError
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Job, encode_data_frame
-from melissa_nb.server.state import list_blocks
+from melissa_nb.server.live.state import list_blocks
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "melissa4py"
 WAIT = 60.0

@@ -17,9 +17,9 @@ from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Alive, ConfidenceInterval, Drop, Stop
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.convergence import CONVERGED
-from melissa_nb.server.state import unlink_blocks
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.live.state import unlink_blocks
+from melissa_nb.server.results.convergence import CONVERGED
+from melissa_nb.server.results.status import read_progress
 
 PARAMETERS = 2
 CELLS = 7

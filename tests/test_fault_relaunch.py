@@ -24,7 +24,7 @@ from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 
 from melissa_nb.ports import free_port
 from melissa_nb.server.config import derived_study_id
-from melissa_nb.server.state import list_blocks, unlink_blocks
+from melissa_nb.server.live.state import list_blocks, unlink_blocks
 
 GROUPS = 6
 MESSAGES_PER_GROUP = 2 * TIMESTEPS  # two fields

@@ -31,7 +31,7 @@ from test_study_run import (
 
 from melissa_nb.errors import CheckpointDamaged
 from melissa_nb.server.checkpoint.files import checkpoint_path, read_file
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.results.status import read_progress
 from melissa_nb.study.sampling import read_parameters_csv
 
 SIMULATION = '''

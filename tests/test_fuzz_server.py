@@ -33,9 +33,9 @@ from test_server_e2e import FakeLauncher, RawSender, frame, sobol_reference
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Drop, Hello, Job, Options, TextRequest
+from melissa_nb.server.live.state import unlink_blocks
+from melissa_nb.server.results.status import read_progress
 from melissa_nb.server.startup import CONNECTION_MAX_MESSAGE
-from melissa_nb.server.state import unlink_blocks
-from melissa_nb.server.status import read_progress
 
 SEED = 20261122
 PARAMETERS = 1

@@ -29,7 +29,7 @@ from test_server_e2e import (  # noqa: F401 (start_server is a fixture)
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import Drop, Job
-from melissa_nb.server.control import control_request, read_secret
+from melissa_nb.server.launcher.control import control_request, read_secret
 
 
 def multipart_request(address: str, parts: list[bytes]) -> list[bytes]:

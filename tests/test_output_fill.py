@@ -11,9 +11,9 @@ import numpy as np
 from melissa_nb.kernels import FieldStatistics, SobolMartinez
 from melissa_nb.netcdf import read_results
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.output import statistic_names, write_field
 from melissa_nb.server.ranks import World
-from melissa_nb.server.slices import SliceStatistics
+from melissa_nb.server.receive.slices import SliceStatistics
+from melissa_nb.server.results.output import statistic_names, write_field
 
 
 def test_cells_without_a_slice_hold_the_fill_values(tmp_path: Path, rng) -> None:

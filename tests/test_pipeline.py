@@ -26,8 +26,8 @@ from melissa_nb import MelissaServer, ServerStatus
 from melissa_nb.auth import connect_with, read_key_file
 from melissa_nb.forward_protocol import RESULT, Forwarded
 from melissa_nb.protocol import encode_data_frame
-from melissa_nb.server.forward import Consumer
-from melissa_nb.server.state import list_blocks
+from melissa_nb.server.live.state import list_blocks
+from melissa_nb.server.pipeline.forward import Consumer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 WAIT = 60.0

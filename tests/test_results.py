@@ -117,7 +117,7 @@ def test_without_matplotlib_the_command_says_how_to_install(
 def test_figures_are_labelled_and_draw_intervals_as_they_are(tmp_path: Path) -> None:
     """Axes, colour bars with units, titles naming field, statistic and timestep, the cell as
     (row, column), clipping marked on Sobol maps, intervals not cut at [0, 1]."""
-    from melissa_nb.plots import field_figures
+    from melissa_nb.results.plots import field_figures
 
     arrays = write_result(tmp_path / "u.nc", np.random.default_rng(5), [2, 3])
     with netCDF4.Dataset(tmp_path / "u.nc", "a") as dataset:
@@ -158,7 +158,7 @@ def test_figures_are_labelled_and_draw_intervals_as_they_are(tmp_path: Path) -> 
 
 
 def test_whole_field_indices_are_ranked_and_plotted_over_time(tmp_path: Path) -> None:
-    from melissa_nb.plots import field_figures
+    from melissa_nb.results.plots import field_figures
 
     write_result(tmp_path / "u.nc", np.random.default_rng(6), [2, 3])
     with netCDF4.Dataset(tmp_path / "u.nc", "a") as dataset:

@@ -51,10 +51,10 @@ from melissa_nb.protocol import (
     encode_data_frame,
 )
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.launcher_link import LauncherLink
-from melissa_nb.server.progress import LogThrottle
-from melissa_nb.server.state import list_blocks
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.launcher.link import LauncherLink
+from melissa_nb.server.live.progress import LogThrottle
+from melissa_nb.server.live.state import list_blocks
+from melissa_nb.server.results.status import read_progress
 
 RTOL = 1e-12
 
@@ -500,7 +500,7 @@ def test_status_of_a_sobol_study_counts_groups() -> None:
     """With Sobol the server tracks groups: status says groups, not simulations."""
     from rich.console import Console
 
-    from melissa_nb.server.status import SliceProgress, StudyProgress, render_progress
+    from melissa_nb.server.results.status import SliceProgress, StudyProgress, render_progress
 
     counters = dict.fromkeys(
         ("messages", "accepted", "duplicates", "rejected", "running", "finished", "dropped"), 1

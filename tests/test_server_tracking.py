@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from melissa_nb.server.members import MemberAssembly
-from melissa_nb.server.tracking import SliceSteps, Tracker, Vote, summary_width
+from melissa_nb.server.receive.members import MemberAssembly
+from melissa_nb.server.receive.tracking import SliceSteps, Tracker, Vote, summary_width
 
 
 def test_bitset_marks_each_step_once_across_word_boundaries() -> None:

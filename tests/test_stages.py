@@ -17,8 +17,8 @@ from numba import njit
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.protocol import encode_data_frame
-from melissa_nb.server.state import list_blocks, reading
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.live.state import list_blocks, reading
+from melissa_nb.server.results.status import read_progress
 
 
 @njit(cache=False)

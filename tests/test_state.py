@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from melissa_nb.errors import BlockNotReady, SharedMemoryUnavailable
-from melissa_nb.server.progress import Progress
-from melissa_nb.server.state import (
+from melissa_nb.server.live.progress import Progress
+from melissa_nb.server.live.state import (
     ALIGNMENT,
     SHM_DIRECTORY,
     StateBlock,
@@ -22,7 +22,7 @@ from melissa_nb.server.state import (
     list_blocks,
     reading,
 )
-from melissa_nb.server.status import SERVER_FILE, read_progress
+from melissa_nb.server.results.status import SERVER_FILE, read_progress
 
 LAYOUT = {
     "mean": ((3, 5), np.float64),
@@ -63,7 +63,7 @@ def test_another_process_reads_live_values_and_cannot_unlink(name: str) -> None:
         block.arrays["count"][:, 0] = [4, 5, 6]
         script = (
             "import json, sys\n"
-            "from melissa_nb.server.state import reading\n"
+            "from melissa_nb.server.live.state import reading\n"
             "with reading(sys.argv[1]) as b:\n"
             "    print(json.dumps({'mean': b.arrays['mean'][1].tolist(),\n"
             "                      'count': b.arrays['count'][:, 0].tolist(),\n"

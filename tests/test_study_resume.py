@@ -12,7 +12,7 @@ import pytest
 from harness import wait_for
 from test_study_run import STUDY_SECONDS, read_results, start_run
 
-from melissa_nb.server.status import read_progress
+from melissa_nb.server.results.status import read_progress
 from melissa_nb.study.sampling import read_parameters_csv
 
 SIMULATION = """

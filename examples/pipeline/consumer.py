@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_nb.forward_protocol import DATA
-from melissa_nb.server.forward import Consumer
+from melissa_nb.server.pipeline.forward import Consumer
 
 
 class OnlineRegression:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.server.state import unlink_blocks
+from melissa_nb.server.live.state import unlink_blocks
 
 
 def check_writable(directory: Path, option: str) -> None:

@@ -159,7 +159,7 @@ class ServerConfig:
     member_buffer_mb: float = option(
         "--member-buffer-mb", default=256.0, help="Memory for assembling single Sobol members."
     )
-    batch_mb: float = option(  # see server/batches.py
+    batch_mb: float = option(  # see server/receive/batches.py
         "--batch-mb",
         default=64.0,
         help="Received data folded together per pass over the state (0: one message at a time).",

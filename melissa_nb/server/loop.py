@@ -46,31 +46,31 @@ from melissa_nb.protocol import (
     TextRequest,
     Timeout,
 )
-from melissa_nb.server.checkpoint.restart import restore_collectively
 from melissa_nb.server.checkpoint.writer import Checkpointer
 from melissa_nb.server.claim import RankClaim
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.convergence import INDICES, Convergence, local_widths
-from melissa_nb.server.forward import Forwarder
-from melissa_nb.server.ingest import Ingest
-from melissa_nb.server.launcher_link import LauncherLink
-from melissa_nb.server.output import grid_of, results_directory, write_field
-from melissa_nb.server.progress import Progress
+from melissa_nb.server.launcher.link import LauncherLink
+from melissa_nb.server.launcher.requests import receive_request
+from melissa_nb.server.live.progress import Progress
+from melissa_nb.server.pipeline.forward import Forwarder
+from melissa_nb.server.pipeline.stages import Processing
 from melissa_nb.server.ranks import EndVote, World
-from melissa_nb.server.requests import receive_request
+from melissa_nb.server.receive.ingest import Ingest
+from melissa_nb.server.receive.tracking import STATE_FINISHED, STATE_RUNNING, Vote, summary_width
+from melissa_nb.server.results.convergence import INDICES, Convergence, local_widths
+from melissa_nb.server.results.output import grid_of, results_directory, write_field
+from melissa_nb.server.results.status import progress_report
 from melissa_nb.server.signals import EarlySignals
-from melissa_nb.server.stages import Processing
 from melissa_nb.server.startup import (
     HANDSHAKE_FAILED,
     RankSockets,
     claim_study,
+    restore_collectively,
     start_rank,
     study_key,
     warm_kernels,
     write_server_file,
 )
-from melissa_nb.server.status import progress_report
-from melissa_nb.server.tracking import STATE_FINISHED, STATE_RUNNING, Vote, summary_width
 
 POLL_MS = 100  # every wait of the loop is at most this long: signals and votes stay responsive
 DRAIN = 256  # data frames handled per poll before the other sockets get a turn

@@ -28,15 +28,23 @@ from melissa_nb.auth import (
     load_or_create_key,
     serve_with,
 )
-from melissa_nb.errors import ConfigurationError
+from melissa_nb.errors import ConfigurationError, SharedMemoryUnavailable
 from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
 from melissa_nb.kernels.finite import count_non_finite
+from melissa_nb.server.checkpoint.restart import load_restart, restart_directory
 from melissa_nb.server.claim import RankClaim, check_writable, lock_path, reclaim, stale_claims
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.control import SECRET_FILE, Action, ControlEndpoint, Reject, write_secret
-from melissa_nb.server.output import statistic_names
+from melissa_nb.server.launcher.control import (
+    SECRET_FILE,
+    Action,
+    ControlEndpoint,
+    Reject,
+    write_secret,
+)
 from melissa_nb.server.ranks import World
-from melissa_nb.server.slices import general_settings
+from melissa_nb.server.receive.ingest import Ingest
+from melissa_nb.server.receive.slices import general_settings
+from melissa_nb.server.results.output import statistic_names
 
 DATA_LINGER_MS = 0
 CONNECTION_MAX_MESSAGE = 64  # a connection request is 8 bytes
@@ -343,3 +351,28 @@ def write_server_file(
     temporary = config.output_dir / (SERVER_FILE + ".tmp")
     temporary.write_text(json.dumps(description, indent=2))
     os.replace(temporary, config.output_dir / SERVER_FILE)
+
+
+def restore_collectively(
+    ingest: Ingest, world: World, config: ServerConfig, log: logging.Logger, now: float
+) -> None:
+    """Every rank loads `-r DIR` into its fresh state; a refusal on any rank stops every rank
+    with its message."""
+    problem = None
+    try:
+        directory = restart_directory(config)
+        restored = load_restart(directory, config, world.rank, world.size, log)
+        ingest.restore(restored, now)
+        log.warning(
+            "restarted from %s (written by %d rank(s)): %d slices, %d simulations finished or "
+            "dropped here",
+            directory,
+            restored.old_ranks,
+            len(restored.slices),
+            int(np.count_nonzero(ingest.tracker.finished() | ingest.tracker.dropped)),
+        )
+    except (ConfigurationError, SharedMemoryUnavailable) as error:
+        problem = f"rank {world.rank}: {error}"
+    problems = [item for item in world.allgather(problem) if item]
+    if problems:
+        raise ConfigurationError("; ".join(problems))

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from melissa_nb.errors import StudyError
 from melissa_nb.netcdf import NetCDFStore
-from melissa_nb.server.output import FIELD_UNITS
+from melissa_nb.server.results.output import FIELD_UNITS
 from melissa_nb.study.config import StudyConfig
 
 

@@ -51,8 +51,8 @@ from melissa_nb.protocol import (
 )
 from melissa_nb.server.checkpoint.files import checkpoint_path
 from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
-from melissa_nb.server.convergence import CONVERGED
-from melissa_nb.server.state import progress_block_name, reading
+from melissa_nb.server.live.state import progress_block_name, reading
+from melissa_nb.server.results.convergence import CONVERGED
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.display import ProgressDisplay
 from melissa_nb.study.jobs import Attempt, Jobs, LocalJobs, SubmittedJob, Task

@@ -4,8 +4,8 @@ Every state array has cells last (`GLOBAL_STATE` excepted), so a new rank cuts t
 the partition gives it out of the old slices: exact for every statistic, quantiles included,
 since nothing is merged. This needs the old ranks to have learned the whole layout. Where old
 ranks had received different timesteps of a client slice (a checkpoint taken mid-stream), the
-new rank gets one segment per run of cells that agree (server/segments.py), unless user stage
-state is kept with the slice (it cannot be cut into segments: refused).
+new rank gets one segment per run of cells that agree (receive/segments.py), unless user
+stage state is kept with the slice (it cannot be cut into segments: refused).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from melissa_nb.kernels.api import GLOBAL_STATE
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.snapshot import Snapshot
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.stages import STAGE_PREFIX
+from melissa_nb.server.pipeline.stages import STAGE_PREFIX
 
 
 @dataclass
 class RestoredSlice:
-    """One slice (or one segment of it: server/segments.py) a new rank starts with: its cells,
+    """One slice (or one segment of it: receive/segments.py) a new rank starts with: its cells,
     state arrays and received bitset, `offset` cells into the rank's cells of its client
     slice."""
 

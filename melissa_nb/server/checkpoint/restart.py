@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from melissa_nb.errors import ConfigurationError, SharedMemoryUnavailable
+from melissa_nb.errors import ConfigurationError
 from melissa_nb.server.checkpoint.files import checkpoint_path, load_rank_file
 from melissa_nb.server.checkpoint.repartition import (
     Member,
@@ -24,11 +23,7 @@ from melissa_nb.server.checkpoint.snapshot import (
     study_options,
 )
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.ranks import World
-from melissa_nb.server.tracking import SliceSteps, Tracker, Vote
-
-if TYPE_CHECKING:
-    from melissa_nb.server.ingest import Ingest
+from melissa_nb.server.receive.tracking import SliceSteps, Tracker, Vote
 
 
 def restart_directory(config: ServerConfig) -> Path:
@@ -208,28 +203,3 @@ def finished_in_checkpoint(
         rows.append(tracker.summary(False))
     vote = Vote.count(np.array(rows), len(field_names), sampling_size)
     return vote.done_everywhere
-
-
-def restore_collectively(
-    state: Ingest, world: World, config: ServerConfig, log: logging.Logger, now: float
-) -> None:
-    """Every rank loads `-r DIR` into its fresh state; a refusal on any rank stops every rank
-    with its message."""
-    problem = None
-    try:
-        directory = restart_directory(config)
-        restored = load_restart(directory, config, world.rank, world.size, log)
-        state.restore(restored, now)
-        log.warning(
-            "restarted from %s (written by %d rank(s)): %d slices, %d simulations finished or "
-            "dropped here",
-            directory,
-            restored.old_ranks,
-            len(restored.slices),
-            int(np.count_nonzero(state.tracker.finished() | state.tracker.dropped)),
-        )
-    except (ConfigurationError, SharedMemoryUnavailable) as error:
-        problem = f"rank {world.rank}: {error}"
-    problems = [item for item in world.allgather(problem) if item]
-    if problems:
-        raise ConfigurationError("; ".join(problems))

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.slices import RECEIVED
-from melissa_nb.server.stages import STAGE_PREFIX
-from melissa_nb.server.tracking import Tracker
+from melissa_nb.server.pipeline.stages import STAGE_PREFIX
+from melissa_nb.server.receive.slices import RECEIVED
+from melissa_nb.server.receive.tracking import Tracker
 
 FORMAT_VERSION = 1
 STUDY_OPTIONS = (
@@ -88,7 +88,7 @@ def take_snapshot(
         for client_rank in sorted(tracker.slices[field_name]):
             steps = tracker.slices[field_name][client_rank]
             statistics = slices.get((field_name, client_rank))  # None: no built-in statistics
-            # One entry per piece: a slice restored in segments keeps them (server/segments.py).
+            # One entry per piece: a slice restored in segments keeps them (receive/segments.py).
             pieces = (
                 statistics.pieces(steps.bits)
                 if statistics is not None

@@ -30,8 +30,8 @@ import numpy as np
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.protocol import DataMessage
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.progress import LogThrottle
-from melissa_nb.server.state import StateBlock
+from melissa_nb.server.live.progress import LogThrottle
+from melissa_nb.server.live.state import StateBlock
 
 STAGE_KIND = "stage"  # `kind` in a stage block's metadata: status and checkpoints tell them apart
 STAGE_PREFIX = "stage."  # checkpoints name a stage array `stage.<stage>.<array>` in its slice

@@ -18,7 +18,7 @@ from collections import Counter, deque
 
 import numpy as np
 
-from melissa_nb.server.state import StateBlock, progress_block_name
+from melissa_nb.server.live.state import StateBlock, progress_block_name
 
 COUNTERS = (
     "messages",

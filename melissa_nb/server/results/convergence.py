@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.protocol import ConfidenceInterval
-from melissa_nb.server.output import SOBOL_VARIABLES
+from melissa_nb.server.results.output import SOBOL_VARIABLES
 
 CONVERGED = "converged"
 INDICES = SOBOL_VARIABLES[:2]  # sobol_first, sobol_total

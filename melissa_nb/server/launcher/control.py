@@ -28,7 +28,7 @@ from typing import Any
 import zmq
 
 from melissa_nb.errors import ProtocolError
-from melissa_nb.server.requests import receive_request
+from melissa_nb.server.launcher.requests import receive_request
 
 CONTROL_MAX_MESSAGE = 256
 LINGER_MS = 200

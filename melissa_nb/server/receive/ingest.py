@@ -26,18 +26,18 @@ import zmq
 from melissa_nb.errors import ProtocolError, SharedMemoryUnavailable
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.protocol import ConnectionRequest, DataMessage, DataValidator, sobol_member
-from melissa_nb.server.batches import FoldBatch
 from melissa_nb.server.checkpoint.repartition import RestoredSlice
 from melissa_nb.server.checkpoint.restart import RestoredRank, restore_steps, restore_tracker
 from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.members import MemberAssembly
-from melissa_nb.server.progress import Progress
-from melissa_nb.server.segments import Segment, SegmentedSlice
-from melissa_nb.server.slices import SliceStatistics, slice_bytes
-from melissa_nb.server.stages import STAGE_PREFIX, Processing
-from melissa_nb.server.tracking import SliceSteps, Tracker, Vote
-from melissa_nb.server.waiting import ANNOUNCE_VOTES, PARAMETER_VOTES, WaitingFrames
+from melissa_nb.server.live.progress import Progress
+from melissa_nb.server.pipeline.stages import STAGE_PREFIX, Processing
+from melissa_nb.server.receive.batches import FoldBatch
+from melissa_nb.server.receive.members import MemberAssembly
+from melissa_nb.server.receive.segments import Segment, SegmentedSlice
+from melissa_nb.server.receive.slices import SliceStatistics, slice_bytes
+from melissa_nb.server.receive.tracking import SliceSteps, Tracker, Vote
+from melissa_nb.server.receive.waiting import ANNOUNCE_VOTES, PARAMETER_VOTES, WaitingFrames
 
 
 class Ingest:

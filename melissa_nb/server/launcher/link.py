@@ -27,7 +27,7 @@ from melissa_nb.protocol import (
     decode_launcher_message,
 )
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.progress import LogThrottle
+from melissa_nb.server.live.progress import LogThrottle
 
 REQUEST_TIMEOUT = 100.0  # seconds, as Melissa 0.6's REQ receive timeout
 LINGER_MS = 1000

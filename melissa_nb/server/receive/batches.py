@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from melissa_nb.server.slices import SliceStatistics
+from melissa_nb.server.receive.slices import SliceStatistics
 
 
 class FoldBatch:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from melissa_nb.server.slices import SliceStatistics
-from melissa_nb.server.tracking import SliceSteps
+from melissa_nb.server.receive.slices import SliceStatistics
+from melissa_nb.server.receive.tracking import SliceSteps
 
 
 @dataclass

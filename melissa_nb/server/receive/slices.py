@@ -17,7 +17,7 @@ import numpy as np
 from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
 from melissa_nb.kernels.api import CORRELATION_RESULTS, widest_interval
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.state import StateBlock, block_name
+from melissa_nb.server.live.state import StateBlock, block_name
 
 GENERAL = "general."
 SOBOL = "sobol."
@@ -89,7 +89,7 @@ class SliceStatistics:
         threads: int = 1,
         segment: int = 0,
     ) -> None:
-        """`segment` > 0: one more piece of a slice restored in segments (server/segments.py),
+        """`segment` > 0: one more piece of a slice restored in segments (segments.py),
         in a block of its own."""
         self.config = config
         self.field = field
@@ -199,7 +199,7 @@ class SliceStatistics:
             )
 
     def results(self, timestep: int, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named output variables (server/output.py names) of one timestep, cells last."""
+        """The named output variables (results/output.py names) of one timestep, cells last."""
         results = {}
         general = [
             name

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb import __version__
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api import CORRELATION_RESULTS, SOBOL_RESULTS
 from melissa_nb.kernels.correlation import correlation_aggregated
@@ -38,6 +37,7 @@ from melissa_nb.partition import rank_cells
 from melissa_nb.server.claim import check_writable
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
 from melissa_nb.server.ranks import World
+from melissa_nb.version import __version__
 
 QUANTILE_DIMENSION = "quantile_order"
 SOBOL_VARIABLES = tuple(f"sobol_{name}" for name in SOBOL_RESULTS)

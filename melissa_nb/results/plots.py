@@ -13,12 +13,11 @@ matplotlib is imported only here (the `plots` extra).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from melissa_nb.results import FieldResults
+from melissa_nb.results.fields import FieldResults
 
 ORDERS = {"first": "first-order", "total": "total"}
 

@@ -1,7 +1,7 @@
 """`melissa-nb status DIR`: live progress of a running server, read from its shared memory.
 
 The server's `<output>/server.json` names the study; every live block of that study is attached
-read-only (`melissa_nb.server.state.reading`), so this works from any process on the server's
+read-only (`melissa_nb.server.live.state.reading`), so this works from any process on the server's
 node while the server runs, and never disturbs it.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.errors import BlockNotReady
-from melissa_nb.server.stages import STAGE_KIND
-from melissa_nb.server.state import list_blocks, reading
+from melissa_nb.server.live.state import list_blocks, reading
+from melissa_nb.server.pipeline.stages import STAGE_KIND
 
 SERVER_FILE = "server.json"
 CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control endpoint
@@ -155,7 +155,7 @@ def live_progress(output_dir: str | Path) -> StudyProgress:
     address = progress.description.get("control_address")
     if progress.ranks or not address:
         return progress
-    from melissa_nb.server.control import control_request, read_secret
+    from melissa_nb.server.launcher.control import control_request, read_secret
 
     try:
         report = control_request(address, "status", read_secret(output_dir), CONTROL_TIMEOUT)
