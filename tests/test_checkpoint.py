@@ -21,14 +21,11 @@ from melissa_nb.server.checkpoint.files import (
     read_file,
     write_atomically,
 )
-from melissa_nb.server.checkpoint.restart import (
-    finished_in_checkpoint,
-    load_restart,
-    received_counts,
-)
+from melissa_nb.server.checkpoint.restart import finished_in_checkpoint, load_restart
 from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.receive.members import MemberAssembly
+from melissa_nb.server.receive.restored import received_counts
 from melissa_nb.server.receive.slices import SliceStatistics
 from melissa_nb.server.receive.tracking import Tracker
 

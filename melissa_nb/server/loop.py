@@ -46,6 +46,7 @@ from melissa_nb.protocol import (
     TextRequest,
     Timeout,
 )
+from melissa_nb.server.checkpoint.snapshot import snapshot_rank
 from melissa_nb.server.checkpoint.writer import Checkpointer
 from melissa_nb.server.claim import RankClaim
 from melissa_nb.server.config import ServerConfig
@@ -228,7 +229,7 @@ class ServerRank:
             code = self.step(POLL_MS)
             if code is not None:
                 return code
-        written = self.checkpoints.write_now(self.ingest.snapshot(self.world.size))
+        written = self.checkpoints.write_now(snapshot_rank(self.ingest, self.world.size))
         self.log.warning(
             "stopped by signal %d: %s, no results",
             self.signals[0],
@@ -459,7 +460,7 @@ class ServerRank:
                 if self.config.sobol:
                     self._report_intervals()
         if self.checkpoints.due(now):
-            self.checkpoints.start(self.ingest.snapshot(self.world.size), now)
+            self.checkpoints.start(snapshot_rank(self.ingest, self.world.size), now)
         if now >= self._next_publish:
             self._next_publish = now + PUBLISH_SECONDS
             codes = self.ingest.tracker.status()
@@ -484,7 +485,7 @@ class ServerRank:
         self.ingest.refuse_waiting(now)
         self.checkpoints.wait()  # no netCDF call may overlap the checkpoint writer's
         if aborted:
-            self.checkpoints.write_now(self.ingest.snapshot(self.world.size))
+            self.checkpoints.write_now(snapshot_rank(self.ingest, self.world.size))
         counts = self.progress.counts
         self.log.info(
             "study %s: %d messages, %d accepted, %d duplicates, %d rejected %s",
@@ -510,7 +511,7 @@ class ServerRank:
         directory = results_directory(self.config, self.world, self.log) if results else None
         if directory is None and results:
             aborted = True
-            written = self.checkpoints.write_now(self.ingest.snapshot(self.world.size))
+            written = self.checkpoints.write_now(snapshot_rank(self.ingest, self.world.size))
             self.log.error(
                 "the results could not be written anywhere; %s",
                 f"the checkpoint {written} holds everything: restart with -r to write them"

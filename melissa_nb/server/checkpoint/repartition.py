@@ -21,20 +21,7 @@ from melissa_nb.partition import rank_cells
 from melissa_nb.server.checkpoint.snapshot import Snapshot
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.pipeline.stages import STAGE_PREFIX
-
-
-@dataclass
-class RestoredSlice:
-    """One slice (or one segment of it: receive/segments.py) a new rank starts with: its cells,
-    state arrays and received bitset, `offset` cells into the rank's cells of its client
-    slice."""
-
-    field: str
-    client_rank: int
-    cells: int
-    arrays: dict[str, np.ndarray]
-    bits: np.ndarray
-    offset: int = 0
+from melissa_nb.server.receive.restored import Member, RestoredSlice
 
 
 def _per_cell(name: str) -> bool:
@@ -145,11 +132,6 @@ def _agreeing_runs(pieces: list[_Piece]) -> list[list[_Piece]]:
 def _local(piece: _Piece, first: int, last: int) -> slice:
     """The cells of global range [first, last) inside `piece`, as a slice of its arrays."""
     return slice(max(first, piece.start) - piece.start, min(last, piece.end) - piece.start)
-
-
-Member = tuple[tuple[str, int, int, int], np.ndarray, np.ndarray]
-"""A partly assembled Sobol group: (field, client_rank, group, timestep), values (p + 2,
-cells), the members received."""
 
 
 def repartition_members(

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.server.checkpoint.files import checkpoint_path, load_rank_file
-from melissa_nb.server.checkpoint.repartition import (
-    Member,
-    RestoredSlice,
-    repartition,
-    repartition_members,
-)
+from melissa_nb.server.checkpoint.repartition import repartition, repartition_members
 from melissa_nb.server.checkpoint.snapshot import (
     FORMAT_VERSION,
     STUDY_OPTIONS,
@@ -23,7 +17,8 @@ from melissa_nb.server.checkpoint.snapshot import (
     study_options,
 )
 from melissa_nb.server.config import ServerConfig
-from melissa_nb.server.receive.tracking import SliceSteps, Tracker, Vote
+from melissa_nb.server.receive.restored import RestoredRank, RestoredSlice, restore_steps
+from melissa_nb.server.receive.tracking import Tracker, Vote
 
 
 def restart_directory(config: ServerConfig) -> Path:
@@ -61,22 +56,6 @@ def check_compatible(snapshot: Snapshot, config: ServerConfig, directory: Path) 
                 f"-r/--restart {directory}: checkpoint of another study: {name} is "
                 f"{theirs.get(name)!r} there, {mine[name]!r} here"
             )
-
-
-@dataclass
-class RestoredRank:
-    """Everything a rank restores from the checkpoints of the old ranks."""
-
-    old_ranks: int
-    slices: list[RestoredSlice]
-    dropped: np.ndarray
-    started: np.ndarray
-    announced: np.ndarray
-    client_comm_size: int
-    job_ids: dict[int, str]
-    job_parameters: dict[int, tuple[float, ...]]
-    members: list[Member]
-    counts: dict[str, int]
 
 
 def load_restart(
@@ -153,30 +132,6 @@ def load_restart(
             for name in ("messages", "accepted", "duplicates", "rejected")
         },
     )
-
-
-def received_counts(bits: np.ndarray) -> np.ndarray:
-    """Timesteps received per id, from a bitset of shape (ids, words)."""
-    as_bytes = np.ascontiguousarray(bits).view(np.uint8).reshape(bits.shape[0], -1)
-    return np.unpackbits(as_bytes, axis=1).sum(axis=1, dtype=np.int32)
-
-
-def restore_tracker(tracker: Tracker, restored: RestoredRank, now: float) -> None:
-    """Statuses of the restored rank (the caller restores its slices through learn_slice)."""
-    tracker.dropped[:] = restored.dropped
-    tracker.started[:] = restored.started
-    tracker.announced[:] = restored.announced
-    tracker.last_seen[restored.started] = now  # the timeout counts from the restart
-    tracker.job_ids.update(restored.job_ids)
-    tracker.job_parameters.update(restored.job_parameters)
-    tracker.client_comm_size = restored.client_comm_size
-
-
-def restore_steps(steps: SliceSteps, tracker: Tracker, bits: np.ndarray) -> None:
-    """Put a slice's received bitset back and count its completed simulations."""
-    steps.bits[:] = bits
-    steps.received[:] = received_counts(bits)
-    tracker.complete_slices += (steps.received == steps.timesteps).astype(np.int32)
 
 
 def finished_in_checkpoint(

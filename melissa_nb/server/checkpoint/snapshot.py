@@ -14,6 +14,7 @@ import numpy as np
 
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.pipeline.stages import STAGE_PREFIX
+from melissa_nb.server.receive.ingest import Ingest
 from melissa_nb.server.receive.slices import RECEIVED
 from melissa_nb.server.receive.tracking import Tracker
 
@@ -142,3 +143,18 @@ def take_snapshot(
         "counts": {name: int(value) for name, value in counts.items()},
     }
     return snapshot
+
+
+def snapshot_rank(ingest: Ingest, ranks: int) -> Snapshot:
+    """A copy of everything a restart needs of a rank (slices, tracker, member buffers,
+    counters, user stage state)."""
+    return take_snapshot(
+        ingest.config,
+        ingest.rank,
+        ranks,
+        ingest.slices,
+        ingest.tracker,
+        ingest.members,
+        ingest.progress.counts,
+        ingest.processing.state_blocks(),
+    )

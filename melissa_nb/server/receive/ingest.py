@@ -1,7 +1,7 @@
 """The receive path of one rank, top to bottom: frame -> checks -> tracking -> Sobol assembly ->
 batch -> kernels. `Ingest` owns the rank's state (slices, tracker, member buffers) and the
 per-session protocol facts (who shook hands, the study's client layout); it is the one object
-checkpoints snapshot and restore.
+checkpoints snapshot (checkpoint/snapshot.py `snapshot_rank`) and restore (`Ingest.restore`).
 
 A data frame, in `handle`: decoded and checked against the study (`DataValidator`); refused if
 its simulation was dropped or never shook hands (ranks other than 0 hold it in `WaitingFrames`
@@ -26,14 +26,17 @@ import zmq
 from melissa_nb.errors import ProtocolError, SharedMemoryUnavailable
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.protocol import ConnectionRequest, DataMessage, DataValidator, sobol_member
-from melissa_nb.server.checkpoint.repartition import RestoredSlice
-from melissa_nb.server.checkpoint.restart import RestoredRank, restore_steps, restore_tracker
-from melissa_nb.server.checkpoint.snapshot import Snapshot, take_snapshot
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.live.progress import Progress
 from melissa_nb.server.pipeline.stages import STAGE_PREFIX, Processing
 from melissa_nb.server.receive.batches import FoldBatch
 from melissa_nb.server.receive.members import MemberAssembly
+from melissa_nb.server.receive.restored import (
+    RestoredRank,
+    RestoredSlice,
+    restore_steps,
+    restore_tracker,
+)
 from melissa_nb.server.receive.segments import Segment, SegmentedSlice
 from melissa_nb.server.receive.slices import SliceStatistics, slice_bytes
 from melissa_nb.server.receive.tracking import SliceSteps, Tracker, Vote
@@ -375,19 +378,6 @@ class Ingest:
         self.log.warning("simulation %d %s", simulation, why)
 
     # --- checkpoints ------------------------------------------------------------------------------
-
-    def snapshot(self, ranks: int) -> Snapshot:
-        """A copy of everything a restart needs (slices, tracker, member buffers, counters)."""
-        return take_snapshot(
-            self.config,
-            self.rank,
-            ranks,
-            self.slices,
-            self.tracker,
-            self.members,
-            self.progress.counts,
-            self.processing.state_blocks(),
-        )
 
     def restore(self, restored: RestoredRank, now: float) -> None:
         """Take back what the old ranks' checkpoints give this rank (before any data)."""
