@@ -1,4 +1,5 @@
-"""Free TCP ports for servers started a moment later (the runner, tests and benchmarks)."""
+"""TCP ports: free ones for servers started a moment later (the runner, tests and benchmarks),
+and Melissa 0.6's rule for the data ports of the ranks of one host."""
 
 from __future__ import annotations
 
@@ -25,3 +26,21 @@ def free_port(host: str = "127.0.0.1", low: int = 20000, high: int = 32768) -> i
                 continue
             return port
     raise MelissaError(f"no free TCP port in [{low}, {high}) on {host}")
+
+
+def melissa_data_port(base_port: int, local_index: int, reserved: tuple[int, ...]) -> int:
+    """Data port of the rank at position `local_index` among the server ranks of one host.
+
+    Melissa 0.6's rule: rank 0 of a host gets the base port (2004), the next ones the following
+    ports, skipping the reserved ones (2002, 2003 and the three launcher ports). Port 0 means
+    "let ZeroMQ choose" for every rank.
+    """
+    if base_port == 0:
+        return 0
+    port = base_port
+    remaining = local_index
+    while port in reserved or remaining > 0:
+        if port not in reserved:
+            remaining -= 1
+        port += 1
+    return port

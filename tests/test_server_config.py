@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.server.config import ServerConfig, data_port_for, parse_colon_list
+from melissa_nb.ports import melissa_data_port
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.options import parse_colon_list
 
 MELISSA = Path(sys.executable).parent / "melissa-nb"
 
@@ -77,9 +79,9 @@ def test_colon_lists() -> None:
 
 def test_data_ports_follow_melissa_and_skip_reserved_ports() -> None:
     reserved = (2002, 2003, 5555, 5556, 5554)
-    assert [data_port_for(2004, i, reserved) for i in range(3)] == [2004, 2005, 2006]
-    assert [data_port_for(2000, i, reserved) for i in range(4)] == [2000, 2001, 2004, 2005]
-    assert data_port_for(0, 5, reserved) == 0
+    assert [melissa_data_port(2004, i, reserved) for i in range(3)] == [2004, 2005, 2006]
+    assert [melissa_data_port(2000, i, reserved) for i in range(4)] == [2000, 2001, 2004, 2005]
+    assert melissa_data_port(0, 5, reserved) == 0
     config = make(data_port=5553)
     assert [config.data_port_for(i) for i in range(3)] == [5553, 5557, 5558]
 

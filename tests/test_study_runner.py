@@ -11,7 +11,7 @@ from harness import wait_for
 
 from melissa_nb.cli import app
 from melissa_nb.ports import free_port
-from melissa_nb.server.config import parse_colon_list
+from melissa_nb.server.options import parse_colon_list
 from melissa_nb.study.config import load_study
 from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
 from melissa_nb.study.runner import Status, StudyRunner, server_arguments, server_command

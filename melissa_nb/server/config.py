@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.ports import melissa_data_port
 from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
 
 OPERATIONS = (
@@ -33,41 +34,10 @@ MOMENT_ORDER = {"mean": 1, "variance": 2, "skewness": 3, "kurtosis": 4}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
-def parse_colon_list(text: str | None, option: str, kind: type = str) -> tuple:
-    """Split Melissa's colon-separated option value ("mean:variance") into a typed tuple."""
-    if text is None or text.strip() == "":
-        return ()
-    items = [item.strip() for item in text.split(":")]
-    if any(item == "" for item in items):
-        raise ConfigurationError(f"{option}: empty item in colon list {text!r}")
-    try:
-        return tuple(kind(item) for item in items)
-    except ValueError as error:
-        raise ConfigurationError(f"{option}: cannot read {text!r} as {kind.__name__}s") from error
-
-
 def derived_study_id(output_dir: Path, connection_port: int) -> str:
     """A short id every rank derives identically from the command line (used in shm names)."""
     key = f"{Path(output_dir).resolve()}|{connection_port}".encode()
     return hashlib.sha1(key).hexdigest()[:10]
-
-
-def data_port_for(base_port: int, local_index: int, reserved: tuple[int, ...]) -> int:
-    """Data port of the rank at position `local_index` among the server ranks of one host.
-
-    Melissa 0.6's rule: rank 0 of a host gets the base port (2004), the next ones the following
-    ports, skipping the reserved ones (2002, 2003 and the three launcher ports). Port 0 means
-    "let ZeroMQ choose" for every rank.
-    """
-    if base_port == 0:
-        return 0
-    port = base_port
-    remaining = local_index
-    while port in reserved or remaining > 0:
-        if port not in reserved:
-            remaining -= 1
-        port += 1
-    return port
 
 
 def option(*flags: str, help: str, default: Any = MISSING) -> Any:
@@ -496,7 +466,7 @@ class ServerConfig:
 
     def data_port_for(self, local_index: int) -> int:
         """Data port of the rank at `local_index` among the server ranks on its host."""
-        return data_port_for(self.data_port, local_index, self.reserved_ports())
+        return melissa_data_port(self.data_port, local_index, self.reserved_ports())
 
     def shm_prefix(self) -> str:
         """Prefix of every shared-memory block name of this study."""

@@ -8,18 +8,13 @@ every socket with a timeout; drain data frames into `Ingest`, answer connection 
 simulations and take part in the non-blocking end vote. End (`_finish`): every rank writes its
 slices of every field in turn, then rank 0 sends STOP. SIGTERM and SIGINT end the loop early: a
 checkpoint is written, blocks are removed, no results are written.
-
-(Over 400 lines: this is where a rank's parts are wired together; each part lives in its own
-module, and what is left here is the order in which they are called.)
 """
 
 from __future__ import annotations
 
 import logging
-import resource
 import socket as socketlib
 import time
-from collections import Counter
 from typing import Any
 
 import numba
@@ -27,9 +22,7 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from melissa_nb.auth import read_key_file
-from melissa_nb.errors import ConfigurationError, ProtocolError, SharedMemoryUnavailable
-from melissa_nb.forward_protocol import DATA
+from melissa_nb.errors import ConfigurationError, ProtocolError
 from melissa_nb.protocol import (
     NON_FINITE,
     SIMU_FINISHED,
@@ -53,22 +46,22 @@ from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.launcher.link import LauncherLink
 from melissa_nb.server.launcher.requests import receive_request
 from melissa_nb.server.live.progress import Progress
-from melissa_nb.server.pipeline.forward import Forwarder
+from melissa_nb.server.pipeline.forward import Forwarder, connect_forwarder
 from melissa_nb.server.pipeline.stages import Processing
 from melissa_nb.server.ranks import EndVote, World
 from melissa_nb.server.receive.ingest import Ingest
 from melissa_nb.server.receive.tracking import STATE_FINISHED, STATE_RUNNING, Vote, summary_width
-from melissa_nb.server.results.convergence import INDICES, Convergence, local_widths
-from melissa_nb.server.results.output import grid_of, results_directory, write_field
+from melissa_nb.server.results.convergence import Convergence, interval_messages, local_widths
+from melissa_nb.server.results.final import end_attributes, write_results
 from melissa_nb.server.results.status import progress_report
 from melissa_nb.server.signals import EarlySignals
 from melissa_nb.server.startup import (
     HANDSHAKE_FAILED,
     RankSockets,
+    bind_rank,
     claim_study,
     restore_collectively,
     start_rank,
-    study_key,
     warm_kernels,
     write_server_file,
 )
@@ -79,7 +72,6 @@ VOTE_SECONDS = 0.2
 PUBLISH_SECONDS = 0.5
 EXIT_ABORTED = 1
 EXIT_BAD_OPTIONS = 2
-JOB_ID_MAX = 256  # characters of a JOB's or DROP's job id (a scheduler's ids are far shorter)
 
 
 class ServerRank:
@@ -114,7 +106,12 @@ class ServerRank:
     def _start(self, now: float) -> None:
         config, world, log = self.config, self.world, self.log
         self.claim = claim_study(config, world, log)
-        self.addresses = self._bind_everything()
+        actions = {
+            "status": lambda: progress_report(config.output_dir),
+            "stop": self.request_stop,
+            "checkpoint": self.request_checkpoint,
+        }
+        self.progress, self.addresses = bind_rank(config, world, self.sockets, actions, log)
         self.processing = Processing(config, self.rank, self.progress.counts, log)
         self.ingest = Ingest(
             config,
@@ -128,7 +125,9 @@ class ServerRank:
         )
         self.requested_info: set[int] = set()
         if config.forward_to is not None:
-            self._connect_forwarder()
+            self.forwarder = connect_forwarder(
+                self.context, config, world, self.progress.counts, self.processing, log
+            )
         self.launcher = (
             LauncherLink(self.context, config, now, log) if config.launcher_name else None
         )
@@ -149,64 +148,10 @@ class ServerRank:
         control = self.sockets.control
         write_server_file(config, world, self.addresses, control and control.address)
 
-    def _bind_everything(self) -> list[str]:
-        """Create the progress block and bind the sockets; every rank's data address.
-
-        Collective: a rank that fails still takes part in the gather (see `startup`).
-        """
-        key = study_key(self.config, self.world)  # first: every rank reaches it
-        problem = None
-        try:
-            try:
-                self.progress = Progress(self.config.study_id, self.rank, self.log)
-            except SharedMemoryUnavailable as error:
-                raise ConfigurationError(str(error)) from None
-            self.progress.counts["open_files_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-            actions = {
-                "status": lambda: progress_report(self.config.output_dir),
-                "stop": self.request_stop,
-                "checkpoint": self.request_checkpoint,
-            }
-            self.sockets.bind(self.config, self.world, actions, self.progress.reject, self.log, key)
-        except ConfigurationError as error:
-            problem = f"rank {self.rank}: {error}"
-        outcomes = self.world.allgather((problem, self.sockets.data_address))
-        problems = [problem for problem, _ in outcomes if problem]
-        if problems:
-            raise ConfigurationError("; ".join(problems))
-        return [address for _, address in outcomes]
-
     @property
     def data_address(self) -> str:
         """Where this rank's data socket is reached (advertised host, bound port)."""
         return self.sockets.data_address
-
-    def _connect_forwarder(self) -> None:
-        assert self.processing is not None and self.config.forward_to is not None
-        self.forwarder = Forwarder(
-            self.context,
-            self.config.forward_to,
-            str(self.config.forward_ack),
-            self.rank,
-            self.world.size,
-            self.config.forward_timeout,
-            self.progress.counts,
-            self.log,
-            read_key_file(self.config.forward_key),
-        )
-        forwarder = self.forwarder
-        if self.config.forward_data:
-            self.processing.listen(
-                lambda message: forwarder.send(
-                    DATA,
-                    message.field_name,
-                    message.values,
-                    message.simu_id,
-                    message.client_rank,
-                    message.time_stamp,
-                )
-            )
-        self.processing.on_finish(lambda aborted: forwarder.end())
 
     def request_stop(self) -> dict[str, Any]:
         """End the study at the next end vote with what arrived (control `stop`)."""
@@ -361,29 +306,10 @@ class ServerRank:
             self.progress.reject(error.reason, str(error), now)
 
         for message in self.launcher.receive(socket, now, reject):
-            if not isinstance(message, (Job, Drop)):
-                continue
-            if message.simu_id >= self.config.sampling_size:  # kept, they would grow unbounded
-                kind = "JOB" if isinstance(message, Job) else "DROP"
-                reject(
-                    ProtocolError(
-                        "simu_id_out_of_range" if kind == "JOB" else "drop_out_of_range",
-                        f"{kind} for simulation {message.simu_id}, the study has "
-                        f"{self.config.sampling_size}",
-                    )
-                )
-            elif len(message.job_id) > JOB_ID_MAX:
-                reject(
-                    ProtocolError(
-                        "bad_string",
-                        f"job id of simulation {message.simu_id} is {len(message.job_id)} "
-                        f"characters, more than {JOB_ID_MAX}",
-                    )
-                )
-            elif isinstance(message, Job):
+            if isinstance(message, Job):
                 self.ingest.tracker.job_parameters[message.simu_id] = message.parameters
                 self.ingest.tracker.job_ids[message.simu_id] = message.job_id
-            else:
+            elif isinstance(message, Drop):
                 self.ingest.drop(message.simu_id, "dropped by the launcher")
 
     def _vote_row(self) -> np.ndarray:
@@ -397,16 +323,6 @@ class ServerRank:
         if self.launcher is not None and self.rank == 0:
             for message in self.convergence.messages():
                 self.launcher.send(message)
-
-    def _report_intervals(self) -> None:
-        """Rank 0: the widest Sobol interval of its cells, per field, over every timestep."""
-        assert self.launcher is not None
-        fields = self.config.field_names
-        widths = local_widths(self.ingest.slices, fields, self.config.timesteps)
-        for field, row in zip(fields, widths, strict=True):
-            for stat, width in zip(INDICES, row, strict=True):
-                if not np.isnan(width):
-                    self.launcher.send(ConfidenceInterval(stat, field, float(width)))
 
     def _report_finished(self, done_everywhere: np.ndarray) -> None:
         """Rank 0 tells the launcher about simulations now finished on every rank."""
@@ -458,7 +374,11 @@ class ServerRank:
                 if not silent:
                     self.launcher.send(Alive())
                 if self.config.sobol:
-                    self._report_intervals()
+                    widths = local_widths(
+                        self.ingest.slices, self.config.field_names, self.config.timesteps
+                    )
+                    for message in interval_messages(self.config.field_names, widths):
+                        self.launcher.send(message)
         if self.checkpoints.due(now):
             self.checkpoints.start(snapshot_rank(self.ingest, self.world.size), now)
         if now >= self._next_publish:
@@ -496,44 +416,21 @@ class ServerRank:
             counts["rejected"],
             dict(self.progress.rejections),
         )
-        rejections: Counter[str] = Counter()
-        for counter in self.world.allgather(self.progress.rejections):
-            rejections.update(counter)
-        extra = {
-            "study_complete": int(not aborted),
-            "simulations_dropped": int(np.count_nonzero(self.ingest.tracker.dropped)),
-            "messages_accepted": int(sum(self.world.allgather(counts["accepted"]))),
-            "messages_duplicate": int(sum(self.world.allgather(counts["duplicates"]))),
-            "messages_rejected": int(sum(rejections.values())),
-            "rejected_reasons": ",".join(f"{key}={n}" for key, n in sorted(rejections.items())),
-        }
-        results = results and self.config.statistics
-        directory = results_directory(self.config, self.world, self.log) if results else None
-        if directory is None and results:
-            aborted = True
-            written = self.checkpoints.write_now(snapshot_rank(self.ingest, self.world.size))
-            self.log.error(
-                "the results could not be written anywhere; %s",
-                f"the checkpoint {written} holds everything: restart with -r to write them"
-                if written
-                else "NO checkpoint could be written either",
+        dropped = int(np.count_nonzero(self.ingest.tracker.dropped))
+        extra = end_attributes(self.world, counts, self.progress.rejections, dropped, aborted)
+        if results and self.config.statistics:
+            directory = write_results(
+                self.world, self.config, self.ingest.slices.values(), extra, self.log
             )
-        for field in self.config.field_names if directory is not None else ():
-            slices = sorted(
-                (item for item in self.ingest.slices.values() if item.field == field),
-                key=lambda item: item.client_rank,
-            )
-            total = int(sum(self.world.allgather(sum(item.cells for item in slices))))
-            if self.config.grid_shape and grid_of(self.config, total) is None and self.rank == 0:
+            if directory is None:
+                aborted = True
+                written = self.checkpoints.write_now(snapshot_rank(self.ingest, self.world.size))
                 self.log.error(
-                    "--grid-shape %s does not hold the %d cells of field %s: its results are flat",
-                    ":".join(map(str, self.config.grid_shape)),
-                    total,
-                    field,
+                    "the results could not be written anywhere; %s",
+                    f"the checkpoint {written} holds everything: restart with -r to write them"
+                    if written
+                    else "NO checkpoint could be written either",
                 )
-            path = write_field(self.world, self.config, field, slices, total, extra, directory)
-            if self.rank == 0:
-                self.log.info("wrote %s", path)
         self.world.barrier()
         if self.launcher is not None and self.rank == 0:
             self.launcher.send(Stop())

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.server.config import ServerConfig, parse_colon_list
+from melissa_nb.server.config import ServerConfig
 
 COLON_LISTS = {
     "operations": str,
@@ -28,6 +28,19 @@ COLON_LISTS = {
 }
 """Fields given as colon lists, with the type of their items."""
 _SCALARS = {"int": int, "float": float, "str": str, "Path": str, "bool": bool}
+
+
+def parse_colon_list(text: str | None, option: str, kind: type = str) -> tuple:
+    """Split Melissa's colon-separated option value ("mean:variance") into a typed tuple."""
+    if text is None or text.strip() == "":
+        return ()
+    items = [item.strip() for item in text.split(":")]
+    if any(item == "" for item in items):
+        raise ConfigurationError(f"{option}: empty item in colon list {text!r}")
+    try:
+        return tuple(kind(item) for item in items)
+    except ValueError as error:
+        raise ConfigurationError(f"{option}: cannot read {text!r} as {kind.__name__}s") from error
 
 
 def _command_line_type(annotation: str) -> type:

@@ -41,6 +41,7 @@ from melissa_nb.server.launcher.control import (
     Reject,
     write_secret,
 )
+from melissa_nb.server.live.progress import Progress
 from melissa_nb.server.ranks import World
 from melissa_nb.server.receive.ingest import Ingest
 from melissa_nb.server.receive.slices import general_settings
@@ -351,6 +352,38 @@ def write_server_file(
     temporary = config.output_dir / (SERVER_FILE + ".tmp")
     temporary.write_text(json.dumps(description, indent=2))
     os.replace(temporary, config.output_dir / SERVER_FILE)
+
+
+def bind_rank(
+    config: ServerConfig,
+    world: World,
+    sockets: RankSockets,
+    actions: dict[str, Action],
+    log: logging.Logger,
+) -> tuple[Progress, list[str]]:
+    """Create the rank's progress block and bind its sockets; every rank's data address.
+
+    Collective: a rank that fails still takes part in the gather, and every rank raises.
+    """
+    key = study_key(config, world)  # first: every rank reaches it
+    problem, progress = None, None
+    try:
+        try:
+            progress = Progress(config.study_id, world.rank, log)
+        except SharedMemoryUnavailable as error:
+            raise ConfigurationError(str(error)) from None
+        progress.counts["open_files_limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        sockets.bind(config, world, actions, progress.reject, log, key)
+    except ConfigurationError as error:
+        problem = f"rank {world.rank}: {error}"
+    outcomes = world.allgather((problem, sockets.data_address))
+    problems = [problem for problem, _ in outcomes if problem]
+    if problems:
+        if progress is not None:
+            progress.release()
+        raise ConfigurationError("; ".join(problems))
+    assert progress is not None
+    return progress, [address for _, address in outcomes]
 
 
 def restore_collectively(

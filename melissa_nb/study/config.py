@@ -2,8 +2,7 @@
 
 `load_study(path)` reads and validates a study file into a frozen `StudyConfig`. Every key is
 checked: a missing, mistyped, out-of-range or unknown key raises `ConfigurationError` naming the
-key (`[section] key`) and saying what is expected. docs/study.md documents the format. (Over
-400 lines: every key with its check, in file order.)
+key (`[section] key`) and saying what is expected. docs/study.md documents the format.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.study.toml_table import REQUIRED, TomlTable
 
 try:
     import tomllib
@@ -154,97 +154,8 @@ class StudyConfig:
         return [word.format(**texts) for word in self.command]
 
 
-class _Table:
-    """A TOML table being read: typed getters that name the key, and a check for leftovers."""
-
-    def __init__(self, data: Any, section: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"[{section}] must be a table, got {data!r}")
-        self.section = section
-        self.data = dict(data)
-        self.read: set[str] = set()
-
-    def _where(self, key: str) -> str:
-        return f"[{self.section}] {key}"
-
-    def fail(self, key: str, expected: str, value: Any) -> ConfigurationError:
-        """The error for `key`: where it is, what was expected, what was found."""
-        return ConfigurationError(f"{self._where(key)}: expected {expected}, got {value!r}")
-
-    def get(self, key: str, default: Any) -> Any:
-        """The raw value of `key` (marked as read), `default` if absent; _REQUIRED: must exist."""
-        self.read.add(key)
-        if key in self.data:
-            return self.data[key]
-        if default is _REQUIRED:
-            raise ConfigurationError(f"{self._where(key)} is missing (required)")
-        return default
-
-    def integer(self, key: str, default: Any = None, minimum: int = 0) -> int:
-        """An integer >= `minimum`."""
-        value = self.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(key, f"an integer >= {minimum}", value)
-        return value
-
-    def number(
-        self, key: str, default: Any = None, minimum: float = -math.inf, exclusive: bool = False
-    ) -> float:
-        """A finite number (int or float) above `minimum` (strictly when `exclusive`)."""
-        value = self.get(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < minimum
-            or (exclusive and value == minimum)
-        ):
-            bound = f"> {minimum:g}" if exclusive else f">= {minimum:g}"
-            expected = "a finite number" + ("" if minimum == -math.inf else f" {bound}")
-            raise self.fail(key, expected, value)
-        return float(value)
-
-    def text(self, key: str, default: Any = None, choices: tuple[str, ...] | None = None) -> str:
-        """A non-empty string, one of `choices` when given."""
-        value = self.get(key, default)
-        if not isinstance(value, str) or not value or (choices and value not in choices):
-            raise self.fail(
-                key, f"one of {list(choices)}" if choices else "a non-empty string", value
-            )
-        return value
-
-    def boolean(self, key: str, default: Any = None) -> bool:
-        """true or false."""
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "true or false", value)
-        return value
-
-    def array(self, key: str, default: Any = None) -> list[Any]:
-        """A TOML array (items checked by the caller)."""
-        value = self.get(key, default)
-        if not isinstance(value, list):
-            raise self.fail(key, "an array", value)
-        return value
-
-    def table(self, key: str) -> _Table:
-        """A required sub-table."""
-        return _Table(self.get(key, _REQUIRED), key)
-
-    def finish(self) -> None:
-        """Reject keys nobody read: typos must not be silently ignored."""
-        unknown = sorted(set(self.data) - self.read)
-        if unknown:
-            raise ConfigurationError(
-                f"[{self.section}] unknown key {unknown[0]!r}; allowed keys: {sorted(self.read)}"
-            )
-
-
-_REQUIRED = object()
-
-
-def _read_parameters(table: _Table) -> tuple[Parameter, ...]:
-    raw = table.get("parameters", _REQUIRED)
+def _read_parameters(table: TomlTable) -> tuple[Parameter, ...]:
+    raw = table.get("parameters", REQUIRED)
     if not isinstance(raw, dict) or not raw:
         raise table.fail("parameters", "a table of at least one parameter", raw)
     parameters = []
@@ -254,9 +165,9 @@ def _read_parameters(table: _Table) -> tuple[Parameter, ...]:
                 f"[parameters] {name!r}: a parameter name must be an "
                 "identifier (letters, digits, underscores)"
             )
-        entry = _Table(spec, f"parameters.{name}")
-        distribution = entry.text("distribution", _REQUIRED, tuple(DISTRIBUTIONS))
-        first, second = (entry.number(key, _REQUIRED) for key in DISTRIBUTIONS[distribution])
+        entry = TomlTable(spec, f"parameters.{name}")
+        distribution = entry.text("distribution", REQUIRED, tuple(DISTRIBUTIONS))
+        first, second = (entry.number(key, REQUIRED) for key in DISTRIBUTIONS[distribution])
         entry.finish()
         if distribution == "normal" and second <= 0:
             raise entry.fail("std", "a number > 0", second)
@@ -268,8 +179,8 @@ def _read_parameters(table: _Table) -> tuple[Parameter, ...]:
     return tuple(parameters)
 
 
-def _read_command(table: _Table, names: tuple[str, ...]) -> tuple[str, ...]:
-    command = table.text("command", _REQUIRED)
+def _read_command(table: TomlTable, names: tuple[str, ...]) -> tuple[str, ...]:
+    command = table.text("command", REQUIRED)
     try:
         words = shlex.split(command)
     except ValueError as error:
@@ -293,7 +204,7 @@ def _read_command(table: _Table, names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(words)
 
 
-def _check_program(table: _Table, words: tuple[str, ...], working_dir: Path) -> None:
+def _check_program(table: TomlTable, words: tuple[str, ...], working_dir: Path) -> None:
     """The simulation's program runs, before anything starts: an executable on PATH or in the
     working directory, and for `python script.py` the script too (else every simulation fails
     and the study only shows "failed" counts)."""
@@ -312,7 +223,7 @@ def _check_program(table: _Table, words: tuple[str, ...], working_dir: Path) -> 
             raise table.fail("command", f"a Python script that exists in {working_dir}", script)
 
 
-def _read_list(table: _Table, key: str, default: list[Any], kind: str) -> list[Any]:
+def _read_list(table: TomlTable, key: str, default: list[Any], kind: str) -> list[Any]:
     values = table.array(key, default)
     for value in values:
         wrong = (
@@ -333,7 +244,7 @@ def _read_list(table: _Table, key: str, default: list[Any], kind: str) -> list[A
     return values
 
 
-def _read_units(study: _Table, fields: list[str]) -> tuple[tuple[str, str], ...]:
+def _read_units(study: TomlTable, fields: list[str]) -> tuple[tuple[str, str], ...]:
     """`[study] units = { temperature = "K" }`: each field's units (UDUNITS text, as CF)."""
     units = study.get("units", {})
     if not isinstance(units, dict) or any(
@@ -344,7 +255,7 @@ def _read_units(study: _Table, fields: list[str]) -> tuple[tuple[str, str], ...]
     return tuple(units.items())
 
 
-def _read_scheduler(table: _Table) -> SchedulerConfig:
+def _read_scheduler(table: TomlTable) -> SchedulerConfig:
     """The `[scheduler]` table (absent: the local runner)."""
 
     def optional_text(key: str) -> str | None:
@@ -371,11 +282,11 @@ def _read_scheduler(table: _Table) -> SchedulerConfig:
 
 def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     """Validate the decoded TOML `data` of the study file at `path`."""
-    top = _Table(data, "top level")
+    top = TomlTable(data, "top level")
     study = top.table("study")
     simulation = top.table("simulation")
-    server = _Table(top.get("server", {}), "server")
-    scheduler = _read_scheduler(_Table(top.get("scheduler", {}), "scheduler"))
+    server = TomlTable(top.get("server", {}), "server")
+    scheduler = _read_scheduler(TomlTable(top.get("scheduler", {}), "scheduler"))
     parameters = _read_parameters(top)
     top.finish()
     names = tuple(parameter.name for parameter in parameters)
@@ -412,7 +323,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         raise study.fail("quantiles", "orders strictly between 0 and 1", quantiles)
     if not statistics and not sobol:
         raise study.fail("statistics", "at least one statistic (or sobol = true)", statistics)
-    fields = _read_list(study, "fields", _REQUIRED, "text")
+    fields = _read_list(study, "fields", REQUIRED, "text")
     if not fields or any(not _FIELD_NAME.fullmatch(field) for field in fields):
         raise study.fail(
             "fields",
@@ -432,7 +343,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         name=study.text("name", path.stem),
         output_dir=(base / study.text("output_dir", "results")).resolve(),
         parameters=parameters,
-        sample_size=study.integer("sample_size", _REQUIRED, minimum=1),
+        sample_size=study.integer("sample_size", REQUIRED, minimum=1),
         sampling=study.text("sampling", "monte_carlo", SAMPLINGS),
         seed=study.integer("seed", 0),
         sobol=sobol,
@@ -440,7 +351,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         statistics=tuple(statistics),
         thresholds=tuple(float(value) for value in thresholds),
         quantiles=tuple(float(value) for value in quantiles),
-        timesteps=study.integer("timesteps", _REQUIRED, minimum=1),
+        timesteps=study.integer("timesteps", REQUIRED, minimum=1),
         grid_shape=tuple(grid) if grid is not None else None,
         study_timeout=study.number("timeout", 3600.0, minimum=0, exclusive=True),
         command=_read_command(simulation, names),

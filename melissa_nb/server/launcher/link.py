@@ -32,6 +32,7 @@ from melissa_nb.server.live.progress import LogThrottle
 REQUEST_TIMEOUT = 100.0  # seconds, as Melissa 0.6's REQ receive timeout
 LINGER_MS = 1000
 LAUNCHER_MAX_MESSAGE = 1 << 20  # launcher messages are short texts and a few parameters
+JOB_ID_MAX = 256  # characters of a JOB's or DROP's job id (a scheduler's ids are far shorter)
 
 
 class LauncherLink:
@@ -133,8 +134,31 @@ class LauncherLink:
                     )
                 )
                 continue
+            else:
+                problem = self._out_of_bounds(message)
+                if problem is not None:
+                    reject(problem)
+                    continue
             messages.append(message)
         return messages
+
+    def _out_of_bounds(self, message: Job | Drop) -> ProtocolError | None:
+        """A JOB or DROP of a simulation the study lacks, or with an oversized job id: kept,
+        they would grow the server's tables without bound."""
+        kind = "JOB" if isinstance(message, Job) else "DROP"
+        if message.simu_id >= self.config.sampling_size:
+            return ProtocolError(
+                "simu_id_out_of_range" if kind == "JOB" else "drop_out_of_range",
+                f"{kind} for simulation {message.simu_id}, the study has "
+                f"{self.config.sampling_size}",
+            )
+        if len(message.job_id) > JOB_ID_MAX:
+            return ProtocolError(
+                "bad_string",
+                f"job id of simulation {message.simu_id} is {len(message.job_id)} "
+                f"characters, more than {JOB_ID_MAX}",
+            )
+        return None
 
     def gone(self, now: float) -> bool:
         """True when the launcher sent no HELLO for longer than --launcher-timeout."""

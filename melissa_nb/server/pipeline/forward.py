@@ -24,10 +24,14 @@ from melissa_nb.auth import (
     LinkKey,
     connect_with,
     load_or_create_key,
+    read_key_file,
     serve_with,
 )
 from melissa_nb.errors import ProtocolError
-from melissa_nb.forward_protocol import END, Forwarded
+from melissa_nb.forward_protocol import DATA, END, Forwarded
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.pipeline.stages import Processing
+from melissa_nb.server.ranks import World
 
 SEND_HWM = 64  # messages queued towards the consumer before a send blocks (backpressure)
 LINGER_MS = 1000
@@ -145,6 +149,43 @@ class Forwarder:
     def close(self) -> None:
         """Close the PUSH socket (finite linger)."""
         self.pusher.close()
+
+
+def connect_forwarder(
+    context: zmq.Context,
+    config: ServerConfig,
+    world: World,
+    counts: dict[str, int],
+    processing: Processing,
+    log: logging.Logger,
+) -> Forwarder:
+    """A rank's Forwarder to `--forward-to`, fed every accepted message (with --forward-data)
+    and ended with the study."""
+    assert config.forward_to is not None
+    forwarder = Forwarder(
+        context,
+        config.forward_to,
+        str(config.forward_ack),
+        world.rank,
+        world.size,
+        config.forward_timeout,
+        counts,
+        log,
+        read_key_file(config.forward_key),
+    )
+    if config.forward_data:
+        processing.listen(
+            lambda message: forwarder.send(
+                DATA,
+                message.field_name,
+                message.values,
+                message.simu_id,
+                message.client_rank,
+                message.time_stamp,
+            )
+        )
+    processing.on_finish(lambda aborted: forwarder.end())
+    return forwarder
 
 
 class Consumer:

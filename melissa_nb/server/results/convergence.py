@@ -45,6 +45,16 @@ def local_widths(slices: Any, fields: tuple[str, ...], timesteps: int) -> np.nda
     return widths
 
 
+def interval_messages(fields: tuple[str, ...], widths: np.ndarray) -> list[ConfidenceInterval]:
+    """The launcher's CONFIDENCE_INTERVAL messages of (fields, 2) widths, NaN ones left out."""
+    return [
+        ConfidenceInterval(stat, field, float(widths[index, which]))
+        for index, field in enumerate(fields)
+        for which, stat in enumerate(INDICES)
+        if not np.isnan(widths[index, which])
+    ]
+
+
 class Convergence:
     """The widths a rank appends to its vote row, and what rank 0 does with everyone's."""
 
@@ -83,10 +93,6 @@ class Convergence:
     def messages(self) -> list[ConfidenceInterval]:
         """What rank 0 sends when the target is reached: the widths, then CONVERGED."""
         assert self.study_widths is not None and self.config.target_width is not None
-        messages = [
-            ConfidenceInterval(stat, field, float(self.study_widths[index, which]))
-            for index, field in enumerate(self.fields)
-            for which, stat in enumerate(INDICES)
-        ]
+        messages = interval_messages(self.fields, self.study_widths)  # none is NaN here
         messages.append(ConfidenceInterval(CONVERGED, "*", float(self.config.target_width)))
         return messages

@@ -18,9 +18,7 @@ opens it in append mode and writes the hyperslab of its own cells; the last rank
 
 from __future__ import annotations
 
-import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -28,13 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api import CORRELATION_RESULTS, SOBOL_RESULTS
 from melissa_nb.kernels.correlation import correlation_aggregated
 from melissa_nb.kernels.sobol import sobol_aggregated
 from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
-from melissa_nb.server.claim import check_writable
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
 from melissa_nb.server.ranks import World
 from melissa_nb.version import __version__
@@ -425,33 +421,6 @@ def _summed_terms(
         for timestep in range(config.timesteps):
             sums[timestep] += terms(statistics, timestep)
     return np.sum(world.allgather(sums), axis=0)
-
-
-def results_directory(config: ServerConfig, world: World, log: logging.Logger) -> Path | None:
-    """Where the results go (collective): --output-dir if every rank can write there, else
-    the first of the checkpoint directory, `./melissa_nb_results_<study>` and the same in
-    the temporary directory that every rank can write (said in the log); None if none."""
-    fallback = f"melissa_nb_results_{config.study_id}"
-    candidates = (
-        config.output_dir,
-        config.checkpoint_directory,
-        Path.cwd() / fallback,
-        Path(tempfile.gettempdir()) / fallback,
-    )
-    problems = []
-    for directory in candidates:
-        try:
-            check_writable(directory, "results in")
-            problem = None
-        except ConfigurationError as error:
-            problem = str(error)
-        if not any(world.allgather(problem)):
-            if problems and world.rank == 0:
-                log.error("%s: the results go to %s instead", problems[0], directory)
-            return directory
-        problems.append(problem or "another rank cannot write there")
-    log.error("cannot write the results: %s", "; ".join(problems))
-    return None
 
 
 def _write_coordinates(
