@@ -266,7 +266,7 @@ def test_study_keys_of_fault_tolerance(tmp_path: Path) -> None:
     from melissa_nb.errors import ConfigurationError
     from melissa_nb.study.config import load_study
     from melissa_nb.study.launcher_sockets import LauncherPorts
-    from melissa_nb.study.runner import server_arguments
+    from melissa_nb.study.server_job import server_arguments
 
     path = write_study(
         tmp_path, STUDY.replace("timeout = 100", "timeout = 100\ntarget_width = 0.2")

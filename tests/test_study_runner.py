@@ -14,7 +14,9 @@ from melissa_nb.ports import free_port
 from melissa_nb.server.options import parse_colon_list
 from melissa_nb.study.config import load_study
 from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
-from melissa_nb.study.runner import Status, StudyRunner, server_arguments, server_command
+from melissa_nb.study.runner import StudyRunner
+from melissa_nb.study.samples import Status
+from melissa_nb.study.server_job import server_arguments, server_command
 
 STUDY = """
 [study]
@@ -116,20 +118,21 @@ def test_a_member_halted_with_its_dropped_group_is_not_retried(tmp_path: Path) -
     runner = StudyRunner(load_study(tmp_path / "study.toml"), show_progress=False)
     runner.log_dir.mkdir(parents=True)
     context = zmq.Context()
-    launcher = Launcher(context, runner.job, options="")
+    launcher = Launcher(context, runner.samples.job, options="")
     try:
-        member_a, member_b = runner.members(0)[:2]
+        member_a, member_b = runner.samples.members(0)[:2]
         member_a.failures = 1  # its retry is spent: this failure drops the group
         for member in (member_a, member_b):
             runner.launch(member, launcher, connection_port=free_port())
-        wait_for(lambda: runner.active[0].poll() is not None, "member A to fail", timeout=30)
+        active = runner.samples.active
+        wait_for(lambda: active[0].poll() is not None, "member A to fail", timeout=30)
         runner.watch(launcher)
         assert member_a.status == member_b.status == Status.DROPPED
-        assert runner.retried == 0 and not runner.active
-        assert all(member.status == Status.DROPPED for member in runner.members(0))
+        assert runner.samples.retried == 0 and not runner.samples.active
+        assert all(member.status == Status.DROPPED for member in runner.samples.members(0))
     finally:
-        for simulation in runner.simulations.values():
-            runner.halt(simulation)
+        for simulation in runner.samples.simulations.values():
+            runner.samples.halt(simulation)
         launcher.close()
         context.term()
 
@@ -153,7 +156,7 @@ def test_a_stop_signal_during_a_launch_leaves_no_process_unrecorded(tmp_path: Pa
     import pytest
 
     from melissa_nb.errors import StudyInterrupted
-    from melissa_nb.study.runner import interrupt, stop_signals
+    from melissa_nb.study.stop_signals import interrupt, stop_signals
 
     (tmp_path / "sim.py").write_text("import time\ntime.sleep(60)\n")
     (tmp_path / "study.toml").write_text(
@@ -172,16 +175,16 @@ def test_a_stop_signal_during_a_launch_leaves_no_process_unrecorded(tmp_path: Pa
 
     runner.jobs.submit = submit_then_interrupted
     context = zmq.Context()
-    launcher = Launcher(context, runner.job, options="")
-    member = runner.members(0)[0]
+    launcher = Launcher(context, runner.samples.job, options="")
+    member = runner.samples.members(0)[0]
     try:
         with stop_signals(interrupt), pytest.raises(StudyInterrupted):
             runner.launch(member, launcher, connection_port=free_port())
-        started = runner.active[member.spec.simulation_id].job.process.pid
+        started = runner.samples.active[member.spec.simulation_id].job.process.pid
         assert psutil.pid_exists(started)
     finally:
-        for simulation in runner.simulations.values():
-            runner.halt(simulation)
+        for simulation in runner.samples.simulations.values():
+            runner.samples.halt(simulation)
         launcher.close()
         context.term()
     assert not psutil.pid_exists(started) or psutil.Process(started).status() == "zombie"

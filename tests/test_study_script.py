@@ -12,8 +12,8 @@ import pytest
 from test_study_run import read_results, run_study
 
 from melissa_nb.study.config import load_study
-from melissa_nb.study.runner import executable, server_command
 from melissa_nb.study.sampling import read_parameters_csv
+from melissa_nb.study.server_job import executable, server_command
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "melissa4py"
 FILES = ("study.toml", "study_server.py", "simulation.py")

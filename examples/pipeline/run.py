@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_nb.auth import create_key_file
-from melissa_nb.study.runner import free_port
+from melissa_nb.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

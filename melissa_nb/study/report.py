@@ -64,6 +64,24 @@ def server_rejections(log: Path) -> dict[str, tuple[int, str]]:
     return refused
 
 
+def why_all_dropped(server_log: Path, log_dir: Path) -> str:
+    """Why a study whose every sample was dropped has no results: what the server refused
+    (its reasons, with counts and the latest detail) and the end of the log of the
+    simulation that failed last (its own words: a missing file, a wrong field name)."""
+    why = "every sample was dropped after its retries: no results"
+    refused = server_rejections(server_log)
+    if refused:
+        why += "; the server refused their data: " + "; ".join(
+            f"{reason} x{count} (latest: {detail})"
+            for reason, (count, detail) in sorted(refused.items())
+        )
+    logs = sorted(log_dir.glob("simulation_*.log"), key=lambda path: path.stat().st_mtime)
+    if not logs:
+        return why
+    tail = "\n".join(logs[-1].read_text(errors="replace").splitlines()[-10:])
+    return f"{why}; {logs[-1]} (the last to fail) ends with:\n{tail}"
+
+
 def id_ranges(ids: list[int]) -> str:
     """Sorted ids written compactly, every one of them: `2-5, 9, 11-12`."""
     runs: list[list[int]] = []
