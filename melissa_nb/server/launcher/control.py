@@ -11,6 +11,11 @@ on rank 0's node) and the per-slice progress; `checkpoint` asks for a checkpoint
 ends the study at the next end vote: every rank writes the results of what it received
 (`study_complete = 0`), exit code 1.
 The endpoint binds loopback by default (`--control-bind`); its address is in server.json.
+
+A client (`melissa-nb status`) reads the secret only from a regular file of its own user, mode
+0600, of one secret's size and shape, never through a link, and sends it only to an address of
+this host or of the study's own nodes (`control_target`): a directory someone else prepared
+cannot make it send a file anywhere.
 """
 
 from __future__ import annotations
@@ -19,26 +24,32 @@ import hmac
 import json
 import logging
 import os
+import re
 import secrets
+import socket as socketlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import zmq
 
-from melissa_nb.errors import ProtocolError
+from melissa_nb.errors import ConfigurationError, ProtocolError
+from melissa_nb.owned_files import read_owned_file
 from melissa_nb.server.launcher.requests import receive_request
 
 CONTROL_MAX_MESSAGE = 256
 LINGER_MS = 200
 COMMANDS = ("status", "checkpoint", "stop")
 SECRET_FILE = "control.secret"
+SECRET_BYTES = 32
+SECRET_SHAPE = re.compile(rf"[0-9a-f]{{{2 * SECRET_BYTES}}}")
+ADDRESS_SHAPE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})")
 
 
 def write_secret(output_dir: Path) -> str:
     """A new random secret in `<output>/control.secret`, mode 0600 from its creation."""
-    secret = secrets.token_hex(32)
+    secret = secrets.token_hex(SECRET_BYTES)
     path = Path(output_dir) / SECRET_FILE
     temporary = path.with_name(path.name + ".tmp")
     temporary.unlink(missing_ok=True)
@@ -50,8 +61,43 @@ def write_secret(output_dir: Path) -> str:
 
 
 def read_secret(output_dir: str | os.PathLike[str]) -> str:
-    """The secret of the server whose --output-dir is `output_dir` (its owner can read it)."""
-    return (Path(output_dir) / SECRET_FILE).read_text().strip()
+    """The secret of the server whose --output-dir is `output_dir`: only from a private regular
+    file of this user holding nothing but a secret (ConfigurationError otherwise)."""
+    path = Path(output_dir) / SECRET_FILE
+    text = read_owned_file(path, 2 * SECRET_BYTES + 1, private=True).decode("ascii", "replace")
+    if not SECRET_SHAPE.fullmatch(text.strip()):
+        raise ConfigurationError(f"{path} does not hold a control secret: refused")
+    return text.strip()
+
+
+def _is_this_host(host: str) -> bool:
+    """True when every address `host` names belongs to this machine (it can bind them)."""
+    try:
+        infos = socketlib.getaddrinfo(host, None, type=socketlib.SOCK_DGRAM)
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, _, _, address in infos:
+        with socketlib.socket(family, kind) as probe:
+            try:
+                probe.bind((address[0], 0))
+            except OSError:
+                return False
+    return bool(infos)
+
+
+def control_target(address: object, study_hosts: Sequence[str]) -> str:
+    """`address` if it is a TCP endpoint on this host or on one of the study's own nodes (the
+    hosts its ranks reported), else ConfigurationError: the secret is never sent elsewhere."""
+    match = ADDRESS_SHAPE.fullmatch(address) if isinstance(address, str) else None
+    if match is None:
+        raise ConfigurationError(f"control address {address!r} is not tcp://HOST:PORT: refused")
+    host = match.group(1).strip("[]")
+    if host in study_hosts or _is_this_host(host):
+        return address
+    raise ConfigurationError(
+        f"control address {address} is neither on this host nor on the study's nodes "
+        f"{list(study_hosts)}: the secret is not sent"
+    )
 
 
 Action = Callable[[], dict[str, Any]]

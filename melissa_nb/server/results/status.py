@@ -3,11 +3,19 @@
 The server's `<output>/server.json` names the study; every live block of that study is attached
 read-only (`melissa_nb.server.live.state.reading`), so this works from any process on the server's
 node while the server runs, and never disturbs it.
+
+The directory may be someone else's: server.json is read only as a regular file of this user,
+bounded in size and checked key by key (`read_server_file`); a block under the study's name that
+is not this user's, or not a well-formed one, is left out and named (`StudyProgress.problems`).
+Whatever is wrong ends in one line, never a traceback or a hang.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import stat
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -16,14 +24,46 @@ from typing import Any
 
 import numpy as np
 
-from melissa_nb.errors import BlockNotReady
-from melissa_nb.server.live.state import list_blocks, reading
+from melissa_nb.errors import BlockNotReady, ConfigurationError
+from melissa_nb.owned_files import read_owned_file
+from melissa_nb.server.live.state import SHM_DIRECTORY, list_blocks, reading
 from melissa_nb.server.pipeline.stages import STAGE_KIND
 
 SERVER_FILE = "server.json"
 CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control endpoint
 REFRESH_SECONDS = 0.5  # the ranks refresh their counters at this pace
 PIPE_WIDTH = 200  # columns of the tables when the output is not a terminal
+SERVER_FILE_LIMIT = 1 << 20  # bytes: a description is a few KiB even with thousands of ranks
+PROGRESS_COLUMNS = (
+    "messages",
+    "accepted",
+    "duplicates",
+    "rejected",
+    "running",
+    "finished",
+    "dropped",
+    "message_rate",
+    "byte_rate",
+    "connections",
+    "open_files_limit",
+    "state_bytes",
+    "rss_bytes",
+    "kernel_ns",
+)
+"""The counters `status` shows: a progress block without one of them is not the server's."""
+DESCRIPTION_KEYS: dict[str, type | tuple[type, ...]] = {
+    "study_id": str,
+    "ranks": int,
+    "hosts": list,
+    "shm_prefix": str,
+    "fields": list,
+    "timesteps": int,
+    "sampling_size": int,
+    "group_size": int,
+    "control_address": (str, type(None)),
+}
+MAX_RANKS = 1 << 20  # a rank number beyond is not a server's (no "ranks" in server.json)
+NAME_SHAPE = re.compile(r"[A-Za-z0-9_.\-]{1,127}")
 
 
 @dataclass(frozen=True)
@@ -50,6 +90,7 @@ class StudyProgress:
     description: dict[str, Any]
     ranks: dict[int, dict[str, Any]]
     slices: list[SliceProgress]
+    problems: tuple[str, ...] = ()  # blocks left out, and why
 
 
 def _current_mean(arrays: dict[str, np.ndarray], metadata: dict[str, Any], t: int) -> np.ndarray:
@@ -95,30 +136,85 @@ def _slice_progress(name: str) -> SliceProgress | None:
         )
 
 
+def read_server_file(output_dir: str | Path) -> dict[str, Any]:
+    """server.json, checked (FileNotFoundError: none; ConfigurationError: not the server's)."""
+    path = Path(output_dir) / SERVER_FILE
+    text = read_owned_file(path, SERVER_FILE_LIMIT)
+    try:
+        description = json.loads(text)
+    except ValueError:
+        raise ConfigurationError(f"{path} is not JSON: not a melissa_nb server's") from None
+    if not isinstance(description, dict):
+        raise ConfigurationError(f"{path} is not a melissa_nb server description")
+    for key, kind in DESCRIPTION_KEYS.items():
+        value = description.get(key)
+        if (key in description or key == "shm_prefix") and (
+            not isinstance(value, kind) or isinstance(value, bool)
+        ):
+            raise ConfigurationError(f"{path}: {key!r} is {value!r}: not a server description")
+    names = [
+        description.get("study_id", "unnamed"),
+        *description.get("fields", []),
+        *description.get("hosts", []),
+    ]
+    prefix = description["shm_prefix"]
+    if not all(isinstance(name, str) and NAME_SHAPE.fullmatch(name) for name in names) or not (
+        prefix.startswith("melissa_nb_") and NAME_SHAPE.fullmatch(prefix)
+    ):
+        raise ConfigurationError(f"{path}: malformed study id, field, host or block names")
+    return description
+
+
+def _block_problem(name: str) -> str | None:
+    """Why the block `name` in /dev/shm is not to be read (None: it is this user's file)."""
+    try:
+        info = os.stat(os.path.join(SHM_DIRECTORY, name), follow_symlinks=False)
+    except FileNotFoundError:
+        return None  # gone meanwhile: reading it says so
+    if not stat.S_ISREG(info.st_mode):
+        return f"{name}: not a regular file"
+    if info.st_uid != os.getuid():
+        return f"{name}: belongs to user id {info.st_uid}, not to you"
+    return None
+
+
+def _rank_counters(block: Any, ranks: int) -> tuple[int, dict[str, Any]]:
+    """(rank, counters) of a progress block; KeyError/ValueError when it is not well formed."""
+    metadata = block.metadata
+    counters = dict(zip(metadata["counters"], block.arrays["counters"].tolist(), strict=True))
+    counters["updated_at"] = float(block.arrays["times"][1])
+    rank = metadata["rank"]
+    missing = [name for name in PROGRESS_COLUMNS if name not in counters]
+    if not isinstance(rank, int) or not 0 <= rank < ranks or missing:
+        raise ValueError(f"rank {rank!r}, missing counters {missing}")
+    return rank, counters
+
+
 def read_progress(output_dir: str | Path) -> StudyProgress:
-    """Read server.json and every live block of the study (FileNotFoundError: no server.json)."""
-    description = json.loads((Path(output_dir) / SERVER_FILE).read_text())
+    """server.json and every live block of the study (FileNotFoundError: no server.json;
+    ConfigurationError: a server.json that is not the server's)."""
+    description = read_server_file(output_dir)
     ranks: dict[int, dict[str, Any]] = {}
     slices = []
+    problems = []
     for name in list_blocks(description["shm_prefix"]):
+        problem = _block_problem(name)
+        if problem is not None:
+            problems.append(problem)
+            continue
         try:
             if name.endswith("_progress"):
                 with reading(name) as block:
-                    counters = dict(
-                        zip(
-                            block.metadata["counters"],
-                            block.arrays["counters"].tolist(),
-                            strict=True,
-                        )
-                    )
-                    counters["updated_at"] = float(block.arrays["times"][1])
-                    ranks[block.metadata["rank"]] = counters
+                    rank, counters = _rank_counters(block, description.get("ranks", MAX_RANKS))
+                    ranks[rank] = counters
             elif (progress := _slice_progress(name)) is not None:
                 slices.append(progress)
         except (FileNotFoundError, BlockNotReady):
             continue  # being removed (the server is ending) or still being created: absent
+        except (ValueError, KeyError, TypeError, IndexError, OSError) as error:
+            problems.append(f"{name}: not a block of this server ({type(error).__name__}: {error})")
     slices.sort(key=lambda item: (item.field, item.rank, item.client_rank))
-    return StudyProgress(description, ranks, slices)
+    return StudyProgress(description, ranks, slices, tuple(problems))
 
 
 def progress_report(output_dir: str | Path) -> dict[str, Any]:
@@ -155,13 +251,18 @@ def live_progress(output_dir: str | Path) -> StudyProgress:
     address = progress.description.get("control_address")
     if progress.ranks or not address:
         return progress
-    from melissa_nb.server.launcher.control import control_request, read_secret
+    from melissa_nb.server.launcher.control import control_request, control_target, read_secret
 
+    target = control_target(address, progress.description.get("hosts", []))
     try:
-        report = control_request(address, "status", read_secret(output_dir), CONTROL_TIMEOUT)
-    except (TimeoutError, OSError):  # no answer, or not the owner (the secret is unreadable)
+        secret = read_secret(output_dir)
+    except FileNotFoundError:
+        return progress  # not the owner's directory, or the server is gone
+    try:
+        report = control_request(target, "status", secret, CONTROL_TIMEOUT)
+        return _progress_from_report(report) if report.get("ok") else progress
+    except (TimeoutError, OSError, ValueError, KeyError, TypeError):  # no (usable) answer
         return progress
-    return _progress_from_report(report) if report.get("ok") else progress
 
 
 def _rate(counters: dict[str, Any]) -> str:
@@ -174,9 +275,10 @@ def render_progress(progress: StudyProgress) -> Any:
     from rich.table import Table
 
     description = progress.description
+    study = description.get("study_id", "?")
     group_size = int(description.get("group_size", 1))
     unit = "groups" if group_size > 1 else "simulations"  # what the server counts
-    ranks = Table(title=f"study {description['study_id']}: {description['ranks']} rank(s)")
+    ranks = Table(title=f"study {study}: {description.get('ranks', '?')} rank(s)")
     columns = ("messages", "accepted", "duplicates", "rejected", "running", "finished", "dropped")
     headings = (
         "rank",
@@ -202,7 +304,7 @@ def render_progress(progress: StudyProgress) -> Any:
             f"{counters['kernel_ns'] / 1e9:.2f}",
             f"{time.time() - counters['updated_at']:.1f} s ago",
         )
-    expected = f"{description['sampling_size']} {unit}"
+    expected = f"{description.get('sampling_size', '?')} {unit}"
     if group_size > 1:
         expected += f" of {group_size} simulations"
     fields = Table(title=f"fields ({expected} expected)")
@@ -239,7 +341,8 @@ def show_final_state(description: dict[str, Any], output_dir: Path, console: Any
 
     from melissa_nb.netcdf import NetCDFStore, cell_count
 
-    table = Table(title=f"study {description['study_id']}: finished (no live server)")
+    study = description.get("study_id", "?")
+    table = Table(title=f"study {study}: finished (no live server)")
     for column in ("file", "complete", "cells", "dropped", "duplicates", "rejected", "reasons"):
         table.add_column(column, justify="right")
     found = 0
@@ -247,8 +350,12 @@ def show_final_state(description: dict[str, Any], output_dir: Path, console: Any
         path = output_dir / f"{field}.nc"
         if not path.is_file():
             continue
-        with NetCDFStore(path) as store:
-            attributes, cells = store.attributes(), cell_count(store.dimensions())
+        try:
+            with NetCDFStore(path) as store:
+                attributes, cells = store.attributes(), cell_count(store.dimensions())
+        except (OSError, KeyError, ValueError):
+            table.add_row(str(path), "unreadable", "", "", "", "", "")
+            continue
         found += 1
         table.add_row(
             str(path),
@@ -261,7 +368,7 @@ def show_final_state(description: dict[str, Any], output_dir: Path, console: Any
         )
     if not found:
         console.print(
-            f"study {description['study_id']}: no live server and no results in {output_dir} "
+            f"study {study}: no live server and no results in {output_dir} "
             "(stopped before writing them; its checkpoint, if any, is under checkpoint/)"
         )
         return 1
@@ -274,20 +381,30 @@ def show_status(output_dir: str | Path, watch: float = 0.0) -> int:
     server has ended, what its result files say.
 
     Exit code 1 when no server runs for this directory and it left no results (or it ended
-    while watched).
+    while watched), 2 when the directory's server.json or secret is refused (one line why).
     """
     from rich.console import Console
-    from rich.live import Live
 
     # Not a terminal (a pipe, a log): rich would squeeze the tables into 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
     try:
-        progress = live_progress(output_dir)
+        return _show_status(Path(output_dir), watch, console)
     except FileNotFoundError:
         console.print(f"no {SERVER_FILE} in {output_dir}: no server was started there")
         return 1
+    except ConfigurationError as error:
+        Console(stderr=True, soft_wrap=True).print(f"error: {error}", markup=False)
+        return 2
+
+
+def _show_status(output_dir: Path, watch: float, console: Any) -> int:
+    from rich.live import Live
+
+    progress = live_progress(output_dir)
+    for problem in progress.problems:
+        console.print(f"left out: {problem}", markup=False)
     if not progress.ranks:
-        return show_final_state(progress.description, Path(output_dir), console)
+        return show_final_state(progress.description, output_dir, console)
     if watch <= 0:
         console.print(render_progress(progress))
         return 0
