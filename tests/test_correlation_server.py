@@ -127,3 +127,65 @@ def test_data_without_usable_parameters_is_refused_and_the_rest_is_exact(
             )
     assert "the JOB of simulation 1 has (" in server.text()  # its NaN quoted
     server.assert_clean_exit()
+
+
+@pytest.mark.timeout(240)
+def test_frames_queued_behind_a_waiting_one_keep_their_own_wait_on_two_ranks(
+    start_server,  # noqa: F811
+    rng,
+) -> None:
+    """Simulation 2's JOB never comes and its frames arrive first: on rank 1 (which sees no
+    handshake) every later frame queues behind them. Each simulation's JOB is asked for when
+    its first frame reaches the rank, queued or not, and its wait counts from then: when
+    simulation 2's frames are refused (50 votes), the others' are folded, and the copies of
+    every frame sent again later with other values are duplicates. Results equal numpy on the
+    first copies."""
+    simulations, timesteps, cells, p = 10, 3, 8, 2
+    parameters = rng.uniform(size=(simulations, p)) * [1.0, 10.0]
+    outputs = rng.normal(size=(timesteps, simulations, cells)) + (parameters @ [1.0, 0.5])[:, None]
+    launcher = FakeLauncher(parameters=p, table=parameters, unknown=(2,))
+    server = start_server(
+        *("-s", str(simulations), "-t", str(timesteps), "-f", "u", "-p", str(p)),
+        *("-o", "mean:correlation", "-w", "120"),
+        *launcher.options(),
+        ranks=2,
+    )
+    sender = RawSender(server.endpoint)
+
+    def send(simulation: int, t: int, values: np.ndarray) -> None:
+        for rank, piece in enumerate(np.array_split(values, 2)):
+            sender.send(frame("u", simulation, t, piece), rank)
+
+    try:
+        launcher.pump(lambda: len(launcher.received) >= 2, "SERVER messages")
+        for simulation in range(simulations):
+            sender.handshake(simulation)
+        for t in range(timesteps):
+            send(2, t, outputs[t, 2])
+        others = [(s, t) for s in range(simulations) if s != 2 for t in range(timesteps)]
+        for index in rng.permutation(len(others)):
+            send(*others[index], outputs[others[index][1], others[index][0]])
+        for index in rng.permutation(len(others)):  # the same timesteps again, other values
+            send(*others[index], outputs[others[index][1], others[index][0]] + 500.0)
+
+        def rejected() -> int:
+            return sum(c["rejected"] for c in read_progress(server.output).ranks.values())
+
+        launcher.pump(lambda: rejected() == 2 * timesteps, "the refusal of simulation 2's frames")
+        launcher.publish(Drop(2, "job2"))
+        launcher.pump(lambda: Stop() in launcher.received, "STOP")
+        assert server.wait() == 0, server.text()
+    finally:
+        sender.close()
+        launcher.close()
+    results = read_results(server.output / "u.nc")
+    assert results.attributes["rejected_reasons"] == f"no_parameters={2 * timesteps}"
+    assert results.attributes["messages_duplicate"] == 2 * len(others)
+    kept = [s for s in range(simulations) if s != 2]
+    for t in range(timesteps):
+        np.testing.assert_allclose(results.variables["mean"][t], outputs[t, kept].mean(axis=0))
+        for name, values in correlation_batch(parameters[kept], outputs[t, kept]).items():
+            np.testing.assert_allclose(
+                results.variables[name][t], values, rtol=1e-12, atol=1e-12, err_msg=name
+            )
+    server.assert_clean_exit()

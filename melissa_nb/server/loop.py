@@ -122,6 +122,7 @@ class ServerRank:
             log,
             self._first_seen,
             self._sent_non_finite,
+            self._ask_job,
         )
         self.requested_info: set[int] = set()
         if config.forward_to is not None:
@@ -294,8 +295,12 @@ class ServerRank:
             return
         if self.rank == 0:
             self.launcher.send(SimuStatus(simulation, SIMU_RUNNING))
+        self._ask_job(simulation)
+
+    def _ask_job(self, simulation: int) -> None:
+        """simu_info for a simulation whose JOB this rank lacks (once)."""
         known = simulation in self.ingest.tracker.job_ids
-        if not known and simulation not in self.requested_info:
+        if self.launcher is not None and not known and simulation not in self.requested_info:
             self.requested_info.add(simulation)
             self.launcher.request(TextRequest("simu_info", simulation))
 

@@ -56,10 +56,12 @@ class Ingest:
         log: logging.Logger,
         first_seen: Callable[[int], None],
         non_finite: Callable[[int, str], None],
+        wants_job: Callable[[int], None],
     ) -> None:
         """`first_seen(simulation)`: its first sign of life on this rank; `non_finite(simulation,
         field)`: it sent NaN or infinity (once per attempt: until it sends a good or re-sent
-        message again)."""
+        message again); `wants_job(simulation)`: with correlations, this rank has data of a
+        simulation whose JOB (parameters) it lacks."""
         self.config = config
         self.rank = rank
         self.threads = threads
@@ -68,6 +70,7 @@ class Ingest:
         self.log = log
         self.first_seen = first_seen
         self.non_finite = non_finite
+        self.wants_job = wants_job
         self.tracker = Tracker(config.field_names, config.timesteps, config.sampling_size)
         self.validator = DataValidator(
             config.field_names,
@@ -82,6 +85,9 @@ class Ingest:
         self.waiting = WaitingFrames(int(config.batch_mb * 2**20))
         self.announced_sizes: dict[int, int] = {}  # rank 0: simulation -> its client ranks
         self.vote_rounds = 0  # votes completed: how long a waiting frame has waited
+        # Correlations: simulation -> the vote at which this rank first lacked its JOB; its
+        # frames wait PARAMETER_VOTES from then, wherever they are in the queue.
+        self.parameters_wanted: dict[int, int] = {}
         self._non_finite_told: set[int] = set()  # told since their last good message
 
     # --- frames -----------------------------------------------------------------------------------
@@ -109,15 +115,18 @@ class Ingest:
         finally:
             self.fold()
 
-    def handle(self, buffer: memoryview, now: float, arrived: int | None = None) -> None:
+    def handle(
+        self, buffer: memoryview, now: float, arrived: int | None = None, final: bool = False
+    ) -> None:
         """Validate one data frame, hand it to the fold batch, mark its timestep.
 
-        `arrived`: the votes completed when a frame that waited for its simulation's
-        announcement came (else now: `self.vote_rounds`).
+        `arrived`: the votes completed when a frame that waited came (else now:
+        `self.vote_rounds`); `final`: the study ends, a frame that would wait is refused.
         """
         if arrived is None:
             arrived = self.vote_rounds
-            if self.waiting.pending:  # behind a frame waiting for its announcement
+            if self.waiting.pending:  # behind a frame that waits: keep the arrival order
+                self._queued(buffer)
                 self.waiting.hold(buffer, arrived)
                 return
         message = self.validator.decode(buffer)
@@ -131,7 +140,7 @@ class Ingest:
             raise ProtocolError("dropped_simulation", f"data of dropped simulation {group}")
         field, client_rank, timestep = message.field_name, message.client_rank, message.time_stamp
         if not self.tracker.announced[group]:
-            if self.rank != 0 and self.vote_rounds - arrived < ANNOUNCE_VOTES:
+            if self.rank != 0 and self.vote_rounds - arrived < ANNOUNCE_VOTES and not final:
                 self.waiting.hold(buffer, arrived)  # rank 0 may have answered it just now
                 return
             raise ProtocolError(
@@ -149,7 +158,7 @@ class Ingest:
             field, client_rank, message.vect_size, statistics and statistics.received
         )
         self.touch(group, now)
-        parameters = self._parameters(group, arrived) if config.correlation else None
+        parameters = self._parameters(group, final) if config.correlation else None
         if config.correlation and parameters is None:
             self.waiting.hold(buffer, arrived)
             return
@@ -191,12 +200,32 @@ class Ingest:
             self._accepted(message)
         self.tracker.add(steps, group, timestep)
 
-    def _parameters(self, simulation: int, arrived: int) -> tuple[float, ...] | None:
-        """The simulation's JOB parameters; None while its frame may still wait for them
-        (ProtocolError once it waited `PARAMETER_VOTES` votes, or when they are not finite)."""
+    def _queued(self, buffer: memoryview) -> None:
+        """A frame queued behind a waiting one: with correlations, its simulation's JOB is
+        asked for now (its wait starts now, not when the frames ahead are done). A malformed
+        frame is refused here (ProtocolError)."""
+        if self.config.correlation:
+            message = DataMessage.decode(buffer, self.validator.accepted_vector_counts)
+            if message.simu_id < self.config.sampling_size:
+                self._want_parameters(message.simu_id)
+
+    def _want_parameters(self, simulation: int) -> None:
+        """This rank lacks the JOB of `simulation`: start its wait and ask for it (once)."""
+        if simulation not in self.parameters_wanted:
+            self.parameters_wanted[simulation] = self.vote_rounds
+            self.wants_job(simulation)
+
+    def _parameters(self, simulation: int, final: bool) -> tuple[float, ...] | None:
+        """The simulation's JOB parameters; None while its frames may still wait for them
+        (ProtocolError once `PARAMETER_VOTES` votes passed since this rank first lacked them,
+        at the study's end, or when they are not finite)."""
         parameters = self.tracker.job_parameters.get(simulation)
         if parameters is None:
-            if self.vote_rounds - arrived < PARAMETER_VOTES:
+            self._want_parameters(simulation)
+            if (
+                self.vote_rounds - self.parameters_wanted[simulation] < PARAMETER_VOTES
+                and not final
+            ):
                 return None
             raise ProtocolError(
                 "no_parameters",
@@ -361,10 +390,9 @@ class Ingest:
     def refuse_waiting(self, now: float) -> None:
         """The study ends: each frame still waiting gets its final answer, as if it had waited
         its full time (refused: never announced, or no parameters; else folded)."""
-        waited = -(ANNOUNCE_VOTES + PARAMETER_VOTES)
-        for buffer, _ in self.waiting.take():
+        for buffer, arrived in self.waiting.take():
             try:
-                self.handle(buffer, now, waited)
+                self.handle(buffer, now, arrived, final=True)
             except ProtocolError as error:
                 self.progress.reject(error.reason, str(error), now)
         self.fold()

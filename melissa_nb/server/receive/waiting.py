@@ -22,9 +22,11 @@ from collections import deque
 
 ANNOUNCE_VOTES = 2
 PARAMETER_VOTES = 50
-"""End votes (0.2 s each) a frame waits for its simulation's JOB with correlations: the JOB is
-published at launch, and asked again (`simu_info`) at the simulation's first frame; after that
-the frame is refused (`no_parameters`)."""
+"""End votes (0.2 s each) the frames of a simulation wait for its JOB with correlations, counted
+from the moment this rank first lacked it: the JOB is published at launch, and asked again
+(`simu_info`) when the simulation's first frame reaches this rank, even queued behind others (a
+frame's time in the queue does not count against its own simulation); after that its frames are
+refused (`no_parameters`)."""
 
 
 class WaitingFrames:
