@@ -115,6 +115,12 @@ class ServerConfig:
     study_id: str | None = option(
         "--study-id", default=None, help="Id used in shared-memory names."
     )
+    study_fingerprint: str | None = option(
+        "--study-fingerprint",
+        default=None,
+        help="The study design's fingerprint (melissa-nb run); a checkpoint keeps it and a "
+        "restart of another design is refused.",
+    )
     confidence: float = option("--confidence", default=0.95, help="Sobol interval level.")
     launcher_timeout: float = option(
         "--launcher-timeout",
@@ -375,6 +381,11 @@ class ServerConfig:
                 0 < len(self.study_id) <= 32
                 and self.study_id.replace("_", "").replace("-", "").isalnum(),
                 f"--study-id {self.study_id!r}: 1..32 letters, digits, _ or -",
+            )
+        if self.study_fingerprint is not None:
+            need(
+                0 < len(self.study_fingerprint) <= 128 and self.study_fingerprint.isalnum(),
+                f"--study-fingerprint {self.study_fingerprint!r}: 1..128 letters or digits",
             )
         if self.launcher_name is not None:
             need(self.launcher_name.strip() != "", "-n/--launchername must not be empty")

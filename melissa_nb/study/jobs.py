@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from melissa_nb.study.simulations import STOP_GRACE_SECONDS, start_process, stop_process
+from melissa_nb.study.watchdog import Watchdog
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,14 @@ class Attempt:
 
 
 class LocalJob:
-    """One child process and everything it starts, in a process group of its own."""
+    """One child process and everything it starts, in a process group of its own; the
+    watchdog stops it if the runner dies first."""
 
-    def __init__(self, task: Task, cwd: Path) -> None:
+    def __init__(self, task: Task, cwd: Path, watchdog: Watchdog) -> None:
         self.process = start_process(task.argv, cwd, task.log_path, task.environment)
+        self.watchdog = watchdog
+        watchdog.watch(self.process.pid)
+        self.watched = True
         self.label = f"pid {self.process.pid}"
         self.started = time.monotonic()
 
@@ -108,17 +113,29 @@ class LocalJob:
 
     def poll(self) -> int | None:
         """The exit code, or None while it runs."""
-        return self.process.poll()
+        code = self.process.poll()
+        if code is not None:
+            self._ended()
+        return code
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
         """Terminate the process group (SIGKILL after `grace` s)."""
         stop_process(self.process, grace=grace)
+        self._ended()
+
+    def _ended(self) -> None:
+        if self.watched:
+            self.watched = False
+            self.watchdog.forget(self.process.pid)
 
 
 class LocalJobs:
     """Every job a child process of the runner, on this machine (the default)."""
 
     groups_in_one_job = False
+
+    def __init__(self) -> None:
+        self.watchdog: Watchdog | None = None  # started with the first job
 
     def submit(
         self,
@@ -133,8 +150,13 @@ class LocalJobs:
         """Start the one task of a local job (`ranks` are mpiexec's, in the command line;
         `cpus` and `time_limit` are the runner's to enforce here)."""
         (task,) = tasks
-        return LocalJob(task, cwd)
+        if self.watchdog is None:
+            self.watchdog = Watchdog()
+        return LocalJob(task, cwd, self.watchdog)
 
     def close(self) -> list[str]:
-        """Nothing left: the runner stops its children itself."""
+        """The runner stopped its children itself: the watchdog ends with nothing to do."""
+        if self.watchdog is not None:
+            self.watchdog.close()
+            self.watchdog = None
         return []

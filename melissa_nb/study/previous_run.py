@@ -7,7 +7,9 @@ cleared before a new run, taken up again by `melissa-nb run --resume`.
 - A new run starts clean: the result files, the server's checkpoints and the job scripts of an
   earlier run are removed first, so nothing stale can look current, nor be restarted from.
 - `--resume` keeps the checkpoints of an interrupted run: the server restarts from them (`-r`),
-  the samples they hold as finished or dropped are not run again, the others are.
+  the samples they hold as finished or dropped are not run again, the others are. The
+  checkpoint must be of this study's design (`fingerprint.check_same_design`): a changed study
+  file or a foreign checkpoint is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from typing import IO
 import numpy as np
 
 from melissa_nb.errors import ConfigurationError, MelissaError, StudyError
-from melissa_nb.server.checkpoint.files import checkpoint_path
+from melissa_nb.server.checkpoint.files import checkpoint_path, load_rank_file
 from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
 from melissa_nb.study.config import StudyConfig
+from melissa_nb.study.fingerprint import check_same_design
 from melissa_nb.study.sampling import SimulationSpec, read_parameters_csv
 
 LOCK_NAME = ".melissa_nb_run.lock"
@@ -88,6 +91,14 @@ def resume_point(config: StudyConfig, design: list[SimulationSpec]) -> Resumed:
             f"--resume: no checkpoint in {checkpoints} (the run stopped before its server wrote "
             "one): run without --resume, and every simulation runs again"
         )
+    try:
+        first = load_rank_file(checkpoints, 0)
+    except MelissaError as error:
+        raise ConfigurationError(f"--resume: the checkpoint is unusable: {error}") from None
+    study = first.meta.get("study")
+    check_same_design(
+        config, study.get("study_fingerprint") if isinstance(study, dict) else None, checkpoints
+    )
     record = config.output_dir / "parameters.csv"
     statuses: dict[int, str] = {}
     if record.exists():
@@ -102,7 +113,7 @@ def resume_point(config: StudyConfig, design: list[SimulationSpec]) -> Resumed:
         done = finished_in_checkpoint(
             checkpoints, config.fields, config.timesteps, config.sample_size
         )
-    except MelissaError as error:
+    except (MelissaError, KeyError, ValueError) as error:
         raise ConfigurationError(f"--resume: the checkpoint is unusable: {error}") from None
     size = config.group_size
     dropped = [

@@ -40,6 +40,7 @@ from melissa_nb.server.live.state import progress_block_name, reading
 from melissa_nb.server.results.convergence import CONVERGED
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.display import ProgressDisplay
+from melissa_nb.study.fingerprint import write_design
 from melissa_nb.study.jobs import Attempt, Jobs, LocalJobs, Task
 from melissa_nb.study.launcher_sockets import Launcher
 from melissa_nb.study.previous_run import clear_previous_run, hold_output, resume_point
@@ -272,6 +273,7 @@ class StudyRunner:
                 connection_port = free_port()
                 host = "0.0.0.0" if config.scheduler.cluster else "127.0.0.1"
                 launcher = Launcher(context, self.samples.job_of, options="", host=host)
+                write_design(config)  # before the server: a checkpoint names this design
                 arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)
                 self.server.start([*arguments, *restart])

@@ -17,6 +17,7 @@ from melissa_nb.protocol import LauncherMessage, Server
 from melissa_nb.server.checkpoint.files import checkpoint_path
 from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
 from melissa_nb.study.config import StudyConfig
+from melissa_nb.study.fingerprint import describe, fingerprint
 from melissa_nb.study.jobs import Jobs, SubmittedJob, Task
 from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
 from melissa_nb.study.stop_signals import stop_signals_held
@@ -86,6 +87,8 @@ def server_arguments(
         str(config.output_dir),
         "--study-id",
         study_id,
+        "--study-fingerprint",
+        fingerprint(describe(config)),
         # The runner says HELLO every few seconds: if it dies, the server gives up soon.
         "--launcher-timeout",
         f"{LAUNCHER_TIMEOUT_SECONDS:g}",

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 STOP_GRACE_SECONDS = 5.0
@@ -36,22 +36,43 @@ def start_process(
 def stop_process(
     process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = STOP_GRACE_SECONDS
 ) -> int:
-    """Stop a child and everything it started; return its exit code.
+    """Stop a child and everything it started (`stop_group`); return its exit code."""
+    stop_group(process.pid, sig, grace, running=lambda: process.poll() is None)
+    return process.wait(grace)
 
-    `sig` goes to the child's process group; after up to `grace` s, SIGKILL goes to the group
-    and to every descendant still alive: mpiexec's proxies and ranks run in sessions of their
-    own, and a rank blocked in an MPI collective never runs its SIGTERM handler.
+
+def stop_group(
+    leader: int,
+    sig: int = signal.SIGTERM,
+    grace: float = STOP_GRACE_SECONDS,
+    running: Callable[[], bool] | None = None,
+) -> None:
+    """Stop the process group `leader` leads and every descendant of it.
+
+    `sig` goes to the group; after up to `grace` s, SIGKILL goes to the group and to every
+    descendant still alive: mpiexec's proxies and ranks run in sessions of their own, and a
+    rank blocked in an MPI collective never runs its SIGTERM handler. `running()` says whether
+    the leader still runs (default: it exists and is no zombie).
     """
-    family = descendants(process.pid) if process.poll() is None else []
-    if process.poll() is None:
-        _signal_group(process, sig)
+    running = running or (lambda: alive(leader))
+    family = descendants(leader) if running() else []
+    if running():
+        _signal_group(leader, sig)
         deadline = time.monotonic() + grace
-        while (process.poll() is None or any(map(alive, family))) and (time.monotonic() < deadline):
+        while (running() or any(map(alive, family))) and (time.monotonic() < deadline):
             time.sleep(0.02)
-    _signal_group(process, signal.SIGKILL)
+    _signal_group(leader, signal.SIGKILL)
     for pid in family:
         _kill(pid)
-    return process.wait(grace)
+
+
+def start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot, Linux /proc): with the pid, it names one
+    process, not a later one that reuses its number. None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def descendants(pid: int) -> list[int]:
@@ -88,8 +109,8 @@ def _kill(pid: int) -> None:
         pass
 
 
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+def _signal_group(leader: int, sig: int) -> None:
     try:
-        os.killpg(process.pid, sig)  # the child is a session leader: its pgid is its pid
+        os.killpg(leader, sig)  # the child is a session leader: its pgid is its pid
     except ProcessLookupError:
         pass

@@ -28,6 +28,7 @@ STUDY_OPTIONS = (
     "thresholds",
     "quantiles",
     "confidence",
+    "study_fingerprint",
 )
 """The options that define a study's state: a checkpoint is refused if any differs."""
 
