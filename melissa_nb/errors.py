@@ -36,6 +36,7 @@ REJECTION_REASONS = (
     "no_handshake",
     "no_parameters",
     "client_comm_size_changed",
+    "checkpoint_layout",
     "dropped_simulation",
     "drop_out_of_range",
     "unexpected_launcher_message",

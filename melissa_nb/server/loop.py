@@ -20,7 +20,6 @@ from typing import Any
 import numba
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from melissa_nb.errors import ConfigurationError, ProtocolError
 from melissa_nb.protocol import (
@@ -56,7 +55,6 @@ from melissa_nb.server.results.final import end_attributes, write_results
 from melissa_nb.server.results.status import progress_report
 from melissa_nb.server.signals import EarlySignals
 from melissa_nb.server.startup import (
-    HANDSHAKE_FAILED,
     RankSockets,
     bind_rank,
     claim_study,
@@ -208,12 +206,7 @@ class ServerRank:
             sockets.gatekeeper.answer()  # before data: a waiting handshake holds a client back
         if sockets.data in events:
             self.ingest.drain(sockets.data, self.drain, now)
-        if sockets.data_monitor in events:
-            self._count_connections(now)
-        if sockets.connection_monitor is not None and sockets.connection_monitor in events:
-            while sockets.connection_monitor.poll(0):  # only refused handshakes are monitored
-                recv_monitor_message(sockets.connection_monitor)
-                self._refused_handshake(now)
+        sockets.read_monitors(events, self.progress, now)
         if sockets.connection is not None and sockets.connection in events:
             self._answer_connection(now)
         if sockets.control is not None and sockets.control.socket in events:
@@ -245,24 +238,6 @@ class ServerRank:
             )
             return self._finish(aborted=True, results=False)
         return self._finish(vote.aborted)
-
-    def _count_connections(self, now: float) -> None:
-        """Read the data socket's monitor: peers connected now, disconnections so far."""
-        counts, monitor = self.progress.counts, self.sockets.data_monitor
-        while monitor.poll(0):
-            event = recv_monitor_message(monitor)["event"]
-            if event == zmq.EVENT_ACCEPTED:
-                counts["connections"] += 1
-            elif event == zmq.EVENT_DISCONNECTED:
-                counts["connections"] -= 1
-                counts["disconnections"] += 1
-            elif event & HANDSHAKE_FAILED:
-                self._refused_handshake(now)
-
-    def _refused_handshake(self, now: float) -> None:
-        """--auth: a peer without CURVE tried a data or connection socket (ZeroMQ refused it
-        before the gatekeeper is asked)."""
-        self.progress.reject("unauthenticated", "a link without CURVE (--auth) refused", now)
 
     def _answer_connection(self, now: float) -> None:
         """Rank 0: reply to one connection request with the port table (REP: always reply)."""
@@ -409,7 +384,16 @@ class ServerRank:
         self._periodic(now)
         self.ingest.refuse_waiting(now)
         self.checkpoints.wait()  # no netCDF call may overlap the checkpoint writer's
-        if aborted:
+        contradiction = self.ingest.restored_layout.contradiction
+        foreign = [detail for detail in self.world.allgather(contradiction) if detail]
+        if foreign:
+            aborted = True  # the state holds another study's data: never a complete result
+            self.log.error(
+                "the checkpoint this server restarted from does not fit the study's data (%s): "
+                "results are written as incomplete (study_complete = 0)",
+                foreign[0],
+            )
+        elif aborted:
             self.checkpoints.write_now(snapshot_rank(self.ingest, self.world.size))
         counts = self.progress.counts
         self.log.info(

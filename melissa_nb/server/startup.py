@@ -19,6 +19,7 @@ from typing import Any
 import numba
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from melissa_nb.auth import (
     KEY_FILE,
@@ -319,6 +320,26 @@ class RankSockets:
         if self.gatekeeper is not None:
             self.gatekeeper.close()
             self.gatekeeper = None
+
+    def read_monitors(self, events: dict[Any, int], progress: Progress, now: float) -> None:
+        """Count what the monitors saw: data peers connected now, disconnections so far, and
+        with --auth the peers without CURVE that ZeroMQ refused before the gatekeeper."""
+        counts = progress.counts
+        refused = ("unauthenticated", "a link without CURVE (--auth) refused")
+        if self.data_monitor in events:
+            while self.data_monitor.poll(0):
+                event = recv_monitor_message(self.data_monitor)["event"]
+                if event == zmq.EVENT_ACCEPTED:
+                    counts["connections"] += 1
+                elif event == zmq.EVENT_DISCONNECTED:
+                    counts["connections"] -= 1
+                    counts["disconnections"] += 1
+                elif event & HANDSHAKE_FAILED:
+                    progress.reject(*refused, now)
+        if self.connection_monitor is not None and self.connection_monitor in events:
+            while self.connection_monitor.poll(0):  # only refused handshakes are monitored
+                recv_monitor_message(self.connection_monitor)
+                progress.reject(*refused, now)
 
 
 def write_server_file(

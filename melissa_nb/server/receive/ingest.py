@@ -32,6 +32,7 @@ from melissa_nb.server.pipeline.stages import STAGE_PREFIX, Processing
 from melissa_nb.server.receive.batches import FoldBatch
 from melissa_nb.server.receive.members import MemberAssembly
 from melissa_nb.server.receive.restored import (
+    RestoredLayout,
     RestoredRank,
     RestoredSlice,
     restore_steps,
@@ -88,6 +89,7 @@ class Ingest:
         # Correlations: simulation -> the vote at which this rank first lacked its JOB; its
         # frames wait PARAMETER_VOTES from then, wherever they are in the queue.
         self.parameters_wanted: dict[int, int] = {}
+        self.restored_layout = RestoredLayout(log)  # after a restart: what the data must fit
         self._non_finite_told: set[int] = set()  # told since their last good message
 
     # --- frames -----------------------------------------------------------------------------------
@@ -129,7 +131,9 @@ class Ingest:
                 self._queued(buffer)
                 self.waiting.hold(buffer, arrived)
                 return
-        message = self.validator.decode(buffer)
+        message = DataMessage.decode(buffer, self.validator.accepted_vector_counts)
+        self.restored_layout.check_frame(message)
+        self.validator.check(message)
         config = self.config
         single_member = config.sobol and message.nb_vectors == 1
         if single_member:
@@ -320,6 +324,7 @@ class Ingest:
                 f"connection from simulation {request.simu_id}, study has "
                 f"{self.config.sampling_size * self.config.group_size}",
             )
+        self.restored_layout.check_handshake(request)
         if self.tracker.client_comm_size not in (0, request.client_comm_size):
             # One decomposition for the whole study, fixed by the first data (a handshake alone
             # fixes nothing: a stray one must not lock real simulations out); another would
@@ -411,6 +416,7 @@ class Ingest:
         """Take back what the old ranks' checkpoints give this rank (before any data)."""
         restore_tracker(self.tracker, restored, now)
         self._set_client_comm_size(restored.client_comm_size)
+        self.restored_layout.learn(restored)
         by_slice: dict[tuple[str, int], list[RestoredSlice]] = {}
         for item in restored.slices:
             by_slice.setdefault((item.field, item.client_rank), []).append(item)

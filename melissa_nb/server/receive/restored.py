@@ -4,10 +4,13 @@ functions that put a received bitset and the statuses back into the tracker."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
+from melissa_nb.errors import ProtocolError
+from melissa_nb.protocol import ConnectionRequest, DataMessage
 from melissa_nb.server.receive.tracking import SliceSteps, Tracker
 
 Member = tuple[tuple[str, int, int, int], np.ndarray, np.ndarray]
@@ -67,3 +70,46 @@ def restore_steps(steps: SliceSteps, tracker: Tracker, bits: np.ndarray) -> None
     steps.bits[:] = bits
     steps.received[:] = received_counts(bits)
     tracker.complete_slices += (steps.received == steps.timesteps).astype(np.int32)
+
+
+class RestoredLayout:
+    """The layout a restart's checkpoint gave (slice sizes, client ranks) and the first sign
+    that the study's data does not fit it: the checkpoint is then another study's, and the
+    study cannot end complete (`contradiction`)."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.sizes: dict[tuple[str, int], int] = {}
+        self.client_comm_size = 0
+        self.contradiction: str | None = None
+
+    def learn(self, restored: RestoredRank) -> None:
+        """The layout of what this rank restored (segments of a slice add up)."""
+        self.client_comm_size = restored.client_comm_size
+        for item in restored.slices:
+            key = (item.field, item.client_rank)
+            self.sizes[key] = self.sizes.get(key, 0) + item.cells
+
+    def check_frame(self, message: DataMessage) -> None:
+        """ProtocolError (`checkpoint_layout`) for data of another size than the checkpoint's."""
+        restored = self.sizes.get((message.field_name, message.client_rank))
+        if restored not in (None, message.vect_size):
+            self._contradicted(
+                f"field {message.field_name!r} client rank {message.client_rank} has "
+                f"{message.vect_size} cells in the data of simulation {message.simu_id}, "
+                f"{restored} in the checkpoint"
+            )
+
+    def check_handshake(self, request: ConnectionRequest) -> None:
+        """ProtocolError (`checkpoint_layout`) for a simulation of another client layout."""
+        if self.client_comm_size not in (0, request.client_comm_size):
+            self._contradicted(
+                f"simulation {request.simu_id} has {request.client_comm_size} ranks, the "
+                f"checkpoint's simulations had {self.client_comm_size}"
+            )
+
+    def _contradicted(self, detail: str) -> None:
+        if self.contradiction is None:
+            self.contradiction = detail
+            self.log.error("the checkpoint restarted from is not this study's: %s", detail)
+        raise ProtocolError("checkpoint_layout", detail)
