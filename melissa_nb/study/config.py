@@ -47,6 +47,8 @@ GENERAL_STATISTICS = (
     "correlation",  # with the parameters: Monte Carlo studies (sobol = false)
 )
 PYTHON_WORDS = ("python", "python3")
+SPREAD = 40.0  # standard deviations a normal draw may reach: its samples must stay finite
+SIMULATION_BYTES = 2048  # what the runner keeps per simulation of the design (measured ~1 KiB)
 _FIELD_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,127}")
 
 
@@ -175,6 +177,15 @@ def _read_parameters(table: TomlTable) -> tuple[Parameter, ...]:
             raise entry.fail("high", f"a number > low ({first:g})", second)
         if distribution == "loguniform" and first <= 0:
             raise entry.fail("low", "a number > 0 (log-uniform)", first)
+        if distribution == "uniform":
+            reaches = (second - first,)
+        else:  # a log-uniform draw stays within its (finite) bounds
+            reaches = (first + SPREAD * second, first - SPREAD * second)
+        if distribution != "loguniform" and not all(map(math.isfinite, reaches)):
+            raise ConfigurationError(
+                f"[parameters.{name}] {distribution}{(first, second)}: its samples would not "
+                "all be finite numbers (the range overflows a double)"
+            )
         parameters.append(Parameter(name, distribution, (first, second)))
     return tuple(parameters)
 
@@ -187,10 +198,18 @@ def _read_command(table: TomlTable, names: tuple[str, ...]) -> tuple[str, ...]:
         raise table.fail("command", f"a shell-like command line ({error})", command) from None
     for word in words:
         try:
-            placeholders = [name for _, name, _, _ in string.Formatter().parse(word) if name]
+            fields = [
+                (name, spec, conversion)
+                for _, name, spec, conversion in string.Formatter().parse(word)
+                if name is not None
+            ]
         except ValueError as error:
             raise table.fail("command", f"valid {{name}} placeholders ({error})", command) from None
-        for placeholder in placeholders:
+        if any(not name or spec or conversion for name, spec, conversion in fields):
+            raise table.fail(
+                "command", "plain {name} placeholders (no {}, no format or conversion)", command
+            )
+        for placeholder, _, _ in fields:
             if placeholder not in names:
                 raise table.fail(
                     "command",
@@ -396,6 +415,8 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         )
     if not config.working_dir.is_dir():
         raise simulation.fail("working_dir", "an existing directory", str(config.working_dir))
+    _check_output_dir(study, config.output_dir)
+    _check_design_size(study, config)
     if config.server_script is not None and not config.server_script.is_file():
         raise server.fail(
             "script", "an existing file (relative to the study file)", str(config.server_script)
@@ -404,6 +425,30 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         table.finish()
     _check_program(simulation, config.command, config.working_dir)
     return config
+
+
+def _check_output_dir(study: TomlTable, output_dir: Path) -> None:
+    """The output directory is a directory, or can be made one (no file on its way)."""
+    for place in (output_dir, *output_dir.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise study.fail("output_dir", f"a directory ({place} is a file)", str(output_dir))
+            return
+
+
+def _check_design_size(study: TomlTable, config: StudyConfig) -> None:
+    """The design fits in memory before it is drawn (the runner keeps every simulation)."""
+    simulations = config.sample_size * config.group_size
+    needed = simulations * (SIMULATION_BYTES + 8 * len(config.parameters))
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available // 2:
+        raise study.fail(
+            "sample_size",
+            f"a design that fits in memory: {simulations:,} simulations need about "
+            f"{needed / 2**30:,.1f} GiB, half the available memory is "
+            f"{available / 2**31:,.1f} GiB",
+            config.sample_size,
+        )
 
 
 def load_study(path: str | Path) -> StudyConfig:
