@@ -26,6 +26,7 @@ import numpy as np
 
 from melissa_nb.errors import BlockNotReady, ConfigurationError
 from melissa_nb.owned_files import read_owned_file
+from melissa_nb.server.live.progress import COUNTERS
 from melissa_nb.server.live.state import SHM_DIRECTORY, list_blocks, reading
 from melissa_nb.server.pipeline.stages import STAGE_KIND
 
@@ -34,23 +35,6 @@ CONTROL_TIMEOUT = 2.0  # seconds `status` waits for a remote server's control en
 REFRESH_SECONDS = 0.5  # the ranks refresh their counters at this pace
 PIPE_WIDTH = 200  # columns of the tables when the output is not a terminal
 SERVER_FILE_LIMIT = 1 << 20  # bytes: a description is a few KiB even with thousands of ranks
-PROGRESS_COLUMNS = (
-    "messages",
-    "accepted",
-    "duplicates",
-    "rejected",
-    "running",
-    "finished",
-    "dropped",
-    "message_rate",
-    "byte_rate",
-    "connections",
-    "open_files_limit",
-    "state_bytes",
-    "rss_bytes",
-    "kernel_ns",
-)
-"""The counters `status` shows: a progress block without one of them is not the server's."""
 DESCRIPTION_KEYS: dict[str, type | tuple[type, ...]] = {
     "study_id": str,
     "ranks": int,
@@ -184,7 +168,7 @@ def _rank_counters(block: Any, ranks: int) -> tuple[int, dict[str, Any]]:
     counters = dict(zip(metadata["counters"], block.arrays["counters"].tolist(), strict=True))
     counters["updated_at"] = float(block.arrays["times"][1])
     rank = metadata["rank"]
-    missing = [name for name in PROGRESS_COLUMNS if name not in counters]
+    missing = [name for name in COUNTERS if name not in counters]  # not the server's
     if not isinstance(rank, int) or not 0 <= rank < ranks or missing:
         raise ValueError(f"rank {rank!r}, missing counters {missing}")
     return rank, counters
