@@ -133,6 +133,7 @@ def test_a_member_halted_with_its_dropped_group_is_not_retried(tmp_path: Path) -
     finally:
         for simulation in runner.samples.simulations.values():
             runner.samples.halt(simulation)
+        runner.jobs.close()  # the runner's watchdog ends with it
         launcher.close()
         context.term()
 
@@ -185,6 +186,7 @@ def test_a_stop_signal_during_a_launch_leaves_no_process_unrecorded(tmp_path: Pa
     finally:
         for simulation in runner.samples.simulations.values():
             runner.samples.halt(simulation)
+        runner.jobs.close()  # the runner's watchdog ends with it
         launcher.close()
         context.term()
     assert not psutil.pid_exists(started) or psutil.Process(started).status() == "zombie"
