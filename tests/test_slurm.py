@@ -310,6 +310,21 @@ def test_sbatch_refusing_a_job_stops_the_study_with_its_words(slurm: None, tmp_p
     assert study_jobs("refused") == []
 
 
+@pytest.mark.timeout(SLURM_SECONDS)
+def test_a_job_no_node_can_hold_is_refused_before_anything_is_submitted(
+    slurm: None, tmp_path: Path
+) -> None:
+    """The test node has 32 CPUs: a simulation asking 33 would pend forever (PartitionConfig)
+    or be refused mid-study; it is refused at once, naming the numbers."""
+    study = with_scheduler(tiny_study(tmp_path, "too_big"), cpus_per_simulation=33)
+    completed = run_study(study, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert "needs 33 CPUs on one node, the largest node of Slurm has 32" in completed.stderr
+    assert "nothing was submitted" in completed.stderr
+    assert study_jobs("too_big") == []
+    assert not (tmp_path / "out" / "jobs").exists()
+
+
 def test_a_missing_scheduler_command_is_an_error_before_anything_runs(tmp_path: Path) -> None:
     """Runs without Slurm: PATH holds only the interpreter's folder (no sbatch there)."""
     study = tiny_study(tmp_path, "nowhere")

@@ -443,7 +443,16 @@ def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
     """Where this study's programs run: here, or as jobs of the scheduler its file names
     (checked before anything starts: a missing sbatch is an error at once)."""
     if config.scheduler.kind == "slurm":
-        return SlurmJobs(config.scheduler, config.output_dir / "jobs", study_id)
+        jobs = SlurmJobs(config.scheduler, config.output_dir / "jobs", study_id)
+        cpus, members = config.scheduler.cpus_per_simulation, config.group_size
+        group = f"a Sobol group ({members} members x {cpus} CPUs)"
+        jobs.refuse_what_cannot_fit(
+            {
+                group if members > 1 else "a simulation (cpus_per_simulation)": cpus * members,
+                "a server rank ([server] threads)": config.server_threads,
+            }
+        )
+        return jobs
     return LocalJobs()
 
 

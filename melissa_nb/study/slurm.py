@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from melissa_nb.errors import StudyError
+from melissa_nb.errors import ConfigurationError, StudyError
 from melissa_nb.study.config import SchedulerConfig
 from melissa_nb.study.jobs import Task
 from melissa_nb.study.simulations import STOP_GRACE_SECONDS
@@ -151,6 +151,28 @@ class SlurmJobs:
         self.study = study
         self.jobs: dict[str, SlurmJob] = {}
         self._next_poll = 0.0
+
+    def largest_node(self) -> int | None:
+        """The CPUs of the partition's largest node (`sinfo`), None when Slurm does not say."""
+        partition = ["-p", self.scheduler.partition] if self.scheduler.partition else []
+        if shutil.which("sinfo") is None:
+            return None
+        listed = _run(["sinfo", "-h", "-N", "-o", "%c", *partition])
+        sizes = [int(word) for word in listed.stdout.split() if word.isdigit()]
+        return max(sizes) if listed.returncode == 0 and sizes else None
+
+    def refuse_what_cannot_fit(self, needs: dict[str, int]) -> None:
+        """ConfigurationError, before anything is submitted, for a job that asks one node for
+        more CPUs than the partition's largest node has (it would pend forever, or be refused
+        midway through the study)."""
+        largest = self.largest_node()
+        where = f"partition {self.scheduler.partition}" if self.scheduler.partition else "Slurm"
+        for what, cpus in needs.items():
+            if largest is not None and cpus > largest:
+                raise ConfigurationError(
+                    f"[scheduler] {what} needs {cpus} CPUs on one node, the largest node of "
+                    f"{where} has {largest}: nothing was submitted"
+                )
 
     def submit(
         self,
