@@ -325,6 +325,22 @@ def test_a_job_no_node_can_hold_is_refused_before_anything_is_submitted(
     assert not (tmp_path / "out" / "jobs").exists()
 
 
+@pytest.mark.timeout(SLURM_SECONDS + 30)
+def test_a_job_waiting_in_the_queue_is_named_with_slurms_reason(slurm: None, tmp_path: Path):
+    """20 CPUs per simulation on the 32-CPU node: one runs at a time, the next waits with
+    reason Resources (the ones behind it: Priority); past `pending_warning` (1 s) the runner
+    says so once per job, and the study still ends with every sample."""
+    study = tiny_study(tmp_path, "queued", seconds=2.0)
+    study = with_scheduler(study, cpus_per_simulation=20, pending_warning=1.0)
+    completed = run_study(study, timeout=SLURM_SECONDS)
+    assert completed.returncode == 0, completed.stderr
+    warnings = [line for line in completed.stderr.splitlines() if "in Slurm's queue" in line]
+    reasons = [line.rsplit(": ", 1)[1] for line in warnings]
+    assert "Resources" in reasons and set(reasons) <= {"Resources", "Priority"}, warnings
+    assert len(warnings) == len(set(warnings)) <= 3  # once per job, never the first one
+    assert_only_dropped(tmp_path / "out", -1)
+
+
 def test_a_missing_scheduler_command_is_an_error_before_anything_runs(tmp_path: Path) -> None:
     """Runs without Slurm: PATH holds only the interpreter's folder (no sbatch there)."""
     study = tiny_study(tmp_path, "nowhere")

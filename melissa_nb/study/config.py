@@ -87,6 +87,7 @@ class SchedulerConfig:
     server_time_limit: int | None = None  # minutes, for the server job
     cpus_per_simulation: int = 1
     sbatch_arguments: tuple[str, ...] = ()
+    pending_warning: float = 600.0  # seconds a job may wait in the queue before a warning
 
     @property
     def cluster(self) -> bool:
@@ -292,6 +293,7 @@ def _read_scheduler(table: TomlTable) -> SchedulerConfig:
         server_time_limit=optional_minutes("server_time_limit"),
         cpus_per_simulation=table.integer("cpus_per_simulation", 1, minimum=1),
         sbatch_arguments=tuple(table.array("sbatch_arguments", [])),
+        pending_warning=table.number("pending_warning", 600.0, minimum=0, exclusive=True),
     )
     if any(not isinstance(item, str) or not item for item in scheduler.sbatch_arguments):
         raise table.fail("sbatch_arguments", "an array of strings", scheduler.sbatch_arguments)

@@ -383,12 +383,23 @@ class StudyRunner:
             for message in launcher.service(POLL_SECONDS):
                 self.handle(message, launcher)
             self.watch(launcher)
+            self.warn_pending()
             self.samples.repeat_drops(launcher)
             while self.samples.queue and len(self.samples.active) < self.config.at_once:
                 simulation = self.samples.simulations[self.samples.queue.popleft()]
                 if simulation.status == Status.PENDING:
                     self.launch(simulation, launcher, connection_port)
             self.refresh()
+
+    def warn_pending(self) -> None:
+        """Once per job: it waits in Slurm's queue past `[scheduler] pending_warning`."""
+        if isinstance(self.jobs, SlurmJobs):
+            for job, waited in self.jobs.long_pending():
+                self.console.print(
+                    f"warning: {job.label} has waited {waited:.0f} s in Slurm's queue: "
+                    f"{job.reason or job.slurm_state}",
+                    markup=False,
+                )
 
     def wait_for_exit(self, launcher: Launcher, deadline: float) -> None:
         """After STOP the server writes its results and exits; it must exit with code 0."""
@@ -436,6 +447,10 @@ class StudyRunner:
             line += " · jobs " + (
                 " ".join(f"{state.lower()} {n}" for state, n in sorted(states.items())) or "none"
             )
+            reasons = self.jobs.pending_reasons()
+            if reasons:
+                line += " (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) + ")"
+
         self.display.show(self.samples.count(Status.FINISHED, Status.DROPPED), line, final=force)
 
 

@@ -90,15 +90,18 @@ class SlurmJob:
         self.submitted = time.monotonic()
         self.seen = False
         self.slurm_state = "PENDING"
+        self.reason = ""  # why it waits, as squeue says (Resources, Priority, ...)
+        self.warned = False  # told once that it waits long
         self.code: int | None = None
         self.running_since: float | None = None
 
-    def observe(self, state: str, code: int, signal: int, now: float) -> None:
-        """What the controller says of this job now."""
+    def observe(self, state: str, code: int, signal: int, now: float, reason: str = "") -> None:
+        """What the controller says of this job now (`reason`: why it pends)."""
         self.seen = True
         if self.code is not None:
             return
         self.slurm_state = state
+        self.reason = reason if state == "PENDING" else ""
         if state in ("RUNNING", "COMPLETING") and self.running_since is None:
             self.running_since = now
         if state in ENDED:
@@ -229,17 +232,19 @@ class SlurmJobs:
                 "squeue",
                 "--noheader",
                 "--states=all",
-                "--format=%i %T",
+                "--format=%i %T %r",
                 f"--jobs={','.join(open_jobs)}",
             ]
         )
         if listed.returncode != 0 and "Invalid job id" not in listed.stderr:
             return  # a controller that does not answer now: ask again at the next poll
-        states = dict(line.split()[:2] for line in listed.stdout.splitlines() if line.strip())
+        rows = [line.split(maxsplit=2) for line in listed.stdout.splitlines() if line.strip()]
+        states = {row[0]: row[1] for row in rows if len(row) >= 2}
+        reasons = {row[0]: row[2].strip() for row in rows if len(row) == 3}
         for job_id, job in open_jobs.items():
             state = states.get(job_id, "").rstrip("+")
             if state and state not in ENDED:
-                job.observe(state, 0, 0, now)
+                job.observe(state, 0, 0, now, reasons.get(job_id, ""))
                 continue
             final = _final_state(job_id)  # its exit code: once per job, when it ended
             if final is not None:
@@ -257,6 +262,27 @@ class SlurmJobs:
             if job.code is None:
                 counts[job.slurm_state] = counts.get(job.slurm_state, 0) + 1
         return counts
+
+    def pending_reasons(self) -> dict[str, int]:
+        """Jobs waiting in the queue, by Slurm's reason (for the progress line)."""
+        reasons: dict[str, int] = {}
+        for job in self.jobs.values():
+            if job.code is None and job.slurm_state == "PENDING" and job.reason not in ("", "None"):
+                reasons[job.reason] = reasons.get(job.reason, 0) + 1
+        return reasons
+
+    def long_pending(self) -> list[tuple[SlurmJob, float]]:
+        """Jobs still PENDING after `[scheduler] pending_warning` seconds and not told of
+        yet, with their time in the queue (each job once)."""
+        self.refresh()
+        now, found = time.monotonic(), []
+        for job in self.jobs.values():
+            waited = now - job.submitted
+            pending = job.code is None and job.slurm_state == "PENDING"
+            if pending and not job.warned and waited > self.scheduler.pending_warning:
+                job.warned = True
+                found.append((job, waited))
+        return found
 
     def close(self) -> list[str]:
         """Cancel every job of the study still queued or running, and wait (bounded) until the
