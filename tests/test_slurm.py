@@ -44,20 +44,26 @@ def slurm_answers() -> bool:
         return False
 
 
+def require_root_and(commands: tuple[str, ...], tool: str) -> None:
+    """Skip, saying what to do, unless every command is on PATH and this is root (`tool`
+    starts daemons, and makes namespaces)."""
+    missing = [name for name in commands if shutil.which(name) is None]
+    if missing:
+        pytest.skip(
+            f"no Slurm test bed here ({', '.join(missing)} not on PATH): "
+            "`tools/local-slurm install` (root) installs Slurm, .ci/run does"
+        )
+    if os.geteuid() != 0:
+        pytest.skip(f"{tool} runs its daemons as root, and this is not root")
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A live Slurm whose clients find it through SLURM_CONF."""
     if os.environ.get("SLURM_CONF") and slurm_answers():
         yield
         return
-    missing = [name for name in DAEMONS if shutil.which(name) is None]
-    if missing:
-        pytest.skip(
-            f"no Slurm on this machine ({', '.join(missing)} not on PATH): "
-            "`tools/local-slurm install` (root) installs it, .ci/run does"
-        )
-    if os.geteuid() != 0:
-        pytest.skip("tools/local-slurm runs the Slurm daemons as root, and this is not root")
+    require_root_and(DAEMONS, "tools/local-slurm")
     directory = tmp_path_factory.mktemp("slurm")
     started = subprocess.run(
         [str(LOCAL_SLURM), "start", str(directory)], capture_output=True, text=True, timeout=60

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_slurm import require_root_and
 from test_study_run import MELISSA_NB, read_results
 
 from melissa_nb.study.sampling import read_parameters_csv
@@ -46,14 +46,7 @@ with open("hosts.txt", "a") as hosts:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The bed's directory, its nodes idle."""
-    missing = [name for name in NEEDED if shutil.which(name) is None]
-    if missing:
-        pytest.skip(
-            f"no multi-node bed here ({', '.join(missing)} not on PATH): "
-            "`tools/local-slurm install` (root) installs Slurm, .ci/run does"
-        )
-    if os.geteuid() != 0:
-        pytest.skip("tools/local-cluster makes namespaces and runs daemons as root: not root")
+    require_root_and(NEEDED, "tools/local-cluster")
     directory = tmp_path_factory.mktemp("cluster")
     started = subprocess.run(
         [str(LOCAL_CLUSTER), "start", str(directory), str(NODES), str(CPUS)],
