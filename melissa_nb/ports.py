@@ -1,12 +1,31 @@
 """TCP ports: free ones for servers started a moment later (the runner, tests and benchmarks),
-and Melissa 0.6's rule for the data ports of the ranks of one host."""
+Melissa 0.6's rule for the data ports of the ranks of one host, and the address of a network
+interface (what a server on a cluster node advertises)."""
 
 from __future__ import annotations
 
+import fcntl
 import random
 import socket
+import struct
 
-from melissa_nb.errors import MelissaError
+from melissa_nb.errors import ConfigurationError, MelissaError
+
+SIOCGIFADDR = 0x8915  # Linux ioctl: an interface's IPv4 address
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of this host's network interface `name` (eth0, ib0, ...); None when
+    no interface has that name; ConfigurationError when it has no IPv4 address."""
+    if name not in {interface for _, interface in socket.if_nameindex()}:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        request = struct.pack("256s", name.encode()[:15])
+        try:
+            answer = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, request)
+        except OSError as error:
+            raise ConfigurationError(f"interface {name} has no IPv4 address: {error}") from None
+    return socket.inet_ntoa(answer[20:24])
 
 
 def free_port(host: str = "127.0.0.1", low: int = 20000, high: int = 32768) -> int:

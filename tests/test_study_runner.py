@@ -13,6 +13,7 @@ from melissa_nb.cli import app
 from melissa_nb.ports import free_port
 from melissa_nb.server.options import parse_colon_list
 from melissa_nb.study.config import load_study
+from melissa_nb.study.jobs import LocalJobs
 from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
 from melissa_nb.study.runner import StudyRunner
 from melissa_nb.study.samples import Status
@@ -85,9 +86,9 @@ def test_server_options_parse_into_the_study_settings(tmp_path: Path) -> None:
 def test_several_ranks_run_under_the_interpreters_mpiexec(tmp_path: Path) -> None:
     write_study(tmp_path)
     config = load_study(tmp_path / "study.toml")
-    command = server_command(config, ["-s", "8"])
+    command = server_command(config, ["-s", "8"], LocalJobs())
     bin_dir = Path(sys.executable).parent
-    assert command == [
+    assert command == (
         str(bin_dir / "mpiexec"),
         "-n",
         "3",
@@ -95,7 +96,7 @@ def test_several_ranks_run_under_the_interpreters_mpiexec(tmp_path: Path) -> Non
         "server",
         "-s",
         "8",
-    ]
+    )
 
 
 DROPPING_SIMULATION = """

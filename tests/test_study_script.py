@@ -12,8 +12,9 @@ import pytest
 from test_study_run import read_results, run_study
 
 from melissa_nb.study.config import load_study
+from melissa_nb.study.jobs import LocalJobs, executable
 from melissa_nb.study.sampling import read_parameters_csv
-from melissa_nb.study.server_job import executable, server_command
+from melissa_nb.study.server_job import server_command
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "melissa4py"
 FILES = ("study.toml", "study_server.py", "simulation.py")
@@ -84,6 +85,6 @@ def test_script_takes_the_server_options_under_mpiexec(tmp_path: Path) -> None:
     config = load_study(study)
     script = (tmp_path / "study_server.py").resolve()
     assert config.server_script == script
-    command = server_command(config, ["-s", "4", "-t", "10"])
-    assert command[:3] == [executable("mpiexec"), "-n", "2"]
-    assert command[3:] == [sys.executable, str(script), "-s", "4", "-t", "10"]
+    command = server_command(config, ["-s", "4", "-t", "10"], LocalJobs())
+    assert command[:3] == (executable("mpiexec"), "-n", "2")
+    assert command[3:] == (sys.executable, str(script), "-s", "4", "-t", "10")

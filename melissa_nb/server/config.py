@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.ports import melissa_data_port
+from melissa_nb.ports import interface_address, melissa_data_port
 from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
 
 OPERATIONS = (
@@ -107,7 +107,9 @@ class ServerConfig:
         "--bind", default=None, help="Bind address (default 127.0.0.1 for a local study, else all)."
     )
     advertise: str | None = option(
-        "--advertise", default=None, help="Host written in the port table."
+        "--advertise",
+        default=None,
+        help="Host (or network interface, for its address) simulations are told to reach.",
     )
     port_table_width: int = option(
         "--port-table-width", default=256, help="Bytes per port-table entry (MPICH clients: 128)."
@@ -446,9 +448,10 @@ class ServerConfig:
 
     @property
     def advertise_host(self) -> str:
-        """Host written in the port table: --advertise, else the bind address or host name."""
+        """Host simulations reach this rank at (port table, SERVER message): --advertise (an
+        interface name stands for its IPv4 address), else the bind address or host name."""
         if self.advertise is not None:
-            return self.advertise
+            return interface_address(self.advertise) or self.advertise
         if self.bind_address in ("0.0.0.0", "*", "::"):
             return socket.gethostname()
         return self.bind_address

@@ -13,7 +13,6 @@ checkpoint is written, blocks are removed, no results are written.
 from __future__ import annotations
 
 import logging
-import socket as socketlib
 import time
 from typing import Any
 
@@ -184,7 +183,7 @@ class ServerRank:
     def begin(self) -> None:
         """Announce this rank to the launcher and say it is ready (once, before `step`)."""
         if self.launcher is not None:
-            self.launcher.send(Server(self.rank, socketlib.gethostname()))
+            self.launcher.send(Server(self.rank, self.config.advertise_host))
             if self.rank == 0:
                 self.launcher.request(TextRequest("options"))
         control = self.sockets.control

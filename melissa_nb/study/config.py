@@ -88,6 +88,7 @@ class SchedulerConfig:
     cpus_per_simulation: int = 1
     sbatch_arguments: tuple[str, ...] = ()
     pending_warning: float = 600.0  # seconds a job may wait in the queue before a warning
+    mpi: str = "pmi2"  # srun --mpi for programs of several ranks (the pip mpich wheel: pmi2)
 
     @property
     def cluster(self) -> bool:
@@ -131,6 +132,9 @@ class StudyConfig:
     auth: bool = False  # [server] auth: CURVE on the data links (server --auth)
     scheduler: SchedulerConfig = SchedulerConfig()
     units: tuple[tuple[str, str], ...] = ()  # (field, its units) given in [study] units
+    simulation_ranks: int = 1  # [simulation] ranks: MPI processes of one simulation
+    server_nodes: int | None = None  # [server] nodes: the server job spread over this many
+    advertise: str | None = None  # [server] advertise: interface (or host) simulations reach
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -294,6 +298,7 @@ def _read_scheduler(table: TomlTable) -> SchedulerConfig:
         cpus_per_simulation=table.integer("cpus_per_simulation", 1, minimum=1),
         sbatch_arguments=tuple(table.array("sbatch_arguments", [])),
         pending_warning=table.number("pending_warning", 600.0, minimum=0, exclusive=True),
+        mpi=table.text("mpi", "pmi2"),
     )
     if any(not isinstance(item, str) or not item for item in scheduler.sbatch_arguments):
         raise table.fail("sbatch_arguments", "an array of strings", scheduler.sbatch_arguments)
@@ -400,7 +405,29 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         auth=server.boolean("auth", False),
         scheduler=scheduler,
         units=_read_units(study, fields),
+        simulation_ranks=simulation.integer("ranks", 1, minimum=1),
+        server_nodes=(
+            server.integer("nodes", minimum=1) if server.get("nodes", None) is not None else None
+        ),
+        advertise=server.text("advertise") if server.get("advertise", None) is not None else None,
     )
+    if config.advertise is not None and not scheduler.cluster:
+        raise server.fail(
+            "advertise",
+            'a study with [scheduler] kind = "slurm" (locally everything is on loopback)',
+            config.advertise,
+        )
+    if config.server_nodes is not None:
+        if not scheduler.cluster:
+            raise server.fail(
+                "nodes",
+                'a study with [scheduler] kind = "slurm" (locally every rank runs here)',
+                config.server_nodes,
+            )
+        if config.server_nodes > config.server_ranks:
+            raise server.fail(
+                "nodes", f"at most [server] ranks = {config.server_ranks}", config.server_nodes
+            )
     if config.target_width is not None and not sobol:
         raise study.fail(
             "target_width",

@@ -3,7 +3,10 @@
 A `Task` is one program (command line, environment additions, log file); a job runs one or
 more tasks at once and ends when they all have. `LocalJobs` starts each task as a child process
 of the runner (`study/simulations.py`); `SlurmJobs` (`study/slurm.py`) submits each job with
-sbatch, so a Sobol group's members run in one allocation and are never half-scheduled.
+sbatch, so a Sobol group's members run in one allocation and are never half-scheduled. A program
+of several MPI ranks (a simulation with `[simulation] ranks`, the server with `[server] ranks`)
+runs under the scheduler's own launcher, `parallel(argv, ranks, cpus)`: mpiexec here, srun
+job steps on Slurm (so that one allocation's members and ranks may span nodes).
 
 Every job answers `poll()` (None while pending or running, else an exit code, non-zero for any
 failure), `running_seconds` (0 while pending: a job waiting in a queue has not used its attempt's
@@ -12,14 +15,28 @@ time), `state` (PENDING, RUNNING, or how it ended) and `stop()`.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from melissa_nb.errors import StudyError
 from melissa_nb.study.simulations import STOP_GRACE_SECONDS, start_process, stop_process
 from melissa_nb.study.watchdog import Watchdog
+
+
+def executable(name: str) -> str:
+    """`name` from the interpreter's own bin directory, else from PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise StudyError(f"cannot find {name!r} next to {sys.executable} or on PATH")
+    return found
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,10 @@ class Jobs(Protocol):
 
     groups_in_one_job: bool  # True: a Sobol group's members are the tasks of one job
 
+    def parallel(self, argv: Sequence[str], ranks: int, cpus: int) -> tuple[str, ...]:
+        """`argv` as `ranks` processes of `cpus` CPUs each, under this scheduler's launcher."""
+        ...
+
     def submit(
         self,
         name: str,
@@ -61,6 +82,7 @@ class Jobs(Protocol):
         ranks: int = 1,
         cpus: int = 1,
         time_limit: int | None = None,
+        nodes: int | None = None,
     ) -> SubmittedJob: ...
 
     def close(self) -> list[str]: ...
@@ -137,6 +159,13 @@ class LocalJobs:
     def __init__(self) -> None:
         self.watchdog: Watchdog | None = None  # started with the first job
 
+    def parallel(self, argv: Sequence[str], ranks: int, cpus: int) -> tuple[str, ...]:
+        """`mpiexec -n ranks argv` (the one next to the interpreter: the mpich wheel's) for
+        several ranks, `argv` itself for one; `cpus` is not enforced here."""
+        if ranks == 1:
+            return tuple(argv)
+        return (executable("mpiexec"), "-n", str(ranks), *argv)
+
     def submit(
         self,
         name: str,
@@ -146,9 +175,10 @@ class LocalJobs:
         ranks: int = 1,
         cpus: int = 1,
         time_limit: int | None = None,
+        nodes: int | None = None,
     ) -> LocalJob:
-        """Start the one task of a local job (`ranks` are mpiexec's, in the command line;
-        `cpus` and `time_limit` are the runner's to enforce here)."""
+        """Start the one task of a local job (its ranks are mpiexec's, in its command line;
+        `cpus`, `time_limit` and `nodes` mean nothing on one machine)."""
         (task,) = tasks
         if self.watchdog is None:
             self.watchdog = Watchdog()

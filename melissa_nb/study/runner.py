@@ -41,7 +41,7 @@ from melissa_nb.server.results.convergence import CONVERGED
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.display import ProgressDisplay
 from melissa_nb.study.fingerprint import write_design
-from melissa_nb.study.jobs import Attempt, Jobs, LocalJobs, Task
+from melissa_nb.study.jobs import Attempt, Task
 from melissa_nb.study.launcher_sockets import Launcher
 from melissa_nb.study.previous_run import clear_previous_run, hold_output, resume_point
 from melissa_nb.study.report import (
@@ -53,6 +53,7 @@ from melissa_nb.study.report import (
 )
 from melissa_nb.study.samples import Samples, Simulation, Status
 from melissa_nb.study.sampling import write_parameters_csv
+from melissa_nb.study.schedulers import make_jobs
 from melissa_nb.study.server_job import (
     SERVER_EXIT_SECONDS,
     SERVER_START_SECONDS,
@@ -133,6 +134,7 @@ class StudyRunner:
                 if member.status == Status.PENDING
             ]
         tasks = []
+        scheduler, ranks = self.config.scheduler, self.config.simulation_ranks
         for member in together:
             member.attempts += 1
             spec = member.spec
@@ -149,14 +151,15 @@ class StudyRunner:
             }
             if self.config.auth:
                 environment[KEY_ENVIRONMENT] = str(self.config.output_dir / KEY_FILE)
-            tasks.append(Task(tuple(argv), log_path, environment))
-        scheduler = self.config.scheduler
+            command = self.jobs.parallel(argv, ranks, scheduler.cpus_per_simulation)
+            tasks.append(Task(command, log_path, environment))
         with stop_signals_held():
             job = self.jobs.submit(
                 f"simulation_{simulation.spec.simulation_id}.{simulation.attempts}",
                 tasks,
                 self.config.working_dir,
-                cpus=scheduler.cpus_per_simulation * len(tasks),
+                ranks=ranks * len(tasks),
+                cpus=scheduler.cpus_per_simulation,
                 time_limit=scheduler.time_limit,
             )
             for member, task in zip(together, tasks, strict=True):
@@ -452,23 +455,6 @@ class StudyRunner:
                 line += " (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) + ")"
 
         self.display.show(self.samples.count(Status.FINISHED, Status.DROPPED), line, final=force)
-
-
-def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
-    """Where this study's programs run: here, or as jobs of the scheduler its file names
-    (checked before anything starts: a missing sbatch is an error at once)."""
-    if config.scheduler.kind == "slurm":
-        jobs = SlurmJobs(config.scheduler, config.output_dir / "jobs", study_id)
-        cpus, members = config.scheduler.cpus_per_simulation, config.group_size
-        group = f"a Sobol group ({members} members x {cpus} CPUs)"
-        jobs.refuse_what_cannot_fit(
-            {
-                group if members > 1 else "a simulation (cpus_per_simulation)": cpus * members,
-                "a server rank ([server] threads)": config.server_threads,
-            }
-        )
-        return jobs
-    return LocalJobs()
 
 
 def run_study_file(path: str | Path, show_progress: bool = True, resume: bool = False) -> int:

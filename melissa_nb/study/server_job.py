@@ -5,12 +5,10 @@ and must exit with code 0."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from melissa_nb.errors import MelissaError, StudyError
 from melissa_nb.protocol import LauncherMessage, Server
@@ -18,7 +16,7 @@ from melissa_nb.server.checkpoint.files import checkpoint_path
 from melissa_nb.server.checkpoint.restart import finished_in_checkpoint
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.fingerprint import describe, fingerprint
-from melissa_nb.study.jobs import Jobs, SubmittedJob, Task
+from melissa_nb.study.jobs import Jobs, SubmittedJob, Task, executable
 from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
 from melissa_nb.study.stop_signals import stop_signals_held
 
@@ -30,29 +28,20 @@ LAUNCHER_TIMEOUT_SECONDS = 60.0
 """The server's --launcher-timeout: 12 missed HELLOs (Melissa 0.6 waits about 250 s)."""
 
 
-def executable(name: str) -> str:
-    """`name` from the interpreter's own bin directory, else from PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
-    if found is None:
-        raise StudyError(f"cannot find {name!r} next to {sys.executable} or on PATH")
-    return found
-
-
 def server_arguments(
     config: StudyConfig, ports: LauncherPorts, connection_port: int, study_id: str
 ) -> list[str]:
     """The `melissa-nb server` options for this study (Melissa 0.6 names where they exist).
 
     On a cluster the server connects to the runner's host name and binds every interface,
-    advertising its own node's name to the simulations (never loopback); locally everything
-    stays on loopback.
+    advertising its own node's name to the simulations (never loopback), or the address of the
+    interface `[server] advertise` names; locally everything stays on loopback.
     """
     colon = ":".join
     if config.scheduler.cluster:
         hosts = ["-n", socket.gethostname(), "--bind", "0.0.0.0"]
+        if config.advertise is not None:
+            hosts += ["--advertise", config.advertise]
     else:
         hosts = ["-n", "127.0.0.1", "--bind", "127.0.0.1", "--advertise", "127.0.0.1"]
     arguments = [
@@ -111,16 +100,14 @@ def server_arguments(
     return arguments
 
 
-def server_command(config: StudyConfig, arguments: list[str]) -> list[str]:
-    """`melissa-nb server ...` (or `python SCRIPT ...` with `[server] script`), under
-    `mpiexec -n M` when the study asks for M > 1 ranks."""
+def server_command(config: StudyConfig, arguments: list[str], jobs: Jobs) -> tuple[str, ...]:
+    """`melissa-nb server ...` (or `python SCRIPT ...` with `[server] script`) as the study's
+    `[server] ranks` under the scheduler's launcher (mpiexec here, srun on Slurm)."""
     if config.server_script is not None:  # a user script reading them with from_arguments
         command = [sys.executable, str(config.server_script), *arguments]
     else:
         command = [executable("melissa-nb"), "server", *arguments]
-    if config.server_ranks > 1:
-        command = [executable("mpiexec"), "-n", str(config.server_ranks), *command]
-    return command
+    return jobs.parallel(command, config.server_ranks, config.server_threads)
 
 
 WAIT_SECONDS = 0.1  # each wait for the launcher's messages while the server starts or ends
@@ -152,7 +139,7 @@ class StudyServer:
         # (measured: 1 thread per rank needs a quarter of the server CPU time of 2).
         config = self.config
         task = Task(
-            tuple(server_command(config, arguments)),
+            server_command(config, arguments, self.jobs),
             self.log,
             {"NUMBA_NUM_THREADS": str(config.server_threads)},
         )
@@ -165,6 +152,7 @@ class StudyServer:
                 ranks=config.server_ranks,
                 cpus=config.server_threads,
                 time_limit=config.scheduler.server_time_limit,
+                nodes=config.server_nodes,
             )
 
     def poll(self) -> int | None:

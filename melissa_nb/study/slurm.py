@@ -6,13 +6,18 @@ node and keeps the launcher's sockets; the server and the simulations run on com
 
 Each job is a batch script written under `<output>/jobs/`: its tasks start together in the
 background, each with its own environment additions and log, and the job ends with the first
-non-zero exit status of its tasks. Slurm's own messages about a job (a node lost, a time limit)
-go to `<output>/jobs/<name>.out`.
+non-zero exit status of its tasks. Every task is an `srun` job step (`parallel`): a Sobol
+group's members, each of `[simulation] ranks` MPI processes, share one allocation of
+members x ranks tasks that may span nodes; the server's ranks are one step, spread over
+`[server] nodes`. Slurm's own messages about a job (a node lost, a time limit) go to
+`<output>/jobs/<name>.out`.
 
 States: PENDING (and any other waiting state) leaves `running_seconds` at 0; COMPLETED gives
 the tasks' exit code; FAILED, CANCELLED, TIMEOUT, NODE_FAIL, PREEMPTED, BOOT_FAIL, DEADLINE and
 OUT_OF_MEMORY give a non-zero code (the runner relaunches, then drops); a job that vanishes from
-the controller is VANISHED, non-zero too.
+the controller is VANISHED, non-zero too. Jobs are submitted with `--no-requeue`: a job whose
+node fails ends NODE_FAIL at once, and the runner (which knows what the server already has)
+resubmits it, rather than Slurm requeueing it minutes later.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from melissa_nb.errors import ConfigurationError, StudyError
@@ -137,6 +143,42 @@ class SlurmJob:
             self.slurm_state, self.code = "CANCELLED", 128 + 15
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What one job asks of the partition: `ranks` tasks of `cpus` CPUs, on `nodes` nodes."""
+
+    what: str  # how the user knows it: "a Sobol group (7 members x 2 CPUs)"
+    ranks: int
+    cpus: int
+    nodes: int | None = None
+
+
+@dataclass(frozen=True)
+class Partition:
+    """The CPUs of every node of the partition, as `sinfo` lists them."""
+
+    cpus: dict[str, int]
+    where: str  # "partition batch", or "Slurm" for the default one
+
+    def refusal(self, shape: Shape) -> str | None:
+        """Why a job of `shape` could never start here, None when it can."""
+        largest, total = max(self.cpus.values()), sum(self.cpus.values())
+        if shape.cpus > largest:
+            return (
+                f"{shape.what}: one task needs {shape.cpus} CPUs on one node, the largest node "
+                f"of {self.where} has {largest}"
+            )
+        if shape.ranks * shape.cpus > total:
+            return (
+                f"{shape.what} needs {shape.ranks * shape.cpus} CPUs at once "
+                f"({shape.ranks} tasks x {shape.cpus}), the {len(self.cpus)} nodes of "
+                f"{self.where} have {total}"
+            )
+        if shape.nodes is not None and shape.nodes > len(self.cpus):
+            return f"{shape.what} asks for {shape.nodes} nodes, {self.where} has {len(self.cpus)}"
+        return None
+
+
 class SlurmJobs:
     """Submits batch jobs with the study's `[scheduler]` options and tracks them."""
 
@@ -155,27 +197,37 @@ class SlurmJobs:
         self.jobs: dict[str, SlurmJob] = {}
         self._next_poll = 0.0
 
-    def largest_node(self) -> int | None:
-        """The CPUs of the partition's largest node (`sinfo`), None when Slurm does not say."""
+    def partition(self) -> Partition | None:
+        """The partition's nodes and their CPUs (`sinfo`), None when Slurm does not say."""
         partition = ["-p", self.scheduler.partition] if self.scheduler.partition else []
         if shutil.which("sinfo") is None:
             return None
-        listed = _run(["sinfo", "-h", "-N", "-o", "%c", *partition])
-        sizes = [int(word) for word in listed.stdout.split() if word.isdigit()]
-        return max(sizes) if listed.returncode == 0 and sizes else None
-
-    def refuse_what_cannot_fit(self, needs: dict[str, int]) -> None:
-        """ConfigurationError, before anything is submitted, for a job that asks one node for
-        more CPUs than the partition's largest node has (it would pend forever, or be refused
-        midway through the study)."""
-        largest = self.largest_node()
+        listed = _run(["sinfo", "-h", "-N", "-o", "%N %c", *partition])
+        rows = [line.split() for line in listed.stdout.splitlines()]
+        cpus = {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+        if listed.returncode != 0 or not cpus:
+            return None
         where = f"partition {self.scheduler.partition}" if self.scheduler.partition else "Slurm"
-        for what, cpus in needs.items():
-            if largest is not None and cpus > largest:
-                raise ConfigurationError(
-                    f"[scheduler] {what} needs {cpus} CPUs on one node, the largest node of "
-                    f"{where} has {largest}: nothing was submitted"
-                )
+        return Partition(cpus, where)
+
+    def refuse_what_cannot_fit(self, shapes: Sequence[Shape]) -> None:
+        """ConfigurationError, before anything is submitted, for a job the partition could
+        never start (it would pend forever, or be refused midway through the study)."""
+        partition = self.partition()
+        for shape in shapes:
+            refusal = None if partition is None else partition.refusal(shape)
+            if refusal is not None:
+                raise ConfigurationError(f"[scheduler] {refusal}: nothing was submitted")
+
+    def parallel(self, argv: Sequence[str], ranks: int, cpus: int) -> tuple[str, ...]:
+        """`argv` as one job step of `ranks` tasks of `cpus` CPUs, CPUs of its own
+        (`--exact`: the job's other steps run beside it), MPI through PMI2 for several ranks
+        (what the pip mpich wheel speaks), every rank killed when one fails."""
+        step = ["srun", "--exact", f"--ntasks={ranks}", f"--cpus-per-task={cpus}"]
+        step.append("--kill-on-bad-exit=1")
+        if ranks > 1:
+            step.append(f"--mpi={self.scheduler.mpi}")
+        return (*step, *argv)
 
     def submit(
         self,
@@ -186,8 +238,10 @@ class SlurmJobs:
         ranks: int = 1,
         cpus: int = 1,
         time_limit: int | None = None,
+        nodes: int | None = None,
     ) -> SlurmJob:
-        """Write the job's script and sbatch it; StudyError with Slurm's words if refused."""
+        """Write the job's script and sbatch it (`ranks` tasks of `cpus` CPUs for its steps,
+        on `nodes` nodes if given); StudyError with Slurm's words if refused."""
         self.directory.mkdir(parents=True, exist_ok=True)
         script = self.directory / f"{name}.sh"
         script.write_text(batch_script(tasks))
@@ -199,8 +253,10 @@ class SlurmJobs:
             f"--chdir={cwd}",
             f"--ntasks={ranks}",
             f"--cpus-per-task={cpus}",
+            "--no-requeue",
         ]
         for option, value in (
+            ("--nodes", nodes),
             ("--partition", scheduler.partition),
             ("--account", scheduler.account),
             ("--qos", scheduler.qos),
