@@ -135,6 +135,47 @@ def test_heat_study_equals_batch_numpy(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_mpi_heat_of_2_ranks_into_3_server_ranks_equals_batch_numpy(tmp_path: Path) -> None:
+    """`[simulation] ranks = 2`: each simulation is heat_mpi.py under mpiexec, its 7 rows split
+    3 + 4 over its ranks, each rank sending its own rows; the 49 cells are 16 + 16 + 17 on the 3
+    server ranks, so most ranks' rows go to two server ranks (N-to-M). Mean, variance, min and
+    max equal numpy on heat.py's serial fields of the same parameters, and the server saw
+    2-rank simulations."""
+    size, steps, dt = 7, 3, 0.01
+    study = small_study(
+        "heat",
+        tmp_path,
+        {"sample_size": 5, "timesteps": steps, "grid_shape": [size, size]},
+        {
+            "command": f"python heat_mpi.py --size {size} --steps {steps} --dt {dt} "
+            "{T0} {T1} {T2} {T3} {T4}",
+            "at_once": 2,
+            "ranks": 2,
+        },
+        {"ranks": 3},
+        file="study_monte_carlo.toml",
+    )
+    study.write_text(study.read_text().replace('"correlation"', '"min", "max"'))
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    out = tmp_path / "out"
+    assert "the simulations have 2 rank(s) each" in (out / "server.log").read_text()
+    heat = load_module(EXAMPLES / "heat" / "heat.py")
+
+    def model(values: tuple[float, ...]) -> np.ndarray:
+        return np.array(
+            [field.ravel() for field in heat.heat(values[0], values[1:], size, steps, dt)]
+        )
+
+    finished, outputs = outputs_by_group(out, model, 1)
+    assert finished == [0, 1, 2, 3, 4]
+    results = read_results(out / "temperature.nc")
+    reference = batch_reference(finished, outputs)
+    compared = assert_results_equal(results, reference, rtol=1e-12)
+    assert {"mean", "variance", "min", "max", "sample_count"} <= compared
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
 def test_heat_monte_carlo_correlations_equal_batch_numpy(tmp_path: Path) -> None:
     """The Monte Carlo variant: correlations, SRC^2 and R^2 of every cell equal numpy's over
     the simulations of parameters.csv (a 2-rank server); `melissa-nb results` maps them."""

@@ -4,7 +4,8 @@ login node as on a real cluster. Simulations, the server and the runner talk acr
 bridge only; results equal numpy on the study's own parameters.
 
 The `cluster` fixture starts the bed (root, Slurm installed: `.ci/run` does both) and stops it;
-anywhere else these tests are skipped with the reason.
+anywhere else these tests are skipped with the reason. The node-failure test kills a node and
+revives it, so it runs last.
 """
 
 from __future__ import annotations
@@ -18,8 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import wait_for
+from test_examples import EXAMPLES, load_module
 from test_slurm import require_root_and
-from test_study_run import MELISSA_NB, read_results
+from test_study_run import (
+    MELISSA_NB,
+    assert_results_equal,
+    batch_reference,
+    outputs_by_group,
+    read_results,
+)
 
 from melissa_nb.study.sampling import read_parameters_csv
 
@@ -61,32 +70,76 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         subprocess.run([str(LOCAL_CLUSTER), "stop", str(directory)], timeout=120, check=False)
 
 
-def study(tmp_path: Path, samples: int, cpus: int, extra: str = "") -> Path:
-    (tmp_path / "sim.py").write_text(SIMULATION)
+MPI_HEAT = f"""
+import os
+import socket
+import sys
+
+sys.path.insert(0, {str(EXAMPLES / "heat")!r})
+from mpi4py import MPI
+import heat_mpi
+
+where = os.environ["MELISSA_SIMU_ID"], MPI.COMM_WORLD.rank, socket.gethostname()
+with open("hosts.txt", "a") as hosts:
+    hosts.write("{{}} {{}} {{}}\\n".format(*where))
+heat_mpi.main(sys.argv[1:])
+"""
+
+SLOW = """
+import socket
+import sys
+import time
+
+import numpy as np
+from melissa_nb.client import melissa_finalize, melissa_init, melissa_send
+
+with open("started.txt", "a") as started:
+    started.write(socket.gethostname() + "\\n")
+melissa_init("u", 3)
+for step in range(4):
+    time.sleep(1.5)
+    melissa_send("u", np.full(3, float(sys.argv[1]) + step))
+melissa_finalize()
+"""
+
+
+def study(
+    tmp_path: Path,
+    samples: int,
+    cpus: int,
+    extra: str = "",
+    parameters: int = 1,
+    program: str = SIMULATION,
+    arguments: str = "{x0}",
+    sections: str = "",
+    timesteps: int = 1,
+) -> Path:
+    (tmp_path / "sim.py").write_text(program)
     path = tmp_path / "study.toml"
+    uniform = '{ distribution = "uniform", low = 0.0, high = 1.0 }'
     path.write_text(
         f"""[study]
 name = "cluster"
 output_dir = "{tmp_path / "out"}"
 sample_size = {samples}
-fields = ["u"]
-timesteps = 1
+fields = ["{"temperature" if program is MPI_HEAT else "u"}"]
+timesteps = {timesteps}
 timeout = {CLUSTER_SECONDS}
 {extra}
 [simulation]
-command = "{sys.executable} {tmp_path / "sim.py"} {{x}}"
+command = "{sys.executable} {tmp_path / "sim.py"} {arguments}"
 working_dir = "{tmp_path}"
 at_once = {samples}
 timeout = 60
-retries = 1
-
+retries = 2
+{sections}
 [scheduler]
 kind = "slurm"
 cpus_per_simulation = {cpus}
 
 [parameters]
-x = {{ distribution = "uniform", low = 0.0, high = 1.0 }}
 """
+        + "".join(f"x{k} = {uniform}\n" for k in range(parameters))
     )
     return path
 
@@ -134,22 +187,146 @@ def test_a_study_from_the_login_node_spreads_over_the_nodes(cluster: Path, tmp_p
     np.testing.assert_allclose(mean, np.full(3, np.mean(values)), rtol=1e-12)
 
 
-@pytest.mark.timeout(CLUSTER_SECONDS)
-def test_a_sobol_group_no_node_can_hold_is_refused_with_the_numbers(cluster: Path, tmp_path):
-    """The issue's case: 7 members (5 parameters) x 2 CPUs on 8-CPU nodes would pend forever;
-    refused at once, nothing submitted."""
-    path = study(tmp_path, samples=4, cpus=2, extra="sobol = true")
-    text = path.read_text().replace(
-        'x = { distribution = "uniform", low = 0.0, high = 1.0 }',
-        "\n".join(
-            f'x{k} = {{ distribution = "uniform", low = 0.0, high = 1.0 }}' for k in range(5)
-        ),
+def sobol_values(tmp_path: Path) -> tuple[list[int], np.ndarray]:
+    """Finished groups and the simulation's u (= x0) for every member, from parameters.csv."""
+    return outputs_by_group(
+        tmp_path / "out", lambda values: np.full((1, 3), values[0]), group_size=7
     )
-    path.write_text(text.replace("sim.py {x}", "sim.py {x0}"))
+
+
+@pytest.mark.timeout(CLUSTER_SECONDS)
+def test_the_issues_sobol_group_of_7_members_x_2_cpus_runs_on_8_cpu_nodes(cluster, tmp_path):
+    """The issue's case: a Sobol group (5 parameters: 7 members) x 2 CPUs asked one node for 14
+    CPUs and pended forever on 8-CPU nodes; now one allocation of 7 tasks whose members are job
+    steps spread over nodes. Every group finishes and the indices equal numpy's."""
+    path = study(tmp_path, samples=4, cpus=2, extra="sobol = true", parameters=5)
+    completed = run_on_login(cluster, path)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    assert len(set((tmp_path / "hosts.txt").read_text().split())) >= 2
+    finished, outputs = sobol_values(tmp_path)
+    assert finished == [0, 1, 2, 3]
+    results = read_results(tmp_path / "out" / "u.nc")
+    reference = batch_reference(finished, outputs)
+    assert {"mean", "sobol_first", "sobol_total"} <= assert_results_equal(
+        results, reference, rtol=1e-12
+    )
+
+
+@pytest.mark.timeout(CLUSTER_SECONDS)
+def test_mpi_simulations_across_nodes_into_a_server_on_two_nodes_equal_numpy(cluster, tmp_path):
+    """Done-means of the issue: a Sobol study of the MPI heat example, each simulation 2 ranks
+    (`srun --mpi=pmi2` steps of a 14-task group allocation, ranks on different nodes), the
+    server's 2 ranks on 2 distinct nodes (`[server] nodes = 2`): every statistic, Sobol
+    indices and intervals included, equals numpy on heat.py's serial fields to 1e-12, as the
+    same study run locally does (tests/test_examples.py)."""
+    size, steps, dt = 7, 3, 0.01
+    path = study(
+        tmp_path,
+        samples=4,
+        cpus=1,
+        extra="sobol = true\nstatistics = ['mean', 'variance', 'min', 'max']",
+        parameters=5,
+        program=MPI_HEAT,
+        arguments=f"--size {size} --steps {steps} --dt {dt} {{x0}} {{x1}} {{x2}} {{x3}} {{x4}}",
+        sections="ranks = 2\n[server]\nranks = 2\nnodes = 2\n",
+        timesteps=steps,
+    )
+    path.write_text(path.read_text().replace("high = 1.0", "high = 200.0"))
+    completed = run_on_login(cluster, path)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    server_hosts = json.loads((tmp_path / "out" / "server.json").read_text())["hosts"]
+    assert len(set(server_hosts)) == 2, server_hosts
+    ranks: dict[str, set[str]] = {}
+    for line in (tmp_path / "hosts.txt").read_text().splitlines():
+        simulation, _, host = line.split()
+        ranks.setdefault(simulation, set()).add(host)
+    assert len(ranks) == 28
+    assert any(len(hosts) == 2 for hosts in ranks.values()), ranks  # one simulation, 2 nodes
+    heat = load_module(EXAMPLES / "heat" / "heat.py")
+
+    def model(values: tuple[float, ...]) -> np.ndarray:
+        return np.array(
+            [field.ravel() for field in heat.heat(values[0], values[1:], size, steps, dt)]
+        )
+
+    finished, outputs = outputs_by_group(tmp_path / "out", model, 7)
+    assert finished == [0, 1, 2, 3]
+    results = read_results(tmp_path / "out" / "temperature.nc")
+    reference = batch_reference(finished, outputs)
+    compared = assert_results_equal(results, reference, rtol=1e-12)
+    assert {"mean", "variance", "min", "max", "sobol_first", "sobol_total"} <= compared
+
+
+@pytest.mark.timeout(CLUSTER_SECONDS)
+def test_a_group_larger_than_the_partition_is_refused_with_the_numbers(cluster, tmp_path):
+    """7 members x 2 ranks x 2 CPUs = 28 CPUs at once, the 3 nodes have 24: it could never
+    start; refused at once (exit 2), nothing submitted."""
+    path = study(
+        tmp_path, samples=4, cpus=2, extra="sobol = true", parameters=5, sections="ranks = 2"
+    )
     completed = run_on_login(cluster, path)
     assert completed.returncode == 2, completed.stderr + completed.stdout
     assert (
-        "a Sobol group (7 members x 2 CPUs) needs 14 CPUs on one node, the largest node of "
-        "Slurm has 8" in completed.stderr
+        "a Sobol group (7 members of 2 ranks x 2 CPUs) needs 28 CPUs at once (14 tasks x 2), "
+        "the 3 nodes of Slurm have 24: nothing was submitted" in completed.stderr
     )
     assert not (tmp_path / "out" / "jobs").exists()
+
+
+@pytest.mark.timeout(CLUSTER_SECONDS + 60)
+def test_a_node_dying_under_the_server_and_simulations_loses_nothing(cluster, tmp_path):
+    """The node that runs the server (and simulations) dies mid-study: every process of it is
+    SIGKILLed and its slurmd with them. Slurm marks its jobs NODE_FAIL (no requeue); the runner
+    restarts the server from its checkpoint on the other nodes and runs again what it had not
+    finished; the final mean equals numpy's on every sample."""
+    path = study(
+        tmp_path,
+        samples=6,
+        cpus=1,
+        program=SLOW,
+        sections="[server]\ncheckpoint_interval = 1.0\n",
+        timesteps=4,
+    )
+    runner = subprocess.Popen(
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            str(CLUSTER_SECONDS),
+            str(LOCAL_CLUSTER),
+            "login",
+            str(cluster),
+            "env",
+            f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
+            MELISSA_NB,
+            "run",
+            str(path),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    server_json = tmp_path / "out" / "server.json"
+    started = tmp_path / "started.txt"
+    try:
+        wait_for(lambda: server_json.exists() and started.exists(), "a server, a simulation", 90)
+        wait_for(lambda: len(started.read_text().split()) >= 3, "3 simulations", 60)
+        checkpoints = tmp_path / "out" / "checkpoint"
+        wait_for(lambda: any(checkpoints.glob("*.nc")), "a checkpoint", 60)
+        node = json.loads(server_json.read_text())["hosts"][0]
+        subprocess.run([str(LOCAL_CLUSTER), "fail", str(cluster), node], check=True, timeout=30)
+        stdout, stderr = runner.communicate(timeout=CLUSTER_SECONDS)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        subprocess.run([str(LOCAL_CLUSTER), "revive", str(cluster), node], timeout=60)
+    assert runner.returncode == 0, stderr + stdout
+    assert "NODE_FAIL" in stderr and "restart 1" in stderr, stderr
+    assert json.loads(server_json.read_text())["hosts"][0] != node
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert [status for _, status in rows] == ["finished"] * 6
+    values = np.array([spec.values[0] for spec, _ in rows])
+    mean = read_results(tmp_path / "out" / "u.nc")["mean"]
+    expected = np.mean(values) + np.arange(4)[:, None] * np.ones(3)
+    np.testing.assert_allclose(mean, expected, rtol=1e-12)

@@ -39,6 +39,22 @@ def sine_basis(size: int) -> tuple[np.ndarray, np.ndarray]:
     return vectors, values
 
 
+def implicit_denominator(values: np.ndarray, dt: float) -> np.ndarray:
+    """1 - dt (lambda_i + lambda_j): implicit Euler in the 2-D eigenbasis."""
+    return 1.0 - dt * (values[:, None] + values[None, :])
+
+
+def wall_source(walls: tuple[float, float, float, float], size: int, dt: float) -> np.ndarray:
+    """The walls enter the Laplacian of the cells next to them as a constant source."""
+    top, bottom, left, right = walls
+    source = np.zeros((size, size))
+    source[0, :] += top
+    source[-1, :] += bottom
+    source[:, 0] += left
+    source[:, -1] += right
+    return source * dt * (size + 1) ** 2
+
+
 def heat(
     initial: float,
     walls: tuple[float, float, float, float],
@@ -47,16 +63,9 @@ def heat(
     dt: float = 1e-3,
 ):
     """Yield the temperature field (size x size, row 0 next to the top wall) after each step."""
-    top, bottom, left, right = walls
     vectors, values = sine_basis(size)
-    denominator = 1.0 - dt * (values[:, None] + values[None, :])
-    # The walls enter the Laplacian of the cells next to them as a constant source.
-    source = np.zeros((size, size))
-    source[0, :] += top
-    source[-1, :] += bottom
-    source[:, 0] += left
-    source[:, -1] += right
-    source *= dt * (size + 1) ** 2
+    denominator = implicit_denominator(values, dt)
+    source = wall_source(walls, size, dt)
     field = np.full((size, size), float(initial))
     for _ in range(steps):
         field = vectors @ ((vectors @ (field + source) @ vectors) / denominator) @ vectors
