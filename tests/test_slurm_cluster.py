@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -273,6 +274,86 @@ def test_a_group_larger_than_the_partition_is_refused_with_the_numbers(cluster, 
     assert not (tmp_path / "out" / "jobs").exists()
 
 
+def login_runner(cluster: Path, study_file: Path) -> subprocess.Popen[str]:
+    """`melissa-nb run` on the login node in the background (bounded like run_on_login)."""
+    return subprocess.Popen(
+        [
+            "timeout",
+            "-s",
+            "KILL",
+            str(CLUSTER_SECONDS),
+            str(LOCAL_CLUSTER),
+            "login",
+            str(cluster),
+            "env",
+            f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
+            MELISSA_NB,
+            "run",
+            str(study_file),
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def partition_state(cluster: Path, state: str) -> None:
+    """Drain the bed's partition (sbatch refuses every job) or bring it back up."""
+    subprocess.run(
+        ["scontrol", "update", "partitionname=batch", f"state={state}"],
+        env={**os.environ, "SLURM_CONF": str(cluster / "etc" / "slurm.conf")},
+        check=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.timeout(CLUSTER_SECONDS)
+def test_sbatch_refusing_simulations_for_a_while_is_waited_out(cluster, tmp_path):
+    """The partition drained mid-study for 4 s: sbatch refuses the next simulation ("Required
+    partition not available"); the runner says so once, backs off, submits again when the
+    partition is back, says so, and every sample ends exact."""
+    path = study(tmp_path, samples=4, cpus=1, program=SLOW, timesteps=4)
+    path.write_text(path.read_text().replace("at_once = 4", "at_once = 1"))
+    runner = login_runner(cluster, path)
+    try:
+        wait_for(lambda: (tmp_path / "started.txt").exists(), "the first simulation", 90)
+        partition_state(cluster, "drain")
+        time.sleep(8)
+    finally:
+        partition_state(cluster, "up")
+    stdout, stderr = runner.communicate(timeout=CLUSTER_SECONDS)
+    assert runner.returncode == 0, stderr + stdout
+    assert stderr.count("warning: sbatch refused job simulation_") == 1, stderr
+    assert "Required partition not available" in stderr
+    assert "sbatch accepts jobs again after" in stderr
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert [status for _, status in rows] == ["finished"] * 4
+    values = np.array([spec.values[0] for spec, _ in rows])
+    mean = read_results(tmp_path / "out" / "u.nc")["mean"]
+    np.testing.assert_allclose(mean, np.mean(values) + np.arange(4)[:, None] * np.ones(3))
+
+
+@pytest.mark.timeout(CLUSTER_SECONDS)
+def test_sbatch_refusing_past_submit_patience_ends_the_study_with_slurms_words(cluster, tmp_path):
+    """The partition stays drained: the server job is refused, tried again with backoff for
+    `submit_patience` = 3 s, then the study ends (exit 1) with Slurm's words, no traceback."""
+    path = study(tmp_path, samples=2, cpus=1)
+    path.write_text(path.read_text().replace("[scheduler]", "[scheduler]\nsubmit_patience = 3"))
+    partition_state(cluster, "drain")
+    try:
+        completed = run_on_login(cluster, path)
+    finally:
+        partition_state(cluster, "up")
+    assert completed.returncode == 1, completed.stderr + completed.stdout
+    assert "warning: sbatch refused job server.0 for now" in completed.stderr
+    assert (
+        "error: sbatch refused job server.0 for 3 s: sbatch: error: Batch job submission failed: "
+        "Required partition not available (inactive or drain)" in completed.stderr
+    )
+    assert "Traceback" not in completed.stderr
+
+
 @pytest.mark.timeout(CLUSTER_SECONDS + 60)
 def test_a_node_dying_under_the_server_and_simulations_loses_nothing(cluster, tmp_path):
     """The node that runs the server (and simulations) dies mid-study: every process of it is
@@ -287,26 +368,7 @@ def test_a_node_dying_under_the_server_and_simulations_loses_nothing(cluster, tm
         sections="[server]\ncheckpoint_interval = 1.0\n",
         timesteps=4,
     )
-    runner = subprocess.Popen(
-        [
-            "timeout",
-            "-s",
-            "KILL",
-            str(CLUSTER_SECONDS),
-            str(LOCAL_CLUSTER),
-            "login",
-            str(cluster),
-            "env",
-            f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
-            MELISSA_NB,
-            "run",
-            str(path),
-            "--no-progress",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    runner = login_runner(cluster, path)
     server_json = tmp_path / "out" / "server.json"
     started = tmp_path / "started.txt"
     try:

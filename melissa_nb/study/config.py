@@ -89,6 +89,7 @@ class SchedulerConfig:
     sbatch_arguments: tuple[str, ...] = ()
     pending_warning: float = 600.0  # seconds a job may wait in the queue before a warning
     mpi: str = "pmi2"  # srun --mpi for programs of several ranks (the pip mpich wheel: pmi2)
+    submit_patience: float = 600.0  # seconds sbatch may refuse jobs for now before the study ends
 
     @property
     def cluster(self) -> bool:
@@ -299,6 +300,7 @@ def _read_scheduler(table: TomlTable) -> SchedulerConfig:
         sbatch_arguments=tuple(table.array("sbatch_arguments", [])),
         pending_warning=table.number("pending_warning", 600.0, minimum=0, exclusive=True),
         mpi=table.text("mpi", "pmi2"),
+        submit_patience=table.number("submit_patience", 600.0, minimum=0, exclusive=True),
     )
     if any(not isinstance(item, str) or not item for item in scheduler.sbatch_arguments):
         raise table.fail("sbatch_arguments", "an array of strings", scheduler.sbatch_arguments)

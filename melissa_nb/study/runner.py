@@ -60,7 +60,7 @@ from melissa_nb.study.server_job import (
     StudyServer,
     server_arguments,
 )
-from melissa_nb.study.slurm import SlurmJobs
+from melissa_nb.study.slurm import SchedulerBusy, SlurmJobs
 from melissa_nb.study.stop_signals import interrupt, stop_signals, stop_signals_held
 
 POLL_SECONDS = 0.02
@@ -88,12 +88,17 @@ class StudyRunner:
         self.next_refresh = 0.0
         self.messages = 0
         self.converged = False  # the server said every Sobol interval is below the target
+        self.submit_after = 0.0  # the scheduler refuses jobs for now: none before then
         # Unique per run (shared-memory names), within the server's 32 characters.
         self.study_id = re.sub(r"[^A-Za-z0-9_]", "_", config.name)[:20] + f"_{os.getpid()}"
         self.samples = Samples(config, self.study_id)
         self.display = ProgressDisplay(self.console, len(self.samples.simulations), show_progress)
-        self.jobs = make_jobs(config, self.study_id)
+        self.jobs = make_jobs(config, self.study_id, self.tell)
         self.server = StudyServer(config, self.jobs)
+
+    def tell(self, text: str) -> None:
+        """A line for the user, above the progress display."""
+        self.console.print(text, markup=False)
 
     # --- the launcher's messages -----------------------------------------------------------
 
@@ -122,9 +127,10 @@ class StudyRunner:
 
     # --- simulations ------------------------------------------------------------------------
 
-    def launch(self, simulation: Simulation, launcher: Launcher, connection_port: int) -> None:
+    def launch(self, simulation: Simulation, launcher: Launcher, connection_port: int) -> bool:
         """Start an attempt, after telling the server its sample's JOB. On a cluster, the
-        pending members of its Sobol group start with it, as the tasks of one job."""
+        pending members of its Sobol group start with it, as the tasks of one job. False when
+        the scheduler refuses jobs for now: the simulation waits at the head of the queue."""
         launcher.publish(self.samples.job(simulation.spec.group))
         together = [simulation]
         if self.jobs.groups_in_one_job:
@@ -136,14 +142,10 @@ class StudyRunner:
         tasks = []
         scheduler, ranks = self.config.scheduler, self.config.simulation_ranks
         for member in together:
-            member.attempts += 1
             spec = member.spec
             argv = self.config.command_for(
                 dict(zip(self.config.parameter_names, spec.values, strict=True))
             )
-            log_path = self.log_dir / f"simulation_{spec.simulation_id}.log"
-            with open(log_path, "ab") as log:
-                log.write(f"--- attempt {member.attempts}: {' '.join(argv)}\n".encode())
             environment = {
                 "MELISSA_SIMU_ID": str(spec.simulation_id),
                 "MELISSA_SERVER_NODE_NAME": self.server.host,
@@ -152,21 +154,31 @@ class StudyRunner:
             if self.config.auth:
                 environment[KEY_ENVIRONMENT] = str(self.config.output_dir / KEY_FILE)
             command = self.jobs.parallel(argv, ranks, scheduler.cpus_per_simulation)
+            log_path = self.log_dir / f"simulation_{spec.simulation_id}.log"
             tasks.append(Task(command, log_path, environment))
         with stop_signals_held():
-            job = self.jobs.submit(
-                f"simulation_{simulation.spec.simulation_id}.{simulation.attempts}",
-                tasks,
-                self.config.working_dir,
-                ranks=ranks * len(tasks),
-                cpus=scheduler.cpus_per_simulation,
-                time_limit=scheduler.time_limit,
-            )
+            try:
+                job = self.jobs.submit(
+                    f"simulation_{simulation.spec.simulation_id}.{simulation.attempts + 1}",
+                    tasks,
+                    self.config.working_dir,
+                    ranks=ranks * len(tasks),
+                    cpus=scheduler.cpus_per_simulation,
+                    time_limit=scheduler.time_limit,
+                )
+            except SchedulerBusy as busy:
+                self.samples.queue.appendleft(simulation.spec.simulation_id)
+                self.submit_after = busy.retry_at
+                return False
             for member, task in zip(together, tasks, strict=True):
+                member.attempts += 1
+                with open(task.log_path, "ab") as log:
+                    log.write(f"--- attempt {member.attempts}: {shlex.join(task.argv)}\n".encode())
                 self.samples.active[member.spec.simulation_id] = Attempt(
                     member.attempts, job, task.log_path
                 )
                 member.status = Status.RUNNING
+        return True
 
     def converge(self, launcher: Launcher) -> None:
         """Every Sobol interval is below the target: DROP every sample none of whose members
@@ -388,10 +400,15 @@ class StudyRunner:
             self.watch(launcher)
             self.warn_pending()
             self.samples.repeat_drops(launcher)
-            while self.samples.queue and len(self.samples.active) < self.config.at_once:
+            while (
+                self.samples.queue
+                and len(self.samples.active) < self.config.at_once
+                and time.monotonic() >= self.submit_after
+            ):
                 simulation = self.samples.simulations[self.samples.queue.popleft()]
                 if simulation.status == Status.PENDING:
-                    self.launch(simulation, launcher, connection_port)
+                    if not self.launch(simulation, launcher, connection_port):
+                        break
             self.refresh()
 
     def warn_pending(self) -> None:

@@ -3,17 +3,19 @@ starts, that the scheduler can ever run the study's jobs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.jobs import Jobs, LocalJobs
 from melissa_nb.study.slurm import Shape, SlurmJobs
 
 
-def make_jobs(config: StudyConfig, study_id: str) -> Jobs:
+def make_jobs(config: StudyConfig, study_id: str, tell: Callable[[str], None]) -> Jobs:
     """Where this study's programs run: here, or as jobs of the scheduler its file names
     (checked before anything starts: a missing sbatch, or a job no node could hold, is an
-    error at once)."""
+    error at once); `tell` shows the scheduler's warnings."""
     if config.scheduler.kind == "slurm":
-        jobs = SlurmJobs(config.scheduler, config.output_dir / "jobs", study_id)
+        jobs = SlurmJobs(config.scheduler, config.output_dir / "jobs", study_id, tell)
         jobs.refuse_what_cannot_fit(job_shapes(config))
         return jobs
     return LocalJobs()

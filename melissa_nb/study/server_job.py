@@ -18,6 +18,7 @@ from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.fingerprint import describe, fingerprint
 from melissa_nb.study.jobs import Jobs, SubmittedJob, Task, executable
 from melissa_nb.study.launcher_sockets import Launcher, LauncherPorts
+from melissa_nb.study.slurm import SchedulerBusy
 from melissa_nb.study.stop_signals import stop_signals_held
 
 SERVER_START_SECONDS = 120.0
@@ -144,16 +145,21 @@ class StudyServer:
             {"NUMBA_NUM_THREADS": str(config.server_threads)},
         )
         self.ranks.clear()
-        with stop_signals_held():
-            self.job = self.jobs.submit(
-                f"server.{self.restarts}",
-                [task],
-                config.working_dir,
-                ranks=config.server_ranks,
-                cpus=config.server_threads,
-                time_limit=config.scheduler.server_time_limit,
-                nodes=config.server_nodes,
-            )
+        while True:
+            try:
+                with stop_signals_held():
+                    self.job = self.jobs.submit(
+                        f"server.{self.restarts}",
+                        [task],
+                        config.working_dir,
+                        ranks=config.server_ranks,
+                        cpus=config.server_threads,
+                        time_limit=config.scheduler.server_time_limit,
+                        nodes=config.server_nodes,
+                    )
+                return
+            except SchedulerBusy as busy:  # nothing to serve meanwhile: wait for the backoff
+                time.sleep(max(0.0, busy.retry_at - time.monotonic()))
 
     def poll(self) -> int | None:
         """The job's exit code, None while it runs (or was never started)."""

@@ -27,7 +27,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +53,19 @@ ENDED = {
     "OUT_OF_MEMORY",
     "VANISHED",
 }
+# sbatch refusals that pass: a busy or restarting controller, a drained partition, a submit limit
+# our own jobs ending will lift. Submission backs off and tries again, up to `submit_patience`.
+PASSING_REFUSALS = (
+    "Unable to contact slurm controller",
+    "Socket timed out",
+    "temporarily unavailable",
+    "temporarily unable",
+    "Required partition not available",
+    "MaxSubmitJob",
+    "Job violates accounting/QOS policy",
+    "did not answer within",
+)
+BACKOFF_SECONDS = (1.0, 60.0)  # first and longest wait before sbatch is tried again
 _JOB_LINE = re.compile(r"\bJobId=(\d+)\b.*?\bJobState=(\S+).*?\bExitCode=(\d+):(\d+)")
 
 
@@ -84,6 +97,14 @@ def exit_code(state: str, code: int, signal: int) -> int:
     if state == "CANCELLED":
         return 128 + (signal or 15)
     return 124 if state == "TIMEOUT" else 1
+
+
+class SchedulerBusy(StudyError):
+    """sbatch refused a job for now (PASSING_REFUSALS): submit again from `retry_at` on."""
+
+    def __init__(self, message: str, retry_at: float) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
 
 
 class SlurmJob:
@@ -184,7 +205,13 @@ class SlurmJobs:
 
     groups_in_one_job = True
 
-    def __init__(self, scheduler: SchedulerConfig, directory: Path, study: str) -> None:
+    def __init__(
+        self,
+        scheduler: SchedulerConfig,
+        directory: Path,
+        study: str,
+        tell: Callable[[str], None] = print,
+    ) -> None:
         missing = [name for name in COMMANDS if shutil.which(name) is None]
         if missing:
             raise StudyError(
@@ -196,6 +223,10 @@ class SlurmJobs:
         self.study = study
         self.jobs: dict[str, SlurmJob] = {}
         self._next_poll = 0.0
+        self.tell = tell  # warnings for the user: sbatch refusing, then accepting again
+        self.refused_since: float | None = None  # sbatch refuses jobs for now since then
+        self.retry_at = 0.0
+        self.backoff = 0.0
 
     def partition(self) -> Partition | None:
         """The partition's nodes and their CPUs (`sinfo`), None when Slurm does not say."""
@@ -264,14 +295,42 @@ class SlurmJobs:
         ):
             if value is not None:
                 options.append(f"{option}={value}")
-        result = _run(["sbatch", *options, *scheduler.sbatch_arguments, str(script)])
-        if result.returncode != 0:
-            raise StudyError(
-                f"sbatch refused job {name}: {result.stderr.strip() or result.stdout.strip()}"
-            )
-        job = SlurmJob(self, result.stdout.strip().split(";")[0])
+        job_id = self._sbatch(name, [*options, *scheduler.sbatch_arguments, str(script)])
+        job = SlurmJob(self, job_id)
         self.jobs[job.job_id] = job
         return job
+
+    def _sbatch(self, name: str, arguments: list[str]) -> str:
+        """sbatch, its job id; SchedulerBusy for a refusal that passes (backing off, at most
+        `submit_patience` s), StudyError with Slurm's words for any other."""
+        now = time.monotonic()
+        if now < self.retry_at:
+            raise SchedulerBusy(f"sbatch is backing off (job {name})", self.retry_at)
+        try:
+            result = _run(["sbatch", *arguments])
+            words = result.stderr.strip() or result.stdout.strip()
+        except StudyError as error:  # no answer in COMMAND_SECONDS
+            result, words = None, str(error)
+        if result is not None and result.returncode == 0:
+            if self.refused_since is not None:
+                self.tell(f"sbatch accepts jobs again after {now - self.refused_since:.0f} s")
+            self.refused_since, self.backoff = None, 0.0
+            return result.stdout.strip().split(";")[0]
+        patience = self.scheduler.submit_patience
+        if not any(refusal in words for refusal in PASSING_REFUSALS):
+            raise StudyError(f"sbatch refused job {name}: {words}")
+        if self.refused_since is None:
+            self.refused_since = now
+            self.tell(
+                f"warning: sbatch refused job {name} for now: {words}; trying again with "
+                f"backoff for up to {patience:g} s ([scheduler] submit_patience)"
+            )
+        elif now - self.refused_since > patience:
+            raise StudyError(f"sbatch refused job {name} for {patience:g} s: {words}")
+        first, longest = BACKOFF_SECONDS
+        self.backoff = min(2 * self.backoff or first, longest)
+        self.retry_at = now + self.backoff
+        raise SchedulerBusy(f"sbatch refused job {name} for now: {words}", self.retry_at)
 
     def refresh(self, force: bool = False) -> None:
         """Ask the controller for the state of every job, at most every POLL_SECONDS."""
