@@ -338,13 +338,29 @@ def test_a_job_waiting_in_the_queue_is_named_with_slurms_reason(slurm: None, tmp
     says so once per job, and the study still ends with every sample."""
     study = tiny_study(tmp_path, "queued", seconds=2.0)
     study = with_scheduler(study, cpus_per_simulation=20, pending_warning=1.0)
-    completed = run_study(study, timeout=SLURM_SECONDS)
+    with start_run(study) as runner:
+        try:  # meanwhile `melissa-nb status` shows the queue, reasons included
+            status = wait_for(lambda: queue_line(tmp_path / "out"), "Resources", 120)
+        finally:
+            stdout, stderr = runner.communicate(timeout=SLURM_SECONDS)
+    completed = subprocess.CompletedProcess(runner.args, runner.returncode, stdout, stderr)
     assert completed.returncode == 0, completed.stderr
+    assert "pending" in status and "running" in status, status
+    assert not (tmp_path / "out" / "jobs" / "queue.json").exists()  # removed at the end
     warnings = [line for line in completed.stderr.splitlines() if "in Slurm's queue" in line]
     reasons = [line.rsplit(": ", 1)[1] for line in warnings]
     assert "Resources" in reasons and set(reasons) <= {"Resources", "Priority"}, warnings
     assert len(warnings) == len(set(warnings)) <= 3  # once per job, never the first one
     assert_only_dropped(tmp_path / "out", -1)
+
+
+def queue_line(output_dir: Path) -> str | None:
+    """The `Slurm: jobs ...` line of `melissa-nb status`, once a job waits for Resources."""
+    shown = subprocess.run(
+        [MELISSA_NB, "status", str(output_dir)], capture_output=True, text=True, timeout=60
+    )
+    lines = [line for line in shown.stdout.splitlines() if line.startswith("Slurm: jobs")]
+    return lines[0] if lines and "Resources" in lines[0] else None
 
 
 def test_a_missing_scheduler_command_is_an_error_before_anything_runs(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from rich.markup import escape
 
 from melissa_nb.auth import KEY_ENVIRONMENT, KEY_FILE
 from melissa_nb.errors import ConfigurationError, MelissaError, StudyError, StudyInterrupted
+from melissa_nb.job_queue import queue_summary
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
     NON_FINITE,
@@ -398,7 +399,7 @@ class StudyRunner:
             for message in launcher.service(POLL_SECONDS):
                 self.handle(message, launcher)
             self.watch(launcher)
-            self.warn_pending()
+            self.follow_scheduler()
             self.samples.repeat_drops(launcher)
             while (
                 self.samples.queue
@@ -411,9 +412,11 @@ class StudyRunner:
                         break
             self.refresh()
 
-    def warn_pending(self) -> None:
-        """Once per job: it waits in Slurm's queue past `[scheduler] pending_warning`."""
+    def follow_scheduler(self) -> None:
+        """On Slurm: the queue file for `melissa-nb status`, and once per job a warning when it
+        waits in the queue past `[scheduler] pending_warning`."""
         if isinstance(self.jobs, SlurmJobs):
+            self.jobs.write_queue()
             for job, waited in self.jobs.long_pending():
                 self.console.print(
                     f"warning: {job.label} has waited {waited:.0f} s in Slurm's queue: "
@@ -463,13 +466,7 @@ class StudyRunner:
             if widths:
                 line += f" · {statistic} CI width {max(widths):.3g}"
         if isinstance(self.jobs, SlurmJobs):
-            states = self.jobs.counts()
-            line += " · jobs " + (
-                " ".join(f"{state.lower()} {n}" for state, n in sorted(states.items())) or "none"
-            )
-            reasons = self.jobs.pending_reasons()
-            if reasons:
-                line += " (" + ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) + ")"
+            line += " · " + queue_summary(self.jobs.queued())
 
         self.display.show(self.samples.count(Status.FINISHED, Status.DROPPED), line, final=force)
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from melissa_nb.errors import ConfigurationError, StudyError
+from melissa_nb.job_queue import QUEUE_FILE, QueuedJob, write_queue
 from melissa_nb.study.config import SchedulerConfig
 from melissa_nb.study.jobs import Task
 from melissa_nb.study.simulations import STOP_GRACE_SECONDS
@@ -110,9 +111,10 @@ class SchedulerBusy(StudyError):
 class SlurmJob:
     """One submitted batch job."""
 
-    def __init__(self, jobs: SlurmJobs, job_id: str) -> None:
+    def __init__(self, jobs: SlurmJobs, job_id: str, name: str) -> None:
         self.jobs = jobs
         self.job_id = job_id
+        self.name = name
         self.label = f"job {job_id}"
         self.submitted = time.monotonic()
         self.seen = False
@@ -223,6 +225,7 @@ class SlurmJobs:
         self.study = study
         self.jobs: dict[str, SlurmJob] = {}
         self._next_poll = 0.0
+        self._queue_written = -1.0  # the poll whose states the queue file has
         self.tell = tell  # warnings for the user: sbatch refusing, then accepting again
         self.refused_since: float | None = None  # sbatch refuses jobs for now since then
         self.retry_at = 0.0
@@ -296,7 +299,7 @@ class SlurmJobs:
             if value is not None:
                 options.append(f"{option}={value}")
         job_id = self._sbatch(name, [*options, *scheduler.sbatch_arguments, str(script)])
-        job = SlurmJob(self, job_id)
+        job = SlurmJob(self, job_id, name)
         self.jobs[job.job_id] = job
         return job
 
@@ -369,22 +372,21 @@ class SlurmJobs:
             else:
                 job.missing(now)
 
-    def counts(self) -> dict[str, int]:
-        """Jobs not ended, by Slurm state (for the progress line)."""
+    def queued(self) -> list[QueuedJob]:
+        """Every job not ended, as the controller last said (progress line, queue file)."""
         self.refresh()
-        counts: dict[str, int] = {}
-        for job in self.jobs.values():
-            if job.code is None:
-                counts[job.slurm_state] = counts.get(job.slurm_state, 0) + 1
-        return counts
+        now = time.monotonic()
+        return [
+            QueuedJob(job.job_id, job.name, job.slurm_state, job.reason, now - job.submitted)
+            for job in self.jobs.values()
+            if job.code is None
+        ]
 
-    def pending_reasons(self) -> dict[str, int]:
-        """Jobs waiting in the queue, by Slurm's reason (for the progress line)."""
-        reasons: dict[str, int] = {}
-        for job in self.jobs.values():
-            if job.code is None and job.slurm_state == "PENDING" and job.reason not in ("", "None"):
-                reasons[job.reason] = reasons.get(job.reason, 0) + 1
-        return reasons
+    def write_queue(self) -> None:
+        """The queue file `melissa-nb status` reads, at most once per poll of the controller."""
+        if self._queue_written != self._next_poll:
+            self._queue_written = self._next_poll
+            write_queue(self.directory.parent, self.queued())
 
     def long_pending(self) -> list[tuple[SlurmJob, float]]:
         """Jobs still PENDING after `[scheduler] pending_warning` seconds and not told of
@@ -402,6 +404,7 @@ class SlurmJobs:
     def close(self) -> list[str]:
         """Cancel every job of the study still queued or running, and wait (bounded) until the
         controller lists none of them; the ids still listed then (none, normally)."""
+        (self.directory.parent / QUEUE_FILE).unlink(missing_ok=True)
         ids = [job.job_id for job in self.jobs.values()]
         if not ids:
             return []

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from melissa_nb.errors import BlockNotReady, ConfigurationError
+from melissa_nb.job_queue import queue_summary, read_queue
 from melissa_nb.owned_files import read_owned_file
 from melissa_nb.server.live.progress import COUNTERS
 from melissa_nb.server.live.state import SHM_DIRECTORY, list_blocks, reading
@@ -387,6 +388,9 @@ def _show_status(output_dir: Path, watch: float, console: Any) -> int:
     progress = live_progress(output_dir)
     for problem in progress.problems:
         console.print(f"left out: {problem}", markup=False)
+    queued = read_queue(output_dir)  # a cluster study's jobs, while its runner runs
+    if queued is not None:
+        console.print(f"Slurm: {queue_summary(queued)}", markup=False)
     if not progress.ranks:
         return show_final_state(progress.description, output_dir, console)
     if watch <= 0:
