@@ -15,6 +15,7 @@ BENCHMARKS = {
     "startup": "bench.startup",
     "memory": "bench.memory",
     "scheduler": "bench.scheduler",
+    "study_scale": "bench.study_scale",
     "auth": "bench.auth",
     "sensitivity": "bench.sensitivity",
 }
