@@ -29,6 +29,7 @@ from melissa_nb.kernels.api.base import (
     SOBOL_RESULTS,
     widest_interval,
 )
+from melissa_nb.kernels.api.chaos import PolynomialChaos
 from melissa_nb.kernels.api.correlation import Correlation
 from melissa_nb.kernels.api.exceedance import ThresholdExceedance
 from melissa_nb.kernels.api.extrema import Extrema
@@ -48,6 +49,7 @@ __all__ = [
     "Extrema",
     "FieldStatistics",
     "Moments",
+    "PolynomialChaos",
     "Quantiles",
     "SobolMartinez",
     "ThresholdExceedance",

@@ -28,7 +28,7 @@ CORRELATION_RESULTS = (
     "regression_r2",
 )
 CORRELATION_STATE = ("shift", "output", "comoment", "parameter_mean", "parameter_comoment")
-GLOBAL_STATE = ("count", "parameter_mean", "parameter_comoment")
+GLOBAL_STATE = ("count", "parameter_mean", "parameter_comoment", "gram")
 """The state arrays without a cell axis (one value set for every cell); all others have cells
 last, which lets a slice be cut by cells (server checkpoints, repartition)."""
 
