@@ -18,6 +18,7 @@ BENCHMARKS = {
     "study_scale": "bench.study_scale",
     "auth": "bench.auth",
     "sensitivity": "bench.sensitivity",
+    "chaos": "bench.chaos",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

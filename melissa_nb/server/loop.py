@@ -13,6 +13,7 @@ checkpoint is written, blocks are removed, no results are written.
 from __future__ import annotations
 
 import logging
+import socket as socketlib
 import time
 from typing import Any
 
@@ -183,7 +184,9 @@ class ServerRank:
     def begin(self) -> None:
         """Announce this rank to the launcher and say it is ready (once, before `step`)."""
         if self.launcher is not None:
-            self.launcher.send(Server(self.rank, self.config.advertise_host))
+            # Melissa's SERVER names the node; --advertise (an interface's address) overrides it.
+            node = self.config.advertise_host if self.config.advertise else socketlib.gethostname()
+            self.launcher.send(Server(self.rank, node))
             if self.rank == 0:
                 self.launcher.request(TextRequest("options"))
         control = self.sockets.control
