@@ -7,6 +7,7 @@ else these tests are skipped with the reason (`tools/local-slurm install` fixes 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -426,3 +427,22 @@ def test_a_batch_script_runs_its_tasks_together_and_fails_with_the_first_failure
     assert ran.returncode == 3, "the first task's failure, in task order"
     for k, log in enumerate(logs):
         assert log.read_text() == f"task {k}'s {tmp_path}\n"
+
+
+@pytest.mark.timeout(SLURM_SECONDS)
+def test_the_runner_cost_benchmark_measures_a_study_through_slurm(slurm: None, tmp_path: Path):
+    """`python -m bench study_scale --quick`: 20 simulations through the real Slurm, every one
+    submitted once (and the server), the runner's CPU and its Slurm calls counted."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "study_scale", "--quick", "--output-dir", str(tmp_path)],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=SLURM_SECONDS,
+    )
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    result = json.loads((tmp_path / "study_scale.json").read_text())
+    assert result["exit_code"] == 0 and result["simulations"] == 20
+    assert result["calls_per_simulation"]["sbatch"] == pytest.approx(21 / 20)
+    assert result["calls_per_simulation"]["scontrol"] >= 1.0
+    assert 0 < result["runner_cpu_per_simulation_s"] < result["wall_per_simulation_s"] * 2
