@@ -155,6 +155,7 @@ def test_kernels_need_only_numpy_and_numba() -> None:
         "os",
         "typing",
         "dataclasses",
+        "itertools",
     }
 
 

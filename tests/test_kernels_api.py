@@ -19,6 +19,7 @@ from melissa_nb.kernels import (
     Extrema,
     FieldStatistics,
     Moments,
+    PolynomialChaos,
     Quantiles,
     SobolMartinez,
     ThresholdExceedance,
@@ -37,6 +38,12 @@ OBJECTS: dict[str, tuple[Callable[..., object], tuple[int, ...]]] = {
     "quantiles": (lambda **kw: Quantiles(CELLS, ORDERS, **kw), (CELLS,)),
     "sobol": (lambda **kw: SobolMartinez(CELLS, 3, 0.9, **kw), (5, CELLS)),
     "correlation": (lambda **kw: Correlation(CELLS, 2, 0.9, **kw), (CELLS,)),
+    "chaos": (
+        lambda **kw: PolynomialChaos(
+            CELLS, [("uniform", -1.0, 1.0), ("normal", 0.0, 1.0)], 2, **kw
+        ),
+        (CELLS,),
+    ),
     "field": (
         lambda **kw: FieldStatistics(
             CELLS, order=4, extrema=True, thresholds=THRESHOLDS, quantiles=ORDERS, **kw
@@ -55,7 +62,7 @@ def parameters_of(simulation: int) -> np.ndarray:
 def feed(statistic: object, sample: np.ndarray, simulation: int) -> None:
     if isinstance(statistic, SIMULATION_IDS):
         statistic.update(sample, simulation)
-    elif isinstance(statistic, Correlation):
+    elif isinstance(statistic, (Correlation, PolynomialChaos)):
         statistic.update(sample, parameters_of(simulation))
     else:
         statistic.update(sample)
@@ -462,7 +469,7 @@ def test_update_batch_is_exactly_k_updates(rng: np.random.Generator, name: str) 
     ids = [int(i) for i in rng.permutation(100)[:7]]
     for sample, simulation in zip(samples, ids, strict=True):
         feed(one_by_one, sample, simulation)
-    if isinstance(batched, Correlation):  # a sample's companion is its parameters, not its id
+    if isinstance(batched, (Correlation, PolynomialChaos)):  # its companion: its parameters
         table = np.array([parameters_of(simulation) for simulation in ids])
         batched.update_batch(samples[:3], table[:3])
         batched.update_batch(list(samples[3:]), table[3:])

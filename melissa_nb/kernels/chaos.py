@@ -123,7 +123,8 @@ def fold_chaos(
             d = x[c] - shift[c]
             deviations[i, c - start] = d
             square_sum[c] += d * d
-    # Four samples per pass over a coefficient row: a quarter of the row's loads and stores.
+    # Four samples per pass over a coefficient row (a quarter of its loads and stores), added
+    # one after the other: the same sums, in the same order, as four single-sample passes.
     whole = rows - rows % 4
     for a in range(basis.shape[1]):
         row = projection[a]
@@ -132,7 +133,10 @@ def fold_chaos(
             d0, d1, d2, d3 = deviations[i], deviations[i + 1], deviations[i + 2], deviations[i + 3]
             for c in range(start, stop):
                 k = c - start
-                row[c] += w0 * d0[k] + w1 * d1[k] + w2 * d2[k] + w3 * d3[k]
+                total = row[c] + w0 * d0[k]
+                total += w1 * d1[k]
+                total += w2 * d2[k]
+                row[c] = total + w3 * d3[k]
         for i in range(whole, rows):
             weight, deviation = basis[i, a], deviations[i]
             for c in range(start, stop):

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.api.chaos import Law
 from melissa_nb.ports import interface_address, melissa_data_port
 from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
+from melissa_nb.server.operation_checks import check_operations, read_laws
 
 OPERATIONS = (
     "mean",
@@ -29,6 +31,7 @@ OPERATIONS = (
     "quantile",
     "sobol",
     "correlation",
+    "chaos",
 )
 MOMENT_ORDER = {"mean": 1, "variance": 2, "skewness": 3, "kurtosis": 4}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -64,6 +67,15 @@ class ServerConfig:
         default=("mean", "variance"),
         help="Colon list: mean variance skewness kurtosis min max threshold quantile sobol "
         "correlation.",
+    )
+    chaos_degree: int = option(
+        "--chaos-degree", default=2, help="Total degree of the polynomial chaos (chaos)."
+    )
+    chaos_laws: tuple[str, ...] = option(
+        "--chaos-laws",
+        default=(),
+        help="Colon list of each parameter's law for chaos: uniform,LOW,HIGH | normal,MEAN,STD "
+        "| loguniform,LOW,HIGH.",
     )
     thresholds: tuple[float, ...] = option(
         "-e",
@@ -235,30 +247,15 @@ class ServerConfig:
             len(set(self.operations)) == len(self.operations),
             f"-o/--operations: repeated operation in {':'.join(self.operations)}",
         )
-        if "sobol" in self.operations:
-            need(
-                self.parameters >= 1,
-                f"-o/--operations sobol needs -p/--parameters >= 1 (got {self.parameters})",
-            )
-        if "correlation" in self.operations:
-            need(
-                self.parameters >= 1,
-                f"-o/--operations correlation needs -p/--parameters >= 1 (got {self.parameters})",
-            )
-            need(
-                "sobol" not in self.operations,
-                "-o/--operations: correlation is for Monte Carlo studies, sobol for pick-freeze "
-                "groups: not both",
-            )
-            need(
-                self.launcher_name is not None,
-                "-o/--operations correlation needs the simulations' parameters, which come in "
-                "the launcher's JOB messages: give -n/--launchername",
-            )
-        if "threshold" in self.operations:
-            need(len(self.thresholds) > 0, "-o/--operations threshold needs -e/--thresholds")
-        if "quantile" in self.operations:
-            need(len(self.quantiles) > 0, "-o/--operations quantile needs -q/--quantiles")
+        check_operations(
+            self.operations,
+            self.parameters,
+            self.launcher_name,
+            self.thresholds,
+            self.quantiles,
+            self.chaos_degree,
+            self.chaos_laws,
+        )
         need(
             len(set(self.thresholds)) == len(self.thresholds),
             f"-e/--thresholds: repeated value in {self.thresholds}",
@@ -408,6 +405,21 @@ class ServerConfig:
         return "correlation" in self.operations
 
     @property
+    def chaos(self) -> bool:
+        """True when a polynomial chaos is fitted (each sample then needs its parameters)."""
+        return "chaos" in self.operations
+
+    @property
+    def needs_parameters(self) -> bool:
+        """True when each sample's statistics need its simulation's parameters (JOB)."""
+        return self.correlation or self.chaos
+
+    @property
+    def laws(self) -> tuple[Law, ...]:
+        """Each parameter's law, for the chaos basis."""
+        return read_laws(self.chaos_laws)
+
+    @property
     def group_size(self) -> int:
         """Simulations per sample: p+2 with Sobol (Y_A, Y_B, Y_C1..Y_Cp), else 1."""
         return self.parameters + 2 if self.sobol else 1
@@ -424,8 +436,8 @@ class ServerConfig:
 
     @property
     def general_statistics(self) -> bool:
-        """True when any statistic other than Sobol indices and correlations is requested."""
-        return any(op not in ("sobol", "correlation") for op in self.operations)
+        """True when any statistic other than Sobol indices, correlations and chaos is requested."""
+        return any(op not in ("sobol", "correlation", "chaos") for op in self.operations)
 
     @property
     def max_message_bytes(self) -> int:

@@ -25,6 +25,7 @@ COLON_LISTS = {
     "field_names": str,
     "parameter_names": str,
     "grid_shape": int,
+    "chaos_laws": str,
 }
 """Fields given as colon lists, with the type of their items."""
 _SCALARS = {"int": int, "float": float, "str": str, "Path": str, "bool": bool}

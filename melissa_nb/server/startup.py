@@ -30,7 +30,7 @@ from melissa_nb.auth import (
     serve_with,
 )
 from melissa_nb.errors import ConfigurationError, SharedMemoryUnavailable
-from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
+from melissa_nb.kernels import Correlation, FieldStatistics, PolynomialChaos, SobolMartinez
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.server.checkpoint.restart import load_restart, restart_directory
 from melissa_nb.server.claim import RankClaim, check_writable, lock_path, reclaim, stale_claims
@@ -120,6 +120,12 @@ def warm_kernels(config: ServerConfig) -> None:
         for row in sample[:1]:
             correlation.update(row.copy(), np.ones(config.parameters))
         correlation.results()
+    if config.chaos:
+        chaos = PolynomialChaos(cells, config.laws, config.chaos_degree)
+        chaos.update(
+            sample[0],
+            np.array([a if law == "normal" else (a + b) / 2 for law, a, b in config.laws]),
+        )
 
 
 def claim_study(config: ServerConfig, world: World, log: logging.Logger) -> RankClaim:

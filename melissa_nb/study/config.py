@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels.api.chaos import MAX_TERMS as CHAOS_MAX_TERMS
+from melissa_nb.study.scheduler_config import SchedulerConfig, read_scheduler
 from melissa_nb.study.toml_table import REQUIRED, TomlTable
 
 try:
@@ -68,35 +70,6 @@ class Parameter:
         return f"{self.distribution}({values})"
 
 
-SCHEDULERS = ("local", "slurm")
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """`[scheduler]`: where the server and the simulations run (docs/study.md, "On a cluster").
-
-    `local` (the default) runs them as child processes of the runner; `slurm` submits the server
-    as one job and every simulation (every Sobol group) as one job, with these sbatch options.
-    """
-
-    kind: str = "local"
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    time_limit: int | None = None  # minutes, per simulation job (sbatch --time)
-    server_time_limit: int | None = None  # minutes, for the server job
-    cpus_per_simulation: int = 1
-    sbatch_arguments: tuple[str, ...] = ()
-    pending_warning: float = 600.0  # seconds a job may wait in the queue before a warning
-    mpi: str = "pmi2"  # srun --mpi for programs of several ranks (the pip mpich wheel: pmi2)
-    submit_patience: float = 600.0  # seconds sbatch may refuse jobs for now before the study ends
-
-    @property
-    def cluster(self) -> bool:
-        """True when the processes run on other nodes than the runner."""
-        return self.kind != "local"
-
-
 @dataclass(frozen=True)
 class StudyConfig:
     """A validated study: every setting of the runner, the server and the simulations."""
@@ -136,6 +109,7 @@ class StudyConfig:
     simulation_ranks: int = 1  # [simulation] ranks: MPI processes of one simulation
     server_nodes: int | None = None  # [server] nodes: the server job spread over this many
     advertise: str | None = None  # [server] advertise: interface (or host) simulations reach
+    chaos_degree: int | None = None  # [study] chaos = { degree = d }: a polynomial chaos
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -149,8 +123,26 @@ class StudyConfig:
 
     @property
     def operations(self) -> tuple[str, ...]:
-        """The server's `-o` list: the general statistics, plus `sobol` when on."""
-        return self.statistics + (("sobol",) if self.sobol else ())
+        """The server's `-o` list: the general statistics, plus `sobol` and `chaos` when on."""
+        return (
+            self.statistics
+            + (("sobol",) if self.sobol else ())
+            + (("chaos",) if self.chaos_degree else ())
+        )
+
+    @property
+    def chaos_terms(self) -> int:
+        """Coefficients per cell and timestep of the chaos (0 without one)."""
+        degree = self.chaos_degree or 0
+        return math.comb(len(self.parameters) + degree, degree) if degree else 0
+
+    @property
+    def chaos_laws(self) -> tuple[str, ...]:
+        """The server's `--chaos-laws`: each parameter's law, `name,a,b`."""
+        return tuple(
+            f"{parameter.distribution},{parameter.arguments[0]!r},{parameter.arguments[1]!r}"
+            for parameter in self.parameters
+        )
 
     def command_for(self, values: dict[str, float]) -> list[str]:
         """The simulation's argv with every `{name}` placeholder replaced by its value.
@@ -280,41 +272,13 @@ def _read_units(study: TomlTable, fields: list[str]) -> tuple[tuple[str, str], .
     return tuple(units.items())
 
 
-def _read_scheduler(table: TomlTable) -> SchedulerConfig:
-    """The `[scheduler]` table (absent: the local runner)."""
-
-    def optional_text(key: str) -> str | None:
-        return table.text(key) if table.get(key, None) is not None else None
-
-    def optional_minutes(key: str) -> int | None:
-        return table.integer(key, minimum=1) if table.get(key, None) is not None else None
-
-    scheduler = SchedulerConfig(
-        kind=table.text("kind", "local", SCHEDULERS),
-        partition=optional_text("partition"),
-        account=optional_text("account"),
-        qos=optional_text("qos"),
-        time_limit=optional_minutes("time_limit"),
-        server_time_limit=optional_minutes("server_time_limit"),
-        cpus_per_simulation=table.integer("cpus_per_simulation", 1, minimum=1),
-        sbatch_arguments=tuple(table.array("sbatch_arguments", [])),
-        pending_warning=table.number("pending_warning", 600.0, minimum=0, exclusive=True),
-        mpi=table.text("mpi", "pmi2"),
-        submit_patience=table.number("submit_patience", 600.0, minimum=0, exclusive=True),
-    )
-    if any(not isinstance(item, str) or not item for item in scheduler.sbatch_arguments):
-        raise table.fail("sbatch_arguments", "an array of strings", scheduler.sbatch_arguments)
-    table.finish()
-    return scheduler
-
-
 def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     """Validate the decoded TOML `data` of the study file at `path`."""
     top = TomlTable(data, "top level")
     study = top.table("study")
     simulation = top.table("simulation")
     server = TomlTable(top.get("server", {}), "server")
-    scheduler = _read_scheduler(TomlTable(top.get("scheduler", {}), "scheduler"))
+    scheduler = read_scheduler(TomlTable(top.get("scheduler", {}), "scheduler"))
     parameters = _read_parameters(top)
     top.finish()
     names = tuple(parameter.name for parameter in parameters)
@@ -412,7 +376,9 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
             server.integer("nodes", minimum=1) if server.get("nodes", None) is not None else None
         ),
         advertise=server.text("advertise") if server.get("advertise", None) is not None else None,
+        chaos_degree=_read_chaos(study, len(parameters)),
     )
+    _check_chaos(study, config)
     if config.advertise is not None and not scheduler.cluster:
         raise server.fail(
             "advertise",
@@ -456,6 +422,36 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         table.finish()
     _check_program(simulation, config.command, config.working_dir)
     return config
+
+
+def _read_chaos(study: TomlTable, parameters: int) -> int | None:
+    """`[study] chaos = { degree = d }`: the degree of the study's polynomial chaos."""
+    raw = study.get("chaos", None)
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != {"degree"}:
+        raise study.fail("chaos", "a table { degree = d }", raw)
+    degree = TomlTable(raw, "study.chaos").integer("degree", minimum=1)
+    if math.comb(parameters + degree, degree) > CHAOS_MAX_TERMS:
+        raise study.fail("chaos", f"at most {CHAOS_MAX_TERMS:,} terms: a lower degree", raw)
+    return degree
+
+
+def _check_chaos(study: TomlTable, config: StudyConfig) -> None:
+    """A chaos on plain Monte Carlo, with more samples than coefficients."""
+    if not config.chaos_degree:
+        return
+    if config.sobol:
+        raise study.fail("chaos", "a Monte Carlo study (sobol = false) for now", "sobol = true")
+    terms = config.chaos_terms
+    if config.sample_size < terms:
+        raise study.fail(
+            "sample_size",
+            f"at least {terms} for a chaos of degree {config.chaos_degree} in "
+            f"{len(config.parameters)} parameters ({terms} coefficients per cell; two to three "
+            "times that for a sound fit)",
+            config.sample_size,
+        )
 
 
 def _check_output_dir(study: TomlTable, output_dir: Path) -> None:

@@ -42,6 +42,7 @@ def describe(config: StudyConfig) -> dict[str, Any]:
         "confidence": config.confidence,
         "timesteps": config.timesteps,
         "command": list(config.command),
+        **({"chaos_degree": config.chaos_degree} if config.chaos_degree else {}),
     }
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 
 from melissa_nb.errors import StudyError
 from melissa_nb.netcdf import NetCDFStore
-from melissa_nb.server.results.output import FIELD_UNITS
+from melissa_nb.server.results.output import FIELD_UNITS, SQUARED_UNITS
 from melissa_nb.study.config import StudyConfig
 
 
@@ -109,9 +109,9 @@ def annotate_results(config: StudyConfig) -> None:
             if units is not None:
                 squared = f"{units}^2" if units.isalnum() else f"({units})^2"
                 for name in store.names():
-                    if name in FIELD_UNITS or name == "variance":
+                    if name in FIELD_UNITS or name in SQUARED_UNITS:
                         store.set_attributes(
-                            {"units": squared if name == "variance" else units}, name
+                            {"units": squared if name in SQUARED_UNITS else units}, name
                         )
 
 

@@ -88,7 +88,10 @@ def server_arguments(
         arguments.append("--thresholds=" + colon(repr(value) for value in config.thresholds))
     if config.quantiles:
         arguments.append("--quantiles=" + colon(repr(value) for value in config.quantiles))
-    if config.sobol or "correlation" in config.statistics:
+    if config.chaos_degree:
+        arguments += ["--chaos-degree", str(config.chaos_degree)]
+        arguments.append("--chaos-laws=" + colon(config.chaos_laws))
+    if config.sobol or "correlation" in config.statistics or config.chaos_degree:
         arguments += ["--confidence", repr(config.confidence)]
         arguments += ["--parameter-names", colon(config.parameter_names)]
     if config.auth:

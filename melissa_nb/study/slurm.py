@@ -33,8 +33,8 @@ from pathlib import Path
 
 from melissa_nb.errors import ConfigurationError, StudyError
 from melissa_nb.job_queue import QUEUE_FILE, QueuedJob, write_queue
-from melissa_nb.study.config import SchedulerConfig
 from melissa_nb.study.jobs import Task
+from melissa_nb.study.scheduler_config import SchedulerConfig
 from melissa_nb.study.simulations import STOP_GRACE_SECONDS
 
 COMMANDS = ("sbatch", "scontrol", "scancel", "squeue")

@@ -66,6 +66,14 @@ def checked_laws(laws: Sequence[Law]) -> tuple[Law, ...]:
     return tuple(checked)
 
 
+def inside_support(parameters: Sequence[float], laws: Sequence[Law]) -> bool:
+    """True when every parameter is finite and inside its law's support (loguniform: > 0)."""
+    return all(
+        math.isfinite(value) and (name != "loguniform" or value > 0)
+        for value, (name, _, _) in zip(parameters, laws, strict=True)
+    )
+
+
 class PolynomialChaos(MergeableStatistic):
     """A total-degree ``degree`` polynomial chaos of each cell's output in inputs of ``laws``
     (one (name, a, b) per input: ``("uniform", low, high)``, ``("normal", mean, std)``,
@@ -142,7 +150,9 @@ class PolynomialChaos(MergeableStatistic):
         table = checked_array("parameters", parameters, (len(rows), self.parameters))
         basis = self.basis(table)
         state = self.arrays
-        if self.count == 0:
+        if self.count == 0:  # caller arrays may hold anything before their first sample
+            for name in CHAOS_STATE:
+                state[name][...] = 0.0
             state["shift"][:] = rows[0]
         for first, chunk, batch in padded_batches(rows):
             padded = np.zeros((BATCH, self.terms))
@@ -150,11 +160,15 @@ class PolynomialChaos(MergeableStatistic):
             chaos_update(
                 padded, batch, chunk, state["shift"], state["projection"], state["square_sum"]
             )
-        state["gram"] += basis.T @ basis
+        for values in basis:  # sample by sample: a batch sums exactly as single updates do
+            state["gram"] += np.outer(values, values)
         self._advance(len(rows))
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
         state = self.arrays
+        if count == 0:
+            for name in CHAOS_STATE:
+                state[name][...] = 0.0
         chaos_merge(
             count,
             state["shift"],

@@ -6,7 +6,7 @@ checkpoints snapshot (checkpoint/snapshot.py `snapshot_rank`) and restore (`Inge
 A data frame, in `handle`: decoded and checked against the study (`DataValidator`); refused if
 its simulation was dropped or never shook hands (ranks other than 0 hold it in `WaitingFrames`
 for two votes first: only rank 0 sees handshakes); its (field, client rank) slice found or made
-in shared memory; with correlations, it waits (in `WaitingFrames`, on any rank) for its
+in shared memory; with correlations or chaos, it waits (in `WaitingFrames`, on any rank) for its
 simulation's JOB parameters; a timestep that arrived before is a duplicate; non-finite values
 refuse it; a lone Sobol member waits in `MemberAssembly` for its group; the sample (or whole
 group) joins the `FoldBatch`, folded by the kernels at the end of the burst (`fold`); the
@@ -24,6 +24,7 @@ import numpy as np
 import zmq
 
 from melissa_nb.errors import ProtocolError, SharedMemoryUnavailable
+from melissa_nb.kernels.api.chaos import inside_support
 from melissa_nb.kernels.finite import count_non_finite
 from melissa_nb.protocol import ConnectionRequest, DataMessage, DataValidator, sobol_member
 from melissa_nb.server.config import ServerConfig
@@ -61,7 +62,7 @@ class Ingest:
     ) -> None:
         """`first_seen(simulation)`: its first sign of life on this rank; `non_finite(simulation,
         field)`: it sent NaN or infinity (once per attempt: until it sends a good or re-sent
-        message again); `wants_job(simulation)`: with correlations, this rank has data of a
+        message again); `wants_job(simulation)`: with correlations or chaos, this rank has data of a
         simulation whose JOB (parameters) it lacks."""
         self.config = config
         self.rank = rank
@@ -162,8 +163,8 @@ class Ingest:
             field, client_rank, message.vect_size, statistics and statistics.received
         )
         self.touch(group, now)
-        parameters = self._parameters(group, final) if config.correlation else None
-        if config.correlation and parameters is None:
+        parameters = self._parameters(group, final) if config.needs_parameters else None
+        if config.needs_parameters and parameters is None:
             self.waiting.hold(buffer, arrived)
             return
         if steps.has(group, timestep):
@@ -205,10 +206,10 @@ class Ingest:
         self.tracker.add(steps, group, timestep)
 
     def _queued(self, buffer: memoryview) -> None:
-        """A frame queued behind a waiting one: with correlations, its simulation's JOB is
+        """A frame queued behind a waiting one: with correlations or chaos, its simulation's JOB is
         asked for now (its wait starts now, not when the frames ahead are done). A malformed
         frame is refused here (ProtocolError)."""
-        if self.config.correlation:
+        if self.config.needs_parameters:
             message = DataMessage.decode(buffer, self.validator.accepted_vector_counts)
             if message.simu_id < self.config.sampling_size:
                 self._want_parameters(message.simu_id)
@@ -236,7 +237,9 @@ class Ingest:
                 f"data of simulation {simulation}: no JOB gave its parameters within "
                 f"{PARAMETER_VOTES} end votes",
             )
-        if not np.all(np.isfinite(parameters)):
+        if not np.all(np.isfinite(parameters)) or (
+            self.config.chaos and not inside_support(parameters, self.config.laws)
+        ):
             raise ProtocolError(
                 "no_parameters", f"the JOB of simulation {simulation} has {parameters}"
             )
@@ -376,7 +379,7 @@ class Ingest:
     def vote_counted(self, vote: Vote, now: float) -> None:
         """An end vote completed. Ranks other than 0 learn from it the simulations rank 0
         announced and the study's communicator size; then every rank tries again the frames
-        that waited (for an announcement, or with correlations for parameters)."""
+        that waited (for an announcement, or with correlations or chaos for parameters)."""
         self.vote_rounds += 1
         if self.rank != 0:
             self.tracker.announced |= vote.announced

@@ -2,7 +2,8 @@
 
 The block holds every state array of the requested statistics with a leading timestep axis
 (`general.<name>`: the fused general statistics, `sobol.<name>`: the Martinez Sobol state,
-`correlation.<name>`: the correlations with the parameters);
+`correlation.<name>`: the correlations with the parameters, `chaos.<name>`: the polynomial
+chaos sums);
 per-timestep kernel objects are built over the row views `arrays[name][t]` on first use.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 import numba
 import numpy as np
 
-from melissa_nb.kernels import Correlation, FieldStatistics, SobolMartinez
+from melissa_nb.errors import ConfigurationError
+from melissa_nb.kernels import Correlation, FieldStatistics, PolynomialChaos, SobolMartinez
 from melissa_nb.kernels.api import CORRELATION_RESULTS, widest_interval
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.live.state import StateBlock, block_name
@@ -22,6 +24,7 @@ from melissa_nb.server.live.state import StateBlock, block_name
 GENERAL = "general."
 SOBOL = "sobol."
 CORRELATION = "correlation."
+CHAOS = "chaos."
 RECEIVED = "received"  # timesteps received per simulation (or group), kept by the tracker
 PARALLEL_MIN_CELLS = 1 << 18
 """Below this many cells a slice is updated on one thread. A parallel region waits for every
@@ -56,16 +59,23 @@ def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int,
     if config.correlation:
         for name, (shape, dtype) in Correlation.layout(cells, config.parameters).items():
             layout[CORRELATION + name] = ((config.timesteps, *shape), dtype)
+    if config.chaos:
+        for name, (shape, dtype) in PolynomialChaos.layout(
+            cells, config.laws, config.chaos_degree
+        ).items():
+            layout[CHAOS + name] = ((config.timesteps, *shape), dtype)
     layout[RECEIVED] = ((config.sampling_size,), np.int32)
     return layout
 
 
 def count_array(config: ServerConfig) -> str:
     """The block array holding the samples folded per timestep: the general statistics', else
-    the correlations', else the Sobol groups'."""
+    the correlations', else the chaos', else the Sobol groups'."""
     if config.general_statistics:
         return GENERAL + "count"
-    return (CORRELATION if config.correlation else SOBOL) + "count"
+    if config.correlation:
+        return CORRELATION + "count"
+    return (CHAOS if config.chaos else SOBOL) + "count"
 
 
 def slice_bytes(config: ServerConfig, cells: int) -> int:
@@ -116,6 +126,7 @@ class SliceStatistics:
         self._general: list[FieldStatistics | None] = [None] * config.timesteps
         self._sobol: list[SobolMartinez | None] = [None] * config.timesteps
         self._correlation: list[Correlation | None] = [None] * config.timesteps
+        self._chaos: list[PolynomialChaos | None] = [None] * config.timesteps
 
     def _rows(self, prefix: str, timestep: int) -> dict[str, np.ndarray]:
         return {
@@ -162,6 +173,36 @@ class SliceStatistics:
             self._correlation[timestep] = statistics
         return statistics
 
+    def chaos(self, timestep: int) -> PolynomialChaos:
+        """The polynomial chaos sums of one timestep (built over the block on first use)."""
+        statistics = self._chaos[timestep]
+        if statistics is None:
+            statistics = PolynomialChaos(
+                self.cells,
+                self.config.laws,
+                self.config.chaos_degree,
+                arrays=self._rows(CHAOS, timestep),
+            )
+            self._chaos[timestep] = statistics
+        return statistics
+
+    def chaos_results(self, timestep: int) -> dict[str, np.ndarray]:
+        """`chaos_<result>` of one timestep; NaN where the samples do not determine the fit."""
+        chaos = self.chaos(timestep)
+        try:
+            results = chaos.results()
+        except ConfigurationError:  # too few or too alike samples: reported as NaN, not fitted
+            results = {
+                "coefficients": np.full((chaos.terms, self.cells), np.nan),
+                "mean": np.full(self.cells, np.nan),
+                "variance": np.full(self.cells, np.nan),
+                "first": np.full((chaos.parameters, self.cells), np.nan),
+                "total": np.full((chaos.parameters, self.cells), np.nan),
+                "interactions": np.full((len(chaos.interaction_sets()), self.cells), np.nan),
+                "error": np.full(self.cells, np.nan),
+            }
+        return {f"chaos_{name}": values for name, values in results.items()}
+
     def _use_threads(self) -> None:
         if numba.get_num_threads() != self.threads:
             numba.set_num_threads(self.threads)
@@ -181,6 +222,9 @@ class SliceStatistics:
         if self.config.correlation:
             assert parameters is not None
             self.correlation(timestep).update_batch(samples, parameters)
+        if self.config.chaos:
+            assert parameters is not None
+            self.chaos(timestep).update_batch(samples, parameters)
 
     def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
         """Fold Sobol groups (p+2, cells) in order: Sobol state, and every Y_A, Y_B into the
@@ -204,7 +248,7 @@ class SliceStatistics:
         general = [
             name
             for name in names
-            if not name.startswith("sobol_") and name not in CORRELATION_RESULTS
+            if not name.startswith(("sobol_", "chaos_")) and name not in CORRELATION_RESULTS
         ]
         if general:
             results |= self.general(timestep).results(general)
@@ -213,6 +257,9 @@ class SliceStatistics:
         if any(name.startswith("sobol_") for name in names):
             indices = self.sobol(timestep).results()
             results |= {f"sobol_{name}": values for name, values in indices.items()}
+        if any(name.startswith("chaos_") for name in names):
+            chaos = self.chaos_results(timestep)
+            results |= {name: chaos[name] for name in names if name in chaos}
         return results
 
     def sobol_aggregate_sums(self, timestep: int) -> np.ndarray:
@@ -255,4 +302,5 @@ class SliceStatistics:
         self._general = [None] * self.config.timesteps
         self._sobol = [None] * self.config.timesteps
         self._correlation = [None] * self.config.timesteps
+        self._chaos = [None] * self.config.timesteps
         self.block.release()

@@ -1,5 +1,5 @@
 """Frames a rank holds until it learns that their simulation was announced (ranks other than 0)
-or, with correlations, the simulation's parameters (any rank).
+or, with correlations or chaos, the simulation's parameters (any rank).
 
 Data is accepted only from simulations whose handshake rank 0 answered: a frame sent before any
 handshake (a stray or forged one) must not teach the server a slice layout, or it can keep the
@@ -22,8 +22,9 @@ from collections import deque
 
 ANNOUNCE_VOTES = 2
 PARAMETER_VOTES = 50
-"""End votes (0.2 s each) the frames of a simulation wait for its JOB with correlations, counted
-from the moment this rank first lacked it: the JOB is published at launch, and asked again
+"""End votes (0.2 s each) the frames of a simulation wait for its JOB with correlations or
+chaos, counted from the moment this rank first lacked it: the JOB is published at launch, and
+asked again
 (`simu_info`) when the simulation's first frame reaches this rank, even queued behind others (a
 frame's time in the queue does not count against its own simulation); after that its frames are
 refused (`no_parameters`)."""

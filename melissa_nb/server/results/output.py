@@ -33,6 +33,14 @@ from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
 from melissa_nb.server.ranks import World
+from melissa_nb.server.results.chaos_variables import (
+    CHAOS_DIMENSIONS,
+    CHAOS_LONG_NAMES,
+    chaos_attributes,
+    chaos_layout,
+    chaos_names,
+    write_chaos_coordinates,
+)
 from melissa_nb.version import __version__
 
 QUANTILE_DIMENSION = "quantile_order"
@@ -90,11 +98,13 @@ def statistic_names(config: ServerConfig) -> list[str]:
         names += list(SOBOL_VARIABLES)
     if config.correlation:
         names += list(CORRELATION_RESULTS)
-    return names
+    return names + chaos_names(config)
 
 
 def _dimensions_of(name: str, gridded: bool) -> tuple[str, ...]:
     cells = GRID_DIMENSIONS if gridded else ("cell",)
+    if name in CHAOS_DIMENSIONS:
+        return (*CHAOS_DIMENSIONS[name], *cells)
     if name in ("threshold_exceedance", "exceedance_probability"):
         return ("time", "threshold", *cells)
     if name == "quantile":
@@ -158,14 +168,15 @@ CORRELATION_AGGREGATED = {
 }
 """The variance-weighted SRC^2 and R^2 of a whole field (Monte Carlo), likewise."""
 
-FIELD_UNITS = ("mean", "min", "max", "quantile", "threshold")
-"""Statistics (and the threshold coordinate) in the field's own units (variance in their square;
-the runner adds them when the study file gives them); every other statistic is dimensionless."""
+FIELD_UNITS = ("mean", "min", "max", "quantile", "threshold", "chaos_mean", "chaos_coefficients")
+"""Statistics (and the threshold coordinate) in the field's own units (SQUARED_UNITS in their
+square; the runner adds them when the study file gives them); every other one is dimensionless."""
+SQUARED_UNITS = ("variance", "chaos_variance")
 
 
 def _units_of(name: str) -> dict[str, str]:
     """`units = "1"` for a dimensionless statistic (CF), nothing for one in the field's units."""
-    return {} if name in (*FIELD_UNITS, "variance") else {"units": "1"}
+    return {} if name in (*FIELD_UNITS, *SQUARED_UNITS) else {"units": "1"}
 
 
 def _dtype_of(name: str) -> str:
@@ -208,7 +219,7 @@ def layout(
                 {"long_name": "order of the quantile (probability)", "units": "1"},
             )
         )
-    if config.sobol or config.correlation:
+    if config.sobol or config.needs_parameters:
         # Names as a character array (CF 2.2; the CF checker refuses netCDF4 strings) with an
         # encoding: xarray reads it as the string coordinate of `parameter` (sel by name).
         dimensions["parameter"] = config.parameters
@@ -224,6 +235,10 @@ def layout(
                 },
             )
         )
+    if config.chaos:
+        added_dimensions, added_variables = chaos_layout(config)
+        dimensions |= added_dimensions
+        variables += added_variables
     variables.append(
         Variable(
             "sample_count", ("time",), "i8", {"long_name": LONG_NAMES["sample_count"], "units": "1"}
@@ -243,7 +258,7 @@ def layout(
                 name,
                 _dimensions_of(name, grid is not None),
                 _dtype_of(name),
-                {"long_name": LONG_NAMES[name], **_units_of(name)},
+                {"long_name": (LONG_NAMES | CHAOS_LONG_NAMES)[name], **_units_of(name)},
             )
         )
     return dimensions, variables
@@ -287,6 +302,8 @@ def attributes(
             "NaN with fewer than p + 2 samples",
             "confidence_level": config.confidence,
         }
+    if config.chaos:
+        result |= chaos_attributes(config)
     return result | dict(extra)
 
 
@@ -434,5 +451,7 @@ def _write_coordinates(
         store.write("threshold", (slice(None),), np.asarray(config.thresholds))
     if "quantile" in config.operations:
         store.write(QUANTILE_DIMENSION, (slice(None),), np.asarray(config.quantiles))
-    if config.sobol or config.correlation:
+    if config.sobol or config.needs_parameters:
         store.write("parameter", (slice(None),), np.array(config.parameter_labels))
+    if config.chaos:
+        write_chaos_coordinates(store, config)

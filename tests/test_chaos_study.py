@@ -1,0 +1,147 @@
+"""Polynomial chaos through the real runner and server: `[study] chaos = { degree = d }` on a
+Monte Carlo study, 2 server ranks, simulations arriving in any order; the coefficients equal
+numpy's batch least squares on the study's own design, and the moments and Sobol indices of a
+polynomial model equal their closed forms, also across a SIGKILLed server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cf_checker import NAMES_AS_COORDINATE, cf_messages
+from test_fault_study import STUDY, run_and_kill_the_server, write_study
+from test_study_run import STUDY_SECONDS, load_module, read_results, run_study
+
+from melissa_nb.kernels import PolynomialChaos
+from melissa_nb.study.sampling import read_parameters_csv
+
+LAWS = [("uniform", -1.0, 2.0), ("normal", 1.0, 0.5)]
+POLYNOMIAL = """
+import sys
+
+import numpy as np
+from melissa_nb.client import melissa_finalize, melissa_init, melissa_send
+
+a, b = float(sys.argv[1]), float(sys.argv[2])
+cells = np.arange(5.0)
+melissa_init("u", 5)
+for step in range(2):
+    melissa_send("u", 1e3 + a + (step + 1) * cells * b * b)
+melissa_finalize()
+"""
+CHAOS_STUDY = """
+[study]
+name = "chaos"
+output_dir = "out"
+sample_size = 24
+fields = ["u"]
+statistics = ["mean"]
+timesteps = 2
+units = { u = "K" }
+chaos = { degree = 2 }
+
+[simulation]
+command = "python sim.py {a} {b}"
+at_once = 4
+
+[server]
+ranks = 2
+
+[parameters]
+a = { distribution = "uniform", low = -1.0, high = 2.0 }
+b = { distribution = "normal", mean = 1.0, std = 0.5 }
+"""
+
+
+def least_squares(parameters: np.ndarray, outputs: np.ndarray, degree: int) -> np.ndarray:
+    """numpy's coefficients on the same orthonormal basis, (P, cells), outputs centred first."""
+    basis = PolynomialChaos(1, LAWS, degree).basis(parameters)
+    centre = outputs.mean()
+    coefficients = np.linalg.lstsq(basis, outputs - centre, rcond=None)[0]
+    coefficients[0] += centre
+    return coefficients
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_chaos_of_a_polynomial_model_equals_numpy_and_its_closed_forms(tmp_path) -> None:
+    """y = 1e3 + a + k c b^2 (cell c, step k), a ~ U(-1, 2), b ~ N(1, 0.5): a degree-2
+    polynomial in the standardised inputs. Mean 1e3 + 0.5 + k c E[b^2], variance
+    Var(a) + (k c)^2 Var(b^2) with Var(a) = 0.75, E[b^2] = 1.25, Var(b^2) = 4 mu^2 s^2 + 2 s^4
+    = 1.125; no interaction."""
+    (tmp_path / "sim.py").write_text(POLYNOMIAL)
+    study = tmp_path / "study.toml"
+    study.write_text(CHAOS_STUDY)
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert {status for _, status in rows} == {"finished"}
+    parameters = np.array([spec.values for spec, _ in rows])
+    results = read_results(tmp_path / "out" / "u.nc")
+    cells = np.arange(5.0)
+    for step in range(2):
+        outputs = 1e3 + parameters[:, :1] + (step + 1) * cells * parameters[:, 1:] ** 2
+        np.testing.assert_allclose(
+            results["chaos_coefficients"][step], least_squares(parameters, outputs, 2), atol=1e-10
+        )
+        scale = (step + 1) * cells
+        variance = 0.75 + scale**2 * 1.125
+        np.testing.assert_allclose(results["chaos_mean"][step], 1e3 + 0.5 + scale * 1.25)
+        np.testing.assert_allclose(results["chaos_variance"][step], variance, rtol=1e-10)
+        first = np.stack([0.75 / variance, scale**2 * 1.125 / variance])
+        np.testing.assert_allclose(results["chaos_first"][step], first, atol=1e-10)
+        np.testing.assert_allclose(results["chaos_total"][step], first, atol=1e-10)
+        np.testing.assert_allclose(results["chaos_interactions"][step], 0.0, atol=1e-10)
+        np.testing.assert_allclose(results["chaos_error"][step], 0.0, atol=1e-10)
+    assert results["chaos_multi_index"].tolist() == [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]
+    # CF-clean but for naming parameters (and their pairs) by a character coordinate.
+    pair_names = ("parameter_pair", NAMES_AS_COORDINATE[1])
+    assert cf_messages(tmp_path / "out" / "u.nc") == {
+        "ERROR": [],
+        "WARN": [NAMES_AS_COORDINATE, pair_names],
+    }
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_chaos_survives_a_sigkilled_server_and_equals_numpy(tmp_path) -> None:
+    """The fault study's smooth (non-polynomial) model as Monte Carlo with a degree-3 chaos and
+    2 server ranks, the server killed after a checkpoint: the restarted server's coefficients
+    equal numpy's least squares over every sample to 1e-10 (of each coefficient's scale)."""
+    study = write_study(
+        tmp_path,
+        STUDY.replace("sobol = true", "sobol = false")
+        .replace("sample_size = 5", "sample_size = 24")
+        .replace(
+            '["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold"]', '["mean"]'
+        )
+        .replace("thresholds = [0.5, 1.5]\n", "chaos = { degree = 3 }\n")
+        .replace("[server]", "[server]\nranks = 2"),
+    )
+    stdout, stderr, returncode = run_and_kill_the_server(study, 6 * 4, live=False)
+    assert returncode == 0, stderr + stdout
+    assert "before the study finished: restart 1 from" in stderr
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert {status for _, status in rows} == {"finished"}
+    parameters = np.array([spec.values for spec, _ in rows])
+    model = load_module(tmp_path / "sim.py").model
+    outputs = np.array([model(*values) for values in parameters])  # (samples, steps, cells)
+    results = read_results(tmp_path / "out" / "u.nc")
+    laws = [("uniform", 0.0, 2.0), ("normal", 1.0, 0.5)]
+    basis = PolynomialChaos(1, laws, 3).basis(parameters)
+    for step in range(outputs.shape[1]):
+        expected = np.linalg.lstsq(basis, outputs[:, step], rcond=None)[0]
+        scale = np.abs(expected).max(axis=1, keepdims=True)
+        np.testing.assert_allclose(
+            results["chaos_coefficients"][step] / scale, expected / scale, atol=1e-10
+        )
+
+
+def test_a_sample_too_small_for_the_chaos_is_refused_before_anything_runs(tmp_path) -> None:
+    (tmp_path / "sim.py").write_text(POLYNOMIAL)
+    study = tmp_path / "study.toml"
+    study.write_text(CHAOS_STUDY.replace("sample_size = 24", "sample_size = 5"))
+    completed = run_study(study, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert (
+        "[study] sample_size: expected at least 6 for a chaos of degree 2 in 2 parameters"
+        in completed.stderr
+    )
+    assert not (tmp_path / "out" / "server.log").exists()
