@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -116,3 +116,23 @@ def results(
     from melissa_nb.results import show_results
 
     raise typer.Exit(show_results(directory, timestep, cell, shape, plots, plot_dir))
+
+
+@app.command()
+def predict(
+    target: str = typer.Argument(
+        ..., help="A result file with a polynomial chaos, or a results directory."
+    ),
+    settings: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="NAME=VALUE of a parameter (each parameter once)."),
+    ] = None,
+    field: str = typer.Option(None, "--field", help="The field, in a directory of several."),
+    output: str = typer.Option(None, "--output", help="Write the predicted field (netCDF)."),
+    plot: str = typer.Option(None, "--plot", help="Draw the field at --timestep (PNG)."),
+    timestep: int = typer.Option(-1, "--timestep", help="Timestep printed and drawn (-1: last)."),
+) -> None:
+    """Evaluate a study's polynomial chaos at new parameters: the field at every timestep."""
+    from melissa_nb.results.surrogate import predict_command
+
+    raise typer.Exit(predict_command(target, settings or [], field, output, plot, timestep))

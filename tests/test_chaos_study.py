@@ -5,13 +5,18 @@ polynomial model equal their closed forms, also across a SIGKILLed server."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 from cf_checker import NAMES_AS_COORDINATE, cf_messages
 from test_fault_study import STUDY, run_and_kill_the_server, write_study
-from test_study_run import STUDY_SECONDS, load_module, read_results, run_study
+from test_study_run import MELISSA_NB, STUDY_SECONDS, load_module, read_results, run_study
 
 from melissa_nb.kernels import PolynomialChaos
+from melissa_nb.netcdf import NetCDFStore
+from melissa_nb.results.surrogate import load_surrogate
 from melissa_nb.study.sampling import read_parameters_csv
 
 LAWS = [("uniform", -1.0, 2.0), ("normal", 1.0, 0.5)]
@@ -92,12 +97,44 @@ def test_chaos_of_a_polynomial_model_equals_numpy_and_its_closed_forms(tmp_path)
         np.testing.assert_allclose(results["chaos_interactions"][step], 0.0, atol=1e-10)
         np.testing.assert_allclose(results["chaos_error"][step], 0.0, atol=1e-10)
     assert results["chaos_multi_index"].tolist() == [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]
+    check_predict(tmp_path / "out")
     # CF-clean but for naming parameters (and their pairs) by a character coordinate.
     pair_names = ("parameter_pair", NAMES_AS_COORDINATE[1])
     assert cf_messages(tmp_path / "out" / "u.nc") == {
         "ERROR": [],
         "WARN": [NAMES_AS_COORDINATE, pair_names],
     }
+
+
+def check_predict(out: Path) -> None:
+    """`melissa-nb predict` at a point never run equals the exact model there (the model is in
+    the basis), printed, written to netCDF and drawn; a bad --set is refused (exit 2)."""
+    a, b = 0.37, 1.61
+    expected = np.array([1e3 + a + (step + 1) * np.arange(5.0) * b * b for step in range(2)])
+    np.testing.assert_allclose(
+        load_surrogate(out / "u.nc").predict({"a": a, "b": b}), expected, rtol=1e-12
+    )
+    command = [MELISSA_NB, "predict", str(out), "--set", f"a={a}", "--set", f"b={b}"]
+    shown = subprocess.run(
+        [*command, "--output", str(out / "p.nc"), "--plot", str(out / "p.png")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"u at a={a:g}, b={b:g}, timestep 1: min {expected[1].min():.6g}" in shown.stdout
+    with NetCDFStore(out / "p.nc") as store:
+        np.testing.assert_allclose(store.read("prediction"), expected, rtol=1e-12)
+        assert store.attributes("prediction")["units"] == "K"
+    assert (out / "p.png").stat().st_size > 10_000
+    refused = subprocess.run(
+        [MELISSA_NB, "predict", str(out), "--set", "a=1", "--set", "c=2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "give every parameter of u.nc once (a, b): missing b; unknown c" in refused.stderr
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)

@@ -227,3 +227,17 @@ def field_figures(
         panel.legend(fontsize=8)
         figures[f"{name}_src_aggregated.png"] = figure
     return figures
+
+
+def prediction_figure(results: FieldResults, values: np.ndarray, where: str) -> Any:
+    """The surrogate's field (`melissa-nb predict --plot`): a map on the file's grid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = results.grid_shape if results.grid_shape and len(results.grid_shape) == 2 else None
+    figure, axes = plt.subplots(figsize=(6.4, 4.8))
+    label = _labelled(f"{results.name} (surrogate)", results.units.get("chaos_mean"))
+    _map(figure, axes, values, grid, f"{results.name} at {where}", label)
+    return figure

@@ -7,25 +7,13 @@ from __future__ import annotations
 import math
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.kernels.api.chaos import MAX_TERMS, Law, checked_laws
+from melissa_nb.kernels.api.chaos import MAX_TERMS, Law, parse_law
 
 
 def read_laws(items: tuple[str, ...]) -> tuple[Law, ...]:
     """The laws of `--chaos-laws` (one `name,a,b` item per parameter)."""
-    laws = []
-    for item in items:
-        words = item.split(",")
-        try:
-            if len(words) != 3:
-                raise ValueError
-            laws.append((words[0].strip(), float(words[1]), float(words[2])))
-        except ValueError:
-            raise ConfigurationError(
-                f"--chaos-laws: {item!r} is not name,a,b (uniform,LOW,HIGH | normal,MEAN,STD | "
-                "loguniform,LOW,HIGH)"
-            ) from None
     try:
-        return checked_laws(laws)
+        return tuple(parse_law(item) for item in items)
     except ConfigurationError as error:
         raise ConfigurationError(f"--chaos-laws: {error}") from None
 

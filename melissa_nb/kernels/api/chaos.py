@@ -66,6 +66,20 @@ def checked_laws(laws: Sequence[Law]) -> tuple[Law, ...]:
     return tuple(checked)
 
 
+def parse_law(item: str) -> Law:
+    """A law written `name,a,b` (`uniform,100,200`, `normal,0,1`): the server's --chaos-laws
+    items and the result files' `chaos_laws` attribute."""
+    words = item.split(",")
+    try:
+        if len(words) != 3:
+            raise ValueError
+        return checked_laws([(words[0].strip(), float(words[1]), float(words[2]))])[0]
+    except ValueError:
+        raise ConfigurationError(
+            f"{item!r} is not name,a,b (uniform,LOW,HIGH | normal,MEAN,STD | loguniform,LOW,HIGH)"
+        ) from None
+
+
 def inside_support(parameters: Sequence[float], laws: Sequence[Law]) -> bool:
     """True when every parameter is finite and inside its law's support (loguniform: > 0)."""
     return all(
