@@ -19,6 +19,7 @@ BENCHMARKS = {
     "auth": "bench.auth",
     "sensitivity": "bench.sensitivity",
     "chaos": "bench.chaos",
+    "chaos_worth": "bench.chaos_worth",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

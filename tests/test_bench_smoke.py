@@ -192,3 +192,29 @@ def test_sensitivity_benchmark_times_each_call_against_the_triad(tmp_path: Path)
         rate = record["bytes_per_cell"] * record["cells"] / record["best_s"] / 1e9
         assert record["gbps"] == pytest.approx(rate)
         assert record["fraction_of_triad"] == pytest.approx(rate / record["triad_gbps"])
+
+
+def test_chaos_benchmark_times_the_update_against_the_matrix_product(tmp_path: Path) -> None:
+    """`python -m bench chaos --quick`: the update, the BLAS product and its accumulating form,
+    each against the product of the same run."""
+    completed = run_bench("chaos", "--quick", "--output-dir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    records = json.loads((tmp_path / "chaos.json").read_text())["records"]
+    calls = {record["call"]: record for record in records}
+    assert set(calls) == {"chaos_update", "blas_matmul", "blas_matmul_accumulate"}
+    assert calls["blas_matmul"]["throughput_over_blas_matmul"] == 1.0
+    for record in records:
+        product = calls["blas_matmul"]["best_s"]
+        assert record["throughput_over_blas_matmul"] == pytest.approx(product / record["best_s"])
+
+
+def test_chaos_worth_benchmark_compares_both_estimators_on_ishigami(tmp_path: Path) -> None:
+    """`python -m bench chaos_worth --quick`: at 400 simulations the chaos's indices are already
+    closer to Ishigami's closed forms than Martinez's on the same budget, and it draws the
+    comparison."""
+    completed = run_bench("chaos_worth", "--quick", "--output-dir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    records = json.loads((tmp_path / "chaos_worth.json").read_text())["records"]
+    assert [record["simulations"] for record in records] == [100, 400]
+    assert records[1]["pce_rms_error"] < records[1]["martinez_rms_error"] / 10
+    assert (tmp_path / "chaos_worth.png").stat().st_size > 10_000

@@ -35,6 +35,7 @@ from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
 
 UNIFORM, NORMAL, LOGUNIFORM = 0, 1, 2
 LAWS = {"uniform": UNIFORM, "normal": NORMAL, "loguniform": LOGUNIFORM}
+CHUNK = 256  # cells per pass of the update: a projection row's chunk stays in L1 across samples
 RANK_TOLERANCE = 1e-10  # smallest eigenvalue of gram / n below this: too few or too alike samples
 
 
@@ -115,32 +116,36 @@ def fold_chaos(
     stop: int,
 ) -> None:
     """projection += basis[:rows]^T (Y - shift), square_sum += sum (Y - shift)^2 on cells
-    [start, stop): the deviations once into a block buffer, then one pass per coefficient row."""
-    deviations = np.empty((rows, stop - start))
-    for i in range(rows):
-        x = samples[i]
-        for c in range(start, stop):
-            d = x[c] - shift[c]
-            deviations[i, c - start] = d
-            square_sum[c] += d * d
-    # Four samples per pass over a coefficient row (a quarter of its loads and stores), added
-    # one after the other: the same sums, in the same order, as four single-sample passes.
+    [start, stop), CHUNK cells at a time: their deviations once into a small buffer, then one
+    pass per coefficient row over the chunk, in cache."""
+    deviations = np.empty((rows, CHUNK))
     whole = rows - rows % 4
-    for a in range(basis.shape[1]):
-        row = projection[a]
-        for i in range(0, whole, 4):
-            w0, w1, w2, w3 = basis[i, a], basis[i + 1, a], basis[i + 2, a], basis[i + 3, a]
-            d0, d1, d2, d3 = deviations[i], deviations[i + 1], deviations[i + 2], deviations[i + 3]
-            for c in range(start, stop):
-                k = c - start
-                total = row[c] + w0 * d0[k]
-                total += w1 * d1[k]
-                total += w2 * d2[k]
-                row[c] = total + w3 * d3[k]
-        for i in range(whole, rows):
-            weight, deviation = basis[i, a], deviations[i]
-            for c in range(start, stop):
-                row[c] += weight * deviation[c - start]
+    for first in range(start, stop, CHUNK):
+        last = min(first + CHUNK, stop)
+        for i in range(rows):
+            x = samples[i]
+            for c in range(first, last):
+                d = x[c] - shift[c]
+                deviations[i, c - first] = d
+                square_sum[c] += d * d
+        # Four samples per pass over a coefficient row (a quarter of its loads and stores),
+        # added one after the other: the same sums, in the same order, as single-sample passes.
+        for a in range(basis.shape[1]):
+            row = projection[a]
+            for i in range(0, whole, 4):
+                w0, w1, w2, w3 = basis[i, a], basis[i + 1, a], basis[i + 2, a], basis[i + 3, a]
+                d0, d1 = deviations[i], deviations[i + 1]
+                d2, d3 = deviations[i + 2], deviations[i + 3]
+                for c in range(first, last):
+                    k = c - first
+                    total = row[c] + w0 * d0[k]
+                    total += w1 * d1[k]
+                    total += w2 * d2[k]
+                    row[c] = total + w3 * d3[k]
+            for i in range(whole, rows):
+                weight, deviation = basis[i, a], deviations[i]
+                for c in range(first, last):
+                    row[c] += weight * deviation[c - first]
 
 
 @kernel
