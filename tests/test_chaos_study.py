@@ -77,6 +77,10 @@ def test_chaos_of_a_polynomial_model_equals_numpy_and_its_closed_forms(tmp_path)
     study.write_text(CHAOS_STUDY)
     completed = run_study(study)
     assert completed.returncode == 0, completed.stderr + completed.stdout
+    assert (
+        "polynomial chaos of degree 2: 6 coefficients, 64 bytes of state per cell and timestep"
+        in completed.stderr
+    )
     _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
     assert {status for _, status in rows} == {"finished"}
     parameters = np.array([spec.values for spec, _ in rows])

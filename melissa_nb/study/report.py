@@ -153,3 +153,24 @@ def print_summary(report: StudyReport, console: Console) -> None:
             f"before stays counted): {samples}",
             markup=False,
         )
+
+
+def chaos_size(config: StudyConfig) -> str:
+    """What the study's polynomial chaos keeps: per cell and timestep, and in all when the study
+    file's grid_shape gives the cells."""
+    terms = config.chaos_terms
+    per_cell = 8 * (terms + 2)
+    line = (
+        f"polynomial chaos of degree {config.chaos_degree}: {terms} coefficients, {per_cell} "
+        "bytes of state per cell and timestep"
+    )
+    if config.grid_shape is not None:
+        cells = 1
+        for size in config.grid_shape:
+            cells *= size
+        total = per_cell * cells * config.timesteps * len(config.fields)
+        line += (
+            f"; {cells:,} cells x {config.timesteps} timesteps x {len(config.fields)} fields: "
+            f"{total / 2**30:,.2f} GiB over {config.server_ranks} server rank(s)"
+        )
+    return line

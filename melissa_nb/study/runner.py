@@ -49,6 +49,7 @@ from melissa_nb.study.report import (
     StudyReport,
     accepted_in_results,
     annotate_results,
+    chaos_size,
     print_summary,
     why_all_dropped,
 )
@@ -290,6 +291,8 @@ class StudyRunner:
                 host = "0.0.0.0" if config.scheduler.cluster else "127.0.0.1"
                 launcher = Launcher(context, self.samples.job_of, options="", host=host)
                 write_design(config)  # before the server: a checkpoint names this design
+                if config.chaos_degree:
+                    self.tell(chaos_size(config))
                 arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)
                 self.server.start([*arguments, *restart])
