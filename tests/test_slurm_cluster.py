@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -310,19 +310,27 @@ def partition_state(cluster: Path, state: str) -> None:
 
 @pytest.mark.timeout(CLUSTER_SECONDS)
 def test_sbatch_refusing_simulations_for_a_while_is_waited_out(cluster, tmp_path):
-    """The partition drained mid-study for 4 s: sbatch refuses the next simulation ("Required
-    partition not available"); the runner says so once, backs off, submits again when the
-    partition is back, says so, and every sample ends exact."""
+    """The partition drained mid-study until the runner says sbatch refused the next
+    simulation ("Required partition not available"): it says so once, backs off, submits again
+    once the partition is back, says so, and every sample ends exact."""
     path = study(tmp_path, samples=4, cpus=1, program=SLOW, timesteps=4)
     path.write_text(path.read_text().replace("at_once = 4", "at_once = 1"))
     runner = login_runner(cluster, path)
+    lines: list[str] = []  # the runner's stderr as it comes
+    reader = threading.Thread(target=lambda: lines.extend(iter(runner.stderr.readline, "")))
+    reader.start()
     try:
         wait_for(lambda: (tmp_path / "started.txt").exists(), "the first simulation", 90)
         partition_state(cluster, "drain")
-        time.sleep(8)
+        wait_for(lambda: any("sbatch refused" in line for line in lines), "a refusal", 60)
     finally:
         partition_state(cluster, "up")
-    stdout, stderr = runner.communicate(timeout=CLUSTER_SECONDS)
+        stdout = runner.stdout.read()
+        runner.wait(timeout=CLUSTER_SECONDS)
+        reader.join(timeout=30)
+        runner.stdout.close()
+        runner.stderr.close()
+    stderr = "".join(lines)
     assert runner.returncode == 0, stderr + stdout
     assert stderr.count("warning: sbatch refused job simulation_") == 1, stderr
     assert "Required partition not available" in stderr
