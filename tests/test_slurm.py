@@ -350,8 +350,9 @@ def test_a_job_waiting_in_the_queue_is_named_with_slurms_reason(slurm: None, tmp
     assert not (tmp_path / "out" / "jobs" / "queue.json").exists()  # removed at the end
     warnings = [line for line in completed.stderr.splitlines() if "in Slurm's queue" in line]
     reasons = [line.rsplit(": ", 1)[1] for line in warnings]
-    assert "Resources" in reasons and set(reasons) <= {"Resources", "Priority"}, warnings
-    assert len(warnings) == len(set(warnings)) <= 3  # once per job, never the first one
+    # Under load even the first job may wait past 1 s, before Slurm gave it a reason (PENDING).
+    assert reasons and set(reasons) <= {"Resources", "Priority", "PENDING"}, warnings
+    assert len(warnings) == len(set(warnings)) <= 4  # once per job at most
     assert_only_dropped(tmp_path / "out", -1)
 
 

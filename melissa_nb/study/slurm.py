@@ -130,7 +130,8 @@ class SlurmJob:
         if self.code is not None:
             return
         self.slurm_state = state
-        self.reason = reason if state == "PENDING" else ""
+        # "None": Slurm has not looked at the job yet, no reason to tell
+        self.reason = reason if state == "PENDING" and reason != "None" else ""
         if state in ("RUNNING", "COMPLETING") and self.running_since is None:
             self.running_since = now
         if state in ENDED:
