@@ -145,24 +145,29 @@ cpus_per_simulation = {cpus}
     return path
 
 
-def run_on_login(cluster: Path, study_file: Path) -> subprocess.CompletedProcess[str]:
+def login_command(cluster: Path, study_file: Path) -> list[str]:
     """`melissa-nb run` on the login node, bounded (SIGKILL: a hung client ignores SIGTERM)."""
+    return [
+        "timeout",
+        "-s",
+        "KILL",
+        str(CLUSTER_SECONDS),
+        str(LOCAL_CLUSTER),
+        "login",
+        str(cluster),
+        "env",
+        f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
+        MELISSA_NB,
+        "run",
+        str(study_file),
+        "--no-progress",
+    ]
+
+
+def run_on_login(cluster: Path, study_file: Path) -> subprocess.CompletedProcess[str]:
+    """`melissa-nb run` on the login node, to its end."""
     return subprocess.run(
-        [
-            "timeout",
-            "-s",
-            "KILL",
-            str(CLUSTER_SECONDS),
-            str(LOCAL_CLUSTER),
-            "login",
-            str(cluster),
-            "env",
-            f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
-            MELISSA_NB,
-            "run",
-            str(study_file),
-            "--no-progress",
-        ],
+        login_command(cluster, study_file),
         capture_output=True,
         text=True,
         timeout=CLUSTER_SECONDS + 30,
@@ -277,21 +282,7 @@ def test_a_group_larger_than_the_partition_is_refused_with_the_numbers(cluster, 
 def login_runner(cluster: Path, study_file: Path) -> subprocess.Popen[str]:
     """`melissa-nb run` on the login node in the background (bounded like run_on_login)."""
     return subprocess.Popen(
-        [
-            "timeout",
-            "-s",
-            "KILL",
-            str(CLUSTER_SECONDS),
-            str(LOCAL_CLUSTER),
-            "login",
-            str(cluster),
-            "env",
-            f"PATH={Path(sys.executable).parent}:{os.environ['PATH']}",
-            MELISSA_NB,
-            "run",
-            str(study_file),
-            "--no-progress",
-        ],
+        login_command(cluster, study_file),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
