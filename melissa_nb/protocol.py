@@ -560,13 +560,16 @@ class Job(LauncherMessage):
         )
 
     @classmethod
-    def decode(cls, buffer: object, nb_parameters: int | None = None) -> Job:
-        """Parse a JOB; the parameter count is what remains, or must equal `nb_parameters`."""
+    def decode(cls, buffer: object, nb_parameters: int | tuple[int, ...] | None = None) -> Job:
+        """Parse a JOB; the parameter count is what remains, or must be (one of)
+        `nb_parameters`."""
         message = super().decode(buffer)
-        if nb_parameters is not None and len(message.parameters) != nb_parameters:
+        counts = (nb_parameters,) if isinstance(nb_parameters, int) else nb_parameters
+        if counts is not None and len(message.parameters) not in counts:
             raise ProtocolError(
                 "bad_size",
-                f"JOB carries {len(message.parameters)} parameters, expected {nb_parameters}",
+                f"JOB carries {len(message.parameters)} parameters, expected "
+                + " or ".join(map(str, counts)),
             )
         return message  # type: ignore[return-value]
 
@@ -763,7 +766,9 @@ LAUNCHER_MESSAGES: Mapping[int, type[LauncherMessage]] = {
 }
 
 
-def decode_launcher_message(buffer: object, nb_parameters: int | None = None) -> LauncherMessage:
+def decode_launcher_message(
+    buffer: object, nb_parameters: int | tuple[int, ...] | None = None
+) -> LauncherMessage:
     """Decode any launcher message by its int32 type; `nb_parameters` checks a JOB's count."""
     view = _bytes_view(buffer)
     if len(view) < 4:

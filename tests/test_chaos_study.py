@@ -85,6 +85,20 @@ def test_chaos_of_a_polynomial_model_equals_numpy_and_its_closed_forms(tmp_path)
     assert {status for _, status in rows} == {"finished"}
     parameters = np.array([spec.values for spec, _ in rows])
     results = read_results(tmp_path / "out" / "u.nc")
+    check_polynomial_chaos(results, parameters)
+    assert results["chaos_multi_index"].tolist() == [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]
+    check_predict(tmp_path / "out")
+    # CF-clean but for naming parameters (and their pairs) by a character coordinate.
+    pair_names = ("parameter_pair", NAMES_AS_COORDINATE[1])
+    assert cf_messages(tmp_path / "out" / "u.nc") == {
+        "ERROR": [],
+        "WARN": [NAMES_AS_COORDINATE, pair_names],
+    }
+
+
+def check_polynomial_chaos(results: dict[str, np.ndarray], parameters: np.ndarray) -> None:
+    """The chaos of POLYNOMIAL fitted on the design `parameters` (one row per simulation):
+    numpy's least squares at 1e-10 and the closed forms of the docstring above."""
     cells = np.arange(5.0)
     for step in range(2):
         outputs = 1e3 + parameters[:, :1] + (step + 1) * cells * parameters[:, 1:] ** 2
@@ -100,14 +114,6 @@ def test_chaos_of_a_polynomial_model_equals_numpy_and_its_closed_forms(tmp_path)
         np.testing.assert_allclose(results["chaos_total"][step], first, atol=1e-10)
         np.testing.assert_allclose(results["chaos_interactions"][step], 0.0, atol=1e-10)
         np.testing.assert_allclose(results["chaos_error"][step], 0.0, atol=1e-10)
-    assert results["chaos_multi_index"].tolist() == [[0, 0], [1, 0], [0, 1], [2, 0], [1, 1], [0, 2]]
-    check_predict(tmp_path / "out")
-    # CF-clean but for naming parameters (and their pairs) by a character coordinate.
-    pair_names = ("parameter_pair", NAMES_AS_COORDINATE[1])
-    assert cf_messages(tmp_path / "out" / "u.nc") == {
-        "ERROR": [],
-        "WARN": [NAMES_AS_COORDINATE, pair_names],
-    }
 
 
 def check_predict(out: Path) -> None:
@@ -186,3 +192,34 @@ def test_a_sample_too_small_for_the_chaos_is_refused_before_anything_runs(tmp_pa
         in completed.stderr
     )
     assert not (tmp_path / "out" / "server.log").exists()
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_chaos_on_a_sobol_study_uses_every_member_as_a_design_point(tmp_path) -> None:
+    """The same polynomial model as a Sobol study of 6 groups: the chaos is fitted on all 24
+    simulations (A, B and every C_k, whose points the server rebuilds from the group's JOB),
+    equal to numpy's least squares on parameters.csv and to the closed forms; the Martinez
+    indices of the same groups are in the same file."""
+    (tmp_path / "sim.py").write_text(POLYNOMIAL)
+    study = tmp_path / "study.toml"
+    study.write_text(CHAOS_STUDY.replace("sample_size = 24", "sample_size = 6\nsobol = true"))
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    assert len(rows) == 24 and {status for _, status in rows} == {"finished"}
+    results = read_results(tmp_path / "out" / "u.nc")
+    check_polynomial_chaos(results, np.array([spec.values for spec, _ in rows]))
+    assert results["sobol_first"].shape == (2, 2, 5)
+    assert np.isfinite(results["sobol_first"][:, :, 1:]).all()
+
+
+def test_a_sobol_study_too_small_for_the_chaos_is_refused_in_groups(tmp_path) -> None:
+    (tmp_path / "sim.py").write_text(POLYNOMIAL)
+    study = tmp_path / "study.toml"
+    study.write_text(CHAOS_STUDY.replace("sample_size = 24", "sample_size = 1\nsobol = true"))
+    completed = run_study(study, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert (
+        "[study] sample_size: expected at least 2 for a chaos of degree 2 in 2 parameters "
+        "(6 coefficients per cell, 4 design points per group" in completed.stderr
+    )

@@ -51,6 +51,18 @@ def normal_quantile(probability: float) -> float:
     return 0.5 * (low + high)
 
 
+def pick_freeze(sample_a: np.ndarray, sample_b: np.ndarray) -> np.ndarray:
+    """The (n, p + 2, p) group matrices: rows A, B, then C_k = A with column k from B."""
+    count, nb_parameters = sample_a.shape
+    groups = np.empty((count, nb_parameters + 2, nb_parameters))
+    groups[:, 0] = sample_a
+    groups[:, 1] = sample_b
+    for k in range(nb_parameters):
+        groups[:, k + 2] = sample_a
+        groups[:, k + 2, k] = sample_b[:, k]
+    return groups
+
+
 @formula
 def fold_sobol(
     count: int,

@@ -415,6 +415,18 @@ class ServerConfig:
         return self.correlation or self.chaos
 
     @property
+    def job_width(self) -> int:
+        """Values a JOB must carry for the statistics: p, or with Sobol the group's draws A
+        and B (2p), from which every member's point follows (C_k: A with parameter k of B)."""
+        return self.parameters * (2 if self.sobol else 1)
+
+    @property
+    def job_widths(self) -> tuple[int, ...]:
+        """Values a JOB may carry: p; with Sobol also 2p (Melissa 0.6 launchers send a group's
+        A draw only, melissa-nb run A then B)."""
+        return tuple(sorted({self.parameters, self.job_width}))
+
+    @property
     def laws(self) -> tuple[Law, ...]:
         """Each parameter's law, for the chaos basis."""
         return read_laws(self.chaos_laws)

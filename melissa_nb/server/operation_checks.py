@@ -51,24 +51,18 @@ def check_operations(
             "the launcher's JOB messages: give -n/--launchername",
         )
     if "chaos" in operations:
-        check_chaos(parameters, chaos_degree, chaos_laws, launcher, "sobol" in operations)
+        check_chaos(parameters, chaos_degree, chaos_laws, launcher)
     if "threshold" in operations:
         need(len(thresholds) > 0, "-o/--operations threshold needs -e/--thresholds")
     if "quantile" in operations:
         need(len(quantiles) > 0, "-o/--operations quantile needs -q/--quantiles")
 
 
-def check_chaos(
-    parameters: int, degree: int, items: tuple[str, ...], launcher: str | None, sobol: bool
-) -> None:
+def check_chaos(parameters: int, degree: int, items: tuple[str, ...], launcher: str | None) -> None:
     """ConfigurationError unless `-o chaos` can run with these settings."""
     if parameters < 1:
         raise ConfigurationError(
             f"-o/--operations chaos needs -p/--parameters >= 1 (got {parameters})"
-        )
-    if sobol:
-        raise ConfigurationError(
-            "-o/--operations: chaos is fitted on Monte Carlo samples here, not with sobol"
         )
     if launcher is None:
         raise ConfigurationError(

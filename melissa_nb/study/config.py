@@ -438,18 +438,18 @@ def _read_chaos(study: TomlTable, parameters: int) -> int | None:
 
 
 def _check_chaos(study: TomlTable, config: StudyConfig) -> None:
-    """A chaos on plain Monte Carlo, with more samples than coefficients."""
+    """A chaos with more design points than coefficients (with Sobol every member is one)."""
     if not config.chaos_degree:
         return
-    if config.sobol:
-        raise study.fail("chaos", "a Monte Carlo study (sobol = false) for now", "sobol = true")
     terms = config.chaos_terms
-    if config.sample_size < terms:
+    if config.sample_size * config.group_size < terms:
+        needed = -(-terms // config.group_size)
         raise study.fail(
             "sample_size",
-            f"at least {terms} for a chaos of degree {config.chaos_degree} in "
-            f"{len(config.parameters)} parameters ({terms} coefficients per cell; two to three "
-            "times that for a sound fit)",
+            f"at least {needed} for a chaos of degree {config.chaos_degree} in "
+            f"{len(config.parameters)} parameters ({terms} coefficients per cell"
+            + (f", {config.group_size} design points per group" if config.sobol else "")
+            + "; two to three times that for a sound fit)",
             config.sample_size,
         )
 

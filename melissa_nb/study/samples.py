@@ -65,8 +65,10 @@ class Samples:
         return f"{self.study_id}.{sample}"
 
     def job(self, sample: int) -> Job:
-        """The JOB of a sample (with Sobol: the group's A draw)."""
-        return Job(sample, self.job_id(sample), self.members(sample)[0].spec.values)
+        """The JOB of a sample: its parameters; with Sobol the group's draws A then B (every
+        member's point follows from them)."""
+        draws = self.members(sample)[:2]
+        return Job(sample, self.job_id(sample), tuple(v for m in draws for v in m.spec.values))
 
     def job_of(self, sample: int) -> Job | None:
         """The answer to `simu_info <sample>`: its JOB, None for an id the study lacks."""

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import stats
 from scipy.stats import qmc
 
+from melissa_nb.kernels.sobol import pick_freeze
 from melissa_nb.study.config import Parameter, StudyConfig
 
 
@@ -73,18 +74,6 @@ def to_parameters(unit: np.ndarray, parameters: tuple[Parameter, ...]) -> np.nda
 def sobol_roles(nb_parameters: int) -> tuple[str, ...]:
     """Member roles in member order: A, B, C1 .. Cp."""
     return ("A", "B") + tuple(f"C{k}" for k in range(1, nb_parameters + 1))
-
-
-def pick_freeze(sample_a: np.ndarray, sample_b: np.ndarray) -> np.ndarray:
-    """The (n, p + 2, p) group matrices: rows A, B, then C_k = A with column k from B."""
-    count, nb_parameters = sample_a.shape
-    groups = np.empty((count, nb_parameters + 2, nb_parameters))
-    groups[:, 0] = sample_a
-    groups[:, 1] = sample_b
-    for k in range(nb_parameters):
-        groups[:, k + 2] = sample_a
-        groups[:, k + 2, k] = sample_b[:, k]
-    return groups
 
 
 def design(config: StudyConfig) -> list[SimulationSpec]:

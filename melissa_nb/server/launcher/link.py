@@ -118,7 +118,9 @@ class LauncherLink:
             if socket is self.requester:
                 self._pending = None  # a REQ socket holds one reply: receiving again is an error
             try:
-                message = decode_launcher_message(frame, self.config.parameters or None)
+                message = decode_launcher_message(
+                    frame, self.config.job_widths if self.config.parameters else None
+                )
             except ProtocolError as error:
                 reject(error)
                 continue

@@ -46,7 +46,7 @@ class FoldBatch:
         parameters: tuple[float, ...] | None = None,
     ) -> None:
         """Hold one message's vectors (1, cells), or a whole Sobol group (p + 2, cells), of
-        simulation (or group) `sample` run with `parameters` (needed by correlations)."""
+        simulation (or group) `sample` run with `parameters` (needed by correlations and chaos)."""
         vectors, samples, inputs = self._pending.setdefault((statistics, timestep), ([], [], []))
         vectors.append(values if self.sobol else values[0])
         samples.append(sample)
@@ -58,10 +58,10 @@ class FoldBatch:
         returns the number of passes."""
         passes = len(self._pending)
         for (statistics, timestep), (vectors, samples, inputs) in self._pending.items():
+            table = np.array(inputs, dtype=np.float64) if None not in inputs else None
             if self.sobol:
-                statistics.update_groups(timestep, vectors, samples)
+                statistics.update_groups(timestep, vectors, samples, table)
             else:
-                table = np.array(inputs, dtype=np.float64) if None not in inputs else None
                 statistics.update_samples(timestep, vectors, samples, table)
         self._pending.clear()
         self.bytes = 0

@@ -199,7 +199,7 @@ class Ingest:
             self._accepted(message)
             if assembled is None:
                 return
-            self._hold(statistics, timestep, assembled, group)
+            self._hold(statistics, timestep, assembled, group, parameters)
         else:
             self._hold(statistics, timestep, values, group, parameters)
             self._accepted(message)
@@ -237,8 +237,17 @@ class Ingest:
                 f"data of simulation {simulation}: no JOB gave its parameters within "
                 f"{PARAMETER_VOTES} end votes",
             )
+        width = self.config.job_width
+        if len(parameters) != width:
+            raise ProtocolError(
+                "no_parameters",
+                f"the JOB of {'group' if self.config.sobol else 'simulation'} {simulation} "
+                f"carries {len(parameters)} values, the statistics need {width}"
+                + (" (the group's draws A and B)" if self.config.sobol else ""),
+            )
+        draws = np.reshape(parameters, (-1, self.config.parameters))
         if not np.all(np.isfinite(parameters)) or (
-            self.config.chaos and not inside_support(parameters, self.config.laws)
+            self.config.chaos and not all(inside_support(row, self.config.laws) for row in draws)
         ):
             raise ProtocolError(
                 "no_parameters", f"the JOB of simulation {simulation} has {parameters}"

@@ -18,6 +18,7 @@ import numpy as np
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels import Correlation, FieldStatistics, PolynomialChaos, SobolMartinez
 from melissa_nb.kernels.api import CORRELATION_RESULTS, widest_interval
+from melissa_nb.kernels.sobol import pick_freeze
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.live.state import StateBlock, block_name
 
@@ -70,12 +71,12 @@ def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int,
 
 def count_array(config: ServerConfig) -> str:
     """The block array holding the samples folded per timestep: the general statistics', else
-    the correlations', else the chaos', else the Sobol groups'."""
+    the correlations', else the Sobol groups', else the chaos'."""
     if config.general_statistics:
         return GENERAL + "count"
     if config.correlation:
         return CORRELATION + "count"
-    return (CHAOS if config.chaos else SOBOL) + "count"
+    return (SOBOL if config.sobol else CHAOS) + "count"
 
 
 def slice_bytes(config: ServerConfig, cells: int) -> int:
@@ -226,15 +227,27 @@ class SliceStatistics:
             assert parameters is not None
             self.chaos(timestep).update_batch(samples, parameters)
 
-    def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
+    def update_groups(
+        self,
+        timestep: int,
+        groups: list[np.ndarray],
+        group_ids: list[int],
+        draws: np.ndarray | None = None,
+    ) -> None:
         """Fold Sobol groups (p+2, cells) in order: Sobol state, and every Y_A, Y_B into the
-        general ones, one pass over each state.
+        general ones, one pass over each state; with chaos, every member is a design point
+        (`draws` (groups, 2p): each group's A and B).
 
         Y_A and Y_B are the two independent samples of a group; their simulation ids are
         group * (p + 2) and group * (p + 2) + 1.
         """
         self._use_threads()
         self.sobol(timestep).update_batch(groups)
+        if self.config.chaos:
+            assert draws is not None
+            p = self.config.parameters
+            points = pick_freeze(draws[:, :p], draws[:, p:]).reshape(-1, p)
+            self.chaos(timestep).update_batch([row for group in groups for row in group], points)
         if self.config.general_statistics:
             size = self.config.group_size
             self.general(timestep).update_batch(
