@@ -14,11 +14,11 @@ from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from melissa_nb.errors import ConfigurationError
 from melissa_nb.kernels.api.chaos import Law
 from melissa_nb.ports import interface_address, melissa_data_port
 from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
-from melissa_nb.server.operation_checks import check_operations, read_laws
+from melissa_nb.server.operation_checks import check_operations, need, read_laws
+from melissa_nb.server.port_checks import check_ports
 
 OPERATIONS = (
     "mean",
@@ -227,10 +227,6 @@ class ServerConfig:
             )
 
     def _validate(self) -> None:
-        def need(condition: bool, message: str) -> None:
-            if not condition:
-                raise ConfigurationError(message)
-
         need(self.timesteps >= 1, f"-t/--timesteps must be >= 1, got {self.timesteps}")
         need(
             self.sampling_size >= 1,
@@ -307,31 +303,16 @@ class ServerConfig:
             self.launcher_timeout > 0,
             f"--launcher-timeout must be > 0, got {self.launcher_timeout}",
         )
-        ports = {
-            "--txt_push_port": self.txt_push_port,
-            "--txt_pull_port": self.txt_pull_port,
-            "--txt_req_port": self.txt_req_port,
-            "--connection-port": self.connection_port,
-        }
-        for option, port in ports.items():
-            need(1 <= port <= 65535, f"{option} must be in 1..65535, got {port}")
-        launcher_ports = (self.txt_push_port, self.txt_pull_port, self.txt_req_port)
-        need(
-            len(set(launcher_ports)) == 3,
-            f"--txt_push_port, --txt_pull_port, --txt_req_port must differ, got {launcher_ports}",
-        )
-        need(
-            self.launcher_name is None or self.connection_port not in launcher_ports,
-            f"--connection-port {self.connection_port} is also a launcher port "
-            f"(--txt_push_port/--txt_pull_port/--txt_req_port {launcher_ports})",
-        )
-        need(
-            0 <= self.data_port <= 65535,
-            f"--data_port must be in 0..65535 (0 = chosen by ZeroMQ), got {self.data_port}",
-        )
-        need(
-            self.data_port == 0 or self.data_port != self.connection_port,
-            f"--data_port {self.data_port} equals --connection-port",
+        check_ports(
+            {
+                "--txt_push_port": self.txt_push_port,
+                "--txt_pull_port": self.txt_pull_port,
+                "--txt_req_port": self.txt_req_port,
+                "--connection-port": self.connection_port,
+            },
+            self.launcher_name is not None,
+            self.data_port,
+            self.control_port,
         )
         need(
             self.port_table_width >= 16,
@@ -354,10 +335,6 @@ class ServerConfig:
                 0.0 < self.target_width,
                 f"--target-width must be > 0, got {self.target_width}",
             )
-        need(
-            0 <= self.control_port <= 65535,
-            f"--control-port must be in 0..65535 (0 = chosen by ZeroMQ), got {self.control_port}",
-        )
         need(
             (self.forward_to is None) == (self.forward_ack is None),
             "--forward-to and --forward-ack go together "
