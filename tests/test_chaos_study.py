@@ -223,3 +223,93 @@ def test_a_sobol_study_too_small_for_the_chaos_is_refused_in_groups(tmp_path) ->
         "[study] sample_size: expected at least 2 for a chaos of degree 2 in 2 parameters "
         "(6 coefficients per cell, 4 design points per group" in completed.stderr
     )
+
+
+TWO_FIELDS = POLYNOMIAL.replace(
+    'melissa_init("u", 5)', 'melissa_init("u", 5)\nmelissa_init("v", 5)'
+)
+TWO_FIELDS = TWO_FIELDS.replace(
+    "    melissa_send(", '    melissa_send("v", -a * b + 0 * cells)\n    melissa_send(', 1
+)
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 30)
+def test_a_chaos_of_one_field_at_its_last_timestep_keeps_only_that(tmp_path) -> None:
+    """chaos = { fields = ["u"], timesteps = [-1] } on a two-field study: u.nc has the chaos
+    of timestep 1 (numpy's least squares) and NaN at timestep 0; v.nc has no chaos at all."""
+    (tmp_path / "sim.py").write_text(TWO_FIELDS)
+    study = tmp_path / "study.toml"
+    study.write_text(
+        CHAOS_STUDY.replace('fields = ["u"]', 'fields = ["u", "v"]')
+        .replace(
+            "chaos = { degree = 2 }", 'chaos = { degree = 2, fields = ["u"], timesteps = [-1] }'
+        )
+        .replace('units = { u = "K" }', 'units = { u = "K" }\ngrid_shape = [5]')
+    )
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    assert "; 5 cells x 1 timesteps x 1 fields: 0.00 GiB" in completed.stderr
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    parameters = np.array([spec.values for spec, _ in rows])
+    u = read_results(tmp_path / "out" / "u.nc")
+    outputs = 1e3 + parameters[:, :1] + 2 * np.arange(5.0) * parameters[:, 1:] ** 2
+    np.testing.assert_allclose(
+        u["chaos_coefficients"][1], least_squares(parameters, outputs, 2), atol=1e-10
+    )
+    assert np.isnan(u["chaos_coefficients"][0]).all() and np.isnan(u["chaos_first"][0]).all()
+    v = read_results(tmp_path / "out" / "v.nc")
+    assert not [name for name in v if name.startswith("chaos")]
+    np.testing.assert_allclose(v["mean"][0], np.mean(-parameters[:, 0] * parameters[:, 1]))
+    np.testing.assert_allclose(
+        load_surrogate(tmp_path / "out" / "u.nc").predict({"a": 0.5, "b": 1.0})[1],
+        1e3 + 0.5 + 2 * np.arange(5.0),
+        rtol=1e-12,
+    )
+
+
+@pytest.mark.parametrize(
+    ("chaos", "refusal"),
+    [
+        (
+            "{ degree = 2, max_gb = 1e-9 }",
+            "[study] chaos: expected a state within max_gb = 1e-09 (default: half this machine's "
+            "memory per server node); it would take 0.0 GiB (5 cells x 2 timesteps x 1 fields x "
+            "64 bytes)",
+        ),
+        (
+            '{ degree = 2, fields = ["w"] }',
+            "[study.chaos] fields: expected distinct fields among ['u']",
+        ),
+        (
+            "{ degree = 2, timesteps = [2] }",
+            "[study.chaos] timesteps: expected distinct timesteps in 0..1",
+        ),
+        ("{ degree = 2, timesteps = [1, -1] }", "[study.chaos] timesteps: expected distinct"),
+        ("{ degree = 2, step = 1 }", "[study] chaos: expected a table { degree = d }"),
+    ],
+)
+def test_a_chaos_past_its_budget_or_badly_chosen_is_refused_before_anything_runs(
+    tmp_path, chaos: str, refusal: str
+) -> None:
+    (tmp_path / "sim.py").write_text(POLYNOMIAL)
+    study = tmp_path / "study.toml"
+    study.write_text(
+        CHAOS_STUDY.replace("chaos = { degree = 2 }", f"chaos = {chaos}\ngrid_shape = [5]")
+    )
+    completed = run_study(study, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert refusal in completed.stderr
+    assert not (tmp_path / "out" / "server.log").exists()
+
+
+def test_the_default_budget_refuses_a_chaos_larger_than_this_machine(tmp_path) -> None:
+    (tmp_path / "sim.py").write_text(POLYNOMIAL)
+    study = tmp_path / "study.toml"
+    study.write_text(
+        CHAOS_STUDY.replace(
+            "chaos = { degree = 2 }", "chaos = { degree = 2 }\ngrid_shape = [100000, 100000]"
+        )
+    )
+    completed = run_study(study, timeout=60)
+    assert completed.returncode == 2, completed.stderr
+    assert "it would take 1,192.1 GiB (10,000,000,000 cells x 2 timesteps" in completed.stderr

@@ -12,7 +12,8 @@ from references import FIELD_REFERENCES, martinez_batch
 
 from melissa_nb.errors import ConfigurationError
 from melissa_nb.netcdf import NetCDFStore, Variable, read_results
-from melissa_nb.server.config import OPERATIONS, ServerConfig
+from melissa_nb.server.config import ServerConfig
+from melissa_nb.server.operation_checks import OPERATIONS
 from melissa_nb.server.ranks import World
 from melissa_nb.server.receive.slices import SliceStatistics
 from melissa_nb.server.results.output import cell_pieces, statistic_names, write_field

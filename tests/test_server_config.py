@@ -18,6 +18,14 @@ from melissa_nb.server.options import parse_colon_list
 MELISSA = Path(sys.executable).parent / "melissa-nb"
 
 
+CHAOS = {
+    "operations": ("mean", "chaos"),
+    "parameters": 2,
+    "launcher_name": "localhost",
+    "chaos_laws": ("uniform,0,1", "normal,0,1"),
+}
+
+
 def make(**settings) -> ServerConfig:
     base = {"sampling_size": 4, "timesteps": 3, "field_names": ("u",)}
     return ServerConfig(**(base | settings))
@@ -27,6 +35,11 @@ def make(**settings) -> ServerConfig:
     ("settings", "option"),
     [
         ({"operations": ("mean", "sobol")}, "-p/--parameters"),
+        ({**CHAOS, "chaos_fields": ("w",)}, "--chaos-fields: w not among -f/--fieldnames u"),
+        ({**CHAOS, "chaos_timesteps": (0, 3)}, "--chaos-timesteps: [3] outside 0..2"),
+        ({**CHAOS, "chaos_timesteps": (1, 1)}, "--chaos-timesteps: repeated"),
+        ({**CHAOS, "operations": ("chaos",), "chaos_timesteps": (1,)}, "chaos alone"),
+        ({**CHAOS, "chaos_laws": ("uniform,0,1",)}, "--chaos-laws: 1 laws for -p/--parameters 2"),
         ({"operations": ("threshold",)}, "-e/--thresholds"),
         ({"operations": ("quantile",)}, "-q/--quantiles"),
         ({"operations": ("median",)}, "unknown operation 'median'"),
@@ -104,6 +117,14 @@ def run_cli(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(MELISSA), "server", *arguments], capture_output=True, text=True, timeout=60, env=env
     )
+
+
+def test_a_chaos_subset_leaves_the_other_fields_without_chaos() -> None:
+    config = make(**CHAOS, field_names=("u", "v"), chaos_fields=("v",), chaos_timesteps=(2, 0))
+    assert config.for_field("u").operations == ("mean",)
+    assert config.for_field("v") is config
+    assert config.chaos_steps == (0, 2)
+    assert make(**CHAOS).chaos_steps == (0, 1, 2)
 
 
 def test_cli_rejects_bad_combinations_with_exit_code_2() -> None:

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import socket
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from melissa_nb.kernels.api.chaos import Law
 from melissa_nb.ports import interface_address, melissa_data_port
 from melissa_nb.protocol import FIELD_NAME_WIDTH, data_frame_size
+from melissa_nb.server.address_checks import check_forwarding, check_ports
 from melissa_nb.server.operation_checks import check_operations, need, read_laws
-from melissa_nb.server.port_checks import check_ports
 
-OPERATIONS = (
-    "mean",
-    "variance",
-    "skewness",
-    "kurtosis",
-    "min",
-    "max",
-    "threshold",
-    "quantile",
-    "sobol",
-    "correlation",
-    "chaos",
-)
 MOMENT_ORDER = {"mean": 1, "variance": 2, "skewness": 3, "kurtosis": 4}
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -76,6 +63,14 @@ class ServerConfig:
         default=(),
         help="Colon list of each parameter's law for chaos: uniform,LOW,HIGH | normal,MEAN,STD "
         "| loguniform,LOW,HIGH.",
+    )
+    chaos_fields: tuple[str, ...] = option(
+        "--chaos-fields", default=(), help="Colon list of the fields fitted by chaos (default all)."
+    )
+    chaos_timesteps: tuple[int, ...] = option(
+        "--chaos-timesteps",
+        default=(),
+        help="Colon list of the timesteps fitted by chaos, from 0 (default all).",
     )
     thresholds: tuple[float, ...] = option(
         "-e",
@@ -233,37 +228,7 @@ class ServerConfig:
             f"-s/--samplingsize must be >= 1, got {self.sampling_size}",
         )
         need(self.parameters >= 0, f"-p/--parameters must be >= 0, got {self.parameters}")
-        need(len(self.operations) > 0, "-o/--operations: no operation requested")
-        for operation in self.operations:
-            need(
-                operation in OPERATIONS,
-                f"-o/--operations: unknown operation {operation!r} (known: {':'.join(OPERATIONS)})",
-            )
-        need(
-            len(set(self.operations)) == len(self.operations),
-            f"-o/--operations: repeated operation in {':'.join(self.operations)}",
-        )
-        check_operations(
-            self.operations,
-            self.parameters,
-            self.launcher_name,
-            self.thresholds,
-            self.quantiles,
-            self.chaos_degree,
-            self.chaos_laws,
-        )
-        need(
-            len(set(self.thresholds)) == len(self.thresholds),
-            f"-e/--thresholds: repeated value in {self.thresholds}",
-        )
-        for value in self.thresholds:
-            need(value == value, "-e/--thresholds: nan is not a threshold")
-        need(
-            len(set(self.quantiles)) == len(self.quantiles),
-            f"-q/--quantiles: repeated value in {self.quantiles}",
-        )
-        for order in self.quantiles:
-            need(0.0 < order < 1.0, f"-q/--quantiles: order {order} not in (0, 1)")
+        check_operations(self)
         need(
             not self.parameter_names or len(self.parameter_names) == self.parameters,
             f"--parameter-names: {len(self.parameter_names)} names for -p/--parameters "
@@ -276,11 +241,6 @@ class ServerConfig:
         need(
             len(self.grid_shape) in (0, 2) and all(size >= 1 for size in self.grid_shape),
             f"--grid-shape: expected rows:columns, two sizes >= 1, got {self.grid_shape}",
-        )
-        need(
-            self.forward_to is None or self.forward_key is not None,
-            "--forward-to needs --forward-key: the consumer's key file (pipeline links are "
-            "authenticated)",
         )
         need(len(self.field_names) > 0, "-f/--fieldnames: at least one field name is required")
         need(
@@ -335,22 +295,8 @@ class ServerConfig:
                 0.0 < self.target_width,
                 f"--target-width must be > 0, got {self.target_width}",
             )
-        need(
-            (self.forward_to is None) == (self.forward_ack is None),
-            "--forward-to and --forward-ack go together "
-            f"(got {self.forward_to!r} and {self.forward_ack!r})",
-        )
-        for option, address in (
-            ("--forward-to", self.forward_to),
-            ("--forward-ack", self.forward_ack),
-        ):
-            need(
-                address is None or address.startswith(("tcp://", "ipc://", "inproc://")),
-                f"{option}: {address!r} is not a tcp://, ipc:// or inproc:// address",
-            )
-        need(
-            self.forward_timeout > 0,
-            f"--forward-timeout must be > 0, got {self.forward_timeout}",
+        check_forwarding(
+            self.forward_to, self.forward_ack, self.forward_key is not None, self.forward_timeout
         )
         if self.study_id is not None:
             need(
@@ -402,6 +348,22 @@ class ServerConfig:
         """Values a JOB may carry: p; with Sobol also 2p (Melissa 0.6 launchers send a group's
         A draw only, melissa-nb run A then B)."""
         return tuple(sorted({self.parameters, self.job_width}))
+
+    def chaos_on(self, field: str) -> bool:
+        """True when the polynomial chaos is fitted on `field`."""
+        return self.chaos and (not self.chaos_fields or field in self.chaos_fields)
+
+    def for_field(self, field: str) -> ServerConfig:
+        """The settings of `field`'s statistics and results: without chaos when --chaos-fields
+        leaves it out."""
+        if not self.chaos or self.chaos_on(field):
+            return self
+        return replace(self, operations=tuple(op for op in self.operations if op != "chaos"))
+
+    @property
+    def chaos_steps(self) -> tuple[int, ...]:
+        """The timesteps the chaos is fitted at, in increasing order."""
+        return tuple(sorted(self.chaos_timesteps)) or tuple(range(self.timesteps))
 
     @property
     def laws(self) -> tuple[Law, ...]:

@@ -26,6 +26,8 @@ COLON_LISTS = {
     "parameter_names": str,
     "grid_shape": int,
     "chaos_laws": str,
+    "chaos_fields": str,
+    "chaos_timesteps": int,
 }
 """Fields given as colon lists, with the type of their items."""
 _SCALARS = {"int": int, "float": float, "str": str, "Path": str, "bool": bool}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
-from melissa_nb.kernels.api.chaos import MAX_TERMS as CHAOS_MAX_TERMS
+from melissa_nb.study.chaos_config import ChaosConfig, chaos_refusal, read_chaos
 from melissa_nb.study.scheduler_config import SchedulerConfig, read_scheduler
 from melissa_nb.study.toml_table import REQUIRED, TomlTable
 
@@ -109,7 +109,7 @@ class StudyConfig:
     simulation_ranks: int = 1  # [simulation] ranks: MPI processes of one simulation
     server_nodes: int | None = None  # [server] nodes: the server job spread over this many
     advertise: str | None = None  # [server] advertise: interface (or host) simulations reach
-    chaos_degree: int | None = None  # [study] chaos = { degree = d }: a polynomial chaos
+    chaos: ChaosConfig | None = None  # [study] chaos = { degree = d, ... }
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
@@ -127,14 +127,8 @@ class StudyConfig:
         return (
             self.statistics
             + (("sobol",) if self.sobol else ())
-            + (("chaos",) if self.chaos_degree else ())
+            + (("chaos",) if self.chaos else ())
         )
-
-    @property
-    def chaos_terms(self) -> int:
-        """Coefficients per cell and timestep of the chaos (0 without one)."""
-        degree = self.chaos_degree or 0
-        return math.comb(len(self.parameters) + degree, degree) if degree else 0
 
     @property
     def chaos_laws(self) -> tuple[str, ...]:
@@ -316,6 +310,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
     if not statistics and not sobol:
         raise study.fail("statistics", "at least one statistic (or sobol = true)", statistics)
     fields = _read_list(study, "fields", REQUIRED, "text")
+    timesteps = study.integer("timesteps", REQUIRED, minimum=1)
     if not fields or any(not _FIELD_NAME.fullmatch(field) for field in fields):
         raise study.fail(
             "fields",
@@ -343,7 +338,7 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         statistics=tuple(statistics),
         thresholds=tuple(float(value) for value in thresholds),
         quantiles=tuple(float(value) for value in quantiles),
-        timesteps=study.integer("timesteps", REQUIRED, minimum=1),
+        timesteps=timesteps,
         grid_shape=tuple(grid) if grid is not None else None,
         study_timeout=study.number("timeout", 3600.0, minimum=0, exclusive=True),
         command=_read_command(simulation, names),
@@ -376,9 +371,21 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
             server.integer("nodes", minimum=1) if server.get("nodes", None) is not None else None
         ),
         advertise=server.text("advertise") if server.get("advertise", None) is not None else None,
-        chaos_degree=_read_chaos(study, len(parameters)),
+        chaos=read_chaos(
+            study, len(parameters), tuple(fields), timesteps, server.get("nodes", None) or 1
+        ),
     )
-    _check_chaos(study, config)
+    if config.chaos:
+        refusal = chaos_refusal(
+            config.chaos,
+            config.sample_size * config.group_size,
+            config.group_size,
+            len(parameters),
+            math.prod(config.grid_shape) if config.grid_shape else None,
+        )
+        if refusal is not None:
+            key, expected = refusal
+            raise study.fail(key, expected, study.get(key, None))
     if config.advertise is not None and not scheduler.cluster:
         raise server.fail(
             "advertise",
@@ -422,36 +429,6 @@ def parse_study(data: dict[str, Any], path: Path) -> StudyConfig:
         table.finish()
     _check_program(simulation, config.command, config.working_dir)
     return config
-
-
-def _read_chaos(study: TomlTable, parameters: int) -> int | None:
-    """`[study] chaos = { degree = d }`: the degree of the study's polynomial chaos."""
-    raw = study.get("chaos", None)
-    if raw is None:
-        return None
-    if not isinstance(raw, dict) or set(raw) != {"degree"}:
-        raise study.fail("chaos", "a table { degree = d }", raw)
-    degree = TomlTable(raw, "study.chaos").integer("degree", minimum=1)
-    if math.comb(parameters + degree, degree) > CHAOS_MAX_TERMS:
-        raise study.fail("chaos", f"at most {CHAOS_MAX_TERMS:,} terms: a lower degree", raw)
-    return degree
-
-
-def _check_chaos(study: TomlTable, config: StudyConfig) -> None:
-    """A chaos with more design points than coefficients (with Sobol every member is one)."""
-    if not config.chaos_degree:
-        return
-    terms = config.chaos_terms
-    if config.sample_size * config.group_size < terms:
-        needed = -(-terms // config.group_size)
-        raise study.fail(
-            "sample_size",
-            f"at least {needed} for a chaos of degree {config.chaos_degree} in "
-            f"{len(config.parameters)} parameters ({terms} coefficients per cell"
-            + (f", {config.group_size} design points per group" if config.sobol else "")
-            + "; two to three times that for a sound fit)",
-            config.sample_size,
-        )
 
 
 def _check_output_dir(study: TomlTable, output_dir: Path) -> None:

@@ -42,7 +42,15 @@ def describe(config: StudyConfig) -> dict[str, Any]:
         "confidence": config.confidence,
         "timesteps": config.timesteps,
         "command": list(config.command),
-        **({"chaos_degree": config.chaos_degree} if config.chaos_degree else {}),
+        **(
+            {
+                "chaos_degree": config.chaos.degree,
+                "chaos_fields": list(config.chaos.fields),
+                "chaos_timesteps": list(config.chaos.timesteps),
+            }
+            if config.chaos
+            else {}
+        ),
     }
 
 

@@ -4,6 +4,7 @@ files, and the final count of messages."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,19 +159,17 @@ def print_summary(report: StudyReport, console: Console) -> None:
 def chaos_size(config: StudyConfig) -> str:
     """What the study's polynomial chaos keeps: per cell and timestep, and in all when the study
     file's grid_shape gives the cells."""
-    terms = config.chaos_terms
-    per_cell = 8 * (terms + 2)
+    chaos = config.chaos
+    assert chaos is not None
     line = (
-        f"polynomial chaos of degree {config.chaos_degree}: {terms} coefficients, {per_cell} "
-        "bytes of state per cell and timestep"
+        f"polynomial chaos of degree {chaos.degree}: {chaos.terms} coefficients, "
+        f"{chaos.bytes_per_cell} bytes of state per cell and timestep"
     )
     if config.grid_shape is not None:
-        cells = 1
-        for size in config.grid_shape:
-            cells *= size
-        total = per_cell * cells * config.timesteps * len(config.fields)
+        cells = math.prod(config.grid_shape)
         line += (
-            f"; {cells:,} cells x {config.timesteps} timesteps x {len(config.fields)} fields: "
-            f"{total / 2**30:,.2f} GiB over {config.server_ranks} server rank(s)"
+            f"; {cells:,} cells x {len(chaos.timesteps)} timesteps x {len(chaos.fields)} fields: "
+            f"{chaos.state_bytes(cells) / 2**30:,.2f} GiB over {config.server_ranks} server "
+            f"rank(s) (budget {chaos.max_gb:,.1f} GiB)"
         )
     return line

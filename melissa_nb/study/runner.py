@@ -291,7 +291,7 @@ class StudyRunner:
                 host = "0.0.0.0" if config.scheduler.cluster else "127.0.0.1"
                 launcher = Launcher(context, self.samples.job_of, options="", host=host)
                 write_design(config)  # before the server: a checkpoint names this design
-                if config.chaos_degree:
+                if config.chaos:
                     self.tell(chaos_size(config))
                 arguments = server_arguments(config, launcher.ports, connection_port, self.study_id)
                 launcher.options = shlex.join(arguments)

@@ -88,10 +88,15 @@ def server_arguments(
         arguments.append("--thresholds=" + colon(repr(value) for value in config.thresholds))
     if config.quantiles:
         arguments.append("--quantiles=" + colon(repr(value) for value in config.quantiles))
-    if config.chaos_degree:
-        arguments += ["--chaos-degree", str(config.chaos_degree)]
+    chaos = config.chaos
+    if chaos:
+        arguments += ["--chaos-degree", str(chaos.degree)]
         arguments.append("--chaos-laws=" + colon(config.chaos_laws))
-    if config.sobol or "correlation" in config.statistics or config.chaos_degree:
+        if chaos.fields != config.fields:
+            arguments += ["--chaos-fields", colon(chaos.fields)]
+        if len(chaos.timesteps) < config.timesteps:
+            arguments += ["--chaos-timesteps", colon(str(step) for step in chaos.timesteps)]
+    if config.sobol or "correlation" in config.statistics or chaos:
         arguments += ["--confidence", repr(config.confidence)]
         arguments += ["--parameter-names", colon(config.parameter_names)]
     if config.auth:

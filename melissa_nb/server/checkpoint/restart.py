@@ -12,7 +12,6 @@ from melissa_nb.server.checkpoint.files import checkpoint_path, load_rank_file
 from melissa_nb.server.checkpoint.repartition import repartition, repartition_members
 from melissa_nb.server.checkpoint.snapshot import (
     FORMAT_VERSION,
-    STUDY_OPTIONS,
     Snapshot,
     study_options,
 )
@@ -50,7 +49,7 @@ def check_compatible(snapshot: Snapshot, config: ServerConfig, directory: Path) 
         )
     mine = study_options(config)
     theirs = snapshot.meta.get("study", {})
-    for name in STUDY_OPTIONS:
+    for name in mine:
         if theirs.get(name) != mine[name]:
             raise ConfigurationError(
                 f"-r/--restart {directory}: checkpoint of another study: {name} is "

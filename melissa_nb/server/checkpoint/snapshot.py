@@ -31,12 +31,14 @@ STUDY_OPTIONS = (
     "study_fingerprint",
 )
 """The options that define a study's state: a checkpoint is refused if any differs."""
+CHAOS_OPTIONS = ("chaos_degree", "chaos_laws", "chaos_fields", "chaos_timesteps")
+"""With chaos in the operations, these define its state too."""
 
 
 def study_options(config: ServerConfig) -> dict[str, Any]:
     """The study-defining options of `config`, as JSON-ready values."""
     options = {}
-    for name in STUDY_OPTIONS:
+    for name in STUDY_OPTIONS + (CHAOS_OPTIONS if config.chaos else ()):
         value = getattr(config, name)
         options[name] = list(value) if isinstance(value, tuple) else value
     return options

@@ -298,13 +298,13 @@ class Ingest:
                 self.config, self.rank, field, client_rank, cells, self.threads
             )
             self.slices[(field, client_rank)] = statistics
-            self.progress.counts["state_bytes"] += slice_bytes(self.config, cells)
+            self.progress.counts["state_bytes"] += slice_bytes(self.config, cells, field)
             self.log.info(
                 "field %s: client rank %d sends %d cells here (%.1f MiB of state)",
                 field,
                 client_rank,
                 cells,
-                slice_bytes(self.config, cells) / 2**20,
+                slice_bytes(self.config, cells, field) / 2**20,
             )
         return statistics
 
@@ -376,7 +376,9 @@ class Ingest:
             statistics = self.slices.pop((field, client_rank), None)
             self.validator.vect_sizes.pop((field, client_rank), None)
             if statistics is not None:
-                self.progress.counts["state_bytes"] -= slice_bytes(self.config, statistics.cells)
+                self.progress.counts["state_bytes"] -= slice_bytes(
+                    self.config, statistics.cells, field
+                )
                 statistics.release()
             self.progress.reject(
                 "client_rank_out_of_range",
@@ -471,7 +473,7 @@ class Ingest:
         segmented = SegmentedSlice(field, client_rank, segments)
         self.slices[(field, client_rank)] = segmented
         cells = segmented.cells
-        self.progress.counts["state_bytes"] += slice_bytes(self.config, cells)
+        self.progress.counts["state_bytes"] += slice_bytes(self.config, cells, field)
         self.log.warning(
             "field %s client rank %d: the old ranks had received different timesteps of its "
             "%d cells here: kept as %d segments until the re-sent data brings them together",

@@ -64,7 +64,7 @@ def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int,
         for name, (shape, dtype) in PolynomialChaos.layout(
             cells, config.laws, config.chaos_degree
         ).items():
-            layout[CHAOS + name] = ((config.timesteps, *shape), dtype)
+            layout[CHAOS + name] = ((len(config.chaos_steps), *shape), dtype)
     layout[RECEIVED] = ((config.sampling_size,), np.int32)
     return layout
 
@@ -79,11 +79,11 @@ def count_array(config: ServerConfig) -> str:
     return (SOBOL if config.sobol else CHAOS) + "count"
 
 
-def slice_bytes(config: ServerConfig, cells: int) -> int:
-    """Bytes of state one slice of `cells` cells needs (all timesteps)."""
+def slice_bytes(config: ServerConfig, cells: int, field: str) -> int:
+    """Bytes of state one slice of `cells` cells of `field` needs (all timesteps)."""
     return sum(
         int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        for shape, dtype in slice_layout(config, cells).values()
+        for shape, dtype in slice_layout(config.for_field(field), cells).values()
     )
 
 
@@ -102,7 +102,7 @@ class SliceStatistics:
     ) -> None:
         """`segment` > 0: one more piece of a slice restored in segments (segments.py),
         in a block of its own."""
-        self.config = config
+        config = self.config = config.for_field(field)
         self.field = field
         self.client_rank = client_rank
         self.cells = cells
@@ -127,7 +127,9 @@ class SliceStatistics:
         self._general: list[FieldStatistics | None] = [None] * config.timesteps
         self._sobol: list[SobolMartinez | None] = [None] * config.timesteps
         self._correlation: list[Correlation | None] = [None] * config.timesteps
-        self._chaos: list[PolynomialChaos | None] = [None] * config.timesteps
+        # The chaos keeps rows for its timesteps only (--chaos-timesteps): timestep -> row.
+        self.chaos_rows = {step: row for row, step in enumerate(config.chaos_steps)}
+        self._chaos: list[PolynomialChaos | None] = [None] * len(self.chaos_rows)
 
     def _rows(self, prefix: str, timestep: int) -> dict[str, np.ndarray]:
         return {
@@ -175,34 +177,42 @@ class SliceStatistics:
         return statistics
 
     def chaos(self, timestep: int) -> PolynomialChaos:
-        """The polynomial chaos sums of one timestep (built over the block on first use)."""
-        statistics = self._chaos[timestep]
+        """The polynomial chaos sums of one of its timesteps (built over the block on first
+        use)."""
+        row = self.chaos_rows[timestep]
+        statistics = self._chaos[row]
         if statistics is None:
             statistics = PolynomialChaos(
                 self.cells,
                 self.config.laws,
                 self.config.chaos_degree,
-                arrays=self._rows(CHAOS, timestep),
+                arrays=self._rows(CHAOS, row),
             )
-            self._chaos[timestep] = statistics
+            self._chaos[row] = statistics
         return statistics
 
     def chaos_results(self, timestep: int) -> dict[str, np.ndarray]:
-        """`chaos_<result>` of one timestep; NaN where the samples do not determine the fit."""
-        chaos = self.chaos(timestep)
-        try:
-            results = chaos.results()
-        except ConfigurationError:  # too few or too alike samples: reported as NaN, not fitted
-            results = {
-                "coefficients": np.full((chaos.terms, self.cells), np.nan),
-                "mean": np.full(self.cells, np.nan),
-                "variance": np.full(self.cells, np.nan),
-                "first": np.full((chaos.parameters, self.cells), np.nan),
-                "total": np.full((chaos.parameters, self.cells), np.nan),
-                "interactions": np.full((len(chaos.interaction_sets()), self.cells), np.nan),
-                "error": np.full(self.cells, np.nan),
-            }
-        return {f"chaos_{name}": values for name, values in results.items()}
+        """`chaos_<result>` of one timestep; NaN where the samples do not determine the fit
+        and at timesteps the chaos leaves out."""
+        if timestep in self.chaos_rows:
+            try:
+                results = self.chaos(timestep).results()
+                return {f"chaos_{name}": values for name, values in results.items()}
+            except ConfigurationError:  # too few or too alike samples: NaN, not fitted
+                pass
+        chaos = self.chaos(self.config.chaos_steps[0])  # any of its timesteps: the shapes
+        shapes = {
+            "coefficients": (chaos.terms,),
+            "mean": (),
+            "variance": (),
+            "first": (chaos.parameters,),
+            "total": (chaos.parameters,),
+            "interactions": (len(chaos.interaction_sets()),),
+            "error": (),
+        }
+        return {
+            f"chaos_{name}": np.full((*shape, self.cells), np.nan) for name, shape in shapes.items()
+        }
 
     def _use_threads(self) -> None:
         if numba.get_num_threads() != self.threads:
@@ -223,7 +233,7 @@ class SliceStatistics:
         if self.config.correlation:
             assert parameters is not None
             self.correlation(timestep).update_batch(samples, parameters)
-        if self.config.chaos:
+        if self.config.chaos and timestep in self.chaos_rows:
             assert parameters is not None
             self.chaos(timestep).update_batch(samples, parameters)
 
@@ -243,7 +253,7 @@ class SliceStatistics:
         """
         self._use_threads()
         self.sobol(timestep).update_batch(groups)
-        if self.config.chaos:
+        if self.config.chaos and timestep in self.chaos_rows:
             assert draws is not None
             p = self.config.parameters
             points = pick_freeze(draws[:, :p], draws[:, p:]).reshape(-1, p)

@@ -91,7 +91,9 @@ def write_results(
                 total,
                 field,
             )
-        path = write_field(world, config, field, mine, total, dict(extra), directory)
+        path = write_field(
+            world, config.for_field(field), field, mine, total, dict(extra), directory
+        )
         if world.rank == 0:
             log.info("wrote %s", path)
     return directory

@@ -1,5 +1,6 @@
-"""The server's ports, checked together: each in range, the three launcher ports distinct, and
-none of them taken twice (the connection port, the data port), each error naming its option."""
+"""The server's ports and pipeline addresses, checked together: each port in range, the three
+launcher ports distinct, none taken twice; a forward link complete (address, acknowledgement,
+key). Each error names its option."""
 
 from __future__ import annotations
 
@@ -37,3 +38,25 @@ def check_ports(
         0 <= control_port <= 65535,
         f"--control-port must be in 0..65535 (0 = chosen by ZeroMQ), got {control_port}",
     )
+
+
+def check_forwarding(
+    forward_to: str | None, forward_ack: str | None, has_key: bool, timeout: float
+) -> None:
+    """ConfigurationError unless a pipeline link (--forward-to) has its acknowledgement address,
+    its consumer's key and a positive timeout."""
+    need(
+        forward_to is None or has_key,
+        "--forward-to needs --forward-key: the consumer's key file (pipeline links are "
+        "authenticated)",
+    )
+    need(
+        (forward_to is None) == (forward_ack is None),
+        f"--forward-to and --forward-ack go together (got {forward_to!r} and {forward_ack!r})",
+    )
+    for option, address in (("--forward-to", forward_to), ("--forward-ack", forward_ack)):
+        need(
+            address is None or address.startswith(("tcp://", "ipc://", "inproc://")),
+            f"{option}: {address!r} is not a tcp://, ipc:// or inproc:// address",
+        )
+    need(timeout > 0, f"--forward-timeout must be > 0, got {timeout}")
