@@ -130,7 +130,9 @@ def predict(
     field: str = typer.Option(None, "--field", help="The field, in a directory of several."),
     output: str = typer.Option(None, "--output", help="Write the predicted field (netCDF)."),
     plot: str = typer.Option(None, "--plot", help="Draw the field at --timestep (PNG)."),
-    timestep: int = typer.Option(-1, "--timestep", help="Timestep printed and drawn (-1: last)."),
+    timestep: int = typer.Option(
+        -1, "--timestep", help="Timestep printed and drawn (-1: the last one fitted)."
+    ),
 ) -> None:
     """Evaluate a study's polynomial chaos at new parameters: the field at every timestep."""
     from melissa_nb.results.surrogate import predict_command

@@ -260,11 +260,19 @@ def test_a_chaos_of_one_field_at_its_last_timestep_keeps_only_that(tmp_path) -> 
     v = read_results(tmp_path / "out" / "v.nc")
     assert not [name for name in v if name.startswith("chaos")]
     np.testing.assert_allclose(v["mean"][0], np.mean(-parameters[:, 0] * parameters[:, 1]))
+    surrogate = load_surrogate(tmp_path / "out" / "u.nc")
+    assert surrogate.fitted_steps == [1]
     np.testing.assert_allclose(
-        load_surrogate(tmp_path / "out" / "u.nc").predict({"a": 0.5, "b": 1.0})[1],
-        1e3 + 0.5 + 2 * np.arange(5.0),
-        rtol=1e-12,
+        surrogate.predict({"a": 0.5, "b": 1.0})[1], 1e3 + 0.5 + 2 * np.arange(5.0), rtol=1e-12
     )
+    command = [MELISSA_NB, "predict", str(tmp_path / "out"), "--set", "a=0.5", "--set", "b=1"]
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "u at a=0.5, b=1, timestep 1: min 1000.5" in shown.stdout
+    refused = subprocess.run(
+        [*command, "--timestep", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "--timestep 0: the chaos of u was fitted at timesteps [1]" in refused.stderr
 
 
 @pytest.mark.parametrize(

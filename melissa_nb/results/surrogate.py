@@ -33,6 +33,24 @@ class Surrogate:
     def parameter_names(self) -> tuple[str, ...]:
         return self.field.parameter_names
 
+    @property
+    def fitted_steps(self) -> list[int]:
+        """The timesteps whose chaos was fitted (elsewhere its coefficients are NaN: left out by
+        `chaos.timesteps`, or too few samples)."""
+        return np.flatnonzero(np.isfinite(self.coefficients).all(axis=(1, 2))).tolist()
+
+    def timestep(self, timestep: int) -> int:
+        """`timestep` checked to be fitted; -1 (or any negative) counts from the last fitted."""
+        fitted = self.fitted_steps
+        if timestep < 0 and -len(fitted) <= timestep:
+            return fitted[timestep]
+        if timestep not in fitted:
+            raise ConfigurationError(
+                f"--timestep {timestep}: the chaos of {self.field.name} was fitted at timesteps "
+                f"{fitted or 'none'}"
+            )
+        return timestep
+
     def predict(self, parameters: Mapping[str, float]) -> np.ndarray:
         """(timesteps, cells): the field at `parameters` (every parameter by name, once)."""
         names = self.parameter_names
@@ -164,9 +182,7 @@ def predict_command(
         surrogate = load_surrogate(_target_file(target, field))
         parameters = parse_settings(settings)
         predicted = surrogate.predict(parameters)
-        step = timestep if timestep >= 0 else predicted.shape[0] + timestep
-        if not 0 <= step < predicted.shape[0]:
-            raise ConfigurationError(f"--timestep {timestep}: the field has {predicted.shape[0]}")
+        step = surrogate.timestep(timestep)
         where = ", ".join(f"{name}={value:g}" for name, value in parameters.items())
         console.print(
             f"{surrogate.field.name} at {where}, timestep {step}: min {predicted[step].min():.6g}, "
