@@ -138,3 +138,15 @@ def predict(
     from melissa_nb.results.surrogate import predict_command
 
     raise typer.Exit(predict_command(target, settings or [], field, output, plot, timestep))
+
+
+@app.command()
+def validate(
+    study: str = typer.Argument(..., help="The study file whose polynomial chaos to check."),
+    points: int = typer.Option(10, "--points", help="New simulations to run and compare."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the new points (default: another)."),
+) -> None:
+    """Run the study's simulations at new points and print the polynomial chaos's error."""
+    from melissa_nb.study.validation import validate_command
+
+    raise typer.Exit(validate_command(study, points, seed))

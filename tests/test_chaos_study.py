@@ -5,6 +5,7 @@ polynomial model equal their closed forms, also across a SIGKILLed server."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -321,3 +322,53 @@ def test_the_default_budget_refuses_a_chaos_larger_than_this_machine(tmp_path) -
     completed = run_study(study, timeout=60)
     assert completed.returncode == 2, completed.stderr
     assert "it would take 1,192.1 GiB (10,000,000,000 cells x 2 timesteps" in completed.stderr
+
+
+SMOOTH = POLYNOMIAL.replace(
+    "1e3 + a + (step + 1) * cells * b * b", "1e3 + np.exp(0.8 * a) + (step + 1) * np.sin(cells * b)"
+)
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 90)
+def test_validate_runs_new_simulations_and_its_error_equals_numpy(tmp_path) -> None:
+    """A smooth model a degree-2 chaos does not hold exactly: `melissa-nb validate --points 6`
+    runs 6 new simulations through the embedded server; its 1 - Q2, RMS and largest error
+    equal numpy's on the exact model at the same points against load_surrogate's predictions."""
+    (tmp_path / "sim.py").write_text(SMOOTH)
+    study = tmp_path / "study.toml"
+    study.write_text(CHAOS_STUDY)
+    assert run_study(study).returncode == 0
+    checked = subprocess.run(
+        [MELISSA_NB, "validate", str(study), "--points", "6"],
+        capture_output=True,
+        text=True,
+        timeout=STUDY_SECONDS,
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    summary = json.loads((tmp_path / "out" / "validation" / "validation.json").read_text())
+    points = np.array(summary["points"])
+    _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
+    design = {tuple(spec.values) for spec, _ in rows}
+    assert points.shape == (6, 2) and not design & {tuple(point) for point in points}
+    surrogate = load_surrogate(tmp_path / "out" / "u.nc")
+    cells = np.arange(5.0)
+    exact = np.array(
+        [[1e3 + np.exp(0.8 * a) + k * np.sin(cells * b) for k in (1, 2)] for a, b in points]
+    )
+    predicted = np.array([surrogate.predict({"a": a, "b": b}) for a, b in points])
+    error = exact - predicted
+    spread = ((exact - exact.mean(axis=0)) ** 2).sum()
+    result = summary["fields"]["u"]
+    assert result["compared"] == 6
+    np.testing.assert_allclose(result["one_minus_q2"], (error**2).sum() / spread, rtol=1e-10)
+    np.testing.assert_allclose(result["rms_error"], np.sqrt((error**2).mean()), rtol=1e-10)
+    np.testing.assert_allclose(result["max_error"], np.abs(error).max(), rtol=1e-10)
+    assert 1e-6 < result["one_minus_q2"] < 0.5
+    assert f"u: 1 - Q2 = {result['one_minus_q2']:.3g} over 6 new simulations" in checked.stdout
+    refused = subprocess.run(
+        [MELISSA_NB, "validate", str(study), "--points", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "--points 1: at least 2" in refused.stderr

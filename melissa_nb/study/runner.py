@@ -23,7 +23,6 @@ import zmq
 from rich.console import Console
 from rich.markup import escape
 
-from melissa_nb.auth import KEY_ENVIRONMENT, KEY_FILE
 from melissa_nb.errors import ConfigurationError, MelissaError, StudyError, StudyInterrupted
 from melissa_nb.job_queue import queue_summary
 from melissa_nb.ports import free_port
@@ -42,7 +41,7 @@ from melissa_nb.server.results.convergence import CONVERGED
 from melissa_nb.study.config import StudyConfig
 from melissa_nb.study.display import ProgressDisplay
 from melissa_nb.study.fingerprint import write_design
-from melissa_nb.study.jobs import Attempt, Task
+from melissa_nb.study.jobs import Attempt
 from melissa_nb.study.launcher_sockets import Launcher
 from melissa_nb.study.previous_run import clear_previous_run, hold_output, resume_point
 from melissa_nb.study.report import (
@@ -62,6 +61,7 @@ from melissa_nb.study.server_job import (
     StudyServer,
     server_arguments,
 )
+from melissa_nb.study.simulation_task import simulation_task
 from melissa_nb.study.slurm import SchedulerBusy, SlurmJobs
 from melissa_nb.study.stop_signals import interrupt, stop_signals, stop_signals_held
 
@@ -141,23 +141,19 @@ class StudyRunner:
                 for member in self.samples.members(simulation.spec.group)
                 if member.status == Status.PENDING
             ]
-        tasks = []
         scheduler, ranks = self.config.scheduler, self.config.simulation_ranks
-        for member in together:
-            spec = member.spec
-            argv = self.config.command_for(
-                dict(zip(self.config.parameter_names, spec.values, strict=True))
+        server = (self.server.host, connection_port)
+        tasks = [
+            simulation_task(
+                self.config,
+                self.jobs,
+                member.spec.simulation_id,
+                member.spec.values,
+                server,
+                self.log_dir,
             )
-            environment = {
-                "MELISSA_SIMU_ID": str(spec.simulation_id),
-                "MELISSA_SERVER_NODE_NAME": self.server.host,
-                "MELISSA_SERVER_PORT": str(connection_port),
-            }
-            if self.config.auth:
-                environment[KEY_ENVIRONMENT] = str(self.config.output_dir / KEY_FILE)
-            command = self.jobs.parallel(argv, ranks, scheduler.cpus_per_simulation)
-            log_path = self.log_dir / f"simulation_{spec.simulation_id}.log"
-            tasks.append(Task(command, log_path, environment))
+            for member in together
+        ]
         with stop_signals_held():
             try:
                 job = self.jobs.submit(
