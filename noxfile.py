@@ -8,9 +8,10 @@ nox.options.reuse_existing_virtualenvs = True
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Install the package with its test extra and run the whole suite."""
+    """Install the package with its test extra and run the whole suite, on two workers (most
+    tests wait on subprocesses; the cluster tests share one worker: tests/test_slurm*.py)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", "2", "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session

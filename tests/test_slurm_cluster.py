@@ -33,6 +33,9 @@ from test_study_run import (
 
 from melissa_nb.study.sampling import read_parameters_csv
 
+# One worker runs every cluster test, one after another (one Slurm, one bed's bridge).
+pytestmark = pytest.mark.xdist_group("slurm")
+
 LOCAL_CLUSTER = Path(__file__).resolve().parent.parent / "tools" / "local-cluster"
 NEEDED = ("slurmctld", "slurmd", "munged", "sbatch", "ip", "unshare", "nsenter")
 NODES, CPUS = 3, 8
