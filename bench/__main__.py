@@ -20,6 +20,7 @@ BENCHMARKS = {
     "sensitivity": "bench.sensitivity",
     "chaos": "bench.chaos",
     "chaos_worth": "bench.chaos_worth",
+    "chaos_heat": "bench.chaos_heat",
 }
 RESULTS_DIR = Path(__file__).parent / "results"
 

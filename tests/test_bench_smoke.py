@@ -218,3 +218,22 @@ def test_chaos_worth_benchmark_compares_both_estimators_on_ishigami(tmp_path: Pa
     assert [record["simulations"] for record in records] == [100, 400]
     assert records[1]["pce_rms_error"] < records[1]["martinez_rms_error"] / 10
     assert (tmp_path / "chaos_worth.png").stat().st_size > 10_000
+
+
+def test_chaos_heat_benchmark_compares_both_estimators_on_the_heat_maps(tmp_path: Path) -> None:
+    """`python -m bench chaos_heat --quick`: the heat solver is linear in its temperatures, so
+    the chaos's index maps equal the closed forms to rounding at 56 simulations, where
+    Martinez's 8 groups are off by more than 0.01 somewhere; it draws the comparison."""
+    completed = run_bench("chaos_heat", "--quick", "--output-dir", str(tmp_path))
+    assert completed.returncode == 0, completed.stderr
+    records = json.loads((tmp_path / "chaos_heat.json").read_text())["records"]
+    assert [(record["timestep"], record["simulations"]) for record in records] == [
+        (9, 56),
+        (9, 224),
+        (99, 56),
+        (99, 224),
+    ]
+    for record in records:
+        assert record["pce_worst_rms"] < 1e-8
+        assert record["martinez_worst_rms"] > 0.01
+    assert (tmp_path / "chaos_heat.png").stat().st_size > 10_000

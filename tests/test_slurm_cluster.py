@@ -56,9 +56,10 @@ with open("hosts.txt", "a") as hosts:
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The bed's directory, its nodes idle."""
+    """The bed's directory, its nodes idle (started once: the worker that runs the cluster
+    tests may run others in between, and a module fixture would start the bed again)."""
     require_root_and(NEEDED, "tools/local-cluster")
     directory = tmp_path_factory.mktemp("cluster")
     started = subprocess.run(

@@ -346,7 +346,9 @@ class ServerConfig:
     @property
     def job_widths(self) -> tuple[int, ...]:
         """Values a JOB may carry: p; with Sobol also 2p (Melissa 0.6 launchers send a group's
-        A draw only, melissa-nb run A then B)."""
+        A draw only, melissa-nb run A then B), only 2p when a chaos needs every member's point."""
+        if self.sobol and self.chaos:
+            return (self.job_width,)
         return tuple(sorted({self.parameters, self.job_width}))
 
     def chaos_on(self, field: str) -> bool:

@@ -72,12 +72,21 @@ class SegmentedSlice:
 
         self._fold_where_missing(timestep, simulation_ids, fold)
 
-    def update_groups(self, timestep: int, groups: list[np.ndarray], group_ids: list[int]) -> None:
+    def update_groups(
+        self,
+        timestep: int,
+        groups: list[np.ndarray],
+        group_ids: list[int],
+        draws: np.ndarray | None = None,
+    ) -> None:
         """Fold each Sobol group into the segments that lack it."""
 
         def fold(segment: Segment, rows: list[int]) -> None:
             segment.statistics.update_groups(
-                timestep, [segment.cut(groups[i]) for i in rows], [group_ids[i] for i in rows]
+                timestep,
+                [segment.cut(groups[i]) for i in rows],
+                [group_ids[i] for i in rows],
+                None if draws is None else draws[rows],
             )
 
         self._fold_where_missing(timestep, group_ids, fold)
