@@ -9,7 +9,9 @@ nox.options.reuse_existing_virtualenvs = True
 @nox.session
 def tests(session: nox.Session) -> None:
     """Install the package with its test extra and run the whole suite, on two workers (most
-    tests wait on subprocesses; the cluster tests share one worker: tests/test_slurm*.py)."""
+    tests wait on subprocesses; the cluster tests share one worker: tests/test_slurm*.py).
+    pytest stays below 9: pytest-xdist 3.8 groups tests by setting Node._nodeid, which pytest 9
+    no longer reads (every xdist_group would be spread over the workers)."""
     session.install("-e", ".[test]")
     session.run("pytest", "-n", "2", "--dist", "loadgroup", *session.posargs)
 

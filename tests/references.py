@@ -148,3 +148,23 @@ def correlation_aggregated_batch(
         (batch["src_squared"] * variance).sum(axis=1) / variance.sum(),
         float((batch["regression_r2"] * variance).sum() / variance.sum()),
     )
+
+
+def aggregated_half_widths(groups: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two-pass delta-method half widths of the aggregated (first, total), (p,): each group's
+    terms centred on the final means, q_g = sum_cells (y_B - mean)(y_Ck - mean), d_g = half the
+    sum of both squared deviations; z sqrt(sum (q - S d)^2) / sum d (total: rows A and C_k)."""
+    z = scipy.stats.norm.ppf(0.5 + confidence / 2)
+    centred = groups - groups.mean(axis=0)
+    widths = []
+    for other in (1, 0):
+        row = []
+        for k in range(groups.shape[1] - 2):
+            q = (centred[:, other] * centred[:, k + 2]).sum(axis=-1)
+            d = 0.5 * (
+                (centred[:, other] ** 2).sum(axis=-1) + (centred[:, k + 2] ** 2).sum(axis=-1)
+            )
+            ratio = q.sum() / d.sum()
+            row.append(z * np.sqrt(((q - ratio * d) ** 2).sum()) / d.sum())
+        widths.append(np.array(row))
+    return widths[0], widths[1]

@@ -27,7 +27,7 @@ import math
 import numba
 import numpy as np
 
-from melissa_nb.kernels.jit import block_bounds, block_count, formula, kernel
+from melissa_nb.kernels.jit import BLOCK, block_bounds, block_count, formula, kernel
 
 
 def normal_quantile(probability: float) -> float:
@@ -64,6 +64,22 @@ def pick_freeze(sample_a: np.ndarray, sample_b: np.ndarray) -> np.ndarray:
 
 
 @formula
+def block_sum(values: np.ndarray, size: int) -> float:
+    """sum(values[:size]) in four interleaved partial sums, combined pairwise: the same order
+    on every call (exact repeats), and no single serial chain of additions."""
+    s0 = s1 = s2 = s3 = 0.0
+    whole = size - size % 4
+    for start in range(0, whole, 4):
+        s0 += values[start]
+        s1 += values[start + 1]
+        s2 += values[start + 2]
+        s3 += values[start + 3]
+    for index in range(whole, size):
+        s0 += values[index]
+    return (s0 + s2) + (s1 + s3)
+
+
+@formula
 def fold_sobol(
     count: int,
     group: np.ndarray,
@@ -72,10 +88,16 @@ def fold_sobol(
     m2: np.ndarray,
     comoment_first: np.ndarray,
     comoment_total: np.ndarray,
+    increments: np.ndarray,
+    scratch: np.ndarray,
     start: int,
     stop: int,
 ) -> None:
-    """Fold one group into cells ``start:stop``; ``count`` groups were folded in before.
+    """Fold one group into cells ``start:stop``; ``count`` groups were folded in before; add
+    what the group added to the state, summed over these cells, to ``increments`` (3p + 2,):
+    Q_first_k, Q_total_k, then M2 of rows A, B, C_1..C_p (zeros for the first group). The
+    added terms go through ``scratch`` (3, BLOCK), summed by `block_sum`, so that the cell
+    loops stay free of a serial addition chain.
 
     Rows C_k first, while the means of A and B are still the old ones the comoments need.
     """
@@ -93,7 +115,9 @@ def fold_sobol(
                 comoment_total[k, cell] = 0.0
         return
     inverse_n = 1.0 / (count + 1.0)
-    for k in range(rows - 2):
+    parameters = rows - 2
+    size = stop - start
+    for k in range(parameters):
         for cell in range(start, stop):
             offset = shift[cell]
             delta_a = (group[0, cell] - offset) - mean[0, cell]
@@ -106,12 +130,21 @@ def fold_sobol(
             comoment_total[k, cell] += delta_a * residual
             m2[k + 2, cell] += delta_c * residual
             mean[k + 2, cell] = mean_c
+            scratch[0, cell - start] = delta_b * residual
+            scratch[1, cell - start] = delta_a * residual
+            scratch[2, cell - start] = delta_c * residual
+        increments[k] += block_sum(scratch[0], size)
+        increments[parameters + k] += block_sum(scratch[1], size)
+        increments[2 * parameters + 2 + k] += block_sum(scratch[2], size)
     for row in range(2):
         for cell in range(start, stop):
             y = group[row, cell] - shift[cell]
             delta = y - mean[row, cell]
             mean[row, cell] += delta * inverse_n
-            m2[row, cell] += delta * (y - mean[row, cell])
+            added = delta * (y - mean[row, cell])
+            m2[row, cell] += added
+            scratch[0, cell - start] = added
+        increments[2 * parameters + row] += block_sum(scratch[0], size)
 
 
 @formula
@@ -233,13 +266,19 @@ def sobol_update(
     comoment_total: np.ndarray,
     groups: tuple[np.ndarray, ...],
     rows: int,
+    increments: np.ndarray,
 ) -> None:
     """Fold ``groups[0:rows]`` (each (p+2, cells)) in order; ``count`` groups were folded in
     before. ``groups`` has ``BATCH`` entries, those past ``rows`` unused: each block of the
-    state is read and written once for all the groups."""
+    state is read and written once for all the groups. ``increments[row]`` (3p + 2,) gets what
+    group ``row`` added to the state summed over the cells (see fold_sobol; blocks summed in
+    order, whatever the threads)."""
     cells = groups[0].shape[1]
-    for block in numba.prange(block_count(cells)):
+    blocks = block_count(cells)
+    added = np.zeros((blocks, rows, increments.shape[1]))
+    for block in numba.prange(blocks):
         start, stop = block_bounds(block, cells)
+        scratch = np.empty((3, BLOCK))
         for row in range(rows):
             fold_sobol(
                 count + row,
@@ -249,9 +288,15 @@ def sobol_update(
                 m2,
                 comoment_first,
                 comoment_total,
+                added[block, row],
+                scratch,
                 start,
                 stop,
             )
+    for row in range(rows):
+        increments[row] = 0.0
+        for block in range(blocks):
+            increments[row] += added[block, row]
 
 
 @kernel
@@ -326,6 +371,34 @@ def sobol_aggregate_sums(
     sums[2] = comoment_total.sum(axis=-1) * scale
     sums[3] = (variances[0] + variances[2:]) * (0.5 * scale)
     return sums
+
+
+def sobol_aggregated_half_widths(
+    increments: np.ndarray, confidence: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Half widths z sqrt(V) of the aggregated S_k and ST_k from each group's increments
+    (n, 3p + 2) summed over the field's cells (`sobol_update`'s), by the delta method over
+    groups: S = sum q / sum d, V = sum (q - S d)^2 / (sum d)^2 with q the group's Q(B,C_k) and d
+    its (M2_B + M2_C_k) / 2 (Q(A,C_k) and (M2_A + M2_C_k) / 2 for ST = 1 - rho); NaN with fewer
+    than 4 groups or where no variance was summed."""
+    groups, width = increments.shape
+    parameters = (width - 2) // 3
+    first, total = np.full(parameters, np.nan), np.full(parameters, np.nan)
+    if groups < 4:
+        return first, total
+    z = normal_quantile(0.5 + confidence / 2)
+    m2 = increments[:, 2 * parameters :]
+    for k in range(parameters):
+        for out, comoment, other in (
+            (first, increments[:, k], m2[:, 1]),
+            (total, increments[:, parameters + k], m2[:, 0]),
+        ):
+            variance = 0.5 * (other + m2[:, k + 2])
+            denominator = variance.sum()
+            if denominator > 0:
+                ratio = comoment.sum() / denominator
+                out[k] = z * math.sqrt(np.sum((comoment - ratio * variance) ** 2)) / denominator
+    return first, total
 
 
 def sobol_aggregated(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -62,25 +62,29 @@ class SobolMartinez(SensitivityStatistic):
         (``simulation_id``, the group's, is not kept)."""
         self._fold_groups([read_only(checked_array("group", group, self._sample_shape()))])
 
-    def update_batch(
+    def update_batch(  # type: ignore[override]
         self,
         samples: np.ndarray | Sequence[np.ndarray],
         simulation_ids: Sequence[int] | np.ndarray | None = None,
-    ) -> None:
+    ) -> np.ndarray:
         """Fold k groups in order, in one pass over the state per ``BATCH`` of them: an array
         (k, parameters + 2, cells) or a sequence of k (parameters + 2, cells) arrays. Exactly
-        k calls to ``update``."""
+        k calls to ``update``. Returns what each group added to the state summed over the cells,
+        (k, 3 parameters + 2): the increments `sobol_aggregated_half_widths` takes (summed over
+        every piece of a field, they give the uncertainty of its aggregated indices)."""
         rows = input_rows("samples", samples, self._sample_shape())
         checked_simulation_ids(simulation_ids, len(rows))  # checked, not kept
-        self._fold_groups(rows)
+        return self._fold_groups(rows)
 
     def _sample_shape(self) -> tuple[int, ...]:
         return (self.parameters + 2, self.cells)
 
-    def _fold_groups(self, rows: list[np.ndarray]) -> None:
-        for _, size, batch in padded_batches(rows):
-            sobol_update(self.count, *self._state(), batch, size)
+    def _fold_groups(self, rows: list[np.ndarray]) -> np.ndarray:
+        increments = np.zeros((len(rows), 3 * self.parameters + 2))
+        for first, size, batch in padded_batches(rows):
+            sobol_update(self.count, *self._state(), batch, size, increments[first:])
             self._advance(size)
+        return increments
 
     def _merge_state(self, count: int, other: dict[str, np.ndarray], other_count: int) -> None:
         sobol_merge(
