@@ -30,7 +30,8 @@ from harness import BIN, MELISSA, MPIEXEC, WAIT, wait_for
 from references import FIELD_REFERENCES, THRESHOLDS, aggregated_batch, martinez_batch
 
 from melissa_nb.auth import LinkKey, connect_with
-from melissa_nb.kernels import Quantiles
+from melissa_nb.kernels import Quantiles, SobolMartinez
+from melissa_nb.kernels.sobol import sobol_aggregated_half_widths
 from melissa_nb.netcdf import read_results
 from melissa_nb.ports import free_port
 from melissa_nb.protocol import (
@@ -355,6 +356,32 @@ def sobol_reference(groups: np.ndarray, confidence: float) -> dict[str, np.ndarr
     }
 
 
+def check_aggregated_intervals(
+    variables: dict[str, np.ndarray], values: np.ndarray, parameters: int
+) -> None:
+    """The whole field's intervals, summed over both server ranks' and both client ranks'
+    slices, equal the kernel's on the whole field with the groups in the order sent
+    (values (time, group, member, cell)), per timestep and over space-time (1e-10)."""
+    increments = np.array(
+        [SobolMartinez(values.shape[3], parameters).update_batch(step) for step in values]
+    )  # (time, group, 3p + 2)
+    for name, index in (("first", 0), ("total", 1)):
+        for where, steps, summed in (
+            ("", slice(None), increments),
+            ("_spacetime", 0, increments.sum(axis=0, keepdims=True)),
+        ):
+            half = np.array(
+                [sobol_aggregated_half_widths(step[1:], 0.95)[index] for step in summed]
+            )
+            centre = variables[f"sobol_{name}_aggregated{where}"]
+            for bound, sign in (("low", -1), ("high", 1)):
+                np.testing.assert_allclose(
+                    variables[f"sobol_{name}_aggregated{where}_ci_{bound}"],
+                    centre + sign * half[steps],
+                    rtol=1e-10,
+                )
+
+
 def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_path) -> None:
     parameters, whole, members, timesteps = 2, 3, 2, 2
     groups = whole + members
@@ -448,6 +475,7 @@ def test_two_ranks_two_client_ranks_sobol_groups_and_members(start_server, tmp_p
         np.testing.assert_allclose(
             results.variables["sobol_total_aggregated_spacetime"], total, rtol=1e-10, atol=1e-13
         )
+        check_aggregated_intervals(results.variables, values, parameters)
         assert results.attributes["messages_rejected"] == 0
     assert "--grid-shape 3:2 does not hold the 13 cells of field u" in server.text()
     server.assert_clean_exit()

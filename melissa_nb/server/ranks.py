@@ -43,6 +43,13 @@ class World:
         """Every rank's `value`, in rank order (start-up only: small picklable values)."""
         return self.comm.allgather(value)
 
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        """The elementwise sum of every rank's float64 `values` (same shape on every rank)."""
+        mine = np.ascontiguousarray(values, dtype=np.float64)
+        total = np.empty_like(mine)
+        self.comm.Allreduce(mine, total)
+        return total
+
     def barrier(self) -> None:
         """Wait for every rank (end of the study only)."""
         self.comm.Barrier()

@@ -1,11 +1,13 @@
 """Old ranks' slices cut for a new number of ranks.
 
-Every state array has cells last (`GLOBAL_STATE` excepted), so a new rank cuts the cells
-the partition gives it out of the old slices: exact for every statistic, quantiles included,
-since nothing is merged. This needs the old ranks to have learned the whole layout. Where old
-ranks had received different timesteps of a client slice (a checkpoint taken mid-stream), the
-new rank gets one segment per run of cells that agree (receive/segments.py), unless user
-stage state is kept with the slice (it cannot be cut into segments: refused).
+Every state array has cells last (`GLOBAL_STATE` excepted: copied; the Sobol groups'
+increments, summed over cells, go whole to the new slice that holds an old piece's first cell),
+so a new rank cuts the cells the partition gives it out of the old slices: exact for every
+statistic, quantiles included, since nothing is merged. This needs the old ranks to have learned
+the whole layout. Where old ranks had received different timesteps of a client slice (a
+checkpoint taken mid-stream), the new rank gets one segment per run of cells that agree
+(receive/segments.py), unless user stage state is kept with the slice (it cannot be cut into
+segments: refused).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from melissa_nb.server.checkpoint.snapshot import Snapshot
 from melissa_nb.server.config import ServerConfig
 from melissa_nb.server.pipeline.stages import STAGE_PREFIX
 from melissa_nb.server.receive.restored import Member, RestoredSlice
+from melissa_nb.server.receive.slices import SOBOL_GROUPS
 
 
 def _per_cell(name: str) -> bool:
@@ -99,6 +102,10 @@ def repartition(
                 low_cell, high_cell = max(first, run[0].start), min(last, run[-1].end)
                 arrays = {}
                 for name, array in run[0].arrays.items():
+                    if name == SOBOL_GROUPS:  # additive over pieces: each old piece's go once,
+                        starting = [p for p in run if low_cell <= p.start < high_cell]
+                        arrays[name] = sum((p.arrays[name] for p in starting), np.zeros_like(array))
+                        continue  # to the new slice holding its first cell
                     if not _per_cell(name):
                         arrays[name] = array.copy()
                         continue

@@ -111,6 +111,10 @@ class SegmentedSlice:
         """The aggregated Sobol terms over every segment's cells."""
         return sum(segment.statistics.sobol_aggregate_sums(timestep) for segment in self.segments)
 
+    def sobol_group_increments(self, timestep: int) -> np.ndarray:
+        """Each Sobol group's increments summed over every segment's cells."""
+        return sum(segment.statistics.sobol_group_increments(timestep) for segment in self.segments)
+
     def correlation_aggregate_sums(self, timestep: int) -> np.ndarray:
         """The whole-field SRC^2 and R^2 terms over every segment's cells."""
         return sum(

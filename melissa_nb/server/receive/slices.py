@@ -26,6 +26,7 @@ GENERAL = "general."
 SOBOL = "sobol."
 CORRELATION = "correlation."
 CHAOS = "chaos."
+SOBOL_GROUPS = "sobol_groups.increments"  # what each group added, summed over the slice's cells
 RECEIVED = "received"  # timesteps received per simulation (or group), kept by the tracker
 PARALLEL_MIN_CELLS = 1 << 18
 """Below this many cells a slice is updated on one thread. A parallel region waits for every
@@ -57,6 +58,9 @@ def slice_layout(config: ServerConfig, cells: int) -> dict[str, tuple[tuple[int,
     if config.sobol:
         for name, (shape, dtype) in SobolMartinez.layout(cells, config.parameters).items():
             layout[SOBOL + name] = ((config.timesteps, *shape), dtype)
+    if config.sobol:  # the terms of the aggregated indices' intervals (kernels/sobol.py)
+        groups = (config.sampling_size, 3 * config.parameters + 2)
+        layout[SOBOL_GROUPS] = ((config.timesteps, *groups), np.float64)
     if config.correlation:
         for name, (shape, dtype) in Correlation.layout(cells, config.parameters).items():
             layout[CORRELATION + name] = ((config.timesteps, *shape), dtype)
@@ -252,7 +256,8 @@ class SliceStatistics:
         group * (p + 2) and group * (p + 2) + 1.
         """
         self._use_threads()
-        self.sobol(timestep).update_batch(groups)
+        increments = self.sobol(timestep).update_batch(groups)
+        np.add.at(self.block.arrays[SOBOL_GROUPS][timestep], group_ids, increments)
         if self.config.chaos and timestep in self.chaos_rows:
             assert draws is not None
             p = self.config.parameters
@@ -288,6 +293,11 @@ class SliceStatistics:
     def sobol_aggregate_sums(self, timestep: int) -> np.ndarray:
         """The terms of the field's aggregated Sobol indices over these cells, (4, p)."""
         return self.sobol(timestep).aggregate_sums()
+
+    def sobol_group_increments(self, timestep: int) -> np.ndarray:
+        """What each Sobol group added to this slice's state at one timestep, summed over its
+        cells: (groups, 3p + 2), the terms of the aggregated indices' intervals."""
+        return self.block.arrays[SOBOL_GROUPS][timestep]
 
     def correlation_aggregate_sums(self, timestep: int) -> np.ndarray:
         """The terms of the field's variance-weighted SRC^2 and R^2 over these cells, (p + 2,)."""

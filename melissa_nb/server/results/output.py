@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from melissa_nb.kernels.api import CORRELATION_RESULTS, SOBOL_RESULTS
-from melissa_nb.kernels.correlation import correlation_aggregated
-from melissa_nb.kernels.sobol import sobol_aggregated
 from melissa_nb.netcdf import GRID_DIMENSIONS, NetCDFStore, Variable
 from melissa_nb.partition import rank_cells
 from melissa_nb.server.config import MOMENT_ORDER, ServerConfig
 from melissa_nb.server.ranks import World
+from melissa_nb.server.results.aggregated import (
+    AGGREGATED,
+    CORRELATION_AGGREGATED,
+    aggregated_indices,
+)
 from melissa_nb.server.results.chaos_variables import (
     CHAOS_DIMENSIONS,
     CHAOS_LONG_NAMES,
@@ -75,6 +78,13 @@ LONG_NAMES = {
     "(variance-weighted over cells, Gamboa et al. 2014)",
     "sobol_first_aggregated_spacetime": "first-order index of the whole space-time field",
     "sobol_total_aggregated_spacetime": "total index of the whole space-time field",
+    **{
+        f"sobol_{index}_aggregated{where}_ci_{bound}": f"{'lower' if bound == 'low' else 'upper'}"
+        f" bound of the delta-method interval (over groups) of sobol_{index}_aggregated{where}"
+        for where in ("", "_spacetime")
+        for index in ("first", "total")
+        for bound in ("low", "high")
+    },
     "src_squared_aggregated": "share of the field's variance each parameter explains linearly "
     "(SRC^2 variance-weighted over cells)",
     "regression_r2_aggregated": "share of the field's variance the linear fit explains "
@@ -152,21 +162,6 @@ def _write_cells(
         piece = values[..., positions].reshape(values.shape[:-1] + shape)
         store.write(name, leading + index, piece)
 
-
-AGGREGATED = {
-    "sobol_first_aggregated": ("time", "parameter"),
-    "sobol_total_aggregated": ("time", "parameter"),
-    "sobol_first_aggregated_spacetime": ("parameter",),
-    "sobol_total_aggregated_spacetime": ("parameter",),
-}
-"""The Sobol indices of a whole field, per timestep and over space-time (no cell dimension)."""
-CORRELATION_AGGREGATED = {
-    "src_squared_aggregated": ("time", "parameter"),
-    "regression_r2_aggregated": ("time",),
-    "src_squared_aggregated_spacetime": ("parameter",),
-    "regression_r2_aggregated_spacetime": (),
-}
-"""The variance-weighted SRC^2 and R^2 of a whole field (Monte Carlo), likewise."""
 
 FIELD_UNITS = ("mean", "min", "max", "quantile", "threshold", "chaos_mean", "chaos_coefficients")
 """Statistics (and the threshold coordinate) in the field's own units (SQUARED_UNITS in their
@@ -380,64 +375,6 @@ def write_field(
     finally:
         world.pass_turn()
     return final
-
-
-def aggregated_indices(
-    world: World, config: ServerConfig, slices: Sequence[Any]
-) -> dict[str, np.ndarray]:
-    """The whole-field values of the field (collective; none without Sobol or correlations):
-    each rank sums the terms of its own slices per timestep, and the sums of every rank add
-    up; no cell is gathered."""
-    results: dict[str, np.ndarray] = {}
-    if config.sobol:
-        total = _summed_terms(
-            world,
-            config,
-            slices,
-            lambda item, t: item.sobol_aggregate_sums(t),
-            (4, config.parameters),
-        )
-        first, total_index = sobol_aggregated(total)
-        spacetime_first, spacetime_total = sobol_aggregated(total.sum(axis=0))
-        results |= {
-            "sobol_first_aggregated": first,
-            "sobol_total_aggregated": total_index,
-            "sobol_first_aggregated_spacetime": spacetime_first,
-            "sobol_total_aggregated_spacetime": spacetime_total,
-        }
-    if config.correlation:
-        total = _summed_terms(
-            world,
-            config,
-            slices,
-            lambda item, t: item.correlation_aggregate_sums(t),
-            (config.parameters + 2,),
-        )
-        src_squared, r2 = correlation_aggregated(total)
-        spacetime_src_squared, spacetime_r2 = correlation_aggregated(total.sum(axis=0))
-        results |= {
-            "src_squared_aggregated": src_squared,
-            "regression_r2_aggregated": r2,
-            "src_squared_aggregated_spacetime": spacetime_src_squared,
-            "regression_r2_aggregated_spacetime": np.asarray(spacetime_r2),
-        }
-    return results
-
-
-def _summed_terms(
-    world: World,
-    config: ServerConfig,
-    slices: Sequence[Any],
-    terms: Callable[[Any, int], np.ndarray],
-    shape: tuple[int, ...],
-) -> np.ndarray:
-    """(timesteps, *shape): `terms(slice, t)` summed over the slices of every rank (a rank
-    without slices adds zeros)."""
-    sums = np.zeros((config.timesteps, *shape))
-    for statistics in slices:
-        for timestep in range(config.timesteps):
-            sums[timestep] += terms(statistics, timestep)
-    return np.sum(world.allgather(sums), axis=0)
 
 
 def _write_coordinates(
