@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 
 import netCDF4
 import numpy as np
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from melissa_nb.cli import app
 from melissa_nb.results import INSTALL_PLOTS, field_summaries, load_field, show_results
+from melissa_nb.results.summary import summary_table
 
 T, P, CELLS = 3, 2, 6
 
@@ -171,6 +174,21 @@ def test_whole_field_indices_are_ranked_and_plotted_over_time(tmp_path: Path) ->
             ] = values
     (summary,) = field_summaries(tmp_path)
     assert list(summary.ranking.items()) == [("beta", (0.5, 0.6)), ("alpha", (0.2, 0.3))]
+    with netCDF4.Dataset(tmp_path / "u.nc", "a") as dataset:
+        for order, values in (("first", [0.2, 0.5]), ("total", [0.3, 0.6])):
+            for bound, shift in (("low", -0.05), ("high", 0.05)):
+                name = f"sobol_{order}_aggregated"
+                dataset.createVariable(f"{name}_ci_{bound}", "f8", ("time", "parameter"))[...] = (
+                    np.tile(values, (T, 1)) + shift
+                )
+                spacetime = dataset.createVariable(
+                    f"{name}_spacetime_ci_{bound}", "f8", ("parameter",)
+                )
+                spacetime[...] = np.array(values) + shift
+    (summary,) = field_summaries(tmp_path)
+    assert summary.ranking["beta"] == pytest.approx((0.5, 0.6, 0.45, 0.55, 0.55, 0.65))
+    shown = render(summary_table(summary))
+    assert "first 0.5 [0.45, 0.55]" in shown and "total 0.6 [0.55, 0.65]" in shown
     figures = field_figures(load_field(tmp_path / "u.nc"), 1, 4, (2, 3))
     panels = figures["u_sobol_aggregated.png"].axes
     assert [axes.get_title() for axes in panels] == [
@@ -178,3 +196,10 @@ def test_whole_field_indices_are_ranked_and_plotted_over_time(tmp_path: Path) ->
         "total indices of the whole field",
     ]
     assert [line.get_label() for line in panels[1].get_lines()] == ["alpha", "beta"]
+
+
+def render(table: object) -> str:
+    """A rich table as the text a terminal shows."""
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text()

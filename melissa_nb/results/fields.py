@@ -79,7 +79,7 @@ def load_field(path: str | Path) -> FieldResults:
             name: _cells_last(store.read(name), store.variable_dimensions(name))
             for name in store.names()
             if ("time" in store.variable_dimensions(name) and name not in dimensions)
-            or name.endswith("_aggregated_spacetime")
+            or "_aggregated_spacetime" in name  # and its interval's bounds
         }
         units = {
             name: str(store.attributes(name)["units"])

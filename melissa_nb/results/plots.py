@@ -204,7 +204,18 @@ def field_figures(
         time = np.arange(results.timesteps)
         for panel, order in zip(axes[0], ORDERS, strict=True):
             for k, parameter in enumerate(names):
-                panel.plot(time, variables[f"sobol_{order}_aggregated"][:, k], label=parameter)
+                line = panel.plot(
+                    time, variables[f"sobol_{order}_aggregated"][:, k], label=parameter
+                )
+                low, high = (f"sobol_{order}_aggregated_ci_{bound}" for bound in ("low", "high"))
+                if low in variables:  # the interval as a band of the line's colour
+                    panel.fill_between(
+                        time,
+                        variables[low][:, k],
+                        variables[high][:, k],
+                        color=line[0].get_color(),
+                        alpha=0.2,
+                    )
             panel.set_title(f"{ORDERS[order]} indices of the whole field", fontsize=11)
             panel.set_xlabel("timestep")
             panel.set_ylabel("aggregated Sobol index [1]")

@@ -38,7 +38,7 @@ class FieldSummary:
     ranges: dict[str, tuple[float, float]]
     worst_width: dict[str, tuple[float, float]] = field(default_factory=dict)
     # parameter -> (first, total) of the whole space-time field, most influential first
-    ranking: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ranking: dict[str, tuple[float, ...]] = field(default_factory=dict)
     # Monte Carlo: parameter -> SRC^2 of the whole space-time field, largest first, and its R^2
     linear_ranking: dict[str, float] = field(default_factory=dict)
     linear_r2: float | None = None
@@ -93,19 +93,31 @@ def summarize(results: FieldResults) -> FieldSummary:
     )
 
 
-def ranking(results: FieldResults) -> dict[str, tuple[float, float]]:
-    """Parameters by the total index of the whole space-time field, largest first."""
+def ranking(results: FieldResults) -> dict[str, tuple[float, ...]]:
+    """Parameters by the total index of the whole space-time field, largest first: (first,
+    total), then, when the file has their intervals, both lower bounds and both upper bounds."""
     variables = results.variables
     if "sobol_total_aggregated_spacetime" not in variables:
         return {}
-    pairs = zip(
-        results.parameter_names,
-        variables["sobol_first_aggregated_spacetime"],
-        variables["sobol_total_aggregated_spacetime"],
-        strict=True,
+    names = [
+        f"sobol_{order}_aggregated_spacetime{bound}"
+        for bound in ("", "_ci_low", "_ci_high")
+        for order in ("first", "total")
+    ]
+    columns = [variables[name] for name in names if name in variables]
+    rows = sorted(
+        zip(results.parameter_names, *columns, strict=True),
+        key=lambda row: -np.nan_to_num(row[2], nan=-np.inf),
     )
-    ordered = sorted(pairs, key=lambda item: -np.nan_to_num(item[2], nan=-np.inf))
-    return {name: (float(first), float(total)) for name, first, total in ordered}
+    return {row[0]: tuple(float(value) for value in row[1:]) for row in rows}
+
+
+def _index_text(order: str, values: tuple[float, ...], column: int) -> str:
+    """`first 0.42`, with its interval `[0.38, 0.46]` when the file has one."""
+    text = f"{order} {values[column]:.3g}"
+    if len(values) == 6:
+        text += f" [{values[2 + column]:.3g}, {values[4 + column]:.3g}]"
+    return text
 
 
 def linear_ranking(results: FieldResults) -> tuple[dict[str, float], float | None]:
@@ -140,9 +152,11 @@ def summary_table(summary: FieldSummary) -> Table:
         table.add_row(f"[dim]{key}[/]", str(value), "")
     for name, (first, total) in summary.worst_width.items():
         table.add_row(f"worst interval width {name}", f"first {first:.3g}", f"total {total:.3g}")
-    for rank, (name, (first, total)) in enumerate(summary.ranking.items(), start=1):
+    for rank, (name, values) in enumerate(summary.ranking.items(), start=1):
         table.add_row(
-            f"whole field, rank {rank}: {name}", f"first {first:.3g}", f"total {total:.3g}"
+            f"whole field, rank {rank}: {name}",
+            _index_text("first", values, 0),
+            _index_text("total", values, 1),
         )
     for rank, (name, share) in enumerate(summary.linear_ranking.items(), start=1):
         table.add_row(f"whole field, rank {rank}: {name}", f"SRC² {share:.3g}", "")
