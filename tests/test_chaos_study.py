@@ -372,3 +372,10 @@ def test_validate_runs_new_simulations_and_its_error_equals_numpy(tmp_path) -> N
         timeout=60,
     )
     assert refused.returncode == 2 and "--points 1: at least 2" in refused.stderr
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(CHAOS_STUDY.replace('output_dir = "out"', 'output_dir = "none"'))
+    unrun = subprocess.run(
+        [MELISSA_NB, "validate", str(elsewhere)], capture_output=True, text=True, timeout=60
+    )
+    assert unrun.returncode == 2, unrun.stderr
+    assert "none/u.nc missing (run the study first: melissa-nb run" in unrun.stderr

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from melissa_nb.embedded import MelissaServer, ServerStatus, SimulationData
-from melissa_nb.errors import ConfigurationError, StudyError
+from melissa_nb.errors import ConfigurationError, MelissaError, StudyError
 from melissa_nb.ports import free_port
 from melissa_nb.results.surrogate import Surrogate, load_surrogate
 from melissa_nb.server.config import ServerConfig
@@ -143,10 +143,14 @@ def run_validation(
         raise ConfigurationError(f"{study}: no [study] chaos to validate")
     if count < 2:
         raise ConfigurationError(f"--points {count}: at least 2 (1 - Q2 needs their spread)")
-    checks = {
-        name: FieldCheck.of(load_surrogate(config.output_dir / f"{name}.nc"))
-        for name in config.chaos.fields
-    }
+    files = {name: config.output_dir / f"{name}.nc" for name in config.chaos.fields}
+    missing = [str(path) for path in files.values() if not path.is_file()]
+    if missing:
+        raise ConfigurationError(
+            f"no results to validate: {', '.join(missing)} missing (run the study first: "
+            f"melissa-nb run {study})"
+        )
+    checks = {name: FieldCheck.of(load_surrogate(path)) for name, path in files.items()}
     points = validation_points(config, count, seed)
     validation = Validation(config, points, checks)
     directory = config.output_dir / "validation"
@@ -269,7 +273,7 @@ def validate_command(study: str, points: int, seed: int | None) -> int:
     except ConfigurationError as error:
         errors.print(f"error: {error}", markup=False)
         return 2
-    except StudyError as error:
+    except (MelissaError, OSError) as error:  # a simulation or the server failed, a bad file
         errors.print(f"error: {error}", markup=False)
         return 1
     print_summary(summary, console)
