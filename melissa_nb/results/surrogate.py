@@ -53,6 +53,11 @@ class Surrogate:
 
     def predict(self, parameters: Mapping[str, float]) -> np.ndarray:
         """(timesteps, cells): the field at `parameters` (every parameter by name, once)."""
+        return np.einsum("p,tpc->tc", self.basis(parameters), self.coefficients)
+
+    def basis(self, parameters: Mapping[str, float]) -> np.ndarray:
+        """(P,): the basis polynomials at `parameters`; the field at timestep t is
+        basis @ coefficients[t]."""
         names = self.parameter_names
         missing = [name for name in names if name not in parameters]
         unknown = [name for name in parameters if name not in names]
@@ -78,8 +83,7 @@ class Surrogate:
             np.array([a for _, a, _ in self.laws]),
             np.array([b for _, _, b in self.laws]),
         )
-        basis = chaos_basis(inputs, codes, chaos_multi_indices(len(names), self.degree))[0]
-        return np.einsum("p,tpc->tc", basis, self.coefficients)
+        return chaos_basis(inputs, codes, chaos_multi_indices(len(names), self.degree))[0]
 
 
 def load_surrogate(path: str | Path) -> Surrogate:

@@ -53,9 +53,7 @@ class FieldCheck:
         return cls(surrogate, steps, *zeros, np.zeros(len(steps)))
 
     def add(self, simulation: int, step: int, values: np.ndarray, predicted: np.ndarray) -> None:
-        """One simulation's field at one timestep against the prediction."""
-        if step not in self.steps:
-            return
+        """One simulation's field at one fitted timestep against the prediction."""
         row = self.steps.index(step)
         error = values - predicted
         shifted = values - self.surrogate.coefficients[step, 0]
@@ -94,17 +92,19 @@ class Validation:
         self.config = config
         self.points = points
         self.checks = checks
-        self.predicted: dict[int, dict[str, np.ndarray]] = {}
+        self.bases: dict[tuple[int, str], np.ndarray] = {}  # (simulation, field) -> (P,)
         self.pieces: dict[tuple[int, str, int], dict[int, np.ndarray]] = {}
         self.failed: dict[int, str] = {}
 
-    def prediction(self, simulation: int, name: str) -> np.ndarray:
-        """(timesteps, cells): the surrogate of `name` at the simulation's point."""
-        own = self.predicted.setdefault(simulation, {})
-        if name not in own:
+    def prediction(self, simulation: int, name: str, timestep: int) -> np.ndarray:
+        """(cells,): the surrogate of `name` at the simulation's point and `timestep` (its
+        basis kept, P numbers, not its field)."""
+        surrogate = self.checks[name].surrogate
+        key = (simulation, name)
+        if key not in self.bases:
             values = dict(zip(self.config.parameter_names, self.points[simulation], strict=True))
-            own[name] = self.checks[name].surrogate.predict(values)
-        return own[name]
+            self.bases[key] = surrogate.basis(values)
+        return self.bases[key] @ surrogate.coefficients[timestep]
 
     def receive(self, data: SimulationData) -> None:
         """One client rank's vector: compared once every rank of that timestep is in (the
@@ -119,8 +119,9 @@ class Validation:
         if sum(piece.size for piece in pieces.values()) == cells:
             values = np.concatenate([pieces[rank] for rank in sorted(pieces)])
             del self.pieces[key]
-            predicted = self.prediction(data.simulation_id, name)[data.timestep]
-            self.checks[name].add(data.simulation_id, data.timestep, values, predicted)
+            if data.timestep in self.checks[name].steps:
+                predicted = self.prediction(data.simulation_id, name, data.timestep)
+                self.checks[name].add(data.simulation_id, data.timestep, values, predicted)
 
 
 def validation_points(config: StudyConfig, count: int, seed: int | None) -> np.ndarray:
