@@ -78,8 +78,10 @@ MEMORY_KEYS = {
     "end_seconds",
 }
 # Doubles per cell and timestep (docs/server.md, "Memory"): moments of order 2 (mean and
-# variance) 1 + 2, Sobol with p = 5 parameters 4 + 4p.
+# variance) 1 + 2, Sobol with p = 5 parameters 4 + 4p; and per group and timestep of a slice,
+# the Sobol increments 3p + 2.
 MEAN_VARIANCE_SOBOL5_DOUBLES = 3 + 24
+SOBOL5_GROUP_DOUBLES = 3 * 5 + 2
 HEADER_SLACK_BYTES = 64 * 1024  # JSON header, count arrays and 64-byte alignment of a block
 
 
@@ -170,7 +172,10 @@ def test_memory_budget_follows_the_documented_sizes(quick_run: tuple[str, dict[s
     (r,) = results["memory"]["records"]
     assert set(r) == MEMORY_KEYS
     assert r["case"] == "sobol_p5_members" and r["ranks"] == 2
-    documented = 8 * r["timesteps"] * r["cells_per_message"] * MEAN_VARIANCE_SOBOL5_DOUBLES
+    per_timestep = (
+        r["cells_per_message"] * MEAN_VARIANCE_SOBOL5_DOUBLES + r["samples"] * SOBOL5_GROUP_DOUBLES
+    )
+    documented = 8 * r["timesteps"] * per_timestep
     for state in r["state_bytes"]:
         assert documented <= state <= documented + HEADER_SLACK_BYTES
     assert r["queue_bytes"] == 32 * r["senders"] * r["message_bytes"]
