@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.figures import error_figure
 from bench.live_server import write_json
 from bench.timing import machine_info
 from melissa_nb.kernels import PolynomialChaos, SobolMartinez
@@ -87,31 +88,27 @@ def martinez_errors(
 
 
 def draw(records: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.6))
+    curves = []
     for step in TIMESTEPS:
         rows = [record for record in records if record["timestep"] == step]
-        budgets = [record["simulations"] for record in rows]
         for key, label, style in (
             ("pce", "polynomial chaos", "o-"),
             ("martinez", "Martinez", "s--"),
         ):
-            axes.loglog(
-                budgets,
-                [record[f"{key}_worst_rms"] for record in rows],
-                style,
-                label=f"{label}, timestep {step}",
+            curves.append(
+                (
+                    f"{label}, timestep {step}",
+                    style,
+                    [record["simulations"] for record in rows],
+                    [record[f"{key}_worst_rms"] for record in rows],
+                )
             )
-    axes.set_xlabel("simulations")
-    axes.set_ylabel("worst error over cells of the 10 indices (RMS)")
-    axes.set_title("Sobol maps of the heat example: error against simulations")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    error_figure(
+        curves,
+        "worst error over cells of the 10 indices (RMS)",
+        "Sobol maps of the heat example: error against simulations",
+        path,
+    )
 
 
 def main(*, quick: bool = False, output_dir: Path) -> Path:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.figures import error_figure
 from bench.live_server import write_json
 from bench.timing import machine_info
 from melissa_nb.kernels import PolynomialChaos, SobolMartinez
@@ -73,21 +74,20 @@ def martinez_error(budget: int, rng: np.random.Generator, first: np.ndarray, tot
 
 
 def draw(records: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.6))
     budgets = [record["simulations"] for record in records]
-    for key, label in (("pce_rms_error", "polynomial chaos"), ("martinez_rms_error", "Martinez")):
-        axes.loglog(budgets, [record[key] for record in records], "o-", label=label)
-    axes.set_xlabel("simulations")
-    axes.set_ylabel("worst error of the 6 Ishigami indices (RMS)")
-    axes.set_title("Sobol indices of Ishigami: error against simulations")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    curves = [
+        (label, "o-", budgets, [record[key] for record in records])
+        for key, label in (
+            ("pce_rms_error", "polynomial chaos"),
+            ("martinez_rms_error", "Martinez"),
+        )
+    ]
+    error_figure(
+        curves,
+        "worst error of the 6 Ishigami indices (RMS)",
+        "Sobol indices of Ishigami: error against simulations",
+        path,
+    )
 
 
 def main(*, quick: bool = False, output_dir: Path) -> Path:
