@@ -3,6 +3,8 @@ its closed-form Sobol indices."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from cf_checker import NAMES_AS_COORDINATE, cf_messages
 from references import correlation_aggregated_batch, correlation_batch
 from test_study_run import (
+    MELISSA_NB,
     STUDY_SECONDS,
     assert_results_equal,
     batch_reference,
@@ -214,6 +217,50 @@ def test_heat_monte_carlo_correlations_equal_batch_numpy(tmp_path: Path) -> None
     src_squared, r2 = correlation_aggregated_batch(parameters, outputs[:, -1])
     np.testing.assert_allclose(results["src_squared_aggregated"][-1], src_squared, rtol=1e-12)
     assert results["regression_r2_aggregated"][-1] == pytest.approx(r2, rel=1e-12)
+
+
+@pytest.mark.timeout(STUDY_SECONDS + 60)
+def test_heat_chaos_holds_the_linear_solver_and_validates_to_rounding(tmp_path: Path) -> None:
+    """The chaos variant at its last timestep: the solver is linear in its temperatures
+    (T = T0 a + sum_k T_k b_k), so the chaos's indices are c_k^2 / sum_j c_j^2 per cell, first
+    = total, no interaction (1e-10), and `melissa-nb validate` finds it exact on new runs."""
+    size, steps, dt = 5, 3, 0.01
+    study = small_study(
+        "heat",
+        tmp_path,
+        {"sample_size": 24, "timesteps": steps, "grid_shape": [size, size]},
+        {
+            "command": f"python heat.py --size {size} --steps {steps} --dt {dt} "
+            "{T0} {T1} {T2} {T3} {T4}",
+            "at_once": 3,
+        },
+        file="study_chaos.toml",
+    )
+    study.write_text(study.read_text().replace("timesteps = [9, 49, 99]", "timesteps = [-1]"))
+    completed = run_study(study)
+    assert completed.returncode == 0, completed.stderr + completed.stdout
+    heat = load_module(EXAMPLES / "heat" / "heat.py")
+    runs = [(1.0, (0.0, 0.0, 0.0, 0.0))] + [
+        (0.0, tuple(float(k == wall) for k in range(4))) for wall in range(4)
+    ]
+    fields = np.array(
+        [list(heat.heat(t0, walls, size, steps, dt))[-1].ravel() for t0, walls in runs]
+    )
+    expected = fields**2 / (fields**2).sum(axis=0)
+    results = read_results(tmp_path / "out" / "temperature.nc")
+    np.testing.assert_allclose(results["chaos_first"][-1], expected, atol=1e-10)
+    np.testing.assert_allclose(results["chaos_total"][-1], expected, atol=1e-10)
+    np.testing.assert_allclose(results["chaos_interactions"][-1], 0.0, atol=1e-10)
+    assert np.isnan(results["chaos_first"][0]).all()
+    validated = subprocess.run(
+        [MELISSA_NB, "validate", str(study), "--points", "4"],
+        capture_output=True,
+        text=True,
+        timeout=STUDY_SECONDS,
+    )
+    assert validated.returncode == 0, validated.stderr + validated.stdout
+    summary = json.loads((tmp_path / "out" / "validation" / "validation.json").read_text())
+    assert summary["fields"]["temperature"]["one_minus_q2"] < 1e-20
 
 
 @pytest.mark.timeout(STUDY_SECONDS + 30)
