@@ -5,7 +5,7 @@ checkpoints snapshot (checkpoint/snapshot.py `snapshot_rank`) and restore (`Inge
 
 A data frame, in `handle`: decoded and checked against the study (`DataValidator`); refused if
 its simulation was dropped or never shook hands (ranks other than 0 hold it in `WaitingFrames`
-for two votes first: only rank 0 sees handshakes); its (field, client rank) slice found or made
+for three votes first: only rank 0 sees handshakes); its (field, client rank) slice found or made
 in shared memory; with correlations or chaos, it waits (in `WaitingFrames`, on any rank) for its
 simulation's JOB parameters; a timestep that arrived before is a duplicate; non-finite values
 refuse it; a lone Sobol member waits in `MemberAssembly` for its group; the sample (or whole

@@ -5,11 +5,15 @@ Data is accepted only from simulations whose handshake rank 0 answered: a frame 
 handshake (a stray or forged one) must not teach the server a slice layout, or it can keep the
 study from completing. Only rank 0 sees handshakes; the others learn them from the end votes
 (every 0.2 s), and a real simulation sends to them right after its handshake. A handshake rank
-0 answered before a frame reached another rank is in the rows of the second vote that rank
-completes after the frame at the latest (rank 0 may have posted its row of the first one just
-before answering). So a frame of a simulation not yet announced waits here, zero-copy, for
-`ANNOUNCE_VOTES` votes, and is refused (`no_handshake`) if its simulation is still unknown then:
-only a frame sent less than about two votes (0.4 s) before its simulation's handshake can pass.
+0 answered before a frame reached another rank is in the rows of the third vote that rank
+completes after the frame at the latest: rank 0 may be a round ahead, its rows of the next two
+rounds posted before it answered (the second of them once this rank posted its row of the
+first), but its row of the third needs this rank's row of the second, posted only once the
+first completed here, after the frame (seen at the second: a busy rank behind rank 0 refused
+such frames, and its simulation never completed). So a frame of a simulation not yet announced
+waits here, zero-copy, for `ANNOUNCE_VOTES` votes, and is refused (`no_handshake`) if its
+simulation is still unknown then: only a frame sent less than about three votes (0.6 s) before
+its simulation's handshake can pass.
 Frames that come while one waits wait behind it, whatever their simulation: a rank folds in
 arrival order (quantiles depend on it, and a restart must fold as the first run did). The bytes
 held are bounded: past the bound the rank stops receiving until a vote frees room (ZeroMQ
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 
-ANNOUNCE_VOTES = 2
+ANNOUNCE_VOTES = 3
 PARAMETER_VOTES = 50
 """End votes (0.2 s each) the frames of a simulation wait for its JOB with correlations or
 chaos, counted from the moment this rank first lacked it: the JOB is published at launch, and
