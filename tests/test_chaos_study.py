@@ -329,6 +329,19 @@ SMOOTH = POLYNOMIAL.replace(
 )
 
 
+def validate(study: Path, points: int) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """`melissa-nb validate STUDY --points N`, checked to succeed, and its validation.json."""
+    checked = subprocess.run(
+        [MELISSA_NB, "validate", str(study), "--points", str(points)],
+        capture_output=True,
+        text=True,
+        timeout=STUDY_SECONDS,
+    )
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    output = study.parent / "out" / "validation" / "validation.json"
+    return checked, json.loads(output.read_text())
+
+
 @pytest.mark.timeout(STUDY_SECONDS + 90)
 def test_validate_runs_new_simulations_and_its_error_equals_numpy(tmp_path) -> None:
     """A smooth model a degree-2 chaos does not hold exactly: `melissa-nb validate --points 6`
@@ -338,14 +351,7 @@ def test_validate_runs_new_simulations_and_its_error_equals_numpy(tmp_path) -> N
     study = tmp_path / "study.toml"
     study.write_text(CHAOS_STUDY)
     assert run_study(study).returncode == 0
-    checked = subprocess.run(
-        [MELISSA_NB, "validate", str(study), "--points", "6"],
-        capture_output=True,
-        text=True,
-        timeout=STUDY_SECONDS,
-    )
-    assert checked.returncode == 0, checked.stderr + checked.stdout
-    summary = json.loads((tmp_path / "out" / "validation" / "validation.json").read_text())
+    checked, summary = validate(study, 6)
     points = np.array(summary["points"])
     _, rows = read_parameters_csv(tmp_path / "out" / "parameters.csv")
     design = {tuple(spec.values) for spec, _ in rows}

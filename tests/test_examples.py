@@ -3,16 +3,14 @@ its closed-form Sobol indices."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from cf_checker import NAMES_AS_COORDINATE, cf_messages
 from references import correlation_aggregated_batch, correlation_batch
+from test_chaos_study import validate
 from test_study_run import (
-    MELISSA_NB,
     STUDY_SECONDS,
     assert_results_equal,
     batch_reference,
@@ -252,14 +250,7 @@ def test_heat_chaos_holds_the_linear_solver_and_validates_to_rounding(tmp_path: 
     np.testing.assert_allclose(results["chaos_total"][-1], expected, atol=1e-10)
     np.testing.assert_allclose(results["chaos_interactions"][-1], 0.0, atol=1e-10)
     assert np.isnan(results["chaos_first"][0]).all()
-    validated = subprocess.run(
-        [MELISSA_NB, "validate", str(study), "--points", "4"],
-        capture_output=True,
-        text=True,
-        timeout=STUDY_SECONDS,
-    )
-    assert validated.returncode == 0, validated.stderr + validated.stdout
-    summary = json.loads((tmp_path / "out" / "validation" / "validation.json").read_text())
+    _, summary = validate(study, 4)
     assert summary["fields"]["temperature"]["one_minus_q2"] < 1e-20
 
 

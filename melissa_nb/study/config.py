@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from melissa_nb.errors import ConfigurationError
+from melissa_nb.server.operation_checks import OPERATIONS
 from melissa_nb.study.chaos_config import ChaosConfig, chaos_refusal, read_chaos
 from melissa_nb.study.scheduler_config import SchedulerConfig, read_scheduler
 from melissa_nb.study.toml_table import REQUIRED, TomlTable
@@ -37,17 +38,9 @@ DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "normal": ("mean", "std"),
 }
 SAMPLINGS = ("monte_carlo", "latin_hypercube", "sobol")
-GENERAL_STATISTICS = (
-    "mean",
-    "variance",
-    "skewness",
-    "kurtosis",
-    "min",
-    "max",
-    "threshold",
-    "quantile",
-    "correlation",  # with the parameters: Monte Carlo studies (sobol = false)
-)
+# The server's operations a study lists in `statistics` (sobol and chaos have keys of their own;
+# correlation is for Monte Carlo studies, sobol = false).
+GENERAL_STATISTICS = tuple(op for op in OPERATIONS if op not in ("sobol", "chaos"))
 PYTHON_WORDS = ("python", "python3")
 SPREAD = 40.0  # standard deviations a normal draw may reach: its samples must stay finite
 SIMULATION_BYTES = 2048  # what the runner keeps per simulation of the design (measured ~1 KiB)
